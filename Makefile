@@ -1,0 +1,59 @@
+# Machine-unlearning recipes for image classifiers. `make help` lists the targets.
+# Variables: DATASET (cifar10 | cifar100 | image folder), DATA_DIR, ARCH, EPOCHS, DEVICE, CLASS, MODEL.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATASET ?= cifar10
+DATA_DIR ?= ./data
+ARCH ?= resnet18
+EPOCHS ?= 200
+DEVICE ?= auto
+CLASS ?= cat
+NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
+MODEL ?= checkpoints/$(ARCH)_$(NAME)_full.pth
+DATA = --dataset $(DATASET) --data-dir $(DATA_DIR) --device $(DEVICE)
+TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume
+# The demo uses the real CIFAR-10 images where this project's machines keep them, else downloads CIFAR-10.
+DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/data/cifar10-jpeg.tar.gz,cifar10)
+DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --arch resnet20 --subset 300 --test-subset 100
+
+.PHONY: help install test demo train retrain retrain-all retrain-classes evaluate clean-demo
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install requirements.txt
+
+test: $(VENV)/.installed  ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest
+
+demo: $(VENV)/.installed  ## a few minutes on a CPU: resnet20 on a subset, trained, CLASS retrained, both evaluated
+	$(PY) train.py $(DEMO) --epochs 4 --batch-size 64 --out runs/demo/full.pth --resume
+	$(PY) train.py $(DEMO) --epochs 4 --batch-size 64 --forget-class $(CLASS) --out runs/demo/no_$(CLASS).pth --resume
+	$(PY) evaluate.py $(DEMO) --model runs/demo/full.pth --retrained runs/demo/no_$(CLASS).pth --forget-class $(CLASS) --mia
+
+train: checkpoints/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch recipe on the whole train set
+
+retrain: checkpoints/$(ARCH)_$(NAME)_no_$(CLASS).pth  ## the gold standard: the recipe without CLASS
+
+retrain-all: $(VENV)/.installed  ## one retrain per class (file targets: make -j2 retrain-all, finished ones kept)
+	$(MAKE) retrain-classes CLASSES="$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p')"
+
+retrain-classes: $(foreach c,$(CLASSES),checkpoints/$(ARCH)_$(NAME)_no_$(c).pth)
+
+checkpoints/$(ARCH)_$(NAME)_full.pth: | $(VENV)/.installed
+	$(TRAIN) --out $@
+
+checkpoints/$(ARCH)_$(NAME)_no_%.pth: | $(VENV)/.installed
+	$(TRAIN) --forget-class $* --out $@
+
+evaluate: $(VENV)/.installed  ## evaluate MODEL with CLASS forgotten, MIA included
+	$(PY) evaluate.py $(DATA) --model $(MODEL) --forget-class $(CLASS) --mia
+
+clean-demo:  ## delete runs/demo
+	rm -rf runs/demo

@@ -1,0 +1,318 @@
+"""Datasets, the recipe's transforms, class names and forget/retain splits.
+
+    python data.py --dataset cifar10                                  # download CIFAR-10 into ./data, list classes
+    python data.py --dataset ../shared/data/cifar10-jpeg.tar.gz       # decode an image-folder archive once, cache it
+    python data.py --dataset cifar100 --forget-fraction 0.2           # print the sizes of a random 20% split
+
+A dataset is held as uint8 arrays (N, H, W, 3); `Loader` turns index arrays into batches on any
+device, with the recipe's RandomCrop(32, padding=4) + RandomHorizontalFlip done in batched tensor ops.
+"""
+import argparse
+import hashlib
+import io
+import math
+import os
+import pickle
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+
+# Per-channel mean and std used by the recipe's Normalize (the CIFAR-10 values are the model card's).
+STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+# name -> (torchvision class that downloads it, extracted folder, train files, test files, label key, meta file, names key)
+CIFAR = {
+    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                ["test_batch"], "labels", "batches.meta", "label_names"),
+    "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python", ["train"], ["test"],
+                 "fine_labels", "meta", "fine_label_names"),
+}
+PAD = 4  # RandomCrop(size, padding=4): offsets uniform in 0..2*PAD
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    classes: tuple
+    train_x: np.ndarray  # uint8 (N, H, W, 3)
+    train_y: np.ndarray  # int64 (N,)
+    test_x: np.ndarray
+    test_y: np.ndarray
+    mean: tuple
+    std: tuple
+
+
+@dataclass(frozen=True)
+class Split:
+    """Index arrays into the train and test sets. `train` = forget + retain (after --subset)."""
+    forget_class: int | None
+    forget_fraction: float | None
+    forget_seed: int
+    train: np.ndarray
+    forget: np.ndarray
+    retain: np.ndarray
+    test: np.ndarray
+    test_forget: np.ndarray  # the forgotten class's test images (empty for random forgetting)
+    test_retain: np.ndarray
+
+
+# ----------------------------------------------------------------------------- loading
+
+def read_cifar(folder, files, label_key):
+    """Read torchvision's pickled CIFAR batches into uint8 (N, 32, 32, 3) images and int64 labels."""
+    xs, ys = [], []
+    for name in files:
+        with open(os.path.join(folder, name), "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
+
+
+def load_cifar(name, data_dir):
+    download, folder, train_files, test_files, label_key, meta_file, names_key = CIFAR[name]
+    folder = os.path.join(data_dir, folder)
+    if not os.path.isdir(folder):
+        try:
+            download(data_dir, train=True, download=True)
+        except Exception as e:  # torchvision raises URLError, RuntimeError, ... when offline
+            raise FileNotFoundError(f"{name} is not in {data_dir} and could not be downloaded ({e}); "
+                                    f"put the official archive there or pass --dataset PATH") from None
+    with open(os.path.join(folder, meta_file), "rb") as f:
+        classes = tuple(pickle.load(f, encoding="latin1")[names_key])
+    train_x, train_y = read_cifar(folder, train_files, label_key)
+    test_x, test_y = read_cifar(folder, test_files, label_key)
+    return Dataset(name, classes, train_x, train_y, test_x, test_y, *STATS[name])
+
+
+def list_files(path):
+    """Yield (path parts, bytes) for every file of a folder or of a .tar/.tar.gz archive."""
+    if os.path.isdir(path):
+        for root, _, files in os.walk(path):
+            for f in files:
+                with open(os.path.join(root, f), "rb") as fh:
+                    yield os.path.relpath(os.path.join(root, f), path).split(os.sep), fh.read()
+        return
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.isfile():
+                yield member.name.split("/"), tar.extractfile(member).read()
+
+
+def decode_image_folder(path):
+    """Decode train/<class>/* and test/<class>/* into uint8 arrays; class order = sorted folder names."""
+    from PIL import Image  # torchvision's own dependency
+    found = {"train": [], "test": []}
+    for parts, data in list_files(path):
+        if len(parts) >= 3 and parts[-3] in found and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+            found[parts[-3]].append((parts[-2], parts[-1], data))
+    classes = tuple(sorted({c for c, _, _ in found["train"]}))
+    if not classes or {c for c, _, _ in found["test"]} - set(classes) or not found["test"]:
+        raise FileNotFoundError(f"{path}: expected train/<class>/<image> and test/<class>/<image> with the same classes")
+    arrays = []
+    for split in ("train", "test"):
+        items = sorted(found[split])
+        x = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for _, _, d in items])
+        y = np.array([classes.index(c) for c, _, _ in items], dtype=np.int64)
+        arrays += [x, y]
+    return classes, arrays
+
+
+def folder_fingerprint(path):
+    """A hash that changes when the folder's files (names, sizes, times) or the archive change."""
+    h = hashlib.sha1(os.path.abspath(path).encode())
+    if os.path.isdir(path):
+        for root, _, files in sorted(os.walk(path)):
+            for f in sorted(files):
+                st = os.stat(os.path.join(root, f))
+                h.update(f"{root}/{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        st = os.stat(path)
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def load_image_folder(path, data_dir):
+    """Decode once, then load the uint8 arrays from a cache in data_dir (seconds instead of a minute)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset {path!r} not found: use cifar10, cifar100 or an image folder")
+    name = os.path.basename(os.path.normpath(path)).split(".")[0]
+    cache = os.path.join(data_dir, f"{name}-{folder_fingerprint(path)}.npz")
+    if not os.path.exists(cache):
+        print(f"decoding {path} once; cache: {cache}", file=sys.stderr)
+        classes, (train_x, train_y, test_x, test_y) = decode_image_folder(path)
+        pixels = train_x.reshape(-1, 3) / 255.0  # the folder's own per-channel statistics
+        os.makedirs(data_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=data_dir, suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, classes=np.array(classes), train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                     mean=pixels.mean(0).round(4), std=pixels.std(0).round(4))
+        os.replace(tmp, cache)
+    z = np.load(cache)
+    arrays = [z[k] for k in ("train_x", "train_y", "test_x", "test_y")]
+    classes, mean, std = tuple(str(c) for c in z["classes"]), tuple(z["mean"].tolist()), tuple(z["std"].tolist())
+    return Dataset(name, classes, *arrays, mean, std)
+
+
+def load_dataset(dataset, data_dir="./data"):
+    """`dataset` is cifar10, cifar100, or the path of an image folder (or a .tar/.tar.gz of one)."""
+    if dataset in CIFAR:
+        return load_cifar(dataset, data_dir)
+    return load_image_folder(dataset, data_dir)
+
+
+# ----------------------------------------------------------------------------- classes and splits
+
+def resolve_class(classes, name):
+    """'cat' or '3' -> 3; an unknown name raises ValueError listing the valid ones."""
+    if name in classes:
+        return classes.index(name)
+    if str(name).isdigit() and int(name) < len(classes):
+        return int(name)
+    raise ValueError(f"unknown class {name!r}; valid: {', '.join(classes)} (or 0-{len(classes) - 1})")
+
+
+def subset_indices(labels, per_class=None):
+    """The first `per_class` indices of every class, in dataset order (all when None)."""
+    if per_class is None:
+        return np.arange(len(labels))
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+
+
+def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, subset=None, test_subset=None):
+    """Class-wise (every train image of forget_class) or random (a seeded fraction of the train set) forgetting."""
+    if forget_class is not None and forget_fraction is not None:
+        raise ValueError("give --forget-class or --forget-fraction, not both")
+    if forget_fraction is not None and not 0 < forget_fraction < 1:
+        raise ValueError(f"--forget-fraction must be in (0, 1), got {forget_fraction}")
+    train = subset_indices(data.train_y, subset)
+    test = subset_indices(data.test_y, test_subset)
+    if forget_class is not None:
+        forget = train[data.train_y[train] == forget_class]
+        test_forget = test[data.test_y[test] == forget_class]
+    elif forget_fraction is not None:
+        perm = np.random.default_rng(forget_seed).permutation(len(train))
+        forget = np.sort(train[perm[:round(forget_fraction * len(train))]])
+        test_forget = test[:0]
+    else:
+        forget, test_forget = train[:0], test[:0]
+    retain = np.setdiff1d(train, forget)
+    test_retain = np.setdiff1d(test, test_forget)
+    return Split(forget_class, forget_fraction, forget_seed, train, forget, retain, test, test_forget, test_retain)
+
+
+def describe_split(split, classes):
+    """The split as saved with every run: its arguments, sizes, a hash of the indices, the forget indices."""
+    digest = hashlib.sha256(np.concatenate([split.forget, [-1], split.retain]).astype(np.int64).tobytes())
+    return {
+        "forget_class": None if split.forget_class is None else classes[split.forget_class],
+        "forget_class_index": split.forget_class, "forget_fraction": split.forget_fraction,
+        "forget_seed": split.forget_seed, "n_train": len(split.train), "n_forget": len(split.forget),
+        "n_retain": len(split.retain), "n_test": len(split.test), "sha256": digest.hexdigest(),
+        "forget_indices": split.forget.tolist() if split.forget_class is None else None,
+    }
+
+
+# ----------------------------------------------------------------------------- batches
+
+def random_crop_flip(x, generator, pad=PAD):
+    """torchvision's RandomCrop(size, padding=pad) + RandomHorizontalFlip(0.5), per image, batched:
+    zero padding of the uint8 image (before normalisation), offsets uniform in 0..2*pad, independent flips."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
+    flip = torch.rand(n, 1, generator=generator, device=x.device) < 0.5
+    rows = dy + torch.arange(h, device=x.device)
+    cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1, device=x.device), torch.arange(w, device=x.device))
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class Loader:
+    """Normalised (images, labels) batches of `images[indices]`, on `device`. shuffle: a fresh permutation
+    every pass; augment: the recipe's crop + flip. The last partial batch is kept, as in a DataLoader."""
+
+    def __init__(self, data, indices, train_set, batch_size, device="cpu", shuffle=False, augment=False, seed=0):
+        x, y = (data.train_x, data.train_y) if train_set else (data.test_x, data.test_y)
+        self.images = torch.from_numpy(x[indices]).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(y[indices]).to(device)
+        self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1) * 255
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator, device=self.labels.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size] if self.shuffle else slice(start, start + self.batch_size)
+            x = self.images[idx]
+            if self.augment:
+                x = random_crop_flip(x, self.generator)
+            yield (x.float() - self.mean) / self.std, self.labels[idx]
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_data_args(parser):
+    """The data flags, spelled the same in every script."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, or an image folder "
+                   "(train/<class>/*, test/<class>/*) or a .tar.gz of one (default: cifar10)")
+    g.add_argument("--data-dir", default="./data", help="where datasets are downloaded and cached (default: ./data)")
+    g.add_argument("--forget-class", default=None, help="class to forget, by name or index (default: none)")
+    g.add_argument("--forget-fraction", type=float, default=None,
+                   help="forget a random fraction of the train set instead, e.g. 0.2 (default: none)")
+    g.add_argument("--forget-seed", type=int, default=0, help="seed of the random forget set (default: 0)")
+    g.add_argument("--subset", type=positive_int, default=None,
+                   help="use the first N train images of each class, for quick runs (default: all)")
+    g.add_argument("--test-subset", type=positive_int, default=None,
+                   help="use the first N test images of each class (default: all)")
+    return parser
+
+
+def positive_int(text):
+    if not text.lstrip("-").isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def split_from_args(args, data):
+    forget_class = None if args.forget_class is None else resolve_class(data.classes, args.forget_class)
+    return make_split(data, forget_class, args.forget_fraction, args.forget_seed, args.subset, args.test_subset)
+
+
+def parse_args(argv=None):
+    return add_data_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data = load_dataset(args.dataset, args.data_dir)
+    split = split_from_args(args, data)
+    print(f"{data.name}: {len(data.train_y)} train, {len(data.test_y)} test images of {data.train_x.shape[1:]}")
+    print(f"classes: {' '.join(data.classes)}")
+    print(f"split: {len(split.forget)} forget, {len(split.retain)} retain, "
+          f"{len(split.test_forget)} test forget, {len(split.test_retain)} test retain")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

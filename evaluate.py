@@ -1,0 +1,218 @@
+"""Evaluate checkpoints with the published tables' columns: forget/retain accuracy (loss), top-1/5, MIA.
+
+    python evaluate.py --model checkpoints/resnet18_cifar10_full.pth
+    python evaluate.py --model checkpoints/cifar10_resnet18_SSD_3.pth --retrained checkpoints/resnet18_cifar10_no_cat.pth --forget-class cat --mia
+    python evaluate.py --model m.pth --dataset ../shared/data/cifar10-jpeg.tar.gz --subset 100 --forget-class cat --mia --device cpu --json out.json
+
+The membership-inference attack (MIA) is hand-rolled: an L2-regularised logistic regression (C=1) on one
+standardised feature, the per-example cross-entropy loss, scored by 10 stratified shuffle splits with 10%
+held out. Members are the forget set; non-members the forgotten class's test images (class-wise
+forgetting) or the whole test set (random forgetting). 0.5 means the attacker cannot tell them apart.
+"""
+import argparse
+import math
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
+from models import load_model, write_json
+
+
+def pick_device(name="auto"):
+    """The one place the device is chosen: CUDA when present (or asked for), else the CPU. Printed once."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
+    device = torch.device(name)
+    detail = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({detail}), fp32", file=sys.stderr)
+    return device
+
+
+@torch.no_grad()
+def predict(model, loader):
+    """Logits and labels of every example of `loader`, in eval mode, on the CPU."""
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x).float())
+        labels.append(y)
+    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+
+
+def summarize(logits, labels):
+    """Accuracy (%), mean loss, top-5 accuracy (%) and the per-example losses of one set."""
+    if len(labels) == 0:
+        return None
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return {"n": len(labels), "acc": 100 * (logits.argmax(1) == labels).float().mean().item(),
+            "loss": losses.mean().item(), "top5": 100 * (top5 == labels[:, None]).any(1).float().mean().item(),
+            "losses": losses.numpy()}
+
+
+def confusion_matrix(logits, labels, num_classes):
+    """Rows = true class, columns = predicted class."""
+    flat = labels * num_classes + logits.argmax(1)
+    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes).numpy()
+
+
+# ----------------------------------------------------------------------------- membership inference
+
+def fit_logistic(x, y, C=1.0, iters=100):
+    """argmin_{w,b} 0.5 w^2 + C sum log(1 + exp(-(2y-1)(w x + b))) by damped Newton; the intercept is
+    not penalised (scikit-learn's convention). Returns (w, b)."""
+    X = np.stack([x, np.ones_like(x)], 1)
+    reg = np.array([1.0, 0.0])
+
+    def objective(theta):
+        z = X @ theta
+        return 0.5 * reg @ theta ** 2 + C * np.sum(np.logaddexp(0, z) - y * z)
+
+    theta = np.zeros(2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(X @ theta)))
+        grad = C * X.T @ (p - y) + reg * theta
+        hess = C * (X.T * (p * (1 - p))) @ X + np.diag(reg) + 1e-12 * np.eye(2)
+        step, t = np.linalg.solve(hess, grad), 1.0
+        while objective(theta - t * step) > objective(theta) and t > 1e-8:
+            t /= 2  # backtracking keeps Newton convergent on (nearly) separable data
+        theta = theta - t * step
+        if np.abs(t * step).max() < 1e-10:
+            break
+    return theta
+
+
+def mia_score(forget_losses, test_losses, n_splits=10, seed=0):
+    """Mean held-out accuracy of a logistic-regression attack telling forget (member) losses from test
+    (non-member) losses; groups balanced by random subsampling, 10 stratified splits with 10% held out."""
+    rng = np.random.default_rng(seed)
+    n = min(len(forget_losses), len(test_losses))
+    if n < 2:
+        raise ValueError(f"the MIA needs at least 2 examples on each side, got {n}")
+    x = np.concatenate([rng.choice(forget_losses, n, replace=False), rng.choice(test_losses, n, replace=False)])
+    y = np.concatenate([np.ones(n), np.zeros(n)])
+    n_held = math.ceil(0.1 * n)  # per group, so the held-out part is stratified
+    accuracies = []
+    for _ in range(n_splits):
+        held = np.zeros(2 * n, dtype=bool)
+        held[np.concatenate([rng.permutation(n)[:n_held], n + rng.permutation(n)[:n_held]])] = True
+        mu, sd = x[~held].mean(), x[~held].std() or 1.0
+        w, b = fit_logistic((x[~held] - mu) / sd, y[~held])
+        accuracies.append(np.mean(((x[held] - mu) / sd * w + b > 0) == y[held]))
+    return float(np.mean(accuracies))
+
+
+# ----------------------------------------------------------------------------- one model, many models
+
+def evaluate_model(model, data, split, device, batch_size=1000, mia=False):
+    """Every metric of one model on the split: test / test-forget / test-retain / train-forget /
+    train-retain summaries, per-class accuracy, confusion matrix and (optionally) the MIA."""
+    def run(indices, train_set):
+        return predict(model, Loader(data, indices, train_set, batch_size, device))
+
+    logits, labels = run(split.test, False)
+    in_forget = torch.from_numpy(np.isin(split.test, split.test_forget))
+    confusion = confusion_matrix(logits, labels, len(data.classes))
+    metrics = {
+        "test": summarize(logits, labels),
+        "test_forget": summarize(logits[in_forget], labels[in_forget]),
+        "test_retain": summarize(logits[~in_forget], labels[~in_forget]),
+        "train_forget": summarize(*run(split.forget, True)) if len(split.forget) else None,
+        "train_retain": summarize(*run(split.retain, True)),
+        "per_class": (100 * confusion.diagonal() / np.maximum(confusion.sum(1), 1)).tolist(),
+        "confusion": confusion.tolist(),
+        "mia": None,
+    }
+    if mia and metrics["train_forget"]:
+        nonmembers = metrics["test_forget"] or metrics["test"]
+        metrics["mia"] = mia_score(metrics["train_forget"]["losses"], nonmembers["losses"])
+    return metrics
+
+
+def headline(metrics):
+    """The published columns: forget / retain class on the test set (class-wise), else the train forget / retain sets."""
+    if metrics["test_forget"]:
+        return metrics["test_forget"], metrics["test_retain"]
+    return metrics["train_forget"], metrics["test_retain"]
+
+
+def avg_gap(metrics, reference):
+    """Mean |difference| to the retrained model over forget acc, retain acc, test acc and MIA (x100),
+    the 'Avg. Gap' of Fan et al. (SalUn, 2024)."""
+    pairs = [(headline(metrics)[0], headline(reference)[0]), (headline(metrics)[1], headline(reference)[1]),
+             (metrics["test"], reference["test"])]
+    gaps = [abs(a["acc"] - b["acc"]) for a, b in pairs if a and b]
+    if metrics["mia"] is not None and reference["mia"] is not None:
+        gaps.append(100 * abs(metrics["mia"] - reference["mia"]))
+    return float(np.mean(gaps))
+
+
+def cell(summary):
+    return "-" if summary is None else f"{summary['acc']:.2f}% ({summary['loss']:.3f})"
+
+
+def format_table(rows, reference=None):
+    """Markdown table, one row per (name, metrics); with a reference (the retrained model), its gap."""
+    lines = ["| Model | Forget acc (loss) | Retain acc (loss) | Test top-1 | Test top-5 | Train forget acc | "
+             "Train retain acc | MIA | Avg gap |", "|" + "---|" * 9]
+    for name, m in rows:
+        forget, retain = headline(m)
+        mia = "-" if m["mia"] is None else f"{m['mia']:.3f}"
+        gap = "-" if reference is None else f"{avg_gap(m, reference):.2f}"
+        train_forget = "-" if m["train_forget"] is None else f"{m['train_forget']['acc']:.2f}%"
+        lines.append(f"| {name} | {cell(forget)} | {cell(retain)} | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% "
+                     f"| {train_forget} | {m['train_retain']['acc']:.2f}% | {mia} | {gap} |")
+    return "\n".join(lines)
+
+
+def format_per_class(rows, classes):
+    lines = ["| Class | " + " | ".join(name for name, _ in rows) + " |", "|" + "---|" * (len(rows) + 1)]
+    lines += [f"| {c} | " + " | ".join(f"{m['per_class'][i]:.1f}%" for _, m in rows) + " |" for i, c in enumerate(classes)]
+    return "\n".join(lines)
+
+
+def strip_losses(metrics):
+    """Metrics for JSON: per-example losses dropped (they are large), all else kept."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "losses"} if isinstance(v, dict) else v) for k, v in metrics.items()}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", required=True, help="checkpoint to evaluate; repeat for several")
+    parser.add_argument("--retrained", default=None, help="the retrained (gold standard) checkpoint: "
+                        "evaluated too, and every model's average gap to it reported (default: none)")
+    parser.add_argument("--mia", action="store_true", help="run the membership-inference attack (default: off)")
+    parser.add_argument("--json", default=None, help="write every metric to this JSON file (default: none)")
+    parser.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size (default: 1000)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_data_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data = load_dataset(args.dataset, args.data_dir)
+    split = split_from_args(args, data)
+    paths = ([args.retrained] if args.retrained else []) + args.model
+    models = [load_model(p, num_classes=len(data.classes)) for p in paths]  # fail on a bad file before any work
+    device = pick_device(args.device)
+    rows = [(p, evaluate_model(m.to(device), data, split, device, args.batch_size, args.mia)) for p, m in zip(paths, models)]
+    reference = rows[0][1] if args.retrained else None
+    print(format_table(rows, reference))
+    if len(data.classes) <= 20:
+        print("\n" + format_per_class(rows, data.classes))
+    if args.json:
+        write_json(args.json, {"split": describe_split(split, data.classes), "retrained": args.retrained,
+                               "models": {p: strip_losses(m) for p, m in rows}})
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,219 @@
+"""Architectures and checkpoints: the model card's CIFAR ResNet18 and He et al.'s CIFAR ResNets.
+
+    python models.py                                          # parameter counts of every architecture
+    python models.py --model checkpoints/resnet18_cifar10_full.pth   # what a checkpoint holds
+
+A checkpoint is a plain CPU state_dict with torchvision's keys, written atomically, with a JSON
+sidecar beside it (argv, config, split, seed, versions, device, wall time, metrics). Load one elsewhere:
+
+    model = torchvision.models.resnet18(weights=None)
+    model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = torch.nn.Identity()
+    model.fc = torch.nn.Linear(512, 10)
+    model.load_state_dict(torch.load("resnet18_cifar10_full.pth", weights_only=True))
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")  # dicts that hold a state_dict
+
+
+def resnet18(num_classes=10):
+    """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, exactly as the model card builds it."""
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class BasicBlock(nn.Module):
+    """He et al. (2016) CIFAR block; the shortcut is option A (stride-2 subsampling + zero channels), no parameters."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.extra = stride, cout - cin
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, ::self.stride, ::self.stride]
+        if self.extra:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 images: 3 stages of n blocks with 16/32/64 channels (He et al. 2016, sec. 4.2)."""
+
+    def __init__(self, depth, num_classes=10):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        widths = [(16, 16, 1), (16, 32, 2), (32, 64, 2)]
+        self.layer1, self.layer2, self.layer3 = (
+            nn.Sequential(*[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+            for cin, cout, stride in widths)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+ARCHS = {
+    "resnet18": resnet18,
+    "resnet20": lambda num_classes=10: CifarResNet(20, num_classes),
+    "resnet32": lambda num_classes=10: CifarResNet(32, num_classes),
+    "resnet44": lambda num_classes=10: CifarResNet(44, num_classes),
+    "resnet56": lambda num_classes=10: CifarResNet(56, num_classes),
+}
+
+
+def build_model(arch, num_classes):
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+    return ARCHS[arch](num_classes)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def clean_state_dict(state):
+    """Plain CPU tensors under torchvision's keys (no DDP / torch.compile prefixes)."""
+    out = {}
+    for key, value in state.items():
+        for prefix in PREFIXES:
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        out[key] = value.detach().cpu()
+    return out
+
+
+def infer_arch(state):
+    """(arch, num_classes) from a state_dict's keys and shapes; ValueError if it is none of ARCHS."""
+    if "fc.weight" not in state or "conv1.weight" not in state:
+        raise ValueError("not a ResNet state_dict (no conv1.weight / fc.weight)")
+    blocks = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
+    if "layer4.0.conv1.weight" not in state:
+        arch = f"resnet{6 * blocks + 2}"
+    elif blocks != 2 or "layer4.2.conv1.weight" in state:
+        arch = "a torchvision ResNet deeper than 18"
+    elif state["conv1.weight"].shape[-1] != 3:
+        arch = "an ImageNet ResNet18 (7x7 stem)"
+    else:
+        arch = "resnet18"
+    if arch not in ARCHS:
+        raise ValueError(f"architecture is {arch}, not one of {', '.join(ARCHS)}")
+    return arch, state["fc.weight"].shape[0]
+
+
+def load_model(path, arch=None, num_classes=None):
+    """Load a checkpoint (bare state_dict or a dict holding one) with weights_only=True; infer its
+    architecture and class count, and check them against `arch` / `num_classes` when given."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors all mean "not a checkpoint we load"
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+    for key in WRAPPER_KEYS:
+        state = state[key] if isinstance(state, dict) and isinstance(state.get(key), dict) else state
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path}: holds no state_dict")
+    state = clean_state_dict(state)
+    try:
+        found_arch, found_classes = infer_arch(state)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if (arch or found_arch) != found_arch or (num_classes or found_classes) != found_classes:
+        raise ValueError(f"{path} is a {found_arch} with {found_classes} classes, "
+                         f"expected {arch or found_arch} with {num_classes or found_classes}")
+    model = build_model(found_arch, found_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: does not fit {found_arch}: {str(e).splitlines()[1].strip()}") from None
+    return model
+
+
+def atomic_write(path, write):
+    """Call write(file) on a temp file beside `path`, then rename it into place: no half-written files."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=to_json).encode()))
+
+
+def to_json(obj):
+    """JSON for numpy scalars/arrays and tensors met in configs and metrics."""
+    if isinstance(obj, (np.ndarray, np.generic, torch.Tensor)):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def sidecar_path(path):
+    return os.path.splitext(path)[0] + ".json"
+
+
+def save_model(path, model, meta):
+    """Plain CPU state_dict at `path`, and `meta` plus argv, versions and time in a JSON file beside it."""
+    state = clean_state_dict(model.state_dict())
+    atomic_write(path, lambda f: torch.save(state, f))
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "torchvision": torchvision.__version__, "numpy": np.__version__}
+    write_json(sidecar_path(path), {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                    "versions": versions, **meta})
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="a checkpoint to describe (default: list the architectures)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.model:
+        model = load_model(args.model)
+        arch, num_classes = infer_arch(model.state_dict())
+        print(f"{args.model}: {arch}, {num_classes} classes, {sum(p.numel() for p in model.parameters()):,} parameters")
+        return
+    for arch in ARCHS:
+        print(f"{arch}: {sum(p.numel() for p in build_model(arch, 10).parameters()):,} parameters (10 classes)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real CIFAR-10 images (skipped with a reason where the archive is absent),
+a small resnet20 trained on them once per session, and a helper that runs a script as a user would."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from data import Loader, load_dataset, make_split
+from train import TrainConfig, fit
+from models import build_model, save_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHIVE = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
+SUBSET = 300  # train images per class for the session model: enough to learn, small enough for 2 cores
+TEST_SUBSET = 100
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg(data_dir):
+    if not os.path.exists(ARCHIVE):
+        pytest.skip(f"the real CIFAR-10 images are not at {ARCHIVE} (only the project's own machines have them)")
+    return load_dataset(ARCHIVE, data_dir)
+
+
+@pytest.fixture(scope="session")
+def trained(cifar_jpeg, tmp_path_factory):
+    """(checkpoint path, model, log): resnet20 trained with the recipe (batch 64, 4 epochs) on 300 images per class."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    split = make_split(cifar_jpeg, subset=SUBSET, test_subset=TEST_SUBSET)
+    cfg = TrainConfig(epochs=4, batch_size=64)
+    train_loader = Loader(cifar_jpeg, split.retain, True, cfg.batch_size, shuffle=True, augment=True)
+    log = fit(model, train_loader, Loader(cifar_jpeg, split.test, False, 1000), cfg)
+    path = str(tmp_path_factory.mktemp("ckpt") / "resnet20_full.pth")
+    save_model(path, model, {"arch": "resnet20"})
+    return path, model, log
+
+
+def run_script(script, *args, cwd=ROOT):
+    """Run one of the project's scripts in a fresh interpreter, as a user would."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def assert_clean_error(result, text):
+    """Bad input: non-zero exit, no traceback, and a last line that says what is wrong."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert text in result.stderr.strip().splitlines()[-1], result.stderr

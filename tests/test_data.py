@@ -1,0 +1,176 @@
+"""Data: the real on-disk formats (torchvision's CIFAR pickles, image folders and their archives), the real
+CIFAR-10 images, class names, splits and --subset."""
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+from conftest import ARCHIVE, run_script
+from data import Dataset, load_dataset, make_split, resolve_class, subset_indices
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def planes_to_rows(images):
+    """CIFAR's on-disk layout, built by hand: per image 1024 red, then 1024 green, then 1024 blue bytes."""
+    return np.stack([np.concatenate([im[:, :, c].ravel() for c in range(3)]) for im in images])
+
+
+def write_pickle(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_cifar(root, name, n=7):
+    """A synthetic CIFAR-10 or CIFAR-100 in torchvision's extracted format; returns the images and labels written."""
+    rng = np.random.default_rng(1)
+    k = 10 if name == "cifar10" else 100
+    if name == "cifar10":
+        folder, files, label_key = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels"
+    else:
+        folder, files, label_key = root / "cifar-100-python", ["train", "test"], "fine_labels"
+    folder.mkdir()
+    written = {}
+    for f in files:
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        y = rng.integers(0, k, n).tolist()
+        write_pickle(folder / f, {"data": planes_to_rows(x), label_key: y, "coarse_labels": [0] * n,
+                                  "filenames": [f"{i}.png" for i in range(n)]})
+        written[f] = (x, np.array(y))
+    if name == "cifar10":
+        write_pickle(folder / "batches.meta", {"label_names": CIFAR10_NAMES, "num_vis": 3072})
+    else:
+        write_pickle(folder / "meta", {"fine_label_names": [f"c{i:02d}" for i in range(100)], "coarse_label_names": ["x"]})
+    train = [written[f] for f in files[:-1]]
+    return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), *written[files[-1]]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_pickles_load_with_the_right_pixel_layout(tmp_path, name):
+    train_x, train_y, test_x, test_y = write_cifar(tmp_path, name)
+    d = load_dataset(name, str(tmp_path))
+    assert np.array_equal(d.train_x, train_x) and np.array_equal(d.train_y, train_y)
+    assert np.array_equal(d.test_x, test_x) and np.array_equal(d.test_y, test_y)
+    assert len(d.classes) == (10 if name == "cifar10" else 100)
+    assert d.mean == data.STATS[name][0] and d.std == data.STATS[name][1]
+
+
+def test_missing_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setitem(data.CIFAR, "cifar10", (offline,) + data.CIFAR["cifar10"][1:])
+    with pytest.raises(FileNotFoundError, match="could not be downloaded"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def write_folder(root, sizes):
+    """train/<class>/*.png and test/<class>/*.png with random pixels; returns {split: (images, labels)} in load order."""
+    rng = np.random.default_rng(2)
+    out = {}
+    for split, per_class in sizes.items():
+        xs, ys = [], []
+        for label, cls in enumerate(["alpha", "beta", "gamma"]):  # written out of order below
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                x = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(x).save(root / split / cls / f"{i:03d}.png")
+                xs.append(x)
+                ys.append(label)
+        out[split] = (np.stack(xs), np.array(ys))
+    return out
+
+
+def test_image_folder_and_its_archive_decode_exactly_and_are_cached(tmp_path, monkeypatch):
+    folder = tmp_path / "toy"
+    expected = write_folder(folder, {"train": 4, "test": 2})
+    d = load_dataset(str(folder), str(tmp_path / "cache"))
+    assert d.classes == ("alpha", "beta", "gamma")
+    assert np.array_equal(d.train_x, expected["train"][0]) and np.array_equal(d.train_y, expected["train"][1])
+    assert np.array_equal(d.test_x, expected["test"][0]) and np.array_equal(d.test_y, expected["test"][1])
+    archive = tmp_path / "toy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / "train", "train")
+        tar.add(folder / "test", "test")
+    from_archive = load_dataset(str(archive), str(tmp_path / "cache"))
+    assert np.array_equal(from_archive.train_x, d.train_x) and from_archive.classes == d.classes
+
+    def no_decoding(path):
+        raise AssertionError("decoded again although cached")
+    monkeypatch.setattr(data, "decode_image_folder", no_decoding)
+    assert np.array_equal(load_dataset(str(folder), str(tmp_path / "cache")).train_x, d.train_x)
+    Image.fromarray(expected["train"][0][0]).save(folder / "train" / "alpha" / "new.png")
+    with pytest.raises(AssertionError, match="decoded again"):  # a changed folder is not served from the stale cache
+        load_dataset(str(folder), str(tmp_path / "cache"))
+
+
+def test_missing_or_malformed_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_dataset(str(tmp_path / "nowhere"), str(tmp_path))
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(FileNotFoundError, match="expected train/<class>"):
+        load_dataset(str(tmp_path / "flat"), str(tmp_path))
+
+
+def test_real_cifar10_images(cifar_jpeg):
+    assert list(cifar_jpeg.classes) == CIFAR10_NAMES
+    assert cifar_jpeg.train_x.shape == (50000, 32, 32, 3) and cifar_jpeg.test_x.shape == (10000, 32, 32, 3)
+    assert np.array_equal(np.bincount(cifar_jpeg.train_y), [5000] * 10)
+    assert np.array_equal(np.bincount(cifar_jpeg.test_y), [1000] * 10)
+    assert np.allclose(cifar_jpeg.mean, data.STATS["cifar10"][0], atol=0.01)  # it is CIFAR-10, re-encoded
+
+
+def toy(n_per_class=50, k=10, seed=0):
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(k), n_per_class))
+    images = np.zeros((len(labels), 32, 32, 3), np.uint8)
+    return Dataset("toy", tuple(f"c{i}" for i in range(k)), images, labels, images[:k * 5], labels[:k * 5],
+                   (0.5,) * 3, (0.25,) * 3)
+
+
+def test_class_names_resolve_both_ways():
+    assert resolve_class(tuple(CIFAR10_NAMES), "cat") == 3
+    assert resolve_class(tuple(CIFAR10_NAMES), "3") == 3
+    with pytest.raises(ValueError, match="unknown class 'kitten'; valid: airplane, automobile"):
+        resolve_class(tuple(CIFAR10_NAMES), "kitten")
+    with pytest.raises(ValueError):
+        resolve_class(tuple(CIFAR10_NAMES), "10")
+
+
+def test_classwise_split_is_disjoint_complete_and_removes_the_class():
+    d = toy()
+    s = make_split(d, forget_class=3)
+    assert np.array_equal(np.sort(np.concatenate([s.forget, s.retain])), np.arange(500))
+    assert set(d.train_y[s.forget]) == {3} and 3 not in set(d.train_y[s.retain]) and len(s.forget) == 50
+    assert set(d.test_y[s.test_forget]) == {3} and 3 not in set(d.test_y[s.test_retain])
+    assert len(s.test_forget) + len(s.test_retain) == len(d.test_y)
+
+
+def test_random_split_is_seeded_and_of_the_asked_size():
+    d = toy()
+    a, b, c = (make_split(d, forget_fraction=0.2, forget_seed=s) for s in (0, 0, 1))
+    assert len(a.forget) == 100 and np.array_equal(a.forget, b.forget) and not np.array_equal(a.forget, c.forget)
+    assert len(np.intersect1d(a.forget, a.retain)) == 0 and len(a.forget) + len(a.retain) == 500
+    assert len(a.test_forget) == 0 and len(a.test_retain) == len(d.test_y)
+    with pytest.raises(ValueError):
+        make_split(d, forget_fraction=1.5)
+    with pytest.raises(ValueError):
+        make_split(d, forget_class=1, forget_fraction=0.2)
+
+
+def test_subset_takes_the_first_n_of_each_class_deterministically():
+    d = toy()
+    idx = subset_indices(d.train_y, 7)
+    assert np.array_equal(np.bincount(d.train_y[idx]), [7] * 10)
+    assert all(idx[d.train_y[idx] == c].max() < np.flatnonzero(d.train_y == c)[7] for c in range(10))
+    s = make_split(d, forget_class=2, subset=7)
+    assert len(s.forget) == 7 and len(s.retain) == 63 and np.isin(s.forget, idx).all()
+
+
+def test_cli_lists_classes_and_split(cifar_jpeg, data_dir):
+    r = run_script("data.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--forget-class", "cat")
+    assert r.returncode == 0, r.stderr
+    assert "classes: " + " ".join(CIFAR10_NAMES) in r.stdout and "5000 forget, 45000 retain" in r.stdout

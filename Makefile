@@ -1,5 +1,6 @@
 # Machine-unlearning recipes for image classifiers. `make help` lists the targets.
-# Variables: DATASET (cifar10 | cifar100 | image folder), DATA_DIR, ARCH, EPOCHS, DEVICE, CLASS, MODEL.
+# Variables: DATASET (cifar10 | cifar100 | image folder), DATA_DIR, ARCH, EPOCHS, DEVICE, CLASS, MODEL, METHOD,
+# EXTRA (more flags for the scripts, e.g. EXTRA="--subset 100").
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,15 +10,18 @@ ARCH ?= resnet18
 EPOCHS ?= 200
 DEVICE ?= auto
 CLASS ?= cat
+METHOD ?= ssd
 NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
 MODEL ?= checkpoints/$(ARCH)_$(NAME)_full.pth
-DATA = --dataset $(DATASET) --data-dir $(DATA_DIR) --device $(DEVICE)
+EXTRA ?=
+DATA = --dataset $(DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) $(EXTRA)
 TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume
 # The demo uses the real CIFAR-10 images where this project's machines keep them, else downloads CIFAR-10.
 DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/data/cifar10-jpeg.tar.gz,cifar10)
-DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --arch resnet20 --subset 300 --test-subset 100
+DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --subset 300 --test-subset 100
+DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 --resume
 
-.PHONY: help install test demo train retrain retrain-all retrain-classes evaluate clean-demo
+.PHONY: help install test demo train retrain retrain-all retrain-classes evaluate unlearn unlearn-table clean-demo
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -33,8 +37,8 @@ test: $(VENV)/.installed  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest
 
 demo: $(VENV)/.installed  ## a few minutes on a CPU: resnet20 on a subset, trained, CLASS retrained, both evaluated
-	$(PY) train.py $(DEMO) --epochs 4 --batch-size 64 --out runs/demo/full.pth --resume
-	$(PY) train.py $(DEMO) --epochs 4 --batch-size 64 --forget-class $(CLASS) --out runs/demo/no_$(CLASS).pth --resume
+	$(DEMO_TRAIN) --out runs/demo/full.pth
+	$(DEMO_TRAIN) --forget-class $(CLASS) --out runs/demo/no_$(CLASS).pth
 	$(PY) evaluate.py $(DEMO) --model runs/demo/full.pth --retrained runs/demo/no_$(CLASS).pth --forget-class $(CLASS) --mia
 
 train: checkpoints/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch recipe on the whole train set
@@ -54,6 +58,18 @@ checkpoints/$(ARCH)_$(NAME)_no_%.pth: | $(VENV)/.installed
 
 evaluate: $(VENV)/.installed  ## evaluate MODEL with CLASS forgotten, MIA included
 	$(PY) evaluate.py $(DATA) --model $(MODEL) --forget-class $(CLASS) --mia
+
+unlearn: $(VENV)/.installed  ## unlearn CLASS from MODEL with METHOD -> checkpoints/<dataset>_<arch>_<Method>_<class>.pth
+	$(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $(CLASS)
+
+unlearn-table: $(VENV)/.installed  ## METHOD for every class of MODEL, then the model cards' table: tables/<method>.md
+	classes=$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p' | wc -w); \
+	for c in $$(seq 0 $$((classes - 1))); do \
+	  $(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $$c \
+	    --out runs/table-$(METHOD)/$(NAME)_$(METHOD)_$$c.pth || exit 1; \
+	done; \
+	$(PY) evaluate.py --table $$(seq -f "runs/table-$(METHOD)/$(NAME)_$(METHOD)_%g.json" 0 $$((classes - 1))) --out tables/$(METHOD).md
+	cat tables/$(METHOD).md
 
 clean-demo:  ## delete runs/demo
 	rm -rf runs/demo

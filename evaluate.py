@@ -10,7 +10,9 @@ held out. Members are the forget set; non-members the forgotten class's test ima
 forgetting) or the whole test set (random forgetting). 0.5 means the attacker cannot tell them apart.
 """
 import argparse
+import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
-from models import load_model, write_json
+from models import atomic_write, load_model, write_json
 
 
 def pick_device(name="auto"):
@@ -159,14 +161,15 @@ def cell(summary):
 def format_table(rows, reference=None):
     """Markdown table, one row per (name, metrics); with a reference (the retrained model), its gap."""
     lines = ["| Model | Forget acc (loss) | Retain acc (loss) | Test top-1 | Test top-5 | Train forget acc | "
-             "Train retain acc | MIA | Avg gap |", "|" + "---|" * 9]
+             "Train retain acc | MIA | Avg gap | Seconds |", "|" + "---|" * 10]
     for name, m in rows:
         forget, retain = headline(m)
         mia = "-" if m["mia"] is None else f"{m['mia']:.3f}"
         gap = "-" if reference is None else f"{avg_gap(m, reference):.2f}"
         train_forget = "-" if m["train_forget"] is None else f"{m['train_forget']['acc']:.2f}%"
+        seconds = f"{m['seconds']:.1f}" if m.get("seconds") is not None else "-"
         lines.append(f"| {name} | {cell(forget)} | {cell(retain)} | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% "
-                     f"| {train_forget} | {m['train_retain']['acc']:.2f}% | {mia} | {gap} |")
+                     f"| {train_forget} | {m['train_retain']['acc']:.2f}% | {mia} | {gap} | {seconds} |")
     return "\n".join(lines)
 
 
@@ -176,6 +179,23 @@ def format_per_class(rows, classes):
     return "\n".join(lines)
 
 
+def card_table(sidecars):
+    """The model cards' per-class table (Model | Forget Class | Forget class acc(loss) | Retain class acc(loss)),
+    plus MIA, from the JSON sidecars that unlearn.py writes."""
+    lines = ["| Model | Forget Class | Forget class acc(loss) | Retain class acc(loss) | MIA |", "|---|---|---|---|---|"]
+    for path in sidecars:
+        with open(path) as f:
+            meta = json.load(f)
+        if not meta.get("metrics"):
+            raise ValueError(f"{path} holds no metrics (made with --no-eval?)")
+        forget, retain = headline(meta["metrics"])
+        mia = "-" if meta["metrics"]["mia"] is None else f"{meta['metrics']['mia']:.3f}"
+        name = os.path.splitext(os.path.basename(path))[0] + ".pth"
+        lines.append(f"| `{name}` | {meta['split']['forget_class'] or '-'} | {forget['acc']:.1f}% ({forget['loss']:.2f}) "
+                     f"| {retain['acc']:.1f}% ({retain['loss']:.2f}) | {mia} |")
+    return "\n".join(lines) + "\n"
+
+
 def strip_losses(metrics):
     """Metrics for JSON: per-example losses dropped (they are large), all else kept."""
     return {k: ({kk: vv for kk, vv in v.items() if kk != "losses"} if isinstance(v, dict) else v) for k, v in metrics.items()}
@@ -183,7 +203,10 @@ def strip_losses(metrics):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", required=True, help="checkpoint to evaluate; repeat for several")
+    parser.add_argument("--model", action="append", default=[], help="checkpoint to evaluate; repeat for several")
+    parser.add_argument("--table", nargs="+", default=None, help="instead: build the model cards' per-class table "
+                        "from these unlearn.py JSON sidecars, to stdout or --out (default: off)")
+    parser.add_argument("--out", default=None, help="with --table: write the Markdown table to this file (default: stdout)")
     parser.add_argument("--retrained", default=None, help="the retrained (gold standard) checkpoint: "
                         "evaluated too, and every model's average gap to it reported (default: none)")
     parser.add_argument("--mia", action="store_true", help="run the membership-inference attack (default: off)")
@@ -196,6 +219,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.table:
+        table = card_table(args.table)
+        atomic_write(args.out, lambda f: f.write(table.encode())) if args.out else print(table, end="")
+        return
+    if not args.model:
+        raise ValueError("give --model (or --table)")
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     paths = ([args.retrained] if args.retrained else []) + args.model

@@ -90,7 +90,8 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
 
 
 def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None):
-    """Train `model` with the recipe `cfg`; after every epoch print a line and, with a path prefix, write the
+    """Train `model` with the recipe `cfg` (test_loader None: no test accuracy); after every epoch print a line
+    and, with a path prefix, write the
     resumable state <prefix>.state.pt and the log <prefix>.log.jsonl. resume: continue from that state when it
     exists. stop_after: end after that epoch. Returns the per-epoch log."""
     optimizer, scheduler = make_optimizer(model, cfg)
@@ -103,11 +104,12 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
         start, lr = time.time(), scheduler.get_last_lr()[0]
         loss, train_acc = train_epoch(model, train_loader, optimizer, f"epoch {epoch}/{cfg.epochs}")
         scheduler.step()
-        test_acc = accuracy(model, test_loader)
+        test_acc = accuracy(model, test_loader) if test_loader else None
         log.append({"epoch": epoch, "loss": loss, "train_acc": train_acc, "test_acc": test_acc, "lr": lr,
                     "seconds": time.time() - start})
-        print(f"epoch {epoch}/{cfg.epochs} loss {loss:.4f} train {train_acc:.2f}% test {test_acc:.2f}% "
-              f"lr {lr:.5f} {log[-1]['seconds']:.1f}s", flush=True)
+        test = "" if test_acc is None else f" test {test_acc:.2f}%"
+        print(f"epoch {epoch}/{cfg.epochs} loss {loss:.4f} train {train_acc:.2f}%{test} lr {lr:.5f} "
+              f"{log[-1]['seconds']:.1f}s", flush=True)
         if prefix:
             save_state(state_path, model, optimizer, scheduler, train_loader, log, identity)
             write_log(prefix + ".log.jsonl", log)

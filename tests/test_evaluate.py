@@ -49,7 +49,7 @@ def test_cli_table_json_and_gap_to_the_retrained_model(cifar_jpeg, data_dir, tra
                    "--json", tmp_path / "out.json")
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith(f"| {path}")]
-    assert len(rows) == 2 and rows[0] == rows[1] and rows[0].endswith("| 0.00 |")  # a model is 0 away from itself
+    assert len(rows) == 2 and rows[0] == rows[1] and rows[0].endswith("| 0.00 | - |")  # a model is 0 away from itself
     assert "| Model | Forget acc (loss) | Retain acc (loss) |" in r.stdout and "| cat |" in r.stdout
     out = json.load(open(tmp_path / "out.json"))
     m = out["models"][path]

@@ -1,0 +1,474 @@
+"""Make a trained model forget a class or a set of samples, with the published recipes and the standard baselines.
+
+    python unlearn.py --method ssd --model checkpoints/resnet18_cifar10_full.pth --forget-class cat
+    python unlearn.py --method advneggrad --model checkpoints/resnet18_cifar10_full.pth --forget-class 3 --retrained checkpoints/resnet18_cifar10_no_cat.pth
+    python unlearn.py --method ssd --help        # the method's own flags and published defaults
+
+Every method is a function unlearn_<name>(model, retain_loader, forget_loader, cfg, device) -> model with a
+frozen config dataclass of published defaults, chosen from the literal METHODS dict. Methods never compute
+metrics: this script evaluates afterwards with evaluate.py (skip with --no-eval).
+"""
+import argparse
+import copy
+import dataclasses
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
+from evaluate import evaluate_model, format_table, pick_device, strip_losses
+from models import build_model, infer_arch, load_model, save_model
+from train import TrainConfig, fit
+
+
+def hp(default, help, **kwargs):
+    """A config field whose help (the paper's symbol and value) shows in `--method X --help`."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+# ----------------------------------------------------------------------------- configs (published defaults)
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """Selective Synaptic Dampening (Foster et al., 2024), the official implementation's settings."""
+    lam: float = hp(1.0, "lambda, dampening constant: weights scaled by min(lambda I_D / I_f, 1)", flag="--lambda")
+    alpha: float = hp(10.0, "alpha, selection weighting: dampen where I_f > alpha I_D")
+    batch_size: int = hp(64, "batch size of the importance passes")
+    importance: str = hp("batch", "batch: squared gradient of each batch-mean loss, averaged over batches (official); "
+                         "per-sample: mean of per-example squared gradients", choices=("batch", "per-sample"))
+    augment: bool = hp(False, "shuffle and augment the loaders (the official pass does neither)")
+
+
+@dataclass(frozen=True)
+class AdvNegGradConfig:
+    """AdvNegGrad (model card): loss = alpha * (-CE on forget) + (1 - alpha) * CE on retain."""
+    alpha: float = hp(0.15, "alpha, weight of the gradient-ascent (forget) term; (1 - alpha) weights the retain term")
+    clip: float = hp(0.5, "max global norm of the combined gradient")
+    lr: float = hp(0.1, "SGD learning rate eta")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(True, "Nesterov momentum")
+    epochs: int = hp(1, "passes over the retain set (the forget loader cycles)")
+    batch_size: int = hp(2500, "batch size of both loaders")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+@dataclass(frozen=True)
+class NegGradPlusConfig:
+    """NegGrad+ (Kurmanji et al., 2023): loss = alpha * CE on retain - (1 - alpha) * CE on forget."""
+    alpha: float = hp(0.95, "alpha, weight of the retain (descent) term; (1 - alpha) weights the forget term")
+    clip: float = hp(0.0, "max global norm of the gradient; 0 = no clipping")
+    lr: float = hp(0.01, "SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(10, "passes over the retain set (the forget loader cycles)")
+    batch_size: int = hp(128, "batch size of both loaders")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning on the retain set (the CIFAR-100 report's setting)."""
+    epochs: int = hp(20, "epochs = cosine T_max")
+    lr: float = hp(0.1, "initial SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(False, "Nesterov momentum (the report does not use it)")
+    batch_size: int = hp(128, "batch size")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Retrain from a fresh initialisation on the retain set with train.py's recipe (= train.py --forget-class)."""
+    epochs: int = hp(200, "epochs = cosine T_max")
+    lr: float = hp(0.1, "initial SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(True, "Nesterov momentum")
+    batch_size: int = hp(128, "batch size")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+@dataclass(frozen=True)
+class GAConfig:
+    """Gradient ascent on the forget set (Unlearn-Sparse / SalUn baseline settings)."""
+    lr: float = hp(1e-4, "SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(5, "passes over the forget set")
+    batch_size: int = hp(256, "batch size")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Random labels (SalUn's RL baseline): forget images relabelled to a random other class, trained with the retain set."""
+    lr: float = hp(0.013, "SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(10, "passes over the retain set (the forget loader cycles)")
+    batch_size: int = hp(256, "batch size of both loaders")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+@dataclass(frozen=True)
+class SalUnConfig:
+    """SalUn (Fan et al., 2024): random labels, updating only the most salient half of the weights."""
+    mask_ratio: float = hp(0.5, "fraction of weights kept trainable: the largest |grad of forget loss|")
+    lr: float = hp(0.013, "SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(10, "passes over the retain set (the forget loader cycles)")
+    batch_size: int = hp(256, "batch size of both loaders")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+@dataclass(frozen=True)
+class SCRUBConfig:
+    """SCRUB (Kurmanji et al., 2023): teacher = frozen original; max-steps on forget, min-steps on retain."""
+    alpha: float = hp(0.001, "alpha, weight of KL(teacher||student) in the min-step")
+    gamma: float = hp(0.99, "gamma, weight of the cross-entropy in the min-step")
+    temperature: float = hp(4.0, "T, distillation temperature")
+    max_epochs: int = hp(2, "epochs that start with a max-step pass over the forget set (msteps)", minimum=0)
+    epochs: int = hp(3, "epochs of min-steps over the retain set")
+    lr: float = hp(5e-4, "SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    batch_size: int = hp(128, "batch size of both loaders")
+    augment: bool = hp(True, "shuffle and augment like training")
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+def sgd(model, cfg):
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
+def step(optimizer, loss, clip=0.0):
+    """One update; clip > 0 caps the global norm of the whole gradient first."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+    optimizer.step()
+
+
+def passes(loader, epochs):
+    """The batches of `epochs` passes over `loader`, one after the other."""
+    for _ in range(epochs):
+        yield from loader
+
+
+def cycle(loader):
+    """The loader's batches forever, a fresh pass (new order and augmentation) each time round."""
+    while True:
+        yield from loader
+
+
+def rebatch(loaders, batch_size):
+    """The batches a DataLoader over ConcatDataset(loaders' sets) gives: their examples in order, regrouped."""
+    xs, ys = [], []
+    for x, y in itertools.chain(*loaders):
+        xs, ys = [torch.cat(xs + [x])], [torch.cat(ys + [y])]
+        while len(ys[0]) >= batch_size:
+            yield xs[0][:batch_size], ys[0][:batch_size]
+            xs, ys = [xs[0][batch_size:]], [ys[0][batch_size:]]
+    if ys and len(ys[0]):
+        yield xs[0], ys[0]
+
+
+def random_other_labels(labels, num_classes):
+    """Each label replaced by a uniformly random different class."""
+    return (labels + torch.randint(1, num_classes, labels.shape, device=labels.device)) % num_classes
+
+
+def train_config(cfg):
+    """train.py's recipe object for the methods that run it (finetune, retrain)."""
+    return TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+
+
+# ----------------------------------------------------------------------------- SSD
+
+def importance_batch(model, loader):
+    """Official SSD: sum over mini-batches of the squared gradient of the batch-mean cross-entropy, / #batches."""
+    params = [p for _, p in model.named_parameters()]
+    total, batches = [torch.zeros_like(p) for p in params], 0
+    for x, y in loader:
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        total, batches = [t + g.square() for t, g in zip(total, grads)], batches + 1
+    return {name: t / batches for (name, _), t in zip(model.named_parameters(), total)}
+
+
+def importance_per_sample(model, loader):
+    """Mean over examples of the squared per-example gradient (torch.func): independent of batching and order."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(params, x, y):
+        return F.cross_entropy(functional_call(model, (params, buffers), (x[None],)), y[None])
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    total, count = {n: torch.zeros_like(p) for n, p in params.items()}, 0
+    for x, y in loader:
+        grads = per_example(params, x, y)
+        total, count = {n: total[n] + grads[n].square().sum(0) for n in total}, count + len(y)
+    return {n: t / count for n, t in total.items()}
+
+
+@torch.no_grad()
+def dampen(model, full_importance, forget_importance, lam, alpha):
+    """Where I_f > alpha * I_D, multiply the weight by min(lambda * I_D / I_f, 1): weights only ever shrink."""
+    for name, p in model.named_parameters():
+        i_d, i_f = full_importance[name], forget_importance[name]
+        selected = i_f > alpha * i_d
+        p[selected] = p[selected] * (lam * i_d[selected] / i_f[selected]).clamp(max=1)
+
+
+IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample}
+
+
+def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
+    """I_f over the forget set, I_D over the full train set (retain then forget, unshuffled), then dampen."""
+    model.eval()
+    importance = IMPORTANCE[cfg.importance]
+    forget_importance = importance(model, forget_loader)
+    full_importance = importance(model, rebatch([retain_loader, forget_loader], cfg.batch_size))
+    dampen(model, full_importance, forget_importance, cfg.lam, cfg.alpha)
+    return model
+
+
+# ----------------------------------------------------------------------------- gradient methods
+
+def negative_gradient(model, retain_loader, forget_loader, retain_weight, forget_weight, cfg):
+    """Descent on retain CE and ascent on forget CE, one combined (clipped) step per (retain, forget) batch pair."""
+    optimizer = sgd(model, cfg)
+    model.train()
+    for (xr, yr), (xf, yf) in zip(passes(retain_loader, cfg.epochs), cycle(forget_loader)):
+        loss = retain_weight * F.cross_entropy(model(xr), yr) - forget_weight * F.cross_entropy(model(xf), yf)
+        step(optimizer, loss, cfg.clip)
+    return model
+
+
+def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
+    """alpha weights the forget (ascent) term, (1 - alpha) the retain term."""
+    return negative_gradient(model, retain_loader, forget_loader, 1 - cfg.alpha, cfg.alpha, cfg)
+
+
+def unlearn_neggrad_plus(model, retain_loader, forget_loader, cfg, device):
+    """alpha weights the retain (descent) term, (1 - alpha) the forget term (Kurmanji et al.'s convention)."""
+    return negative_gradient(model, retain_loader, forget_loader, cfg.alpha, 1 - cfg.alpha, cfg)
+
+
+def unlearn_ga(model, retain_loader, forget_loader, cfg, device):
+    optimizer = sgd(model, cfg)
+    model.train()
+    for x, y in passes(forget_loader, cfg.epochs):
+        step(optimizer, -F.cross_entropy(model(x), y))
+    return model
+
+
+def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
+    fit(model, retain_loader, None, train_config(cfg))
+    return model
+
+
+def unlearn_retrain(model, retain_loader, forget_loader, cfg, device):
+    """A fresh model of the same architecture (every module re-initialised from the seeded RNG, as train.py does)."""
+    model = build_model(*infer_arch(model.state_dict())).to(device)
+    fit(model, retain_loader, None, train_config(cfg))
+    return model
+
+
+def random_labels(model, retain_loader, forget_loader, cfg, keep=None):
+    """Train on retain batches joined with forget batches relabelled to random other classes. keep = (mask,
+    original weights): after every step, weights outside the mask are put back exactly (SalUn)."""
+    optimizer = sgd(model, cfg)
+    model.train()
+    for (xr, yr), (xf, yf) in zip(passes(retain_loader, cfg.epochs), cycle(forget_loader)):
+        y = torch.cat([yr, random_other_labels(yf, model.fc.out_features)])
+        step(optimizer, F.cross_entropy(model(torch.cat([xr, xf])), y))
+        if keep:
+            restore_outside_mask(model, *keep)
+    return model
+
+
+def unlearn_rl(model, retain_loader, forget_loader, cfg, device):
+    return random_labels(model, retain_loader, forget_loader, cfg)
+
+
+def saliency_mask(model, forget_loader, ratio):
+    """True for the `ratio` largest |gradient of the forget loss| over all parameters (one global threshold)."""
+    model.eval()
+    params = [p for _, p in model.named_parameters()]
+    total = [torch.zeros_like(p) for p in params]
+    for x, y in forget_loader:
+        total = [t + g for t, g in zip(total, torch.autograd.grad(F.cross_entropy(model(x), y), params))]
+    flat = torch.cat([t.abs().flatten() for t in total])
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.topk(int(ratio * flat.numel())).indices] = True
+    return {name: m.view_as(p) for (name, p), m in zip(model.named_parameters(), keep.split([p.numel() for p in params]))}
+
+
+@torch.no_grad()
+def restore_outside_mask(model, mask, original):
+    for name, p in model.named_parameters():
+        p.copy_(torch.where(mask[name], p, original[name]))
+
+
+def unlearn_salun(model, retain_loader, forget_loader, cfg, device):
+    mask = saliency_mask(model, forget_loader, cfg.mask_ratio)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return random_labels(model, retain_loader, forget_loader, cfg, keep=(mask, original))
+
+
+def distill_kl(student_logits, teacher_logits, temperature):
+    """KL(teacher || student) of the softened outputs, times T^2, mean over the batch (SCRUB's DistillKL)."""
+    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean") * temperature ** 2
+
+
+def scrub_pass(model, teacher, loader, optimizer, cfg, maximize):
+    """max-step: ascend the divergence on the forget set; min-step: gamma CE + alpha divergence on the retain set."""
+    for x, y in loader:
+        logits = model(x)
+        with torch.no_grad():
+            target = teacher(x)
+        divergence = distill_kl(logits, target, cfg.temperature)
+        loss = -divergence if maximize else cfg.gamma * F.cross_entropy(logits, y) + cfg.alpha * divergence
+        step(optimizer, loss)
+
+
+def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
+    teacher = copy.deepcopy(model).eval()
+    optimizer = sgd(model, cfg)
+    model.train()
+    for epoch in range(cfg.epochs):
+        if epoch < cfg.max_epochs:
+            scrub_pass(model, teacher, forget_loader, optimizer, cfg, maximize=True)
+        scrub_pass(model, teacher, retain_loader, optimizer, cfg, maximize=False)
+    return model
+
+
+# name -> (function, config with the published defaults, name used in checkpoint files)
+METHODS = {
+    "ssd": (unlearn_ssd, SSDConfig, "SSD"),
+    "advneggrad": (unlearn_advneggrad, AdvNegGradConfig, "AdvNegGrad"),
+    "neggrad+": (unlearn_neggrad_plus, NegGradPlusConfig, "NegGradPlus"),
+    "finetune": (unlearn_finetune, FinetuneConfig, "FineTune"),
+    "retrain": (unlearn_retrain, RetrainConfig, "Retrain"),
+    "ga": (unlearn_ga, GAConfig, "GA"),
+    "rl": (unlearn_rl, RLConfig, "RL"),
+    "salun": (unlearn_salun, SalUnConfig, "SalUn"),
+    "scrub": (unlearn_scrub, SCRUBConfig, "SCRUB"),
+}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_config_args(parser, config_class):
+    """One flag per config field, its help naming the paper's symbol and the published default."""
+    group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.rstrip('.')}")
+    for f in dataclasses.fields(config_class):
+        meta = f.metadata
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        kwargs = {"dest": f.name, "default": f.default, "help": f"{meta['help']} (default: {f.default})"}
+        if f.type is bool or isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif isinstance(f.default, int):
+            group.add_argument(flag, type=int if meta.get("minimum") == 0 else positive_int, **kwargs)
+        else:
+            group.add_argument(flag, type=type(f.default), choices=meta.get("choices"), **kwargs)
+
+
+def default_out(data, arch, display, split, subset):
+    """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0."""
+    target = str(split.forget_class) if split.forget_class is not None else \
+        f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
+    return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}" + (f"_subset{subset}" if subset else "") + ".pth")
+
+
+def parse_args(argv=None):
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method", choices=list(METHODS))
+    method = first.parse_known_args(argv)[0].method
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", required=True, choices=list(METHODS),
+                        help="unlearning method; `--method X --help` lists X's flags and defaults")
+    parser.add_argument("--model", required=True, help="the trained checkpoint to unlearn from")
+    parser.add_argument("--retrained", default=None, help="the retrained gold standard, evaluated beside it (default: none)")
+    parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of batch order, augmentation, random labels (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (default: evaluate)")
+    add_data_args(parser)
+    if method:
+        add_config_args(parser, METHODS[method][1])
+    return parser.parse_args(argv)
+
+
+def make_loaders(data, split, cfg, device, seed):
+    """Retain and forget loaders at the method's batch size; shuffled and augmented like training when cfg.augment."""
+    return (Loader(data, split.retain, True, cfg.batch_size, device, cfg.augment, cfg.augment, seed),
+            Loader(data, split.forget, True, cfg.batch_size, device, cfg.augment, cfg.augment, seed + 1))
+
+
+def run_method(fn, model, retain_loader, forget_loader, cfg, device):
+    """(model, seconds) of the method alone; a non-finite weight afterwards stops everything with a clear error."""
+    start = time.time()
+    model = fn(model, retain_loader, forget_loader, cfg, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.time() - start
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise ValueError("the unlearning diverged (non-finite weights); nothing was written. Lower --lr")
+    return model, seconds
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    fn, config_class, display = METHODS[args.method]
+    cfg = config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+    data = load_dataset(args.dataset, args.data_dir)
+    split = split_from_args(args, data)
+    if len(split.forget) == 0:
+        raise ValueError("the forget set is empty: give --forget-class or --forget-fraction")
+    model = load_model(args.model, num_classes=len(data.classes))
+    retrained = args.retrained and load_model(args.retrained, num_classes=len(data.classes))
+    arch = infer_arch(model.state_dict())[0]
+    out = args.out or default_out(data, arch, display, split, args.subset)
+    print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain images -> {out}", flush=True)
+    device = pick_device(args.device)
+    retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed)
+    torch.manual_seed(args.seed)
+    model, seconds = run_method(fn, model.to(device), retain_loader, forget_loader, cfg, device)
+    rows = []
+    if not args.no_eval:
+        rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
+        if retrained:
+            rows.insert(0, (args.retrained, evaluate_model(retrained.to(device), data, split, device, mia=True)))
+    save_model(out, model, {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
+                            "arch": arch, "dataset": data.name, "classes": data.classes, "seed": args.seed,
+                            "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
+                            "metrics": strip_losses(rows[-1][1]) if rows else None, "retrained": args.retrained,
+                            "retrained_metrics": strip_losses(rows[0][1]) if len(rows) == 2 else None})
+    print(format_table(rows, rows[0][1] if retrained else None) if rows else f"saved {out} ({seconds:.1f}s)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

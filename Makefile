@@ -11,6 +11,7 @@ EPOCHS ?= 200
 DEVICE ?= auto
 CLASS ?= cat
 METHOD ?= ssd
+N ?= 5
 NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
 MODEL ?= checkpoints/$(ARCH)_$(NAME)_full.pth
 EXTRA ?=
@@ -21,7 +22,7 @@ DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/da
 DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --subset 300 --test-subset 100
 DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 --resume
 
-.PHONY: help install test demo train retrain retrain-all retrain-classes evaluate unlearn unlearn-table clean-demo
+.PHONY: help install test demo train retrain retrain-all retrain-classes evaluate unlearn unlearn-table ensemble sisa sisa-unlearn clean-demo
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -70,6 +71,20 @@ unlearn-table: $(VENV)/.installed  ## METHOD for every class of MODEL, then the 
 	done; \
 	$(PY) evaluate.py --table $$(seq -f "runs/table-$(METHOD)/$(NAME)_$(METHOD)_%g.json" 0 $$((classes - 1))) --out tables/$(METHOD).md
 	cat tables/$(METHOD).md
+
+ensemble: $(VENV)/.installed  ## N members (seeds 0..N-1) with the ensemble report's recipe, then the ensemble evaluated
+	for k in $$(seq 0 $$(($(N) - 1))); do \
+	  [ -f checkpoints/ensemble/$(NAME)_seed$$k.pth ] || $(PY) train.py $(DATA) --recipe ensemble --seed $$k \
+	    --out checkpoints/ensemble/$(NAME)_seed$$k.pth --resume || exit 1; \
+	done
+	$(PY) evaluate.py $(DATA) --ensemble $$(seq -f "--model checkpoints/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1)))
+
+sisa: $(VENV)/.installed  ## SISA 4 shards x 5 slices, ImageNet ResNet34 transfer (the CIFAR-100 report's setting)
+	$(PY) train.py $(DATA) --sisa --recipe transfer --arch resnet34-imagenet
+
+sisa-unlearn: $(VENV)/.installed  ## SISA unlearning of a random 20% (reuses every unaffected slice checkpoint)
+	$(PY) unlearn.py $(DATA) --method sisa --model checkpoints/sisa_$(NAME)_resnet34-imagenet/manifest_full.json \
+	  --forget-fraction 0.2
 
 clean-demo:  ## delete runs/demo
 	rm -rf runs/demo

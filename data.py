@@ -63,6 +63,7 @@ class Split:
     test: np.ndarray
     test_forget: np.ndarray  # the forgotten class's test images (empty for random forgetting)
     test_retain: np.ndarray
+    val: np.ndarray  # held out of the retain set for model selection (empty unless val_fraction)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -188,68 +189,117 @@ def subset_indices(labels, per_class=None):
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
 
 
-def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, subset=None, test_subset=None):
-    """Class-wise (every train image of forget_class) or random (a seeded fraction of the train set) forgetting."""
-    if forget_class is not None and forget_fraction is not None:
-        raise ValueError("give --forget-class or --forget-fraction, not both")
-    if forget_fraction is not None and not 0 < forget_fraction < 1:
-        raise ValueError(f"--forget-fraction must be in (0, 1), got {forget_fraction}")
+def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, subset=None, test_subset=None,
+               forget_indices=None, val_fraction=None, val_seed=0):
+    """Class-wise (every train image of forget_class), random (a seeded fraction of the train set) or given
+    (forget_indices) forgetting; val_fraction holds a seeded part of the retain set out for model selection."""
+    if sum(x is not None for x in (forget_class, forget_fraction, forget_indices)) > 1:
+        raise ValueError("give one of --forget-class, --forget-fraction, --forget-indices")
+    for name, f in (("--forget-fraction", forget_fraction), ("--val-fraction", val_fraction)):
+        if f is not None and not 0 < f < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {f}")
     train = subset_indices(data.train_y, subset)
     test = subset_indices(data.test_y, test_subset)
+    forget, test_forget = train[:0], test[:0]
     if forget_class is not None:
         forget = train[data.train_y[train] == forget_class]
         test_forget = test[data.test_y[test] == forget_class]
     elif forget_fraction is not None:
         perm = np.random.default_rng(forget_seed).permutation(len(train))
         forget = np.sort(train[perm[:round(forget_fraction * len(train))]])
-        test_forget = test[:0]
-    else:
-        forget, test_forget = train[:0], test[:0]
+    elif forget_indices is not None:
+        forget = np.unique(np.asarray(forget_indices, dtype=np.int64))
+        if not np.isin(forget, train).all():
+            raise ValueError(f"--forget-indices: {np.setdiff1d(forget, train)[:5].tolist()} ... are not train indices in use")
     retain = np.setdiff1d(train, forget)
+    val = retain[:0]
+    if val_fraction is not None:
+        val = np.sort(np.random.default_rng(val_seed).permutation(retain)[:round(val_fraction * len(retain))])
+        retain = np.setdiff1d(retain, val)
     test_retain = np.setdiff1d(test, test_forget)
-    return Split(forget_class, forget_fraction, forget_seed, train, forget, retain, test, test_forget, test_retain)
+    return Split(forget_class, forget_fraction, forget_seed, train, forget, retain, test, test_forget, test_retain, val)
+
+
+def read_indices(path):
+    """Train indices from a .npy file or a text file of whitespace-separated integers."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--forget-indices file {path} not found")
+    try:
+        return np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a list of integers ({e})") from None
 
 
 def describe_split(split, classes):
     """The split as saved with every run: its arguments, sizes, a hash of the indices, the forget indices."""
-    digest = hashlib.sha256(np.concatenate([split.forget, [-1], split.retain]).astype(np.int64).tobytes())
+    digest = hashlib.sha256(np.concatenate([split.forget, [-1], split.retain, [-1], split.val]).astype(np.int64).tobytes())
     return {
         "forget_class": None if split.forget_class is None else classes[split.forget_class],
         "forget_class_index": split.forget_class, "forget_fraction": split.forget_fraction,
         "forget_seed": split.forget_seed, "n_train": len(split.train), "n_forget": len(split.forget),
-        "n_retain": len(split.retain), "n_test": len(split.test), "sha256": digest.hexdigest(),
+        "n_retain": len(split.retain), "n_val": len(split.val), "n_test": len(split.test), "sha256": digest.hexdigest(),
         "forget_indices": split.forget.tolist() if split.forget_class is None else None,
     }
 
 
 # ----------------------------------------------------------------------------- batches
 
-def random_crop_flip(x, generator, pad=PAD):
-    """torchvision's RandomCrop(size, padding=pad) + RandomHorizontalFlip(0.5), per image, batched:
-    zero padding of the uint8 image (before normalisation), offsets uniform in 0..2*pad, independent flips."""
+def random_crop_flip(x, generator, pad=PAD, size=None):
+    """torchvision's RandomCrop(size, padding=pad) + RandomHorizontalFlip(0.5), per image, batched: zero padding
+    (before normalisation), offsets uniform in 0..(h + 2 pad - size), independent flips. size: h when None."""
     n, c, h, w = x.shape
+    size = size or h
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
+    dy = torch.randint(0, h + 2 * pad - size + 1, (n, 1), generator=generator, device=x.device)
+    dx = torch.randint(0, w + 2 * pad - size + 1, (n, 1), generator=generator, device=x.device)
     flip = torch.rand(n, 1, generator=generator, device=x.device) < 0.5
-    rows = dy + torch.arange(h, device=x.device)
-    cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1, device=x.device), torch.arange(w, device=x.device))
+    steps = torch.arange(size, device=x.device)
+    rows, cols = dy + steps, dx + torch.where(flip, steps.flip(0), steps)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chans = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-class Loader:
-    """Normalised (images, labels) batches of `images[indices]`, on `device`. shuffle: a fresh permutation
-    every pass; augment: the recipe's crop + flip. The last partial batch is kept, as in a DataLoader."""
+def resize(x, size):
+    """Nearest-neighbour upsampling to size x size (the transfer report's choice); None leaves x as it is."""
+    return x if size is None or size == x.shape[-1] else F.interpolate(x, size=(size, size), mode="nearest")
 
-    def __init__(self, data, indices, train_set, batch_size, device="cpu", shuffle=False, augment=False, seed=0):
+
+def crop_flip(x, generator, size):
+    """The 200-epoch recipe: crop + flip at the native resolution, then (transfer models) upsampling."""
+    return resize(random_crop_flip(x, generator), size)
+
+
+def rotate_jitter_crop_flip(x, generator, size):
+    """The ensemble report's recipe: torchvision's RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1) per image,
+    then Resize(size * 8/7) (256 for 224) + RandomCrop(size) + RandomHorizontalFlip. Per-image parameters come from
+    torch's CPU RNG, seeded from the loader's generator, so a seed still gives the same batches."""
+    from torchvision.transforms import v2
+    transform = v2.Compose([v2.RandomRotation(10), v2.ColorJitter(0.2, 0.2, 0.2, 0.1)])
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=x.device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x = torch.stack([transform(image) for image in x])
+    size = size or x.shape[-1]
+    return random_crop_flip(resize(x, size * 8 // 7), generator, pad=0, size=size)
+
+
+AUGMENT = {"crop-flip": crop_flip, "rotate-jitter": rotate_jitter_crop_flip}
+
+
+class Loader:
+    """Normalised (images, labels) batches of `images[indices]`, on `device`. shuffle: a fresh permutation every
+    pass; augment: None or a key of AUGMENT; size: upsample to size x size (224 for ImageNet models). The last
+    partial batch is kept, as in a DataLoader."""
+
+    def __init__(self, data, indices, train_set, batch_size, device="cpu", shuffle=False, augment=None, seed=0,
+                 size=None):
         x, y = (data.train_x, data.train_y) if train_set else (data.test_x, data.test_y)
         self.images = torch.from_numpy(x[indices]).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(y[indices]).to(device)
-        self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1) * 255
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
+        self.batch_size, self.shuffle, self.augment, self.size = batch_size, shuffle, augment, size
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
@@ -261,10 +311,9 @@ class Loader:
         order = torch.randperm(n, generator=self.generator, device=self.labels.device) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size] if self.shuffle else slice(start, start + self.batch_size)
-            x = self.images[idx]
-            if self.augment:
-                x = random_crop_flip(x, self.generator)
-            yield (x.float() - self.mean) / self.std, self.labels[idx]
+            x = self.images[idx].float() / 255  # [0, 1], as ToTensor() gives
+            x = AUGMENT[self.augment](x, self.generator, self.size) if self.augment else resize(x, self.size)
+            yield (x - self.mean) / self.std, self.labels[idx]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -279,6 +328,8 @@ def add_data_args(parser):
     g.add_argument("--forget-fraction", type=float, default=None,
                    help="forget a random fraction of the train set instead, e.g. 0.2 (default: none)")
     g.add_argument("--forget-seed", type=int, default=0, help="seed of the random forget set (default: 0)")
+    g.add_argument("--forget-indices", default=None,
+                   help="forget these train indices instead: a .npy file or a text file of integers (default: none)")
     g.add_argument("--subset", type=positive_int, default=None,
                    help="use the first N train images of each class, for quick runs (default: all)")
     g.add_argument("--test-subset", type=positive_int, default=None,
@@ -292,9 +343,11 @@ def positive_int(text):
     return int(text)
 
 
-def split_from_args(args, data):
+def split_from_args(args, data, val_fraction=None):
     forget_class = None if args.forget_class is None else resolve_class(data.classes, args.forget_class)
-    return make_split(data, forget_class, args.forget_fraction, args.forget_seed, args.subset, args.test_subset)
+    forget_indices = None if args.forget_indices is None else read_indices(args.forget_indices)
+    return make_split(data, forget_class, args.forget_fraction, args.forget_seed, args.subset, args.test_subset,
+                      forget_indices, val_fraction)
 
 
 def parse_args(argv=None):

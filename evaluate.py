@@ -3,8 +3,10 @@
     python evaluate.py --model checkpoints/resnet18_cifar10_full.pth
     python evaluate.py --model checkpoints/cifar10_resnet18_SSD_3.pth --retrained checkpoints/resnet18_cifar10_no_cat.pth --forget-class cat --mia
     python evaluate.py --model m.pth --dataset ../shared/data/cifar10-jpeg.tar.gz --subset 100 --forget-class cat --mia --device cpu --json out.json
+    python evaluate.py --ensemble --model runs/ensemble/seed0.pth --model runs/ensemble/seed1.pth
 
-The membership-inference attack (MIA) is hand-rolled: an L2-regularised logistic regression (C=1) on one
+A SISA manifest (.json) evaluates as one model (its shards' vote); --ensemble adds the mean-softmax ensemble of
+all --model checkpoints as a row. The membership-inference attack (MIA) is hand-rolled: an L2-regularised logistic regression (C=1) on one
 standardised feature, the per-example cross-entropy loss, scored by 10 stratified shuffle splits with 10%
 held out. Members are the forget set; non-members the forgotten class's test images (class-wise
 forgetting) or the whole test set (random forgetting). 0.5 means the attacker cannot tell them apart.
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
-from models import atomic_write, load_model, write_json
+from models import Ensemble, atomic_write, input_size, load_model, write_json
 
 
 def pick_device(name="auto"):
@@ -115,7 +117,7 @@ def evaluate_model(model, data, split, device, batch_size=1000, mia=False):
     """Every metric of one model on the split: test / test-forget / test-retain / train-forget /
     train-retain summaries, per-class accuracy, confusion matrix and (optionally) the MIA."""
     def run(indices, train_set):
-        return predict(model, Loader(data, indices, train_set, batch_size, device))
+        return predict(model, Loader(data, indices, train_set, batch_size, device, size=input_size(model)))
 
     logits, labels = run(split.test, False)
     in_forget = torch.from_numpy(np.isin(split.test, split.test_forget))
@@ -133,7 +135,31 @@ def evaluate_model(model, data, split, device, batch_size=1000, mia=False):
     if mia and metrics["train_forget"]:
         nonmembers = metrics["test_forget"] or metrics["test"]
         metrics["mia"] = mia_score(metrics["train_forget"]["losses"], nonmembers["losses"])
+        if isinstance(model, Ensemble):
+            metrics["member_mia"] = [member_mia(m, data, split, device, batch_size) for m in model.members]
     return metrics
+
+
+def member_mia(model, data, split, device, batch_size):
+    """The MIA of one ensemble member (a SISA shard model) on the same forget / non-member sets."""
+    def losses(indices, train_set):
+        loader = Loader(data, indices, train_set, batch_size, device, size=input_size(model))
+        return summarize(*predict(model, loader))["losses"]
+    return mia_score(losses(split.forget, True), losses(split.test_forget if len(split.test_forget) else split.test, False))
+
+
+def load_evaluable(path, num_classes, aggregate=None):
+    """A checkpoint, or a SISA manifest (.json, from train.py --sisa or unlearn.py --method sisa) as one Ensemble
+    of its shard models, aggregated as the manifest says unless `aggregate` is given."""
+    if not path.endswith(".json"):
+        return load_model(path, num_classes=num_classes)
+    with open(path) as f:
+        manifest = json.load(f)
+    if "members" not in manifest:
+        raise ValueError(f"{path} is not a SISA manifest (no members)")
+    folder = os.path.dirname(path)
+    members = [load_model(os.path.join(folder, m), num_classes=num_classes) for m in manifest["members"]]
+    return Ensemble(members, aggregate or manifest["aggregate"])
 
 
 def headline(metrics):
@@ -165,6 +191,8 @@ def format_table(rows, reference=None):
     for name, m in rows:
         forget, retain = headline(m)
         mia = "-" if m["mia"] is None else f"{m['mia']:.3f}"
+        if m.get("member_mia"):
+            mia += f" (shards {np.mean(m['member_mia']):.3f})"
         gap = "-" if reference is None else f"{avg_gap(m, reference):.2f}"
         train_forget = "-" if m["train_forget"] is None else f"{m['train_forget']['acc']:.2f}%"
         seconds = f"{m['seconds']:.1f}" if m.get("seconds") is not None else "-"
@@ -210,6 +238,10 @@ def parse_args(argv=None):
     parser.add_argument("--retrained", default=None, help="the retrained (gold standard) checkpoint: "
                         "evaluated too, and every model's average gap to it reported (default: none)")
     parser.add_argument("--mia", action="store_true", help="run the membership-inference attack (default: off)")
+    parser.add_argument("--ensemble", action="store_true", help="also evaluate the --model checkpoints as one ensemble "
+                        "(default: off)")
+    parser.add_argument("--aggregate", choices=("mean-softmax", "vote"), default=None, help="how an ensemble combines its "
+                        "members: mean-softmax, or majority vote (default: mean-softmax; a SISA manifest's own)")
     parser.add_argument("--json", default=None, help="write every metric to this JSON file (default: none)")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size (default: 1000)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -228,7 +260,10 @@ def main(argv=None):
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     paths = ([args.retrained] if args.retrained else []) + args.model
-    models = [load_model(p, num_classes=len(data.classes)) for p in paths]  # fail on a bad file before any work
+    models = [load_evaluable(p, len(data.classes), args.aggregate) for p in paths]  # fail on a bad file before any work
+    if args.ensemble:
+        paths, models = paths + ["ensemble"], models + [Ensemble(models[int(bool(args.retrained)):],
+                                                                  args.aggregate or "mean-softmax")]
     device = pick_device(args.device)
     rows = [(p, evaluate_model(m.to(device), data, split, device, args.batch_size, args.mia)) for p, m in zip(paths, models)]
     reference = rows[0][1] if args.retrained else None

@@ -14,6 +14,7 @@ sidecar beside it (argv, config, split, seed, versions, device, wall time, metri
 """
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -81,8 +82,17 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+def imagenet_resnet(builder, num_classes):
+    """torchvision's ImageNet ResNet (7x7 stem, max-pool, 224x224 input) with a new classifier."""
+    model = builder(weights=None)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
 ARCHS = {
     "resnet18": resnet18,
+    "resnet18-imagenet": lambda num_classes=10: imagenet_resnet(torchvision.models.resnet18, num_classes),
+    "resnet34-imagenet": lambda num_classes=10: imagenet_resnet(torchvision.models.resnet34, num_classes),
     "resnet20": lambda num_classes=10: CifarResNet(20, num_classes),
     "resnet32": lambda num_classes=10: CifarResNet(32, num_classes),
     "resnet44": lambda num_classes=10: CifarResNet(44, num_classes),
@@ -90,10 +100,60 @@ ARCHS = {
 }
 
 
-def build_model(arch, num_classes):
+# The ImageNet-1K weights (IMAGENET1K_V1) of the transfer architectures, as torchvision publishes them.
+IMAGENET_WEIGHTS = {
+    "resnet18-imagenet": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34-imagenet": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+}
+
+
+def build_model(arch, num_classes, pretrained=False):
+    """A fresh model; pretrained=True loads the ImageNet weights of a *-imagenet architecture (all but fc)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes)
+    model = ARCHS[arch](num_classes)
+    if pretrained and arch in IMAGENET_WEIGHTS:
+        state = imagenet_state_dict(IMAGENET_WEIGHTS[arch])
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+    return model
+
+
+def imagenet_state_dict(weights):
+    """torchvision's weight file from its download cache (TORCH_HOME); fetched once when online."""
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    if not os.path.exists(path):
+        try:
+            torch.hub.download_url_to_file(weights.url, path, progress=True)
+        except Exception:  # offline: URLError, socket errors, ...
+            raise FileNotFoundError(f"ImageNet weights not found and not downloadable: put {weights.url} "
+                                    f"at {path}") from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def input_size(model):
+    """224 for ImageNet-stem models (CIFAR images are upsampled to it), None for the CIFAR ones (native 32)."""
+    return 224 if model.conv1.kernel_size == (7, 7) else None
+
+
+class Ensemble(nn.Module):
+    """Members' predictions combined. mean-softmax: log of the mean probability. vote: the class with most votes
+    (ties broken by the mean probability), returned as the log of the vote fractions smoothed with 0.1% of the
+    mean probability, so that losses stay finite and argmax is the vote."""
+
+    def __init__(self, members, aggregate="mean-softmax"):
+        super().__init__()
+        if aggregate not in ("mean-softmax", "vote"):
+            raise ValueError(f"unknown aggregation {aggregate!r}; valid: mean-softmax, vote")
+        self.members, self.aggregate = nn.ModuleList(members), aggregate
+        self.conv1 = members[0].conv1  # so that input_size() sees the members' stem
+
+    def forward(self, x):
+        log_probs = torch.stack([m(x).float().log_softmax(1) for m in self.members])
+        log_mean = torch.logsumexp(log_probs, 0) - math.log(len(self.members))  # log of the mean, without underflow
+        if self.aggregate == "mean-softmax":
+            return log_mean
+        votes = F.one_hot(log_probs.argmax(2), log_probs.shape[2]).float().mean(0)
+        return torch.logaddexp((0.999 * votes).log(), math.log(0.001) + log_mean)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -113,14 +173,14 @@ def infer_arch(state):
     if "fc.weight" not in state or "conv1.weight" not in state:
         raise ValueError("not a ResNet state_dict (no conv1.weight / fc.weight)")
     blocks = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
+    stem = state["conv1.weight"].shape[-1]
     if "layer4.0.conv1.weight" not in state:
         arch = f"resnet{6 * blocks + 2}"
-    elif blocks != 2 or "layer4.2.conv1.weight" in state:
-        arch = "a torchvision ResNet deeper than 18"
-    elif state["conv1.weight"].shape[-1] != 3:
-        arch = "an ImageNet ResNet18 (7x7 stem)"
+    elif "layer1.0.conv3.weight" in state:
+        arch = "a bottleneck ResNet (50 or deeper)"
     else:
-        arch = "resnet18"
+        arch = {(2, 3): "resnet18", (2, 7): "resnet18-imagenet", (3, 7): "resnet34-imagenet"}.get(
+            (blocks, stem), f"a ResNet with {blocks} blocks per stage and a {stem}x{stem} stem")
     if arch not in ARCHS:
         raise ValueError(f"architecture is {arch}, not one of {', '.join(ARCHS)}")
     return arch, state["fc.weight"].shape[0]
@@ -147,7 +207,7 @@ def load_model(path, arch=None, num_classes=None):
     if (arch or found_arch) != found_arch or (num_classes or found_classes) != found_classes:
         raise ValueError(f"{path} is a {found_arch} with {found_classes} classes, "
                          f"expected {arch or found_arch} with {num_classes or found_classes}")
-    model = build_model(found_arch, found_classes)
+    model = build_model(found_arch, found_classes)  # weights come from the file: no ImageNet download
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -9,37 +9,122 @@ CosineAnnealingLR(T_max=epochs) stepped per epoch; 200 epochs; batch 128; cross-
 Every epoch writes a resumable state (model, optimizer, scheduler, RNG) beside the output; --resume continues it.
 """
 import argparse
+import copy
 import dataclasses
+import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
+from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
 from evaluate import pick_device, predict
-from models import ARCHS, atomic_write, build_model, save_model, write_json
+from models import ARCHS, IMAGENET_WEIGHTS, atomic_write, build_model, input_size, load_model, save_model, write_json
+
+
+def hp(default, help, **extra):
+    """A config field whose help (the paper's symbol, the published value) shows in --help. extra: choices,
+    flag (another flag name), minimum (1: positive, 0: non-negative, None: any; ints only)."""
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The published recipe for ResNet18 on CIFAR-10 (model card; Benchopt's ResNet18 benchmark)."""
-    epochs: int = 200  # also T_max of the cosine schedule, stepped once per epoch
-    batch_size: int = 128
-    lr: float = 0.1  # eta_0, the initial SGD learning rate
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    seed: int = 0  # initialisation, batch order and augmentation
+    """The 200-epoch recipe for ResNet18 on CIFAR-10 (the model card, adapted from Benchopt)."""
+    arch: str = hp("resnet18", "architecture", choices=tuple(ARCHS))
+    epochs: int = hp(200, "epochs; also T_max of the cosine schedule, stepped once per epoch")
+    batch_size: int = hp(128, "batch size")
+    lr: float = hp(0.1, "eta_0, the initial SGD learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(True, "Nesterov momentum")
+    augment: str = hp("crop-flip", "train augmentation: RandomCrop(32, 4) + flip", choices=tuple(AUGMENT))
+    patience: int = hp(0, "early stopping after this many epochs without a better validation accuracy; 0 = off",
+                       minimum=0)
+    val_fraction: float = hp(0.0, "fraction of the retain set held out for validation; 0 = none")
+    seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=None)
+
+    def optimizer(self, model):
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay, nesterov=self.nesterov)
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
 
 
-def make_optimizer(model, cfg):
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+@dataclass(frozen=True)
+class TransferConfig:
+    """The CIFAR-100 report's transfer recipe: ImageNet-1K weights, images upsampled to 224x224 (nearest), Adam
+    with a 10x larger learning rate for the new classifier, cosine schedule, cross-entropy."""
+    arch: str = hp("resnet18-imagenet", "architecture (an ImageNet one)", choices=tuple(IMAGENET_WEIGHTS))
+    epochs: int = hp(10, "epochs = cosine T_max (not published; SISA's slices use 9 - k)")
+    batch_size: int = hp(128, "batch size (not published)")
+    lr: float = hp(1e-4, "Adam learning rate of the pretrained layers")
+    lr_fc: float = hp(1e-3, "Adam learning rate of the new classifier (fc)")
+    beta1: float = hp(0.9, "Adam beta_1")
+    beta2: float = hp(0.999, "Adam beta_2")
+    augment: str = hp("crop-flip", "train augmentation", choices=tuple(AUGMENT))
+    patience: int = hp(0, "early stopping after this many epochs without a better validation accuracy; 0 = off",
+                       minimum=0)
+    val_fraction: float = hp(0.0, "fraction of the retain set held out for validation; 0 = none")
+    seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=None)
+
+    def optimizer(self, model):
+        fc = [p for n, p in model.named_parameters() if n.startswith("fc.")]
+        rest = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+        optimizer = torch.optim.Adam([{"params": rest, "lr": self.lr}, {"params": fc, "lr": self.lr_fc}],
+                                     betas=(self.beta1, self.beta2))
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig(TransferConfig):
+    """The ensemble report's recipe per member: ImageNet ResNet18 at 224x224 (Resize 256 + RandomCrop 224),
+    RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1), batch 512, early stopping with patience 50 keeping the
+    best model, selected on a held-out 10% of the train set (the report selected on the test set)."""
+    epochs: int = hp(200, "maximum epochs = cosine T_max (early stopping ends sooner)")
+    batch_size: int = hp(512, "batch size")
+    augment: str = hp("rotate-jitter", "train augmentation", choices=tuple(AUGMENT))
+    patience: int = hp(50, "early stopping after this many epochs without a better validation accuracy", minimum=0)
+    val_fraction: float = hp(0.1, "fraction of the retain set held out for validation and model selection")
+
+
+RECIPES = {"sgd": TrainConfig, "transfer": TransferConfig, "ensemble": EnsembleConfig}
+
+
+def add_config_args(parser, config_class):
+    """One flag per field of a config dataclass, its help naming the paper's symbol and the published default."""
+    group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.split(chr(10))[0].rstrip('.')}")
+    for f in dataclasses.fields(config_class):
+        meta = f.metadata
+        kwargs = {"dest": f.name, "default": f.default, "help": f"{meta['help']} (default: {f.default})"}
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif isinstance(f.default, tuple):
+            group.add_argument(flag, type=positive_ints, **kwargs)
+        elif isinstance(f.default, int):
+            group.add_argument(flag, type={1: positive_int, 0: non_negative_int}.get(meta.get("minimum", 1), int), **kwargs)
+        else:
+            group.add_argument(flag, type=type(f.default), choices=meta.get("choices"), **kwargs)
+
+
+def config_from_args(config_class, args):
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+
+
+def non_negative_int(text):
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def positive_ints(text):
+    """'8,7,6,5,4' -> (8, 7, 6, 5, 4)."""
+    return tuple(positive_int(t) for t in text.split(","))
 
 
 def train_epoch(model, loader, optimizer, label=""):
@@ -69,10 +154,10 @@ def accuracy(model, loader):
     return 100 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def save_state(path, model, optimizer, scheduler, loader, log, identity):
-    """Everything --resume needs to continue bitwise: weights, optimizer, schedule, data RNG, log so far."""
+def save_state(path, model, optimizer, scheduler, loader, log, best, identity):
+    """Everything --resume needs to continue bitwise: weights, optimizer, schedule, data RNG, log, best so far."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "data_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(), "log": log,
+             "data_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(), "log": log, "best": best,
              "identity": json.dumps(identity, sort_keys=True)}
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -86,99 +171,204 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
     scheduler.load_state_dict(state["scheduler"])
     loader.generator.set_state(state["data_rng"])
     torch.set_rng_state(state["torch_rng"])
-    return state["log"]
+    return state["log"], state["best"]
 
 
-def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None):
-    """Train `model` with the recipe `cfg` (test_loader None: no test accuracy); after every epoch print a line
-    and, with a path prefix, write the
-    resumable state <prefix>.state.pt and the log <prefix>.log.jsonl. resume: continue from that state when it
-    exists. stop_after: end after that epoch. Returns the per-epoch log."""
-    optimizer, scheduler = make_optimizer(model, cfg)
+def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None,
+        val_loader=None):
+    """Train `model` with the recipe `cfg`. After every epoch: a printed line, the test (and validation) accuracy
+    when a loader is given, and with a path prefix the resumable state <prefix>.state.pt and the log
+    <prefix>.log.jsonl. With val_loader and cfg.patience, stop after `patience` epochs without a better validation
+    accuracy. When done, the best-validation weights are restored. Returns (log, done); done is False only after
+    stop_after, when the run is to be resumed."""
+    optimizer, scheduler = cfg.optimizer(model)
     state_path = prefix and prefix + ".state.pt"
-    log = []
+    log, best = [], {"acc": -1.0, "epoch": 0, "model": None}
     if resume and state_path and os.path.exists(state_path):
-        log = load_state(state_path, model, optimizer, scheduler, train_loader, identity)
+        log, best = load_state(state_path, model, optimizer, scheduler, train_loader, identity)
         print(f"resumed from {state_path} after epoch {len(log)}", file=sys.stderr)
     for epoch in range(len(log) + 1, cfg.epochs + 1):
         start, lr = time.time(), scheduler.get_last_lr()[0]
         loss, train_acc = train_epoch(model, train_loader, optimizer, f"epoch {epoch}/{cfg.epochs}")
         scheduler.step()
-        test_acc = accuracy(model, test_loader) if test_loader else None
-        log.append({"epoch": epoch, "loss": loss, "train_acc": train_acc, "test_acc": test_acc, "lr": lr,
-                    "seconds": time.time() - start})
-        test = "" if test_acc is None else f" test {test_acc:.2f}%"
-        print(f"epoch {epoch}/{cfg.epochs} loss {loss:.4f} train {train_acc:.2f}%{test} lr {lr:.5f} "
-              f"{log[-1]['seconds']:.1f}s", flush=True)
+        record = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
+                  "test_acc": accuracy(model, test_loader) if test_loader else None,
+                  "val_acc": accuracy(model, val_loader) if val_loader else None, "seconds": time.time() - start}
+        log.append(record)
+        if val_loader and record["val_acc"] > best["acc"]:
+            best = {"acc": record["val_acc"], "epoch": epoch, "model": copy.deepcopy(model.state_dict())}
+        print(f"epoch {epoch}/{cfg.epochs} loss {loss:.4f} train {train_acc:.2f}%" + "".join(
+            f" {k[:-4]} {record[k]:.2f}%" for k in ("test_acc", "val_acc") if record[k] is not None) +
+            f" lr {lr:.5f} {record['seconds']:.1f}s", flush=True)
         if prefix:
-            save_state(state_path, model, optimizer, scheduler, train_loader, log, identity)
+            save_state(state_path, model, optimizer, scheduler, train_loader, log, best, identity)
             write_log(prefix + ".log.jsonl", log)
-        if epoch == stop_after:
+        if epoch == stop_after and epoch < cfg.epochs:
+            return log, False
+        if val_loader and cfg.patience and epoch - best["epoch"] >= cfg.patience:
+            print(f"early stop: no better validation accuracy since epoch {best['epoch']}", flush=True)
             break
-    return log
+    if best["model"] is not None:
+        model.load_state_dict(best["model"])
+    return log, True
 
 
 def write_log(path, log):
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in log).encode()))
 
 
+# ----------------------------------------------------------------------------- SISA
+
+@dataclass(frozen=True)
+class SisaConfig:
+    """SISA (Bourtoule et al., 2021) as in the CIFAR-100 report: 4 shards x 5 slices, slice k trained 9 - k epochs.
+    The recipe's seed also seeds the shard permutation and each shard model's initialisation."""
+    shards: int = hp(4, "S, disjoint shards of the train set, one model each")
+    slices: int = hp(5, "R, slices per shard, trained cumulatively with a checkpoint after each")
+    slice_epochs: tuple = hp((8, 7, 6, 5, 4), "epochs for slice k = 1..R, comma-separated (the report: 9 - k)")
+    aggregate: str = hp("vote", "how the shard models' predictions combine", choices=("vote", "mean-softmax"))
+
+
+def shard_slices(train_indices, shards, slices, seed):
+    """A seeded permutation of the train indices cut into `shards` disjoint shards of `slices` slices each."""
+    perm = np.random.default_rng(seed).permutation(train_indices)
+    return [np.array_split(shard, slices) for shard in np.array_split(perm, shards)]
+
+
+def slice_hash(previous, seen, epochs, identity):
+    """Names a slice checkpoint by everything that made it: the previous slice's hash, the exact indices seen so
+    far, the epochs and the recipe."""
+    h = hashlib.sha256(f"{previous}|{epochs}|{json.dumps(identity, sort_keys=True)}|".encode())
+    h.update(np.asarray(seen, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_sisa(data, split, cfg, sisa, folder, device):
+    """Train (or, with forgotten indices absent from split.retain, unlearn) a SISA model set: every shard trains on
+    cumulative slices, each slice checkpoint named by a hash of everything it has seen, so unchanged ones are
+    reused. Returns the manifest (also written to folder) and, per shard, the slices that were trained."""
+    if len(sisa.slice_epochs) != sisa.slices:
+        raise ValueError(f"--slice-epochs gives {len(sisa.slice_epochs)} values for {sisa.slices} slices")
+    plan = shard_slices(split.train, sisa.shards, sisa.slices, cfg.seed)
+    kept = np.isin(split.train, split.retain)
+    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "classes": len(data.classes)}
+    shards = [train_shard(data, slices, set(split.train[~kept].tolist()), cfg, sisa, identity, folder, device, s)
+              for s, slices in enumerate(plan)]
+    return {"sisa": dataclasses.asdict(sisa), "config": dataclasses.asdict(cfg), "dataset": data.name,
+            "classes": data.classes, "aggregate": sisa.aggregate, "split": describe_split(split, data.classes),
+            "members": [s["checkpoints"][-1] for s in shards], "shards": shards}
+
+
+def train_shard(data, slices, forgotten, cfg, sisa, identity, folder, device, shard):
+    """One shard: for slice k, train on slices 1..k (forgotten indices dropped) for sisa.slice_epochs[k-1] epochs,
+    starting from slice k-1's checkpoint; a checkpoint whose hash exists is reused, not trained."""
+    seen, digest, previous = np.zeros(0, np.int64), slice_hash(None, [], 0, identity | {"shard": shard}), None
+    checkpoints, trained, seconds = [], [], []
+    for k, (part, epochs) in enumerate(zip(slices, sisa.slice_epochs), 1):
+        seen = np.concatenate([seen, [i for i in part if i not in forgotten]]).astype(np.int64)
+        digest = slice_hash(digest, seen, epochs, identity)
+        path = os.path.join(folder, f"shard{shard}_slice{k}_{digest}.pth")
+        if not os.path.exists(path):
+            train_slice(data, seen, cfg, epochs, previous, path, device, cfg.seed * 1000 + shard, len(data.classes))
+            trained.append(k)
+        with open(os.path.splitext(path)[0] + ".json") as f:
+            seconds.append(json.load(f)["seconds"])
+        checkpoints.append(os.path.basename(path))  # relative to the manifest's folder
+        previous = path
+    print(f"shard {shard}: trained slices {trained or 'none (all reused)'}", flush=True)
+    return {"checkpoints": checkpoints, "trained": trained, "seconds": seconds}
+
+
+def train_slice(data, indices, cfg, epochs, previous, path, device, seed, num_classes):
+    if len(indices) == 0:
+        raise ValueError(f"{path}: every image of this shard's slices so far is forgotten; use fewer shards")
+    torch.manual_seed(seed)
+    model = (load_model(previous) if previous else build_model(cfg.arch, num_classes, pretrained=True)).to(device)
+    loader = Loader(data, indices, True, cfg.batch_size, device, True, cfg.augment, seed, input_size(model))
+    start = time.time()
+    fit(model, loader, None, dataclasses.replace(cfg, epochs=epochs))
+    save_model(path, model, {"config": dataclasses.asdict(cfg), "epochs": epochs, "n_seen": len(indices),
+                             "seconds": time.time() - start, "device": str(device)})
+
+
+# ----------------------------------------------------------------------------- command line
+
+def forget_name(data, split):
+    """full, no_cat, forget0.2_seed0 or forget<N> (given indices): what a run left out, for file names."""
+    if split.forget_class is not None:
+        return f"no_{data.classes[split.forget_class]}"
+    if split.forget_fraction is not None:
+        return f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
+    return f"forget{len(split.forget)}" if len(split.forget) else "full"
+
+
 def default_out(arch, data, split, subset):
     """The published names: resnet18_cifar10_full.pth, resnet18_cifar10_no_cat.pth (+ _forget0.2_seed0, _subsetN)."""
-    name = "full"
-    if split.forget_class is not None:
-        name = f"no_{data.classes[split.forget_class]}"
-    elif split.forget_fraction is not None:
-        name = f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
-    return os.path.join("checkpoints", f"{arch}_{data.name}_{name}" + (f"_subset{subset}" if subset else "") + ".pth")
+    name = forget_name(data, split) + (f"_subset{subset}" if subset else "")
+    return os.path.join("checkpoints", f"{arch}_{data.name}_{name}.pth")
 
 
 def parse_args(argv=None):
-    d = TrainConfig()
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--recipe", choices=list(RECIPES), default="sgd")
+    recipe = first.parse_known_args(argv)[0].recipe
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="resnet18", choices=list(ARCHS), help="architecture (default: resnet18)")
-    parser.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs = cosine T_max (default: {d.epochs})")
-    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"batch size (default: {d.batch_size})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"initial learning rate eta_0 (default: {d.lr})")
-    parser.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default: {d.momentum})")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"weight decay (default: {d.weight_decay})")
-    parser.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov,
-                        help=f"Nesterov momentum (default: {d.nesterov})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of init, batch order, augmentation (default: {d.seed})")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="sgd", help="sgd: the 200-epoch recipe; transfer: "
+                        "ImageNet weights + Adam; ensemble: the ensemble report's member recipe (default: sgd)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<arch>_<dataset>_<full|no_CLASS>.pth)")
+    parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<arch>_<dataset>_<full|no_CLASS>"
+                        ".pth; with --sisa the folder checkpoints/sisa_<dataset>_<arch>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt when it exists (default: off)")
     parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
                         "resumable state; for splitting a run into jobs (default: run all epochs)")
+    parser.add_argument("--sisa", action="store_true", help="train a SISA model set: shards x slices (default: off)")
+    add_config_args(parser, RECIPES[recipe])
+    add_config_args(parser, SisaConfig)
     add_data_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = TrainConfig(args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.nesterov, args.seed)
+    cfg = config_from_args(RECIPES[args.recipe], args)
     data = load_dataset(args.dataset, args.data_dir)
-    split = split_from_args(args, data)
-    out = args.out or default_out(args.arch, data, split, args.subset)
+    split = split_from_args(args, data, cfg.val_fraction or None)
+    if args.sisa:
+        return main_sisa(args, cfg, data, split)
+    out = args.out or default_out(cfg.arch, data, split, args.subset)
     prefix = os.path.splitext(out)[0]
-    print(f"{cfg}\n{args.arch} on {data.name}: {len(split.retain)} train images "
-          f"({len(split.forget)} forgotten), {len(split.test)} test images -> {out}", flush=True)
-    device = pick_device(args.device)
+    print(f"{cfg}\n{cfg.arch} on {data.name}: {len(split.retain)} train images ({len(split.forget)} forgotten, "
+          f"{len(split.val)} validation), {len(split.test)} test images -> {out}", flush=True)
     torch.manual_seed(cfg.seed)
-    model = build_model(args.arch, len(data.classes)).to(device)
-    train_loader = Loader(data, split.retain, True, cfg.batch_size, device, shuffle=True, augment=True, seed=cfg.seed)
-    test_loader = Loader(data, split.test, False, 1000, device)
-    identity = {"cfg": dataclasses.asdict(cfg), "arch": args.arch, "dataset": data.name,
-                "split": describe_split(split, data.classes)["sha256"]}
-    log = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after)
-    if len(log) < cfg.epochs:
+    model = build_model(cfg.arch, len(data.classes), pretrained=True)  # fails (offline, no weights) before any work
+    device = pick_device(args.device)
+    model = model.to(device)
+    size = input_size(model)
+    train_loader = Loader(data, split.retain, True, cfg.batch_size, device, True, cfg.augment, cfg.seed, size)
+    test_loader = Loader(data, split.test, False, 1000, device, size=size)
+    val_loader = Loader(data, split.val, True, 1000, device, size=size) if len(split.val) else None
+    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "split": describe_split(split, data.classes)["sha256"]}
+    log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after, val_loader)
+    if not done:
         print(f"stopped after epoch {len(log)}; continue with --resume", file=sys.stderr)
         return
-    save_model(out, model, {"config": dataclasses.asdict(cfg), "arch": args.arch, "dataset": data.name,
-                            "classes": data.classes, "split": describe_split(split, data.classes),
+    save_model(out, model, {"recipe": args.recipe, "config": dataclasses.asdict(cfg), "arch": cfg.arch,
+                            "dataset": data.name, "classes": data.classes, "split": describe_split(split, data.classes),
                             "device": str(device), "seconds": sum(r["seconds"] for r in log), "metrics": log[-1],
                             "log": os.path.basename(prefix + ".log.jsonl")})
     os.remove(prefix + ".state.pt")
-    print(f"saved {out} (test {log[-1]['test_acc']:.2f}%)")
+    print(f"saved {out}")
+
+
+def main_sisa(args, cfg, data, split):
+    """train.py --sisa: the shard models, written to a folder with a manifest that evaluate.py loads as one model."""
+    sisa = config_from_args(SisaConfig, args)
+    folder = args.out or os.path.join("checkpoints", f"sisa_{data.name}_{cfg.arch}")
+    print(f"{cfg}\n{sisa}\n{len(split.retain)} train images -> {folder}", flush=True)
+    manifest = {"recipe": args.recipe, **train_sisa(data, split, cfg, sisa, folder, pick_device(args.device))}
+    path = os.path.join(folder, f"manifest_{forget_name(data, split)}.json")
+    write_json(path, manifest)
+    print(f"saved {path} ({sisa.shards} shards; evaluate it with evaluate.py --model {path})")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import argparse
 import copy
 import dataclasses
 import itertools
+import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,14 +24,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
-from evaluate import evaluate_model, format_table, pick_device, strip_losses
-from models import build_model, infer_arch, load_model, save_model
-from train import TrainConfig, fit
-
-
-def hp(default, help, **kwargs):
-    """A config field whose help (the paper's symbol and value) shows in `--method X --help`."""
-    return field(default=default, metadata={"help": help, **kwargs})
+from evaluate import evaluate_model, format_table, load_evaluable, pick_device, strip_losses
+from models import build_model, infer_arch, input_size, load_model, save_model, write_json
+from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from_args, fit, hp, train_sisa
 
 
 # ----------------------------------------------------------------------------- configs (published defaults)
@@ -198,7 +194,8 @@ def random_other_labels(labels, num_classes):
 
 def train_config(cfg):
     """train.py's recipe object for the methods that run it (finetune, retrain)."""
-    return TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                       weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
 # ----------------------------------------------------------------------------- SSD
@@ -286,8 +283,9 @@ def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
 
 
 def unlearn_retrain(model, retain_loader, forget_loader, cfg, device):
-    """A fresh model of the same architecture (every module re-initialised from the seeded RNG, as train.py does)."""
-    model = build_model(*infer_arch(model.state_dict())).to(device)
+    """A fresh model of the same architecture (every module re-initialised from the seeded RNG, as train.py does;
+    an ImageNet architecture starts again from the ImageNet weights)."""
+    model = build_model(*infer_arch(model.state_dict()), pretrained=True).to(device)
     fit(model, retain_loader, None, train_config(cfg))
     return model
 
@@ -378,21 +376,6 @@ METHODS = {
 
 # ----------------------------------------------------------------------------- command line
 
-def add_config_args(parser, config_class):
-    """One flag per config field, its help naming the paper's symbol and the published default."""
-    group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.rstrip('.')}")
-    for f in dataclasses.fields(config_class):
-        meta = f.metadata
-        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
-        kwargs = {"dest": f.name, "default": f.default, "help": f"{meta['help']} (default: {f.default})"}
-        if f.type is bool or isinstance(f.default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif isinstance(f.default, int):
-            group.add_argument(flag, type=int if meta.get("minimum") == 0 else positive_int, **kwargs)
-        else:
-            group.add_argument(flag, type=type(f.default), choices=meta.get("choices"), **kwargs)
-
-
 def default_out(data, arch, display, split, subset):
     """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0."""
     target = str(split.forget_class) if split.forget_class is not None else \
@@ -402,27 +385,31 @@ def default_out(data, arch, display, split, subset):
 
 def parse_args(argv=None):
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method", choices=list(METHODS))
+    first.add_argument("--method", choices=list(METHODS) + ["sisa"])
     method = first.parse_known_args(argv)[0].method
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", required=True, choices=list(METHODS),
-                        help="unlearning method; `--method X --help` lists X's flags and defaults")
-    parser.add_argument("--model", required=True, help="the trained checkpoint to unlearn from")
+    parser.add_argument("--method", required=True, choices=list(METHODS) + ["sisa"],
+                        help="unlearning method; `--method X --help` lists X's flags and defaults; sisa retrains "
+                        "the affected slices of a SISA model set (its settings are the manifest's)")
+    parser.add_argument("--model", required=True, help="the trained checkpoint to unlearn from (sisa: the manifest "
+                        "written by train.py --sisa)")
     parser.add_argument("--retrained", default=None, help="the retrained gold standard, evaluated beside it (default: none)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
     parser.add_argument("--seed", type=int, default=0, help="seed of batch order, augmentation, random labels (default: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (default: evaluate)")
     add_data_args(parser)
-    if method:
+    if method in METHODS:
         add_config_args(parser, METHODS[method][1])
     return parser.parse_args(argv)
 
 
-def make_loaders(data, split, cfg, device, seed):
-    """Retain and forget loaders at the method's batch size; shuffled and augmented like training when cfg.augment."""
-    return (Loader(data, split.retain, True, cfg.batch_size, device, cfg.augment, cfg.augment, seed),
-            Loader(data, split.forget, True, cfg.batch_size, device, cfg.augment, cfg.augment, seed + 1))
+def make_loaders(data, split, cfg, device, seed, size=None):
+    """Retain and forget loaders at the method's batch size; shuffled and augmented like training when cfg.augment;
+    size: the model's input size (224 for ImageNet models)."""
+    augment = "crop-flip" if cfg.augment else None
+    return (Loader(data, split.retain, True, cfg.batch_size, device, cfg.augment, augment, seed, size),
+            Loader(data, split.forget, True, cfg.batch_size, device, cfg.augment, augment, seed + 1, size))
 
 
 def run_method(fn, model, retain_loader, forget_loader, cfg, device):
@@ -439,19 +426,21 @@ def run_method(fn, model, retain_loader, forget_loader, cfg, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    fn, config_class, display = METHODS[args.method]
-    cfg = config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     if len(split.forget) == 0:
-        raise ValueError("the forget set is empty: give --forget-class or --forget-fraction")
+        raise ValueError("the forget set is empty: give --forget-class, --forget-fraction or --forget-indices")
+    if args.method == "sisa":  # not a model -> model function: it retrains parts of a model set
+        return main_sisa(args, data, split)
+    fn, config_class, display = METHODS[args.method]
+    cfg = config_from_args(config_class, args)
     model = load_model(args.model, num_classes=len(data.classes))
     retrained = args.retrained and load_model(args.retrained, num_classes=len(data.classes))
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
     print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain images -> {out}", flush=True)
     device = pick_device(args.device)
-    retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed)
+    retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed, input_size(model))
     torch.manual_seed(args.seed)
     model, seconds = run_method(fn, model.to(device), retain_loader, forget_loader, cfg, device)
     rows = []
@@ -465,6 +454,36 @@ def main(argv=None):
                             "metrics": strip_losses(rows[-1][1]) if rows else None, "retrained": args.retrained,
                             "retrained_metrics": strip_losses(rows[0][1]) if len(rows) == 2 else None})
     print(format_table(rows, rows[0][1] if retrained else None) if rows else f"saved {out} ({seconds:.1f}s)")
+
+
+def main_sisa(args, data, split):
+    """Each shard restarts from the checkpoint before its first slice holding a forgotten index and retrains the
+    later slices without it (train_sisa's hash-named checkpoints make that automatic); untouched shards are reused."""
+    with open(args.model) as f:
+        manifest = json.load(f)
+    if "sisa" not in manifest:
+        raise ValueError(f"{args.model} is not a SISA manifest (write one with train.py --sisa)")
+    if manifest["split"]["n_train"] != len(split.train):
+        raise ValueError(f"{args.model} was trained on {manifest['split']['n_train']} images, this split has "
+                         f"{len(split.train)}: use the same --dataset / --subset")
+    cfg = RECIPES[manifest["recipe"]](**manifest["config"])
+    sisa = SisaConfig(**{**manifest["sisa"], "slice_epochs": tuple(manifest["sisa"]["slice_epochs"])})
+    folder = os.path.dirname(args.model)
+    device = pick_device(args.device)
+    start = time.time()
+    new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}
+    seconds = time.time() - start
+    for shard, info in enumerate(new["shards"]):
+        print(f"shard {shard}: " + (f"retrained slices {info['trained']}" if info["trained"] else "untouched"))
+    full = sum(sum(s["seconds"]) for s in manifest["shards"])
+    print(f"unlearning took {seconds:.1f}s; retraining every shard from scratch took {full:.1f}s when it was trained")
+    target = str(split.forget_class) if split.forget_class is not None else f"forget{len(split.forget)}"
+    out = args.out or os.path.join(folder, f"{data.name}_{cfg.arch}_SISA_{target}.json")
+    write_json(out, {**new, "seconds": seconds, "source": args.model})
+    print(f"saved {out}")
+    if not args.no_eval:
+        model = load_evaluable(out, len(data.classes)).to(device)
+        print(format_table([(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]))
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ def trained(cifar_jpeg, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("resnet20", 10)
     split = make_split(cifar_jpeg, subset=SUBSET, test_subset=TEST_SUBSET)
-    cfg = TrainConfig(epochs=4, batch_size=64)
-    train_loader = Loader(cifar_jpeg, split.retain, True, cfg.batch_size, shuffle=True, augment=True)
-    log = fit(model, train_loader, Loader(cifar_jpeg, split.test, False, 1000), cfg)
+    cfg = TrainConfig(arch="resnet20", epochs=4, batch_size=64)
+    train_loader = Loader(cifar_jpeg, split.retain, True, cfg.batch_size, shuffle=True, augment="crop-flip")
+    log, _ = fit(model, train_loader, Loader(cifar_jpeg, split.test, False, 1000), cfg)
     path = str(tmp_path_factory.mktemp("ckpt") / "resnet20_full.pth")
     save_model(path, model, {"arch": "resnet20"})
     return path, model, log

@@ -58,7 +58,7 @@ def toy_dataset(n=10):
 
 def test_padding_is_zero_before_normalisation():
     d = toy_dataset(200)
-    x, _ = next(iter(Loader(d, np.arange(200), True, 200, augment=True)))
+    x, _ = next(iter(Loader(d, np.arange(200), True, 200, augment="crop-flip")))
     mean, std = torch.tensor(d.mean).view(3, 1), torch.tensor(d.std).view(3, 1)
     values = x.transpose(0, 1).reshape(3, -1)
     white, pad = (1 - mean) / std, (0 - mean) / std
@@ -72,7 +72,7 @@ def test_loader_batches_are_seeded_complete_and_keep_the_last_partial_batch():
                 d.train_y, d.test_x, d.test_y, d.mean, d.std)
 
     def epoch(seed):
-        loader = Loader(d, np.arange(10), True, 4, shuffle=True, augment=True, seed=seed)
+        loader = Loader(d, np.arange(10), True, 4, shuffle=True, augment="crop-flip", seed=seed)
         return [x for x, _ in loader], loader
 
     a, loader = epoch(0)

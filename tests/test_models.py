@@ -79,15 +79,18 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path, content, message):
 
 
 def test_other_architectures_and_class_counts_are_refused(tmp_path):
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "imagenet.pth")
-    with pytest.raises(ValueError, match="ImageNet ResNet18"):
-        load_model(str(tmp_path / "imagenet.pth"))
-    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
-    with pytest.raises(ValueError, match="deeper than 18"):
-        load_model(str(tmp_path / "r34.pth"))
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(ValueError, match="bottleneck ResNet"):
+        load_model(str(tmp_path / "r50.pth"))
+    state = torchvision.models.resnet34(weights=None).state_dict()
+    state["conv1.weight"] = state["conv1.weight"][:, :, :3, :3]
+    torch.save(state, tmp_path / "r34-small-stem.pth")
+    with pytest.raises(ValueError, match="3 blocks per stage and a 3x3 stem"):
+        load_model(str(tmp_path / "r34-small-stem.pth"))
     save_model(str(tmp_path / "r20.pth"), build_model("resnet20", 100), {})
     with pytest.raises(ValueError, match="resnet20 with 100 classes, expected resnet20 with 10"):
         load_model(str(tmp_path / "r20.pth"), num_classes=10)
     with pytest.raises(ValueError, match="expected resnet18"):
         load_model(str(tmp_path / "r20.pth"), arch="resnet18")
-    assert set(ARCHS) == {"resnet18", "resnet20", "resnet32", "resnet44", "resnet56"}
+    assert set(ARCHS) == {"resnet18", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18-imagenet",
+                          "resnet34-imagenet"}

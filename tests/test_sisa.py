@@ -1,0 +1,111 @@
+"""SISA: shards, hash-named slice checkpoints that are reused, unlearning that retrains only what it must,
+vote aggregation; and the whole path from the command line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import train
+from conftest import ARCHIVE, run_script
+from data import make_split
+from models import Ensemble
+from train import SisaConfig, TrainConfig, shard_slices, train_sisa
+
+CPU = torch.device("cpu")
+CFG = TrainConfig(arch="resnet20", epochs=1, batch_size=16)
+SISA = SisaConfig(shards=2, slices=3, slice_epochs=(1, 1, 1))
+
+
+def test_shards_and_slices_are_disjoint_complete_and_seeded():
+    plan = shard_slices(np.arange(103), 4, 5, seed=0)
+    parts = [s for shard in plan for s in shard]
+    assert len(plan) == 4 and all(len(shard) == 5 for shard in plan)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(103))
+    assert all(abs(len(p) - 103 / 20) < 1 for p in parts)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, [s for sh in shard_slices(np.arange(103), 4, 5, 0) for s in sh]))
+    assert not np.array_equal(plan[0][0], shard_slices(np.arange(103), 4, 5, seed=1)[0][0])
+
+
+@pytest.fixture()
+def recorded(monkeypatch):
+    """Every (indices) a slice was trained on, through the real training code."""
+    calls = []
+    real = train.train_slice
+
+    def spy(data, indices, *args):
+        calls.append(np.array(indices))
+        return real(data, indices, *args)
+    monkeypatch.setattr(train, "train_slice", spy)
+    return calls
+
+
+def test_slices_are_reused_and_unlearning_retrains_only_from_the_right_slice(cifar_jpeg, tmp_path, recorded):
+    split = make_split(cifar_jpeg, subset=4)
+    first = train_sisa(cifar_jpeg, split, CFG, SISA, str(tmp_path), CPU)
+    assert len(recorded) == 6 and [s["trained"] for s in first["shards"]] == [[1, 2, 3], [1, 2, 3]]
+    recorded.clear()
+    again = train_sisa(cifar_jpeg, split, CFG, SISA, str(tmp_path), CPU)
+    assert recorded == [] and again["members"] == first["members"]  # same data: every checkpoint reused
+
+    plan = shard_slices(split.train, 2, 3, CFG.seed)
+    forgotten = int(plan[1][1][0])  # in shard 1, slice 2
+    unlearned = train_sisa(cifar_jpeg, make_split(cifar_jpeg, subset=4, forget_indices=[forgotten]), CFG, SISA,
+                           str(tmp_path), CPU)
+    assert [s["trained"] for s in unlearned["shards"]] == [[], [2, 3]]
+    assert len(recorded) == 2 and not any(forgotten in r for r in recorded)
+    assert unlearned["shards"][1]["checkpoints"][0] == first["shards"][1]["checkpoints"][0]  # slice 1 reused
+    assert unlearned["members"][0] == first["members"][0] and unlearned["members"][1] != first["members"][1]
+    retrained = np.concatenate([plan[1][0], plan[1][1]])
+    assert np.array_equal(np.sort(recorded[0]), np.sort(retrained[retrained != forgotten]))  # slices 1-2 minus it
+
+
+class Fixed(nn.Module):
+    """A 'model' that returns given logits, whatever the input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+        self.conv1 = nn.Conv2d(3, 1, 3)
+
+    def forward(self, x):
+        return self.logits
+
+
+def test_vote_and_mean_softmax_match_a_hand_computation():
+    members = [Fixed([[3.0, 1, 0], [0, 2, 1], [1, 0, 0]]),
+               Fixed([[0.0, 2, 1], [0, 0, 5], [0, 1, 0]]),
+               Fixed([[2.0, 0, 1], [0, 3, 0], [0, 0, 4]])]
+    x = torch.zeros(3, 3, 32, 32)
+    # votes: example 0 -> 0, 1, 0 = class 0; example 1 -> 1, 2, 1 = class 1; example 2 -> 0, 1, 2: a three-way tie,
+    # broken by the mean probability.
+    mean = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+    tie = int(mean[2].argmax())
+    assert Ensemble(members, "vote")(x).argmax(1).tolist() == [0, 1, tie]
+    assert torch.allclose(Ensemble(members, "mean-softmax")(x).exp(), mean, atol=1e-6)
+    with pytest.raises(ValueError):
+        Ensemble(members, "median")
+
+
+def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
+    common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 4, "--test-subset", 2, "--device", "cpu"]
+    r = run_script("train.py", "--sisa", "--arch", "resnet20", "--batch-size", 16, "--shards", 2, "--slices", 2,
+                   "--slice-epochs", "1,1", "--out", tmp_path / "sisa", *common)
+    assert r.returncode == 0, r.stderr
+    manifest = tmp_path / "sisa" / "manifest_full.json"
+    u = run_script("unlearn.py", "--method", "sisa", "--model", manifest, "--forget-class", "cat", *common)
+    assert u.returncode == 0, u.stderr
+    split = make_split(cifar_jpeg, forget_class=3, subset=4)
+    for shard, slices in enumerate(shard_slices(split.train, 2, 2, 0)):
+        hit = [k for k, part in enumerate(slices, 1) if np.isin(part, split.forget).any()]
+        expected = f"retrained slices {list(range(hit[0], 3))}" if hit else "untouched"
+        assert f"shard {shard}: {expected}" in u.stdout
+    assert "a full retrain of all shards" in u.stdout
+    out = tmp_path / "sisa" / "cifar10-jpeg_resnet20_SISA_3.json"
+    assert len(json.load(open(out))["members"]) == 2
+    e = run_script("evaluate.py", "--model", out, "--forget-class", "cat", "--mia", *common)
+    assert e.returncode == 0, e.stderr
+    assert "(shards " in e.stdout  # the per-shard MIA mean beside the aggregate's
+    bad = run_script("train.py", "--sisa", "--arch", "resnet20", "--slices", 3, "--slice-epochs", "1,1", *common)
+    assert bad.returncode != 0 and "gives 2 values for 3 slices" in bad.stderr

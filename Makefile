@@ -22,7 +22,7 @@ DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/da
 DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --subset 300 --test-subset 100
 DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 --resume
 
-.PHONY: help install test demo train retrain retrain-all retrain-classes evaluate unlearn unlearn-table ensemble sisa sisa-unlearn clean-demo
+.PHONY: help install test demo train retrain retrain-all retrain-classes evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench clean-demo
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -85,6 +85,9 @@ sisa: $(VENV)/.installed  ## SISA 4 shards x 5 slices, ImageNet ResNet34 transfe
 sisa-unlearn: $(VENV)/.installed  ## SISA unlearning of a random 20% (reuses every unaffected slice checkpoint)
 	$(PY) unlearn.py $(DATA) --method sisa --model checkpoints/sisa_$(NAME)_resnet34-imagenet/manifest_full.json \
 	  --forget-fraction 0.2
+
+bench: $(VENV)/.installed  ## this project's path vs the plain DataLoader path: images/s side by side (runs/bench.json)
+	$(PY) bench.py $(DATA) --arch $(ARCH)
 
 clean-demo:  ## delete runs/demo
 	rm -rf runs/demo

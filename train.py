@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
-from evaluate import pick_device, predict
+from evaluate import eval_batch_size, pick_device, predict
 from models import ARCHS, IMAGENET_WEIGHTS, atomic_write, build_model, input_size, load_model, save_model, write_json
 
 
@@ -127,15 +127,16 @@ def positive_ints(text):
     return tuple(positive_int(t) for t in text.split(","))
 
 
-def train_epoch(model, loader, optimizer, label=""):
+def train_epoch(model, loader, optimizer, label="", amp=None):
     """One pass of cross-entropy SGD. Loss and accuracy accumulate on the device and are read once, at the end;
-    on a terminal a progress line (which reads the loss) is shown every 20 steps."""
+    on a terminal a progress line (which reads the loss) is shown every 20 steps. amp: autocast dtype or None."""
     model.train()
     show = sys.stderr.isatty()
     total, correct, seen = 0, 0, 0
     for step, (x, y) in enumerate(loader):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -149,8 +150,8 @@ def train_epoch(model, loader, optimizer, label=""):
     return total.item() / seen, 100 * correct.item() / seen
 
 
-def accuracy(model, loader):
-    logits, labels = predict(model, loader)
+def accuracy(model, loader, amp=None):
+    logits, labels = predict(model, loader, amp)
     return 100 * (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -175,13 +176,15 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
 
 
 def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None,
-        val_loader=None):
+        val_loader=None, amp=None, compile=False):
     """Train `model` with the recipe `cfg`. After every epoch: a printed line, the test (and validation) accuracy
     when a loader is given, and with a path prefix the resumable state <prefix>.state.pt and the log
     <prefix>.log.jsonl. With val_loader and cfg.patience, stop after `patience` epochs without a better validation
-    accuracy. When done, the best-validation weights are restored. Returns (log, done); done is False only after
-    stop_after, when the run is to be resumed."""
+    accuracy. When done, the best-validation weights are restored. amp: autocast dtype (bf16) or None (fp32);
+    compile: train through torch.compile(model) (evaluation and checkpoints use the model itself).
+    Returns (log, done); done is False only after stop_after, when the run is to be resumed."""
     optimizer, scheduler = cfg.optimizer(model)
+    step_model = torch.compile(model) if compile else model
     state_path = prefix and prefix + ".state.pt"
     log, best = [], {"acc": -1.0, "epoch": 0, "model": None}
     if resume and state_path and os.path.exists(state_path):
@@ -189,11 +192,11 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
         print(f"resumed from {state_path} after epoch {len(log)}", file=sys.stderr)
     for epoch in range(len(log) + 1, cfg.epochs + 1):
         start, lr = time.time(), scheduler.get_last_lr()[0]
-        loss, train_acc = train_epoch(model, train_loader, optimizer, f"epoch {epoch}/{cfg.epochs}")
+        loss, train_acc = train_epoch(step_model, train_loader, optimizer, f"epoch {epoch}/{cfg.epochs}", amp)
         scheduler.step()
         record = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
-                  "test_acc": accuracy(model, test_loader) if test_loader else None,
-                  "val_acc": accuracy(model, val_loader) if val_loader else None, "seconds": time.time() - start}
+                  "test_acc": accuracy(model, test_loader, amp) if test_loader else None,
+                  "val_acc": accuracy(model, val_loader, amp) if val_loader else None, "seconds": time.time() - start}
         log.append(record)
         if val_loader and record["val_acc"] > best["acc"]:
             best = {"acc": record["val_acc"], "epoch": epoch, "model": copy.deepcopy(model.state_dict())}
@@ -322,6 +325,9 @@ def parse_args(argv=None):
     parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
                         "resumable state; for splitting a run into jobs (default: run all epochs)")
     parser.add_argument("--sisa", action="store_true", help="train a SISA model set: shards x slices (default: off)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="bf16: autocast with fp32 "
+                        "weights and optimizer state; auto: bf16 on CUDA, fp32 on the CPU (default: auto)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
     add_config_args(parser, RECIPES[recipe])
     add_config_args(parser, SisaConfig)
     add_data_args(parser)
@@ -341,14 +347,15 @@ def main(argv=None):
           f"{len(split.val)} validation), {len(split.test)} test images -> {out}", flush=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, len(data.classes), pretrained=True)  # fails (offline, no weights) before any work
-    device = pick_device(args.device)
-    model = model.to(device)
+    device, amp = pick_device(args.device, args.precision)
+    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
     size = input_size(model)
     train_loader = Loader(data, split.retain, True, cfg.batch_size, device, True, cfg.augment, cfg.seed, size)
-    test_loader = Loader(data, split.test, False, 1000, device, size=size)
-    val_loader = Loader(data, split.val, True, 1000, device, size=size) if len(split.val) else None
+    test_loader = Loader(data, split.test, False, eval_batch_size(device), device, size=size)
+    val_loader = Loader(data, split.val, True, eval_batch_size(device), device, size=size) if len(split.val) else None
     identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "split": describe_split(split, data.classes)["sha256"]}
-    log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after, val_loader)
+    log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after,
+                    val_loader, amp, args.compile)
     if not done:
         print(f"stopped after epoch {len(log)}; continue with --resume", file=sys.stderr)
         return
@@ -365,7 +372,8 @@ def main_sisa(args, cfg, data, split):
     sisa = config_from_args(SisaConfig, args)
     folder = args.out or os.path.join("checkpoints", f"sisa_{data.name}_{cfg.arch}")
     print(f"{cfg}\n{sisa}\n{len(split.retain)} train images -> {folder}", flush=True)
-    manifest = {"recipe": args.recipe, **train_sisa(data, split, cfg, sisa, folder, pick_device(args.device))}
+    device, _ = pick_device(args.device, "fp32")
+    manifest = {"recipe": args.recipe, **train_sisa(data, split, cfg, sisa, folder, device)}
     path = os.path.join(folder, f"manifest_{forget_name(data, split)}.json")
     write_json(path, manifest)
     print(f"saved {path} ({sisa.shards} shards; evaluate it with evaluate.py --model {path})")

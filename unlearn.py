@@ -439,7 +439,7 @@ def main(argv=None):
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
     print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain images -> {out}", flush=True)
-    device = pick_device(args.device)
+    device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
     retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed, input_size(model))
     torch.manual_seed(args.seed)
     model, seconds = run_method(fn, model.to(device), retain_loader, forget_loader, cfg, device)
@@ -469,7 +469,7 @@ def main_sisa(args, data, split):
     cfg = RECIPES[manifest["recipe"]](**manifest["config"])
     sisa = SisaConfig(**{**manifest["sisa"], "slice_epochs": tuple(manifest["sisa"]["slice_epochs"])})
     folder = os.path.dirname(args.model)
-    device = pick_device(args.device)
+    device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
     start = time.time()
     new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}
     seconds = time.time() - start

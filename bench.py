@@ -1,0 +1,158 @@
+"""Speed of this project's path against the plain reference path, side by side on one device.
+
+    python bench.py                                          # GPU: ResNet18 on the full CIFAR-10 train and test sets
+    python bench.py --dataset ../shared/data/cifar10-jpeg.tar.gz --arch resnet20 --subset 100 --device cpu
+
+Plain path = a torchvision DataLoader over PIL images with the recipe's transforms and worker processes, fp32,
+eager, `.item()` every step. Ours = the batched on-device Loader, device-side metrics, bf16 autocast on CUDA.
+Measured: a training epoch, evaluation of the test set, SSD importances (batch and per-sample). Prints a
+Markdown table (images/s and the ratio) and writes JSON.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
+
+from data import Loader, add_data_args, load_dataset, positive_int, split_from_args
+from evaluate import eval_batch_size, pick_device, predict
+from models import ARCHS, build_model, write_json
+from train import TrainConfig, train_epoch
+from unlearn import importance_batch, importance_per_sample
+
+
+class PilDataset(torch.utils.data.Dataset):
+    """The reference input path: each image a PIL image through torchvision transforms."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def plain_loader(data, indices, train_set, batch_size, augment, workers, shuffle):
+    x, y = (data.train_x, data.train_y) if train_set else (data.test_x, data.test_y)
+    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    transform = T.Compose(steps + [T.ToTensor(), T.Normalize(data.mean, data.std)])
+    return torch.utils.data.DataLoader(PilDataset(x[indices], y[indices], transform), batch_size=batch_size,
+                                       shuffle=shuffle, num_workers=workers, persistent_workers=False)
+
+
+def plain_train_epoch(model, loader, optimizer, device):
+    model.train()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the habit of logging every step: a host sync
+
+
+@torch.no_grad()
+def plain_evaluate(model, loader, device):
+    model.eval()
+    correct = 0
+    for x, y in loader:
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    return correct
+
+
+def plain_importance(model, loader, device):
+    """SSD's official pass: .grad of each batch, squared, accumulated per parameter."""
+    model.eval()
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, y in loader:
+        model.zero_grad()
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        for n, p in model.named_parameters():
+            total[n] += p.grad.detach() ** 2
+    return total
+
+
+def timed(fn, device):
+    """Seconds of one call, with the device synchronised before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(name, n, ours, plain, device):
+    """One row: images/s of both paths (each run once to warm up, then timed) and their ratio."""
+    ours(), plain()
+    t_ours, t_plain = timed(ours, device), timed(plain, device)
+    row = {"measure": name, "images": n, "ours_images_per_s": n / t_ours, "plain_images_per_s": n / t_plain,
+           "speedup": t_plain / t_ours}
+    print(f"| {name} | {n} | {row['ours_images_per_s']:.0f} | {row['plain_images_per_s']:.0f} | {row['speedup']:.2f}x |",
+          flush=True)
+    return row
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet18", choices=list(ARCHS), help="architecture (default: resnet18)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="our path's precision; the plain path is always fp32 (default: auto)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="DataLoader workers of the plain path (default: min(8, cores))")
+    parser.add_argument("--per-sample", type=positive_int, default=256,
+                        help="images for the per-sample importance rows (the plain one is a loop) (default: 256)")
+    parser.add_argument("--out", default="runs/bench.json", help="JSON results (default: runs/bench.json)")
+    add_data_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data = load_dataset(args.dataset, args.data_dir)
+    split = split_from_args(args, data)
+    device, amp = pick_device(args.device, args.precision)
+    torch.manual_seed(0)
+    model = build_model(args.arch, len(data.classes)).to(device)
+    cfg = TrainConfig()
+    optimizer, _ = cfg.optimizer(model)
+    n_train, n_test, few = len(split.retain), len(split.test), split.retain[:args.per_sample]
+    print(f"{args.arch} on {data.name}, {device}\n\n| Measure | Images | Ours (img/s) | Plain (img/s) | Speed-up |\n|---|---|---|---|---|")
+    ours_train = Loader(data, split.retain, True, cfg.batch_size, device, True, "crop-flip")
+    ours_test = Loader(data, split.test, False, eval_batch_size(device), device)
+    plain_train = plain_loader(data, split.retain, True, cfg.batch_size, True, args.workers, True)
+    plain_test = plain_loader(data, split.test, False, cfg.batch_size, False, args.workers, False)
+    rows = [
+        measure("train epoch", n_train, lambda: train_epoch(model, ours_train, optimizer, amp=amp),
+                lambda: plain_train_epoch(model, plain_train, optimizer, device), device),
+        measure("evaluate test set", n_test, lambda: predict(model, ours_test, amp),
+                lambda: plain_evaluate(model, plain_test, device), device),
+        measure("SSD importance (batch 64)", n_train,
+                lambda: importance_batch(model.eval(), Loader(data, split.retain, True, 64, device)),
+                lambda: plain_importance(model, plain_loader(data, split.retain, True, 64, False, args.workers, False), device), device),
+        measure("SSD importance (per-sample)", len(few),
+                lambda: importance_per_sample(model.eval(), Loader(data, few, True, 64, device)),
+                lambda: plain_importance(model, plain_loader(data, few, True, 1, False, 0, False), device), device),
+    ]
+    write_json(args.out, {"arch": args.arch, "dataset": data.name, "device": str(device),
+                          "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                          "precision": "bf16" if amp else "fp32", "workers": args.workers, "torch": torch.__version__,
+                          "rows": rows, "config": dataclasses.asdict(cfg)})
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")

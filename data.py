@@ -289,17 +289,18 @@ AUGMENT = {"crop-flip": crop_flip, "rotate-jitter": rotate_jitter_crop_flip}
 
 class Loader:
     """Normalised (images, labels) batches of `images[indices]`, on `device`. shuffle: a fresh permutation every
-    pass; augment: None or a key of AUGMENT; size: upsample to size x size (224 for ImageNet models). The last
-    partial batch is kept, as in a DataLoader."""
+    pass; augment: None or a key of AUGMENT; size: upsample to size x size (224 for ImageNet models); shard:
+    (rank, world size) under DistributedDataParallel. The last partial batch is kept, as in a DataLoader."""
 
     def __init__(self, data, indices, train_set, batch_size, device="cpu", shuffle=False, augment=None, seed=0,
-                 size=None):
+                 size=None, shard=None):
         x, y = (data.train_x, data.train_y) if train_set else (data.test_x, data.test_y)
         self.images = torch.from_numpy(x[indices]).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(y[indices]).to(device)
         self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
         self.batch_size, self.shuffle, self.augment, self.size = batch_size, shuffle, augment, size
+        self.rank, self.world = shard or (0, 1)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
@@ -313,7 +314,8 @@ class Loader:
             idx = order[start:start + self.batch_size] if self.shuffle else slice(start, start + self.batch_size)
             x = self.images[idx].float() / 255  # [0, 1], as ToTensor() gives
             x = AUGMENT[self.augment](x, self.generator, self.size) if self.augment else resize(x, self.size)
-            yield (x - self.mean) / self.std, self.labels[idx]
+            # shard=(rank, world): every rank draws the same global batch and keeps every world-th image of it
+            yield ((x - self.mean) / self.std)[self.rank::self.world], self.labels[idx][self.rank::self.world]
 
 
 # ----------------------------------------------------------------------------- command line

@@ -3,6 +3,7 @@
     python train.py                                   # ResNet18, CIFAR-10 -> checkpoints/resnet18_cifar10_full.pth
     python train.py --forget-class cat --resume       # retrain without cat -> checkpoints/resnet18_cifar10_no_cat.pth
     python train.py --dataset ../shared/data/cifar10-jpeg.tar.gz --arch resnet20 --subset 100 --epochs 5 --device cpu
+    torchrun --nproc_per_node=2 train.py             # DistributedDataParallel: the global batch of 128 split across ranks
 
 Recipe (the model card's, adapted from Benchopt): SGD lr 0.1, momentum 0.9, weight decay 5e-4, Nesterov;
 CosineAnnealingLR(T_max=epochs) stepped per epoch; 200 epochs; batch 128; cross-entropy; RandomCrop(32, 4) + flip.
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 
 from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
@@ -176,15 +179,16 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
 
 
 def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None,
-        val_loader=None, amp=None, compile=False):
+        val_loader=None, amp=None, step_model=None):
     """Train `model` with the recipe `cfg`. After every epoch: a printed line, the test (and validation) accuracy
     when a loader is given, and with a path prefix the resumable state <prefix>.state.pt and the log
     <prefix>.log.jsonl. With val_loader and cfg.patience, stop after `patience` epochs without a better validation
     accuracy. When done, the best-validation weights are restored. amp: autocast dtype (bf16) or None (fp32);
-    compile: train through torch.compile(model) (evaluation and checkpoints use the model itself).
+    step_model: what the training step calls, when not the model itself: torch.compile(model) or a
+    DistributedDataParallel wrapper (evaluation and checkpoints use the model itself).
     Returns (log, done); done is False only after stop_after, when the run is to be resumed."""
     optimizer, scheduler = cfg.optimizer(model)
-    step_model = torch.compile(model) if compile else model
+    step_model = step_model or model
     state_path = prefix and prefix + ".state.pt"
     log, best = [], {"acc": -1.0, "epoch": 0, "model": None}
     if resume and state_path and os.path.exists(state_path):
@@ -347,24 +351,70 @@ def main(argv=None):
           f"{len(split.val)} validation), {len(split.test)} test images -> {out}", flush=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, len(data.classes), pretrained=True)  # fails (offline, no weights) before any work
-    device, amp = pick_device(args.device, args.precision)
+    rank, world = init_distributed(args)
+    device, amp = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if world > 1 and torch.cuda.is_available()
+                              and args.device != "cpu" else args.device, args.precision)
     model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    step_model = wrap_distributed(model, device) if world > 1 else model
+    step_model = torch.compile(step_model) if args.compile else step_model
     size = input_size(model)
-    train_loader = Loader(data, split.retain, True, cfg.batch_size, device, True, cfg.augment, cfg.seed, size)
+    train_loader = Loader(data, split.retain, True, cfg.batch_size, device, True, cfg.augment, cfg.seed, size,
+                          (rank, world))
     test_loader = Loader(data, split.test, False, eval_batch_size(device), device, size=size)
     val_loader = Loader(data, split.val, True, eval_batch_size(device), device, size=size) if len(split.val) else None
     identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "split": describe_split(split, data.classes)["sha256"]}
-    log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after,
-                    val_loader, amp, args.compile)
+    log, done = fit(model, train_loader, test_loader, cfg, prefix if rank == 0 else None, args.resume, identity,
+                    args.stop_after, val_loader, amp, step_model)
+    if world > 1:
+        agree = finish_distributed(model)
+        if rank != 0:
+            return
     if not done:
         print(f"stopped after epoch {len(log)}; continue with --resume", file=sys.stderr)
         return
     save_model(out, model, {"recipe": args.recipe, "config": dataclasses.asdict(cfg), "arch": cfg.arch,
                             "dataset": data.name, "classes": data.classes, "split": describe_split(split, data.classes),
                             "device": str(device), "seconds": sum(r["seconds"] for r in log), "metrics": log[-1],
-                            "log": os.path.basename(prefix + ".log.jsonl")})
+                            "log": os.path.basename(prefix + ".log.jsonl"), "world_size": world,
+                            "ranks_agree": agree if world > 1 else None})
     os.remove(prefix + ".state.pt")
     print(f"saved {out}")
+
+
+def init_distributed(args):
+    """Under torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, or CPU processes with gloo. (rank, world)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if args.resume or args.stop_after or args.sisa:
+        raise ValueError("--resume, --stop-after and --sisa are not supported under torchrun yet")
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # one log: rank 0's (its share of each batch); errors still show
+    return dist.get_rank(), world
+
+
+def wrap_distributed(model, device):
+    """DistributedDataParallel, with SyncBatchNorm on GPUs so that BN sees the global batch of 128. PyTorch's
+    SyncBatchNorm runs on GPUs only: on CPUs (gloo) each rank normalises its own share of the batch."""
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def finish_distributed(model):
+    """Give every rank rank 0's buffers (BN running statistics; identical already with SyncBatchNorm), then check
+    that all ranks hold the same weights. Returns whether they agree; rank 0 alone saves."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
+    digest = torch.tensor([float(sum(p.double().sum() for p in model.state_dict().values()))], dtype=torch.float64)
+    digests = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
+    dist.all_gather(digests, digest)
+    dist.destroy_process_group()
+    return all(torch.equal(d, digests[0]) for d in digests)
 
 
 def main_sisa(args, cfg, data, split):

@@ -1,11 +1,13 @@
 """Training: it learns, resume is bitwise, the retrain leaves the class out, bad input is refused cleanly."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import ARCHIVE, assert_clean_error, run_script
+from conftest import ARCHIVE, ROOT, assert_clean_error, run_script
 
 TINY = ["--arch", "resnet20", "--subset", "20", "--test-subset", "10", "--batch-size", "32", "--device", "cpu"]
 
@@ -66,3 +68,15 @@ def test_bad_input_is_refused_and_nothing_is_overwritten(cifar_jpeg, data_dir, t
     r = run_script("train.py", "--dataset", ARCHIVE, "--data-dir", data_dir, *TINY, "--out", out, *args)
     assert_clean_error(r, message)
     assert out.read_bytes() == b"precious" and sorted(os.listdir(tmp_path)) == ["existing.pth"]
+
+
+def test_ddp_with_two_gloo_processes_saves_one_checkpoint_equal_across_ranks(cifar_jpeg, data_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(ROOT, "train.py"), "--dataset", ARCHIVE, "--data-dir", data_dir, *map(str, TINY),
+                        "--epochs", "2", "--out", str(tmp_path / "m.pth")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["m.json", "m.log.jsonl", "m.pth"]  # rank 0 alone writes
+    meta = json.load(open(tmp_path / "m.json"))
+    assert meta["world_size"] == 2 and meta["ranks_agree"] is True
+    assert r.stdout.count("epoch 2/2") == 1

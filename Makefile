@@ -74,7 +74,7 @@ unlearn-table: $(VENV)/.installed  ## METHOD for every class of MODEL, then the 
 
 ensemble: $(VENV)/.installed  ## N members (seeds 0..N-1) with the ensemble report's recipe, then the ensemble evaluated
 	for k in $$(seq 0 $$(($(N) - 1))); do \
-	  [ -f checkpoints/ensemble/$(NAME)_seed$$k.pth ] || $(PY) train.py $(DATA) --recipe ensemble --seed $$k \
+	  [ -f checkpoints/ensemble/$(NAME)_seed$$k.pth ] || $(PY) train.py $(DATA) --recipe ensemble --epochs $(EPOCHS) --seed $$k \
 	    --out checkpoints/ensemble/$(NAME)_seed$$k.pth --resume || exit 1; \
 	done
 	$(PY) evaluate.py $(DATA) --ensemble $$(seq -f "--model checkpoints/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1)))

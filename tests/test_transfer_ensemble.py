@@ -76,7 +76,7 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best_weights(c
     scripted = iter([10.0, 30.0, 20.0, 25.0, 28.0, 50.0])  # best at epoch 2; patience 2 -> stop after epoch 4
     snapshots = []
 
-    def accuracy(model, loader):
+    def accuracy(model, loader, amp=None):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return next(scripted)
     monkeypatch.setattr(train, "accuracy", accuracy)

@@ -18,12 +18,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
+from data import Loader, add_data_args, describe_split, load_dataset, split_from_args
 from evaluate import evaluate_model, format_table, load_evaluable, pick_device, strip_losses
 from models import build_model, infer_arch, input_size, load_model, save_model, write_json
 from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from_args, fit, hp, train_sisa

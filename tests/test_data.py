@@ -1,6 +1,5 @@
 """Data: the real on-disk formats (torchvision's CIFAR pickles, image folders and their archives), the real
 CIFAR-10 images, class names, splits and --subset."""
-import os
 import pickle
 import tarfile
 

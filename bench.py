@@ -17,7 +17,6 @@ import time
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
-from PIL import Image
 
 from data import Loader, add_data_args, load_dataset, positive_int, split_from_args
 from evaluate import eval_batch_size, pick_device, predict
@@ -36,6 +35,7 @@ class PilDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
+        from PIL import Image  # torchvision's own dependency; only the plain path needs it
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 

@@ -20,7 +20,7 @@ import torchvision.transforms as T
 
 from data import Loader, add_data_args, load_dataset, positive_int, split_from_args
 from evaluate import eval_batch_size, pick_device, predict
-from models import ARCHS, build_model, write_json
+from models import ARCHS, build_model, to_device, write_json
 from train import TrainConfig, train_epoch
 from unlearn import importance_batch, importance_per_sample
 
@@ -122,9 +122,10 @@ def main(argv=None):
     split = split_from_args(args, data)
     device, amp = pick_device(args.device, args.precision)
     torch.manual_seed(0)
-    model = build_model(args.arch, len(data.classes)).to(device)
+    model = to_device(build_model(args.arch, len(data.classes)), device)
+    plain_model = build_model(args.arch, len(data.classes)).to(device)  # the plain path: default memory order
     cfg = TrainConfig()
-    optimizer, _ = cfg.optimizer(model)
+    optimizer, plain_optimizer = cfg.optimizer(model)[0], cfg.optimizer(plain_model)[0]
     n_train, n_test, few = len(split.retain), len(split.test), split.retain[:args.per_sample]
     print(f"{args.arch} on {data.name}, {device}\n\n| Measure | Images | Ours (img/s) | Plain (img/s) | Speed-up |\n|---|---|---|---|---|")
     ours_train = Loader(data, split.retain, True, cfg.batch_size, device, True, "crop-flip")
@@ -133,15 +134,15 @@ def main(argv=None):
     plain_test = plain_loader(data, split.test, False, cfg.batch_size, False, args.workers, False)
     rows = [
         measure("train epoch", n_train, lambda: train_epoch(model, ours_train, optimizer, amp=amp),
-                lambda: plain_train_epoch(model, plain_train, optimizer, device), device),
+                lambda: plain_train_epoch(plain_model, plain_train, plain_optimizer, device), device),
         measure("evaluate test set", n_test, lambda: predict(model, ours_test, amp),
-                lambda: plain_evaluate(model, plain_test, device), device),
+                lambda: plain_evaluate(plain_model, plain_test, device), device),
         measure("SSD importance (batch 64)", n_train,
                 lambda: importance_batch(model.eval(), Loader(data, split.retain, True, 64, device)),
-                lambda: plain_importance(model, plain_loader(data, split.retain, True, 64, False, args.workers, False), device), device),
+                lambda: plain_importance(plain_model, plain_loader(data, split.retain, True, 64, False, args.workers, False), device), device),
         measure("SSD importance (per-sample)", len(few),
                 lambda: importance_per_sample(model.eval(), Loader(data, few, True, 64, device)),
-                lambda: plain_importance(model, plain_loader(data, few, True, 1, False, 0, False), device), device),
+                lambda: plain_importance(plain_model, plain_loader(data, few, True, 1, False, 0, False), device), device),
     ]
     write_json(args.out, {"arch": args.arch, "dataset": data.name, "device": str(device),
                           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

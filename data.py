@@ -290,10 +290,11 @@ AUGMENT = {"crop-flip": crop_flip, "rotate-jitter": rotate_jitter_crop_flip}
 class Loader:
     """Normalised (images, labels) batches of `images[indices]`, on `device`. shuffle: a fresh permutation every
     pass; augment: None or a key of AUGMENT; size: upsample to size x size (224 for ImageNet models); shard:
-    (rank, world size) under DistributedDataParallel. The last partial batch is kept, as in a DataLoader."""
+    (rank, world size) under DistributedDataParallel; channels_last: batches in NHWC memory order, which cuDNN's
+    fastest convolutions want (default: on CUDA). The last partial batch is kept, as in a DataLoader."""
 
     def __init__(self, data, indices, train_set, batch_size, device="cpu", shuffle=False, augment=None, seed=0,
-                 size=None, shard=None):
+                 size=None, shard=None, channels_last=None):
         x, y = (data.train_x, data.train_y) if train_set else (data.test_x, data.test_y)
         self.images = torch.from_numpy(x[indices]).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(y[indices]).to(device)
@@ -301,6 +302,9 @@ class Loader:
         self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
         self.batch_size, self.shuffle, self.augment, self.size = batch_size, shuffle, augment, size
         self.rank, self.world = shard or (0, 1)
+        cuda = torch.device(device).type == "cuda"
+        self.memory_format = torch.channels_last if (cuda if channels_last is None else channels_last) \
+            else torch.contiguous_format
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
@@ -315,7 +319,8 @@ class Loader:
             x = self.images[idx].float() / 255  # [0, 1], as ToTensor() gives
             x = AUGMENT[self.augment](x, self.generator, self.size) if self.augment else resize(x, self.size)
             # shard=(rank, world): every rank draws the same global batch and keeps every world-th image of it
-            yield ((x - self.mean) / self.std)[self.rank::self.world], self.labels[idx][self.rank::self.world]
+            x = ((x - self.mean) / self.std)[self.rank::self.world].contiguous(memory_format=self.memory_format)
+            yield x, self.labels[idx][self.rank::self.world]
 
 
 # ----------------------------------------------------------------------------- command line

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
-from models import Ensemble, atomic_write, input_size, load_model, write_json
+from models import Ensemble, atomic_write, input_size, load_model, to_device, write_json
 
 
 def pick_device(name="auto", precision="auto"):
@@ -279,7 +279,7 @@ def main(argv=None):
         paths, models = paths + ["ensemble"], models + [Ensemble(models[int(bool(args.retrained)):],
                                                                   args.aggregate or "mean-softmax")]
     device, _ = pick_device(args.device, "fp32")  # metrics in fp32: the published tables' losses
-    rows = [(p, evaluate_model(m.to(device), data, split, device, args.batch_size, args.mia)) for p, m in zip(paths, models)]
+    rows = [(p, evaluate_model(to_device(m, device), data, split, device, args.batch_size, args.mia)) for p, m in zip(paths, models)]
     reference = rows[0][1] if args.retrained else None
     print(format_table(rows, reference))
     if len(data.classes) <= 20:

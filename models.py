@@ -158,6 +158,12 @@ class Ensemble(nn.Module):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def to_device(model, device):
+    """The model on `device`; on CUDA in channels_last memory order, as Loader's batches are there (cuDNN's fastest
+    convolutions). The values, and so the saved state_dicts, are the same either way."""
+    return model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+
+
 def clean_state_dict(state):
     """Plain CPU tensors under torchvision's keys (no DDP / torch.compile prefixes)."""
     out = {}

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
 from evaluate import eval_batch_size, pick_device, predict
-from models import ARCHS, IMAGENET_WEIGHTS, atomic_write, build_model, input_size, load_model, save_model, write_json
+from models import (ARCHS, IMAGENET_WEIGHTS, atomic_write, build_model, input_size, load_model, save_model,
+                    to_device, write_json)
 
 
 def hp(default, help, **extra):
@@ -290,7 +291,7 @@ def train_slice(data, indices, cfg, epochs, previous, path, device, seed, num_cl
     if len(indices) == 0:
         raise ValueError(f"{path}: every image of this shard's slices so far is forgotten; use fewer shards")
     torch.manual_seed(seed)
-    model = (load_model(previous) if previous else build_model(cfg.arch, num_classes, pretrained=True)).to(device)
+    model = to_device(load_model(previous) if previous else build_model(cfg.arch, num_classes, pretrained=True), device)
     loader = Loader(data, indices, True, cfg.batch_size, device, True, cfg.augment, seed, input_size(model))
     start = time.time()
     fit(model, loader, None, dataclasses.replace(cfg, epochs=epochs))
@@ -354,7 +355,7 @@ def main(argv=None):
     rank, world = init_distributed(args)
     device, amp = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if world > 1 and torch.cuda.is_available()
                               and args.device != "cpu" else args.device, args.precision)
-    model = model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    model = to_device(model, device)
     step_model = wrap_distributed(model, device) if world > 1 else model
     step_model = torch.compile(step_model) if args.compile else step_model
     size = input_size(model)

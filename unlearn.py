@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 
 from data import Loader, add_data_args, describe_split, load_dataset, split_from_args
 from evaluate import evaluate_model, format_table, load_evaluable, pick_device, strip_losses
-from models import build_model, infer_arch, input_size, load_model, save_model, write_json
+from models import build_model, infer_arch, input_size, load_model, save_model, to_device, write_json
 from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from_args, fit, hp, train_sisa
 
 
@@ -284,7 +284,7 @@ def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
 def unlearn_retrain(model, retain_loader, forget_loader, cfg, device):
     """A fresh model of the same architecture (every module re-initialised from the seeded RNG, as train.py does;
     an ImageNet architecture starts again from the ImageNet weights)."""
-    model = build_model(*infer_arch(model.state_dict()), pretrained=True).to(device)
+    model = to_device(build_model(*infer_arch(model.state_dict()), pretrained=True), device)
     fit(model, retain_loader, None, train_config(cfg))
     return model
 
@@ -441,12 +441,12 @@ def main(argv=None):
     device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
     retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed, input_size(model))
     torch.manual_seed(args.seed)
-    model, seconds = run_method(fn, model.to(device), retain_loader, forget_loader, cfg, device)
+    model, seconds = run_method(fn, to_device(model, device), retain_loader, forget_loader, cfg, device)
     rows = []
     if not args.no_eval:
         rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
         if retrained:
-            rows.insert(0, (args.retrained, evaluate_model(retrained.to(device), data, split, device, mia=True)))
+            rows.insert(0, (args.retrained, evaluate_model(to_device(retrained, device), data, split, device, mia=True)))
     save_model(out, model, {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
                             "arch": arch, "dataset": data.name, "classes": data.classes, "seed": args.seed,
                             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
@@ -482,7 +482,7 @@ def main_sisa(args, data, split):
     write_json(out, {**new, "seconds": seconds, "source": args.model})
     print(f"saved {out}")
     if not args.no_eval:
-        model = load_evaluable(out, len(data.classes)).to(device)
+        model = to_device(load_evaluable(out, len(data.classes)), device)
         print(format_table([(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]))
 
 

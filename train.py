@@ -180,13 +180,14 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
 
 
 def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None,
-        val_loader=None, amp=None, step_model=None):
+        val_loader=None, amp=None, step_model=None, write=True):
     """Train `model` with the recipe `cfg`. After every epoch: a printed line, the test (and validation) accuracy
     when a loader is given, and with a path prefix the resumable state <prefix>.state.pt and the log
     <prefix>.log.jsonl. With val_loader and cfg.patience, stop after `patience` epochs without a better validation
     accuracy. When done, the best-validation weights are restored. amp: autocast dtype (bf16) or None (fp32);
     step_model: what the training step calls, when not the model itself: torch.compile(model) or a
-    DistributedDataParallel wrapper (evaluation and checkpoints use the model itself).
+    DistributedDataParallel wrapper (evaluation and checkpoints use the model itself); write: False on the ranks
+    other than 0 of a distributed run, which read the resumable state but leave writing it to rank 0.
     Returns (log, done); done is False only after stop_after, when the run is to be resumed."""
     optimizer, scheduler = cfg.optimizer(model)
     step_model = step_model or model
@@ -208,7 +209,7 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
         print(f"epoch {epoch}/{cfg.epochs} loss {loss:.4f} train {train_acc:.2f}%" + "".join(
             f" {k[:-4]} {record[k]:.2f}%" for k in ("test_acc", "val_acc") if record[k] is not None) +
             f" lr {lr:.5f} {record['seconds']:.1f}s", flush=True)
-        if prefix:
+        if prefix and write:
             save_state(state_path, model, optimizer, scheduler, train_loader, log, best, identity)
             write_log(prefix + ".log.jsonl", log)
         if epoch == stop_after and epoch < cfg.epochs:
@@ -363,9 +364,10 @@ def main(argv=None):
                           (rank, world))
     test_loader = Loader(data, split.test, False, eval_batch_size(device), device, size=size)
     val_loader = Loader(data, split.val, True, eval_batch_size(device), device, size=size) if len(split.val) else None
-    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "split": describe_split(split, data.classes)["sha256"]}
-    log, done = fit(model, train_loader, test_loader, cfg, prefix if rank == 0 else None, args.resume, identity,
-                    args.stop_after, val_loader, amp, step_model)
+    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "world_size": world,
+                "split": describe_split(split, data.classes)["sha256"]}
+    log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after, val_loader,
+                    amp, step_model, write=rank == 0)
     if world > 1:
         agree = finish_distributed(model)
         if rank != 0:
@@ -387,8 +389,8 @@ def init_distributed(args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
-    if args.resume or args.stop_after or args.sisa:
-        raise ValueError("--resume, --stop-after and --sisa are not supported under torchrun yet")
+    if args.sisa:
+        raise ValueError("--sisa is not supported under torchrun: run shards as separate jobs (--shard)")
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))

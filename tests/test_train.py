@@ -70,13 +70,24 @@ def test_bad_input_is_refused_and_nothing_is_overwritten(cifar_jpeg, data_dir, t
     assert out.read_bytes() == b"precious" and sorted(os.listdir(tmp_path)) == ["existing.pth"]
 
 
-def test_ddp_with_two_gloo_processes_saves_one_checkpoint_equal_across_ranks(cifar_jpeg, data_dir, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        os.path.join(ROOT, "train.py"), "--dataset", ARCHIVE, "--data-dir", data_dir, *map(str, TINY),
-                        "--epochs", "2", "--out", str(tmp_path / "m.pth")],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def torchrun(data_dir, out, *extra):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           os.path.join(ROOT, "train.py"), "--dataset", ARCHIVE, "--data-dir", data_dir, *map(str, TINY),
+                           "--epochs", "2", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_ddp_with_two_gloo_processes_saves_one_checkpoint_equal_across_ranks_and_resumes(cifar_jpeg, data_dir, tmp_path):
+    r = torchrun(data_dir, tmp_path / "m.pth")
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(os.listdir(tmp_path)) == ["m.json", "m.log.jsonl", "m.pth"]  # rank 0 alone writes
     meta = json.load(open(tmp_path / "m.json"))
     assert meta["world_size"] == 2 and meta["ranks_agree"] is True
     assert r.stdout.count("epoch 2/2") == 1
+    (tmp_path / "b").mkdir()
+    first = torchrun(data_dir, tmp_path / "b" / "m.pth", "--stop-after", "1")
+    assert first.returncode == 0 and sorted(os.listdir(tmp_path / "b")) == ["m.log.jsonl", "m.state.pt"], first.stderr[-2000:]
+    resumed = torchrun(data_dir, tmp_path / "b" / "m.pth", "--resume")
+    assert resumed.returncode == 0 and "epoch 1/2" not in resumed.stdout, resumed.stderr[-2000:]
+    a, b = (torch.load(p, weights_only=True) for p in (tmp_path / "m.pth", tmp_path / "b" / "m.pth"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # stopped and resumed under torchrun = straight through

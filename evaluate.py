@@ -124,13 +124,13 @@ def mia_score(forget_losses, test_losses, n_splits=10, seed=0):
 
 # ----------------------------------------------------------------------------- one model, many models
 
-def evaluate_model(model, data, split, device, batch_size=None, mia=False):
+def evaluate_model(model, data, split, device, batch_size=None, mia=False, amp=None):
     """Every metric of one model on the split: test / test-forget / test-retain / train-forget /
     train-retain summaries, per-class accuracy, confusion matrix and (optionally) the MIA.
-    batch_size: eval_batch_size(device) when None."""
+    batch_size: eval_batch_size(device) when None; amp: autocast dtype of the forward passes, or None (fp32)."""
     batch_size = batch_size or eval_batch_size(device)
     def run(indices, train_set):
-        return predict(model, Loader(data, indices, train_set, batch_size, device, size=input_size(model)))
+        return predict(model, Loader(data, indices, train_set, batch_size, device, size=input_size(model)), amp)
 
     logits, labels = run(split.test, False)
     in_forget = torch.from_numpy(np.isin(split.test, split.test_forget))
@@ -149,15 +149,15 @@ def evaluate_model(model, data, split, device, batch_size=None, mia=False):
         nonmembers = metrics["test_forget"] or metrics["test"]
         metrics["mia"] = mia_score(metrics["train_forget"]["losses"], nonmembers["losses"])
         if isinstance(model, Ensemble):
-            metrics["member_mia"] = [member_mia(m, data, split, device, batch_size) for m in model.members]
+            metrics["member_mia"] = [member_mia(m, data, split, device, batch_size, amp) for m in model.members]
     return metrics
 
 
-def member_mia(model, data, split, device, batch_size):
+def member_mia(model, data, split, device, batch_size, amp=None):
     """The MIA of one ensemble member (a SISA shard model) on the same forget / non-member sets."""
     def losses(indices, train_set):
         loader = Loader(data, indices, train_set, batch_size, device, size=input_size(model))
-        return summarize(*predict(model, loader))["losses"]
+        return summarize(*predict(model, loader, amp))["losses"]
     return mia_score(losses(split.forget, True), losses(split.test_forget if len(split.test_forget) else split.test, False))
 
 
@@ -259,6 +259,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="evaluation batch size (default: 1000 on a GPU, 128 on a CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="forward passes: fp32, as the "
+                        "published losses; bf16 autocast is faster on GPUs but rounds the losses (default: fp32)")
     add_data_args(parser)
     return parser.parse_args(argv)
 
@@ -278,8 +280,9 @@ def main(argv=None):
     if args.ensemble:
         paths, models = paths + ["ensemble"], models + [Ensemble(models[int(bool(args.retrained)):],
                                                                   args.aggregate or "mean-softmax")]
-    device, _ = pick_device(args.device, "fp32")  # metrics in fp32: the published tables' losses
-    rows = [(p, evaluate_model(to_device(m, device), data, split, device, args.batch_size, args.mia)) for p, m in zip(paths, models)]
+    device, amp = pick_device(args.device, args.precision)
+    rows = [(p, evaluate_model(to_device(m, device), data, split, device, args.batch_size, args.mia, amp))
+            for p, m in zip(paths, models)]
     reference = rows[0][1] if args.retrained else None
     print(format_table(rows, reference))
     if len(data.classes) <= 20:

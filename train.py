@@ -252,17 +252,20 @@ def slice_hash(previous, seen, epochs, identity):
     return h.hexdigest()[:16]
 
 
-def train_sisa(data, split, cfg, sisa, folder, device):
+def train_sisa(data, split, cfg, sisa, folder, device, only=None):
     """Train (or, with forgotten indices absent from split.retain, unlearn) a SISA model set: every shard trains on
     cumulative slices, each slice checkpoint named by a hash of everything it has seen, so unchanged ones are
-    reused. Returns the manifest (also written to folder) and, per shard, the slices that were trained."""
+    reused. Returns the manifest and, per shard, the slices that were trained. only: train that shard alone and
+    return None (shards as separate jobs; a later call reuses their checkpoints and returns the manifest)."""
     if len(sisa.slice_epochs) != sisa.slices:
         raise ValueError(f"--slice-epochs gives {len(sisa.slice_epochs)} values for {sisa.slices} slices")
     plan = shard_slices(split.train, sisa.shards, sisa.slices, cfg.seed)
     kept = np.isin(split.train, split.retain)
     identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "classes": len(data.classes)}
     shards = [train_shard(data, slices, set(split.train[~kept].tolist()), cfg, sisa, identity, folder, device, s)
-              for s, slices in enumerate(plan)]
+              for s, slices in enumerate(plan) if only in (None, s)]
+    if only is not None:
+        return None
     return {"sisa": dataclasses.asdict(sisa), "config": dataclasses.asdict(cfg), "dataset": data.name,
             "classes": data.classes, "aggregate": sisa.aggregate, "split": describe_split(split, data.classes),
             "members": [s["checkpoints"][-1] for s in shards], "shards": shards}
@@ -331,6 +334,8 @@ def parse_args(argv=None):
     parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
                         "resumable state; for splitting a run into jobs (default: run all epochs)")
     parser.add_argument("--sisa", action="store_true", help="train a SISA model set: shards x slices (default: off)")
+    parser.add_argument("--shard", type=int, default=None, help="with --sisa: train this shard only, so that shards "
+                        "run as parallel jobs; a run without it then reuses them and writes the manifest (default: all)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="bf16: autocast with fp32 "
                         "weights and optimizer state; auto: bf16 on CUDA, fp32 on the CPU (default: auto)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
@@ -425,7 +430,13 @@ def main_sisa(args, cfg, data, split):
     sisa = config_from_args(SisaConfig, args)
     folder = args.out or os.path.join("checkpoints", f"sisa_{data.name}_{cfg.arch}")
     print(f"{cfg}\n{sisa}\n{len(split.retain)} train images -> {folder}", flush=True)
+    if args.shard is not None and not 0 <= args.shard < sisa.shards:
+        raise ValueError(f"--shard must be in 0..{sisa.shards - 1}, got {args.shard}")
     device, _ = pick_device(args.device, "fp32")
+    if args.shard is not None:
+        train_sisa(data, split, cfg, sisa, folder, device, only=args.shard)
+        print(f"shard {args.shard} done; run again without --shard to write the manifest")
+        return
     manifest = {"recipe": args.recipe, **train_sisa(data, split, cfg, sisa, folder, device)}
     path = os.path.join(folder, f"manifest_{forget_name(data, split)}.json")
     write_json(path, manifest)

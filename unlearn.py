@@ -237,11 +237,13 @@ IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample}
 
 
 def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
-    """I_f over the forget set, I_D over the full train set (retain then forget, unshuffled), then dampen."""
+    """I_f over the forget set, I_D over the full train set (retain then forget, unshuffled), then dampen. The
+    importances are squared gradients, ratios of which select weights: always fp32, even under --precision bf16."""
     model.eval()
     importance = IMPORTANCE[cfg.importance]
-    forget_importance = importance(model, forget_loader)
-    full_importance = importance(model, rebatch([retain_loader, forget_loader], cfg.batch_size))
+    with torch.autocast(device.type, enabled=False):
+        forget_importance = importance(model, forget_loader)
+        full_importance = importance(model, rebatch([retain_loader, forget_loader], cfg.batch_size))
     dampen(model, full_importance, forget_importance, cfg.lam, cfg.alpha)
     return model
 
@@ -397,6 +399,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of batch order, augmentation, random labels (default: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (default: evaluate)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the method's training "
+                        "steps: bf16 autocast with fp32 weights, auto = bf16 on CUDA; SSD's importances and the "
+                        "evaluation are always fp32 (default: auto)")
     add_data_args(parser)
     if method in METHODS:
         add_config_args(parser, METHODS[method][1])
@@ -411,10 +416,12 @@ def make_loaders(data, split, cfg, device, seed, size=None):
             Loader(data, split.forget, True, cfg.batch_size, device, cfg.augment, augment, seed + 1, size))
 
 
-def run_method(fn, model, retain_loader, forget_loader, cfg, device):
-    """(model, seconds) of the method alone; a non-finite weight afterwards stops everything with a clear error."""
+def run_method(fn, model, retain_loader, forget_loader, cfg, device, amp=None):
+    """(model, seconds) of the method alone; a non-finite weight afterwards stops everything with a clear error.
+    amp: autocast dtype (bf16) for the method's forward passes, or None; weights and optimizer state stay fp32."""
     start = time.time()
-    model = fn(model, retain_loader, forget_loader, cfg, device)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        model = fn(model, retain_loader, forget_loader, cfg, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.time() - start
@@ -438,10 +445,10 @@ def main(argv=None):
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
     print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain images -> {out}", flush=True)
-    device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
+    device, amp = pick_device(args.device, args.precision)
     retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed, input_size(model))
     torch.manual_seed(args.seed)
-    model, seconds = run_method(fn, to_device(model, device), retain_loader, forget_loader, cfg, device)
+    model, seconds = run_method(fn, to_device(model, device), retain_loader, forget_loader, cfg, device, amp)
     rows = []
     if not args.no_eval:
         rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
@@ -450,7 +457,7 @@ def main(argv=None):
     save_model(out, model, {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
                             "arch": arch, "dataset": data.name, "classes": data.classes, "seed": args.seed,
                             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
-                            "metrics": strip_losses(rows[-1][1]) if rows else None, "retrained": args.retrained,
+                            "precision": "bf16" if amp else "fp32", "metrics": strip_losses(rows[-1][1]) if rows else None, "retrained": args.retrained,
                             "retrained_metrics": strip_losses(rows[0][1]) if len(rows) == 2 else None})
     print(format_table(rows, rows[0][1] if retrained else None) if rows else f"saved {out} ({seconds:.1f}s)")
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import train
-from conftest import ARCHIVE, run_script
+from conftest import ARCHIVE, assert_clean_error, run_script
 from data import make_split
 from models import Ensemble
 from train import SisaConfig, TrainConfig, shard_slices, train_sisa
@@ -90,9 +90,14 @@ def test_vote_and_mean_softmax_match_a_hand_computation():
 
 def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
     common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 4, "--test-subset", 2, "--device", "cpu"]
-    r = run_script("train.py", "--sisa", "--arch", "resnet20", "--batch-size", 16, "--shards", 2, "--slices", 2,
-                   "--slice-epochs", "1,1", "--out", tmp_path / "sisa", *common)
+    sisa = ["--sisa", "--arch", "resnet20", "--batch-size", 16, "--shards", 2, "--slices", 2, "--slice-epochs", "1,1",
+            "--out", tmp_path / "sisa", *common]
+    one = run_script("train.py", *sisa, "--shard", 1)  # a shard as its own job, as `make -j sisa` runs them
+    assert one.returncode == 0 and not (tmp_path / "sisa" / "manifest_full.json").exists(), one.stderr
+    r = run_script("train.py", *sisa)
     assert r.returncode == 0, r.stderr
+    assert "shard 0: trained slices [1, 2]" in r.stdout and "shard 1: trained slices none (all reused)" in r.stdout
+    assert_clean_error(run_script("train.py", *sisa, "--shard", 2), "--shard must be in 0..1")
     manifest = tmp_path / "sisa" / "manifest_full.json"
     u = run_script("unlearn.py", "--method", "sisa", "--model", manifest, "--forget-class", "cat", *common)
     assert u.returncode == 0, u.stderr

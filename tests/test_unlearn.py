@@ -266,3 +266,19 @@ def test_a_checkpoint_of_another_class_count_is_refused(cifar_jpeg, data_dir, tm
     r = run_script("unlearn.py", "--method", "ssd", "--model", tmp_path / "c100.pth", "--dataset", ARCHIVE,
                    "--data-dir", data_dir, "--forget-class", "cat", "--device", "cpu")
     assert_clean_error(r, "with 100 classes, expected resnet20 with 10")
+
+
+def test_bf16_runs_the_training_steps_in_bf16_and_leaves_ssd_importances_in_fp32(cifar_jpeg, small):
+    model, split = small
+    ssd_cfg = SSDConfig(alpha=1.0, batch_size=8)
+    fp32, _ = unlearn.run_method(unlearn_ssd, copy.deepcopy(model), *plain_loaders(cifar_jpeg, split, 8), ssd_cfg, CPU)
+    bf16, _ = unlearn.run_method(unlearn_ssd, copy.deepcopy(model), *plain_loaders(cifar_jpeg, split, 8), ssd_cfg, CPU,
+                                 torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(fp32.parameters(), bf16.parameters()))
+    cfg = AdvNegGradConfig(batch_size=16, lr=0.01)
+    loaders = [make_loaders(cifar_jpeg, split, cfg, CPU, 0) for _ in range(2)]
+    runs = [unlearn.run_method(unlearn.unlearn_advneggrad, copy.deepcopy(model), *pair, cfg, CPU, amp)[0]
+            for pair, amp in zip(loaders, (None, torch.bfloat16))]
+    assert all(p.dtype == torch.float32 for p in runs[1].parameters())  # weights stay fp32
+    assert not torch.equal(runs[0].fc.weight, runs[1].fc.weight)  # the forward passes really ran in bf16
+    assert torch.allclose(runs[0].fc.weight, runs[1].fc.weight, atol=1e-2)

@@ -239,8 +239,10 @@ class SisaConfig:
 
 
 def shard_slices(train_indices, shards, slices, seed):
-    """A seeded permutation of the train indices cut into `shards` disjoint shards of `slices` slices each."""
-    perm = np.random.default_rng(seed).permutation(train_indices)
+    """A seeded permutation of the train indices cut into `shards` disjoint shards of `slices` slices each. The
+    stream is (seed, 1), not seed: make_split draws a random forget set from default_rng(forget_seed), and with the
+    same stream (both seeds default to 0) a random 20% would be exactly the start of shard 0."""
+    perm = np.random.default_rng([seed, 1]).permutation(train_indices)
     return [np.array_split(shard, slices) for shard in np.array_split(perm, shards)]
 
 

@@ -9,13 +9,21 @@ import torch.nn as nn
 
 import train
 from conftest import ARCHIVE, assert_clean_error, run_script
-from data import make_split
+from data import Dataset, make_split
 from models import Ensemble
 from train import SisaConfig, TrainConfig, shard_slices, train_sisa
 
 CPU = torch.device("cpu")
 CFG = TrainConfig(arch="resnet20", epochs=1, batch_size=16)
 SISA = SisaConfig(shards=2, slices=3, slice_epochs=(1, 1, 1))
+
+
+def test_a_random_forget_set_is_spread_over_every_shard():
+    data = Dataset("toy", ("a", "b"), np.zeros((1000, 32, 32, 3), np.uint8), np.arange(1000) % 2,
+                   np.zeros((10, 32, 32, 3), np.uint8), np.arange(10) % 2, (0.5,) * 3, (0.2,) * 3)
+    split = make_split(data, forget_fraction=0.2, forget_seed=0)  # both seeds at their defaults, 0
+    forgotten = [np.isin(np.concatenate(shard), split.forget).mean() for shard in shard_slices(split.train, 4, 5, 0)]
+    assert all(0.14 < f < 0.26 for f in forgotten), forgotten  # binomial: 250 images a shard, sd 2.5%
 
 
 def test_shards_and_slices_are_disjoint_complete_and_seeded():

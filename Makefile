@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The install stamp every target waits for; INSTALL= (empty) runs with PY as it is (the tests do).
+INSTALL ?= $(VENV)/.installed
 DATASET ?= cifar10
 DATA_DIR ?= ./data
 ARCH ?= resnet18
@@ -25,7 +27,8 @@ DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/da
 DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --subset 300 --test-subset 100
 DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 --resume
 
-.PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-shard-% sisa-unlearn bench clean-demo
+.PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-shard-% sisa-unlearn bench
+.PHONY: reproduce reproduce-small reproduce-steps report clean-demo
 
 # $(call parallel,TARGETS): make each target in its own process, JOBS at a time, the k-th on DEVICES[k mod n]
 # (`make retrain-all JOBS=4 DEVICES="cuda:0 cuda:1"`: two jobs per GPU). Targets are files or resume, so a rerun
@@ -45,10 +48,15 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed  ## create .venv and install requirements.txt
 
-test: $(VENV)/.installed  ## run the test suite (CPU, a few minutes)
+test: $(VENV)/.installed $(VENV)/.matplotlib  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest
 
-demo: $(VENV)/.installed  ## a few minutes on a CPU: resnet20 on a subset, trained, CLASS retrained, both evaluated
+# matplotlib is optional (report.py's plots); the tests install it so that the plots are tested too
+$(VENV)/.matplotlib: $(VENV)/.installed
+	$(VENV)/bin/pip install -q matplotlib
+	touch $@
+
+demo: $(INSTALL)  ## a few minutes on a CPU: resnet20 on a subset, trained, CLASS retrained, both evaluated
 	$(DEMO_TRAIN) --out runs/demo/full.pth
 	$(DEMO_TRAIN) --forget-class $(CLASS) --out runs/demo/no_$(CLASS).pth
 	$(PY) evaluate.py $(DEMO) --model runs/demo/full.pth --retrained runs/demo/no_$(CLASS).pth --forget-class $(CLASS) --mia
@@ -57,23 +65,23 @@ train: checkpoints/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch recipe
 
 retrain: checkpoints/$(ARCH)_$(NAME)_no_$(CLASS).pth  ## the gold standard: the recipe without CLASS
 
-retrain-all: $(VENV)/.installed  ## one retrain per class, JOBS at a time on DEVICES (finished ones kept)
+retrain-all: $(INSTALL)  ## one retrain per class, JOBS at a time on DEVICES (finished ones kept)
 	$(call parallel,$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p' | \
 	  sed -E 's|[^ ]+|checkpoints/$(ARCH)_$(NAME)_no_&.pth|g'))
 
-checkpoints/$(ARCH)_$(NAME)_full.pth: | $(VENV)/.installed
+checkpoints/$(ARCH)_$(NAME)_full.pth: | $(INSTALL)
 	$(TRAIN) --out $@
 
-checkpoints/$(ARCH)_$(NAME)_no_%.pth: | $(VENV)/.installed
+checkpoints/$(ARCH)_$(NAME)_no_%.pth: | $(INSTALL)
 	$(TRAIN) --forget-class $* --out $@
 
-evaluate: $(VENV)/.installed  ## evaluate MODEL with CLASS forgotten, MIA included
+evaluate: $(INSTALL)  ## evaluate MODEL with CLASS forgotten, MIA included
 	$(PY) evaluate.py $(DATA) --model $(MODEL) --forget-class $(CLASS) --mia
 
-unlearn: $(VENV)/.installed  ## unlearn CLASS from MODEL with METHOD -> checkpoints/<dataset>_<arch>_<Method>_<class>.pth
+unlearn: $(INSTALL)  ## unlearn CLASS from MODEL with METHOD -> checkpoints/<dataset>_<arch>_<Method>_<class>.pth
 	$(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $(CLASS)
 
-unlearn-table: $(VENV)/.installed  ## METHOD for every class of MODEL, then the model cards' table: tables/<method>.md
+unlearn-table: $(INSTALL)  ## METHOD for every class of MODEL, then the model cards' table: tables/<method>.md
 	classes=$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p' | wc -w); \
 	for c in $$(seq 0 $$((classes - 1))); do \
 	  $(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $$c \
@@ -82,27 +90,98 @@ unlearn-table: $(VENV)/.installed  ## METHOD for every class of MODEL, then the 
 	$(PY) evaluate.py --table $$(seq -f "runs/table-$(METHOD)/$(NAME)_$(METHOD)_%g.json" 0 $$((classes - 1))) --out tables/$(METHOD).md
 	cat tables/$(METHOD).md
 
-ensemble: $(VENV)/.installed  ## N members (seeds 0..N-1), JOBS at a time on DEVICES, then the ensemble evaluated
+ensemble: $(INSTALL)  ## N members (seeds 0..N-1), JOBS at a time on DEVICES, then the ensemble evaluated
 	$(call parallel,$$(seq -f "checkpoints/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1))))
 	$(PY) evaluate.py $(DATA) --ensemble $$(seq -f "--model checkpoints/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1)))
 
-checkpoints/ensemble/$(NAME)_seed%.pth: | $(VENV)/.installed
+checkpoints/ensemble/$(NAME)_seed%.pth: | $(INSTALL)
 	$(PY) train.py $(DATA) --recipe ensemble --epochs $(EPOCHS) --seed $* --out $@ --resume
 
 SISA = $(PY) train.py $(DATA) --sisa --recipe transfer --arch resnet34-imagenet --shards $(SHARDS)
-sisa: $(VENV)/.installed  ## SISA 4 shards x 5 slices, ImageNet ResNet34 transfer; shards JOBS at a time on DEVICES
+sisa: $(INSTALL)  ## SISA 4 shards x 5 slices, ImageNet ResNet34 transfer; shards JOBS at a time on DEVICES
 	$(call parallel,$$(seq -f "sisa-shard-%g" 0 $$(($(SHARDS) - 1))))
 	$(SISA)
 
-sisa-shard-%: | $(VENV)/.installed
+sisa-shard-%: | $(INSTALL)
 	$(SISA) --shard $*
 
-sisa-unlearn: $(VENV)/.installed  ## SISA unlearning of a random 20% (reuses every unaffected slice checkpoint)
+sisa-unlearn: $(INSTALL)  ## SISA unlearning of a random 20% (reuses every unaffected slice checkpoint)
 	$(PY) unlearn.py $(DATA) --method sisa --model checkpoints/sisa_$(NAME)_resnet34-imagenet/manifest_full.json \
 	  --forget-fraction 0.2
 
-bench: $(VENV)/.installed  ## this project's path vs the plain DataLoader path: images/s side by side (runs/bench.json)
+bench: $(INSTALL)  ## this project's path vs the plain DataLoader path: images/s side by side (runs/bench.json)
 	$(PY) bench.py $(DATA) --arch $(ARCH)
+
+# ----------------------------------------------------------------------------- every published result
+# Each step is a file under RUNDIR, so an interrupted run resumes where it stopped and finished models are reused.
+# EVERY_CLASS methods run for every class (the model cards' tables), ONE_CLASS methods for CLASS only.
+RUNDIR ?= runs/reproduce
+EVERY_CLASS ?= ssd advneggrad finetune
+ONE_CLASS ?= neggrad+ ga rl salun scrub
+SISA_DATASET ?= cifar100
+SISA_RECIPE ?= --recipe transfer --arch resnet34-imagenet
+ENSEMBLE_RECIPE ?= --recipe ensemble
+FORGET_FRACTION ?= 0.2
+CLASSES = $(shell $(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p')
+SEEDS = $(shell seq 0 $$(($(N) - 1)))
+R = $(RUNDIR)
+SISA_DATA = --dataset $(SISA_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) $(EXTRA)
+STEPS = $(R)/full.pth $(foreach c,$(CLASSES),$(R)/no_$(c).pth $(foreach m,$(EVERY_CLASS),$(R)/unlearn/$(m)/$(c).pth)) \
+	$(foreach m,$(ONE_CLASS),$(R)/unlearn/$(m)/$(CLASS).pth) $(R)/eval_$(CLASS).json $(R)/sisa/eval.json \
+	$(R)/ensemble/eval.json
+
+reproduce: $(INSTALL)  ## every published result (GPU: hours on a CPU, where it wants YES=1), then the report
+	@$(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" || [ "$(YES)" = 1 ] || { echo \
+	  "make reproduce trains about 30 ResNet18 models: hours on a CPU. Run it on a GPU, or here with YES=1;" \
+	  "make reproduce-small is the CPU version (15 minutes)"; exit 1; }
+	$(MAKE) --no-print-directory reproduce-steps
+	$(MAKE) --no-print-directory report
+
+SMALL = RUNDIR=$(SMALL_RUNDIR) DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=4 DEVICE=cpu \
+	EXTRA="--subset 100 --test-subset 100" SISA_DATASET=$(DEMO_DATASET) SISA_RECIPE="--arch resnet20 \
+	--slice-epochs 2,2,1,1,1" ENSEMBLE_RECIPE="--arch resnet20 --epochs 4" EXTRA_finetune="--epochs 2" \
+	EXTRA_neggradplus="--epochs 2" EXTRA_rl="--epochs 2" EXTRA_salun="--epochs 2"
+SMALL_RUNDIR ?= runs/reproduce-small
+reproduce-small: $(INSTALL)  ## the same with resnet20 on a CIFAR-10 subset, on a CPU in under 15 minutes
+	$(MAKE) --no-print-directory reproduce-steps $(SMALL)
+	$(MAKE) --no-print-directory report RUNDIR=$(SMALL_RUNDIR)
+
+.SECONDEXPANSION:
+reproduce-steps: $(INSTALL) $$(STEPS)
+
+report: $(INSTALL)  ## the Markdown report, plots and model cards of RUNDIR (from its JSON sidecars)
+	$(PY) report.py $(RUNDIR)
+
+$(R)/full.pth: | $(INSTALL)
+	$(TRAIN) --out $@
+
+$(R)/no_%.pth: | $(INSTALL)
+	$(TRAIN) --forget-class $* --out $@
+
+# unlearn/<method>/<class>.pth: the method from the full model, evaluated beside the retrained one
+$(R)/unlearn/%.pth: $(R)/full.pth $(R)/no_$$(notdir $$*).pth
+	$(PY) unlearn.py $(DATA) --method $(*D) --model $< --retrained $(R)/no_$(*F).pth --forget-class $(*F) \
+	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
+
+# every model of CLASS side by side, with the forget sets' per-example losses (the report's plots)
+$(R)/eval_%.json: $(R)/full.pth $(R)/no_%.pth $$(foreach m,$$(EVERY_CLASS) $$(ONE_CLASS),$(R)/unlearn/$$(m)/$$*.pth)
+	$(PY) evaluate.py $(DATA) --retrained $(R)/no_$*.pth $(addprefix --model ,$(R)/full.pth $(filter $(R)/unlearn/%,$^)) \
+	  --forget-class $* --mia --losses --json $@
+
+$(R)/sisa/manifest_full.json: | $(INSTALL)
+	$(PY) train.py $(SISA_DATA) --sisa $(SISA_RECIPE) --out $(R)/sisa
+
+$(R)/sisa/unlearned.json: $(R)/sisa/manifest_full.json
+	$(PY) unlearn.py $(SISA_DATA) --method sisa --model $< --forget-fraction $(FORGET_FRACTION) --out $@ --no-eval
+
+$(R)/sisa/eval.json: $(R)/sisa/manifest_full.json $(R)/sisa/unlearned.json
+	$(PY) evaluate.py $(SISA_DATA) $(addprefix --model ,$^) --forget-fraction $(FORGET_FRACTION) --mia --json $@
+
+$(R)/ensemble/seed%.pth: | $(INSTALL)
+	$(PY) train.py $(DATA) $(ENSEMBLE_RECIPE) --seed $* --out $@ --resume
+
+$(R)/ensemble/eval.json: $$(foreach k,$$(SEEDS),$(R)/ensemble/seed$$(k).pth)
+	$(PY) evaluate.py $(DATA) --ensemble $(addprefix --model ,$^) --json $@
 
 clean-demo:  ## delete runs/demo
 	rm -rf runs/demo

@@ -237,9 +237,10 @@ def card_table(sidecars):
     return "\n".join(lines) + "\n"
 
 
-def strip_losses(metrics):
-    """Metrics for JSON: per-example losses dropped (they are large), all else kept."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "losses"} if isinstance(v, dict) else v) for k, v in metrics.items()}
+def strip_losses(metrics, keep=()):
+    """Metrics for JSON: per-example losses dropped (they are large) except those of the sets named in keep."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "losses" or k in keep} if isinstance(v, dict) else v)
+            for k, v in metrics.items()}
 
 
 def parse_args(argv=None):
@@ -256,6 +257,8 @@ def parse_args(argv=None):
     parser.add_argument("--aggregate", choices=("mean-softmax", "vote"), default=None, help="how an ensemble combines its "
                         "members: mean-softmax, or majority vote (default: mean-softmax; a SISA manifest's own)")
     parser.add_argument("--json", default=None, help="write every metric to this JSON file (default: none)")
+    parser.add_argument("--losses", action="store_true", help="keep in --json the per-example losses of the train and "
+                        "test forget sets, what the MIA sees (default: off)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="evaluation batch size (default: 1000 on a GPU, 128 on a CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -288,8 +291,10 @@ def main(argv=None):
     if len(data.classes) <= 20:
         print("\n" + format_per_class(rows, data.classes))
     if args.json:
-        write_json(args.json, {"split": describe_split(split, data.classes), "retrained": args.retrained,
-                               "models": {p: strip_losses(m) for p, m in rows}})
+        write_json(args.json, {"dataset": data.name, "classes": data.classes, "retrained": args.retrained,
+                               "split": describe_split(split, data.classes),
+                               "models": {p: strip_losses(m, ("train_forget", "test_forget") if args.losses else ())
+                                          for p, m in rows}})
 
 
 if __name__ == "__main__":

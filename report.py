@@ -1,0 +1,404 @@
+"""One Markdown report of a `make reproduce` run: our numbers beside the published ones, plots, model cards.
+
+    make reproduce-small                                # a CPU run (resnet20, CIFAR-10 subset), then this report
+    python report.py runs/reproduce-small               # -> report.md, plots/*.png, cards/*.md in that folder
+    python report.py --card checkpoints/resnet18_cifar10_full.pth   # one model card, from the checkpoint's sidecar
+
+A run folder holds what the Makefile's reproduce targets write: full.json (+ full.log.jsonl), no_<class>.json,
+unlearn/<method>/<class>.json, eval_<class>.json (evaluate.py --json --losses), sisa/eval.json, ensemble/eval.json.
+Every number comes from those JSON sidecars; parts not run are named as missing. Plots need matplotlib (optional:
+`pip install matplotlib`); without it the report is written without them and says so.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+from evaluate import avg_gap, cell, headline
+from models import atomic_write
+from unlearn import METHODS
+
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The published numbers. ResNet18 on CIFAR-10, from the Hugging Face model cards: the full model and the
+# retrains (jaeunglee/resnet18-cifar10-unlearning: test top-1, the retrains' on their nine classes), SSD and
+# AdvNegGrad per class (forget acc, forget loss, retain acc, retain loss on the test set).
+PUBLISHED_FULL = 95.4
+PUBLISHED_RETRAIN = dict(zip(CIFAR10, (95.3, 95.4, 95.6, 96.6, 95.2, 96.6, 95.2, 95.3, 95.4, 95.3)))
+PUBLISHED_UNLEARN = {
+    "ssd": dict(zip(CIFAR10, ((0.0, 8.102, 83.38, 0.527), (0.0, 6.550, 94.62, 0.189), (0.0, 9.854, 90.06, 0.328),
+                              (0.0, 8.428, 90.00, 0.317), (0.0, 5.885, 95.26, 0.161), (0.0, 6.917, 12.53, 2.799),
+                              (0.0, 5.532, 95.29, 0.156), (0.0, 7.328, 17.71, 3.478), (0.0, 3.783, 95.41, 0.158),
+                              (0.0, 5.864, 94.29, 0.198)))),
+    "advneggrad": dict(zip(CIFAR10, ((0.0, 28.448, 90.52, 0.631), (0.0, 31.394, 91.27, 0.516),
+                                     (0.0, 30.110, 92.72, 0.475), (0.0, 26.171, 92.44, 0.512),
+                                     (0.0, 27.805, 91.19, 0.561), (0.0, 28.574, 92.81, 0.456),
+                                     (0.0, 28.360, 92.18, 0.486), (0.0, 32.505, 92.89, 0.401),
+                                     (0.0, 29.307, 91.34, 0.543), (0.0, 28.959, 92.47, 0.474)))),
+}
+# SISA (CIFAR-100 report, ResNet34 from ImageNet, 4 shards x 5 slices): top-1 and MIA before / after forgetting a
+# random 20%; the ensemble report: 5 ImageNet ResNet18 members, mean softmax.
+PUBLISHED_SISA = {"before": (78.1, 0.527), "after": (77.1, 0.498)}
+PUBLISHED_ENSEMBLE = 97.61
+DATASET_IDS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100", "cifar10-jpeg": "uoft-cs/cifar10"}
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_run(rundir):
+    """Every sidecar of a run folder, by role; a part that was not run is None or empty."""
+    def one(name):
+        path = os.path.join(rundir, name)
+        return read_json(path) if os.path.exists(path) else None
+
+    def many(pattern):
+        return {os.path.relpath(p, rundir): read_json(p) for p in sorted(glob.glob(os.path.join(rundir, pattern)))}
+    log = os.path.join(rundir, "full.log.jsonl")
+    return {"full": one("full.json"), "log": [json.loads(line) for line in open(log)] if os.path.exists(log) else [],
+            "retrains": many("no_*.json"), "unlearn": many("unlearn/*/*.json"), "evals": many("eval_*.json"),
+            "sisa": one("sisa/eval.json"), "ensemble": one("ensemble/eval.json")}
+
+
+def diff(ours, published):
+    return "-" if ours is None or published is None else f"{ours - published:+.2f}"
+
+
+def table(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def section_full(run):
+    full = run["full"]
+    if full is None:
+        return "## Full model\n\nNot run (no full.json)."
+    acc = full["metrics"]["test_acc"]
+    rows = [["full", full["arch"], f"{acc:.2f}%", f"{PUBLISHED_FULL:.1f}%", diff(acc, PUBLISHED_FULL),
+             f"{full['seconds']:.1f}"]]
+    return "## Full model\n\n" + table(["Model", "Arch", "Test top-1", "Published", "Diff", "Seconds"], rows)
+
+
+def retained_accuracy(run, name):
+    """The retrained model's test accuracy on the classes it kept, from any unlearn sidecar that evaluated it."""
+    for meta in run["unlearn"].values():
+        if meta["split"]["forget_class"] == name and meta.get("retrained_metrics"):
+            return headline(meta["retrained_metrics"])[1]["acc"]
+    return None
+
+
+def section_retrains(run):
+    rows = []
+    for path, meta in run["retrains"].items():
+        name = meta["split"]["forget_class"]
+        kept, published = retained_accuracy(run, name), PUBLISHED_RETRAIN.get(name)
+        rows.append([name, f"{meta['metrics']['test_acc']:.2f}%", "-" if kept is None else f"{kept:.2f}%",
+                     "-" if published is None else f"{published:.1f}%", diff(kept, published), f"{meta['seconds']:.1f}"])
+    if not rows:
+        return "## Retrained without a class\n\nNot run (no no_<class>.json)."
+    return ("## Retrained without a class (the gold standard)\n\nThe card's accuracies are on the nine kept classes "
+            "(96.6% without cat cannot be on all ten), so they are compared with ours on those.\n\n" +
+            table(["Forgotten class", "Test top-1 (all classes)", "Test top-1 (kept classes)", "Published", "Diff",
+                   "Seconds"], rows))
+
+
+def forget_label(meta):
+    """The forgotten class's name, or 'random N' for sample forgetting."""
+    return meta["split"]["forget_class"] or f"random {meta['split']['n_forget']}"
+
+
+def unlearn_row(method, meta):
+    m, name = meta["metrics"], forget_label(meta)
+    forget, retain = headline(m)
+    published = PUBLISHED_UNLEARN.get(method, {}).get(name)
+    gap = "-" if not meta.get("retrained_metrics") else f"{avg_gap(m, meta['retrained_metrics']):.2f}"
+    return [method, name, cell(forget), cell(retain), f"{m['test']['acc']:.2f}%", f"{m['test']['top5']:.2f}%",
+            "-" if m["mia"] is None else f"{m['mia']:.3f}", gap, f"{meta['seconds']:.1f}",
+            "-" if published is None else f"{published[0]:.2f}% ({published[1]:.3f})",
+            "-" if published is None else f"{published[2]:.2f}% ({published[3]:.3f})",
+            diff(retain["acc"], published and published[2])]
+
+
+def section_unlearn(run):
+    order = {name: k for k, name in enumerate(METHODS)}
+    metas = sorted((meta for meta in run["unlearn"].values() if meta.get("metrics")),
+                   key=lambda meta: (order.get(meta["method"], len(order)), forget_label(meta)))
+    if not metas:
+        return "## Unlearning\n\nNot run (no unlearn/<method>/<class>.json)."
+    header = ["Method", "Class", "Forget acc (loss)", "Retain acc (loss)", "Test top-1", "Test top-5", "MIA",
+              "Avg gap to retrained", "Seconds", "Published forget", "Published retain", "Diff retain"]
+    return ("## Unlearning, per method and forgotten class\n\nForget / retain: the test images of the forgotten class "
+            "and of the others. Avg gap: mean |difference| to the retrained model over forget, retain and test "
+            "accuracy and MIA x 100.\n\n" + table(header, [unlearn_row(meta["method"], meta) for meta in metas]))
+
+
+def section_sisa(run):
+    sisa = run["sisa"]
+    if sisa is None:
+        return "## SISA\n\nNot run (no sisa/eval.json)."
+    rows = []
+    for (path, m), when in zip(sisa["models"].items(), ("before", "after")):
+        acc, mia = m["test"]["acc"], np.mean(m["member_mia"]) if m.get("member_mia") else m["mia"]
+        pub_acc, pub_mia = PUBLISHED_SISA[when]
+        rows.append([when, os.path.basename(path), f"{acc:.2f}%", f"{m['mia']:.3f}", f"{mia:.3f}", f"{pub_acc:.1f}%",
+                     f"{pub_mia:.3f}", diff(acc, pub_acc), diff(100 * mia, 100 * pub_mia)])
+    return ("## SISA: before and after forgetting a random 20%\n\nMIA of the aggregate and the mean of the shard "
+            "models' MIAs (the report's); MIA differences x 100.\n\n" +
+            table(["", "Model", "Test top-1", "MIA", "Shard MIA", "Published top-1", "Published MIA", "Diff top-1",
+                   "Diff MIA"], rows))
+
+
+def section_ensemble(run):
+    ensemble = run["ensemble"]
+    if ensemble is None:
+        return "## Ensemble\n\nNot run (no ensemble/eval.json)."
+    rows = [[os.path.basename(p), f"{m['test']['acc']:.2f}%", f"{PUBLISHED_ENSEMBLE:.2f}%" if p == "ensemble" else "-",
+             diff(m["test"]["acc"], PUBLISHED_ENSEMBLE) if p == "ensemble" else "-"]
+            for p, m in ensemble["models"].items()]
+    return "## Ensemble\n\n" + table(["Model", "Test top-1", "Published", "Diff"], rows)
+
+
+# ----------------------------------------------------------------------------- plots (matplotlib, optional)
+
+def pyplot():
+    """matplotlib's pyplot on a file-only backend; ImportError when matplotlib is not installed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save(fig, path):
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    pyplot().close(fig)
+
+
+def grid(plt, n, size=3):
+    """A figure with n panels, at most 5 a row; returns (figure, the n axes) and hides the unused ones."""
+    cols, rows = min(5, n), -(-n // 5)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat[:n]
+
+
+def short(path):
+    return os.path.splitext(os.path.basename(path))[0] if "unlearn" not in path else path.split("/")[-2]
+
+
+def plot_per_class(evaluation, classes, path):
+    plt = pyplot()
+    models = {"retrained": evaluation["models"][evaluation["retrained"]],
+              **{short(p): m for p, m in evaluation["models"].items() if p != evaluation["retrained"]}}
+    fig, ax = plt.subplots(figsize=(max(8, len(classes)), 4))
+    width = 0.8 / len(models)
+    for k, (name, m) in enumerate(models.items()):
+        ax.bar(np.arange(len(classes)) + k * width, m["per_class"], width, label=name)
+    ax.set(xticks=np.arange(len(classes)) + 0.4 - width / 2, ylabel="test accuracy (%)",
+           title=f"Per-class test accuracy, {evaluation['split']['forget_class']} forgotten")
+    ax.set_xticklabels(classes, rotation=45)
+    ax.legend(fontsize="small", ncol=2)
+    save(fig, path)
+
+
+def plot_losses(evaluation, path):
+    """What the MIA sees: per-example losses of the train forget set (members) and the test forget set."""
+    plt = pyplot()
+    models = evaluation["models"]
+    fig, axes = grid(plt, len(models))
+    for ax, (name, m) in zip(axes, models.items()):
+        bins = np.histogram_bin_edges(m["train_forget"]["losses"] + m["test_forget"]["losses"], 30)
+        ax.hist(m["train_forget"]["losses"], bins, alpha=0.6, label="train forget (member)")
+        ax.hist(m["test_forget"]["losses"], bins, alpha=0.6, label="test forget")
+        ax.set(title=f"{'retrained' if name == evaluation['retrained'] else short(name)}", xlabel="loss")
+    axes[0].legend(fontsize="small")
+    save(fig, path)
+
+
+def plot_confusion(evaluation, classes, path):
+    plt = pyplot()
+    models = evaluation["models"]
+    fig, axes = grid(plt, len(models))
+    for ax, (name, m) in zip(axes, models.items()):
+        ax.imshow(np.array(m["confusion"]), cmap="Blues")
+        ax.set(title=f"{'retrained' if name == evaluation['retrained'] else short(name)}", xlabel="predicted",
+               ylabel="true", xticks=[], yticks=[])
+    save(fig, path)
+
+
+def plot_curves(log, path):
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    epochs = [r["epoch"] for r in log]
+    left.plot(epochs, [r["loss"] for r in log])
+    left.set(xlabel="epoch", ylabel="train loss", title="Full model: training loss")
+    right.plot(epochs, [r["train_acc"] for r in log], label="train")
+    right.plot(epochs, [r["test_acc"] for r in log], label="test")
+    right.set(xlabel="epoch", ylabel="accuracy (%)", title="Full model: accuracy")
+    right.legend()
+    save(fig, path)
+
+
+def plot_seconds(run, path):
+    plt = pyplot()
+    seconds = {}
+    for meta in run["unlearn"].values():
+        seconds.setdefault(meta["method"], []).append(meta["seconds"])
+    if run["retrains"]:
+        seconds["retrain (train.py)"] = [m["seconds"] for m in run["retrains"].values()]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar(list(seconds), [np.mean(v) for v in seconds.values()])
+    ax.set(ylabel="seconds (mean over classes)", yscale="log", title="Time per method")
+    save(fig, path)
+
+
+def write_plots(run, folder):
+    """Every plot the run's files allow, drawn into folder; returns [(title, file name)], or None without matplotlib."""
+    try:
+        pyplot()
+    except ImportError:
+        return None
+    plots = []
+    for evaluation in run["evals"].values():
+        classes, c = evaluation["classes"], evaluation["split"]["forget_class"]
+        for title, name, draw in [("Per-class test accuracy", f"per_class_{c}.png", lambda p: plot_per_class(evaluation, classes, p)),
+                                  ("Losses the MIA sees", f"losses_{c}.png", lambda p: plot_losses(evaluation, p)),
+                                  ("Confusion matrices", f"confusion_{c}.png", lambda p: plot_confusion(evaluation, classes, p))]:
+            draw(os.path.join(folder, name))
+            plots.append((f"{title}, {c} forgotten", name))
+    if run["log"]:
+        plot_curves(run["log"], os.path.join(folder, "curves.png"))
+        plots.append(("Training curves of the full model", "curves.png"))
+    if run["unlearn"] or run["retrains"]:
+        plot_seconds(run, os.path.join(folder, "seconds.png"))
+        plots.append(("Time per method", "seconds.png"))
+    return plots
+
+
+# ----------------------------------------------------------------------------- model cards
+
+def card_front_matter(meta, license):
+    """The published cards' YAML front matter: license, dataset, metrics, base model, tags."""
+    method = meta.get("method")
+    lines = ["---", f"license: {license}", "datasets:", f"- {DATASET_IDS.get(meta['dataset'], meta['dataset'])}",
+             "metrics:", "- accuracy"]
+    if meta.get("source"):
+        lines += ["base_model:", f"- {os.path.basename(meta['source'])}"]
+    tags = ["machine_unlearning", method] if method else ["machine-unlearning", meta["arch"]]
+    lines += ["tags:", *[f"- {t}" for t in tags], "library_name: pytorch", "pipeline_tag: image-classification", "---"]
+    return "\n".join(lines)
+
+
+def card_results(meta, name):
+    """The cards' results table: forget / retain class acc(loss) for an unlearned model, test top-1 for a trained one."""
+    m = meta.get("metrics")
+    if meta.get("method"):
+        if not m:
+            return "Not evaluated (made with --no-eval)."
+        forget, retain = headline(m)
+        return table(["Model", "Forget Class", "Forget class acc(loss)", "Retain class acc(loss)", "MIA"],
+                     [[f"`{name}`", forget_label(meta), f"{forget['acc']:.2f} ({forget['loss']:.3f})",
+                       f"{retain['acc']:.2f} ({retain['loss']:.3f})", "-" if m["mia"] is None else f"{m['mia']:.3f}"]])
+    return table(["Model", "Excluded Class", "Test accuracy"],
+                 [[f"`{name}`", meta["split"]["forget_class"] or "None", f"{m['test_acc']:.2f}%"]])
+
+
+def model_card(meta, name, license="mit"):
+    """A Markdown card in the layout of the published Hugging Face cards, from a checkpoint's JSON sidecar."""
+    what = f"unlearned with {meta['method']}" if meta.get("method") else f"trained with the {meta.get('recipe', 'sgd')} recipe"
+    details = [f"- **Base Model**: {meta['arch']}", f"- **Dataset**: {meta['dataset']}",
+               f"- **Excluded Class**: {forget_label(meta) if meta['split']['n_forget'] else 'None'}",
+               "- **Loss Function**: cross-entropy", *[f"- **{k}**: {v}" for k, v in meta["config"].items()],
+               f"- **Seconds**: {meta['seconds']:.1f} on {meta['device']}",
+               f"- **Versions**: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())]
+    if meta.get("source"):
+        details.insert(0, f"- **Unlearned from**: `{os.path.basename(meta['source'])}`")
+    return "\n".join([card_front_matter(meta, license), "", f"# {name}", "",
+                      f"A {meta['arch']} on {meta['dataset']}, {what} (`{' '.join(meta.get('argv', []))}`).", "",
+                      "## Testing Data", "", f"**Dataset**: {meta['dataset']} test set  ",
+                      "**Metrics**: Forget class accuracy(loss), Retain class accuracy(loss), MIA" if meta.get("method")
+                      else "**Metrics**: Top-1 accuracy", "", "## Training Details", "", "### Training Procedure", "",
+                      *details, "", "## Results", "", card_results(meta, name), ""])
+
+
+def write_cards(rundir):
+    """A card for every checkpoint of the run (a .pth with a JSON sidecar): cards/<path with / as _>.md."""
+    written = []
+    for pth in sorted(glob.glob(os.path.join(rundir, "**", "*.pth"), recursive=True)):
+        sidecar = os.path.splitext(pth)[0] + ".json"
+        if not os.path.exists(sidecar):
+            continue
+        meta = read_json(sidecar)
+        if "split" not in meta:  # a SISA slice: part of a model, described by its manifest
+            continue
+        name = os.path.relpath(os.path.splitext(pth)[0], rundir).replace(os.sep, "_")
+        card = model_card(meta, os.path.basename(pth))
+        atomic_write(os.path.join(rundir, "cards", name + ".md"), lambda f: f.write(card.encode()))
+        written.append(name + ".md")
+    return written
+
+
+# ----------------------------------------------------------------------------- the report
+
+def build_report(rundir, run, plots, cards):
+    full = run["full"]
+    scope = (f"This run: {full['arch']} on {full['dataset']}, {full['split']['n_train']} train / "
+             f"{full['split']['n_test']} test images, {full['config']['epochs']} epochs, {full['device']}."
+             if full else "This run has no full model.")
+    if plots is None:
+        figures = "No plots: matplotlib is not installed (`pip install matplotlib`, then run report.py again)."
+    else:
+        figures = "\n\n".join(f"### {title}\n\n![{title}](plots/{name})" for title, name in plots) or "No plots."
+    parts = [f"# Report: {os.path.basename(os.path.abspath(rundir))}",
+             f"{scope} Published: ResNet18 on all of CIFAR-10 for 200 epochs (the model cards), SISA on CIFAR-100 "
+             "(ResNet34 from ImageNet), the ensemble of 5 ImageNet ResNet18s. A smaller run is not expected to "
+             "match them; the columns show where it stands.",
+             section_full(run), section_retrains(run), section_unlearn(run), section_sisa(run), section_ensemble(run),
+             "## Plots\n\n" + figures,
+             "## Model cards\n\n" + ("\n".join(f"- [{c}](cards/{c})" for c in cards) or "No checkpoints.")]
+    return "\n\n".join(parts) + "\n"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("rundir", nargs="?", default=None, help="a run folder of make reproduce / reproduce-small")
+    parser.add_argument("--out", default=None, help="the report's path (default: RUNDIR/report.md)")
+    parser.add_argument("--card", default=None, help="instead: write the model card of this checkpoint beside it, "
+                        "as <name>.md, from its JSON sidecar (default: off)")
+    parser.add_argument("--license", default="mit", help="license in a --card's front matter (default: mit, as the "
+                        "published cards)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.card:
+        sidecar = os.path.splitext(args.card)[0] + ".json"
+        if not os.path.exists(sidecar):
+            raise ValueError(f"{sidecar} not found: a card is built from the JSON sidecar the scripts write")
+        out = os.path.splitext(args.card)[0] + ".md"
+        card = model_card(read_json(sidecar), os.path.basename(args.card), args.license)
+        atomic_write(out, lambda f: f.write(card.encode()))
+        return print(f"wrote {out}")
+    if not args.rundir or not os.path.isdir(args.rundir):
+        raise ValueError(f"give a run folder (make reproduce writes one), got {args.rundir!r}")
+    run = read_run(args.rundir)
+    plots = write_plots(run, os.path.join(args.rundir, "plots"))
+    report = build_report(args.rundir, run, plots, write_cards(args.rundir))
+    out = args.out or os.path.join(args.rundir, "report.md")
+    atomic_write(out, lambda f: f.write(report.encode()))
+    print(report if plots is not None else report + "\n(no plots: matplotlib is not installed)")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    except KeyError as e:
+        sys.exit(f"error: a JSON file lacks the field {e}; report.py reads the files this project's scripts write")

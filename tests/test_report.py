@@ -1,0 +1,147 @@
+"""make reproduce's pieces on tiny data, and report.py: its numbers are the sidecars', its published columns the
+stated constants, its plots real PNG files (or absent, with the report still written), its model cards complete."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import report
+from conftest import ARCHIVE, ROOT, assert_clean_error, run_script
+
+# The reproduce targets at a toy scale: 2 classes, 2 per-class methods, 1 one-class method, SISA 4 x 5 with one
+# epoch per slice, an ensemble of 2. 10 train images per class so that a random 20% leaves every SISA slice some.
+TINY = ["ARCH=resnet20", "EPOCHS=1", "DEVICE=cpu", "EXTRA=--subset 10 --test-subset 3", "CLASSES=airplane cat", "N=2",
+        "EVERY_CLASS=ssd advneggrad", "ONE_CLASS=ga", "CLASS=cat", "SISA_RECIPE=--arch resnet20 --slice-epochs 1,1,1,1,1",
+        "ENSEMBLE_RECIPE=--arch resnet20 --epochs 1", "EXTRA_ga=--epochs 1"]
+
+
+def make(*args, timeout=900):
+    return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={sys.executable}", *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def rundir(cifar_jpeg, data_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reproduce") / "run"
+    r = make("-j2", "reproduce-steps", f"RUNDIR={folder}", f"DATASET={ARCHIVE}", f"SISA_DATASET={ARCHIVE}",
+             f"DATA_DIR={data_dir}", *TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return folder
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def row(text, *cells):
+    """The one report line whose first cells are `cells`."""
+    lines = [line for line in text.splitlines() if line.startswith("| " + " | ".join(cells) + " |")]
+    assert len(lines) == 1, (cells, lines)
+    return lines[0]
+
+
+def test_the_report_shows_the_sidecars_numbers_beside_the_published_ones(rundir):
+    r = run_script("report.py", rundir)
+    assert r.returncode == 0, r.stderr
+    text = (rundir / "report.md").read_text()
+    full = read(rundir / "full.json")
+    assert f"| full | resnet20 | {full['metrics']['test_acc']:.2f}% | 95.4% |" in text
+    for name, published in (("airplane", "95.3%"), ("cat", "96.6%")):
+        kept = read(rundir / "unlearn" / "ssd" / f"{name}.json")["retrained_metrics"]["test_retain"]["acc"]
+        line = row(text, name)
+        assert f"| {read(rundir / f'no_{name}.json')['metrics']['test_acc']:.2f}% | {kept:.2f}% | {published} |" in line
+    for method, name in (("ssd", "airplane"), ("ssd", "cat"), ("advneggrad", "cat"), ("ga", "cat")):
+        meta = read(rundir / "unlearn" / method / f"{name}.json")
+        m = meta["metrics"]
+        forget, retain = m["test_forget"], m["test_retain"]
+        assert row(text, method, name).startswith(
+            f"| {method} | {name} | {forget['acc']:.2f}% ({forget['loss']:.3f}) | {retain['acc']:.2f}% "
+            f"({retain['loss']:.3f}) | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% | {m['mia']:.3f} | ")
+        assert f"| {meta['seconds']:.1f} |" in row(text, method, name)
+    retain = read(rundir / "unlearn" / "ssd" / "airplane.json")["metrics"]["test_retain"]["acc"]
+    assert row(text, "ssd", "airplane").endswith(f"| 0.00% (8.102) | 83.38% (0.527) | {retain - 83.38:+.2f} |")
+    assert "| 0.00% (26.171) | 92.44% (0.512) |" in row(text, "advneggrad", "cat")
+    assert row(text, "ga", "cat").endswith("| - | - | - |")  # nothing published for ga
+    sisa = read(rundir / "sisa" / "eval.json")["models"]
+    before, after = (sisa[str(rundir / "sisa" / n)] for n in ("manifest_full.json", "unlearned.json"))
+    assert f"| manifest_full.json | {before['test']['acc']:.2f}% | {before['mia']:.3f} |" in row(text, "before")
+    assert f"| {after['test']['acc']:.2f}% | {after['mia']:.3f} |" in row(text, "after")
+    assert "| 78.1% | 0.527 |" in row(text, "before") and "| 77.1% | 0.498 |" in row(text, "after")
+    ensemble = read(rundir / "ensemble" / "eval.json")["models"]["ensemble"]
+    assert row(text, "ensemble") == f"| ensemble | {ensemble['test']['acc']:.2f}% | 97.61% | " \
+                                    f"{ensemble['test']['acc'] - 97.61:+.2f} |"
+
+
+def test_published_constants_are_the_cards_numbers():
+    assert report.PUBLISHED_FULL == 95.4 and report.PUBLISHED_ENSEMBLE == 97.61
+    assert min(report.PUBLISHED_RETRAIN.values()) == 95.2 and max(report.PUBLISHED_RETRAIN.values()) == 96.6
+    assert report.PUBLISHED_UNLEARN["ssd"]["dog"][2] == 12.53 and report.PUBLISHED_UNLEARN["ssd"]["horse"][2] == 17.71
+    advneggrad = report.PUBLISHED_UNLEARN["advneggrad"].values()
+    assert all(f == 0.0 and 26 <= loss <= 33 and 90.5 <= r <= 92.9 for f, loss, r, _ in advneggrad)
+    assert report.PUBLISHED_SISA == {"before": (78.1, 0.527), "after": (77.1, 0.498)}
+
+
+def test_plots_are_png_files_listed_in_the_report(rundir):
+    pytest.importorskip("matplotlib")
+    assert run_script("report.py", rundir).returncode == 0
+    names = sorted(os.listdir(rundir / "plots"))
+    assert names == ["confusion_cat.png", "curves.png", "losses_cat.png", "per_class_cat.png", "seconds.png"]
+    text = (rundir / "report.md").read_text()
+    for name in names:
+        assert (rundir / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(plots/{name})" in text
+
+
+def test_without_matplotlib_the_report_is_written_without_plots(rundir, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(rundir, copy, ignore=shutil.ignore_patterns("plots", "report.md", "*.pth"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    report.main([str(copy)])
+    text = (copy / "report.md").read_text()
+    assert "matplotlib is not installed" in text and "![" not in text and not (copy / "plots").exists()
+    assert "| full | resnet20 |" in text
+
+
+def test_every_checkpoint_gets_a_model_card_in_the_published_layout(rundir):
+    assert run_script("report.py", rundir).returncode == 0
+    cards = sorted(os.listdir(rundir / "cards"))
+    assert cards == sorted(["full.md", "no_airplane.md", "no_cat.md", "unlearn_ssd_airplane.md", "unlearn_ssd_cat.md",
+                            "unlearn_advneggrad_airplane.md", "unlearn_advneggrad_cat.md", "unlearn_ga_cat.md",
+                            "ensemble_seed0.md", "ensemble_seed1.md"])
+    card = (rundir / "cards" / "unlearn_ssd_cat.md").read_text()
+    front = card.split("---\n")[1]
+    for field in ["license: mit", "datasets:\n- uoft-cs/cifar10", "metrics:\n- accuracy", "base_model:\n- full.pth",
+                  "tags:\n- machine_unlearning\n- ssd"]:
+        assert field in front, field
+    m = read(rundir / "unlearn" / "ssd" / "cat.json")["metrics"]
+    assert (f"| `cat.pth` | cat | {m['test_forget']['acc']:.2f} ({m['test_forget']['loss']:.3f}) | "
+            f"{m['test_retain']['acc']:.2f} ({m['test_retain']['loss']:.3f}) | {m['mia']:.3f} |") in card
+    assert "- **lam**: 1.0" in card and "- **alpha**: 10.0" in card  # the recipe's settings, from the sidecar
+    full = (rundir / "cards" / "full.md").read_text()
+    assert f"| `full.pth` | None | {read(rundir / 'full.json')['metrics']['test_acc']:.2f}% |" in full
+
+
+def test_a_card_for_one_checkpoint(rundir, tmp_path):
+    shutil.copy(rundir / "no_cat.pth", tmp_path / "m.pth")
+    shutil.copy(rundir / "no_cat.json", tmp_path / "m.json")
+    r = run_script("report.py", "--card", tmp_path / "m.pth", "--license", "apache-2.0")
+    assert r.returncode == 0, r.stderr
+    card = (tmp_path / "m.md").read_text()
+    assert "license: apache-2.0" in card and "- **Excluded Class**: cat" in card and "- **lr**: 0.1" in card
+
+
+def test_bad_input_is_refused(tmp_path):
+    assert_clean_error(run_script("report.py", tmp_path / "missing"), "give a run folder")
+    (tmp_path / "m.pth").write_bytes(b"x")
+    assert_clean_error(run_script("report.py", "--card", tmp_path / "m.pth"), "m.json not found")
+
+
+def test_reproduce_on_a_cpu_wants_yes(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: make reproduce would start the real thing")
+    r = make("reproduce", f"RUNDIR={tmp_path / 'run'}")
+    assert r.returncode != 0 and "YES=1" in r.stdout + r.stderr and not (tmp_path / "run").exists()

@@ -21,7 +21,8 @@ NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
 MODEL ?= checkpoints/$(ARCH)_$(NAME)_full.pth
 EXTRA ?=
 DATA = --dataset $(DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) $(EXTRA)
-TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume
+TRAIN_FLAGS ?=
+TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume $(TRAIN_FLAGS)
 # The demo uses the real CIFAR-10 images where this project's machines keep them, else downloads CIFAR-10.
 DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/data/cifar10-jpeg.tar.gz,cifar10)
 DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --subset 300 --test-subset 100
@@ -137,13 +138,13 @@ reproduce: $(INSTALL)  ## every published result (GPU: hours on a CPU, where it 
 	$(MAKE) --no-print-directory reproduce-steps
 	$(MAKE) --no-print-directory report
 
-SMALL = RUNDIR=$(SMALL_RUNDIR) DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=4 DEVICE=cpu \
-	EXTRA="--subset 100 --test-subset 100" SISA_DATASET=$(DEMO_DATASET) SISA_RECIPE="--arch resnet20 \
-	--slice-epochs 2,2,1,1,1" ENSEMBLE_RECIPE="--arch resnet20 --epochs 4" EXTRA_finetune="--epochs 2" \
-	EXTRA_neggradplus="--epochs 2" EXTRA_rl="--epochs 2" EXTRA_salun="--epochs 2"
+SMALL = RUNDIR=$(SMALL_RUNDIR) DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=4 TRAIN_FLAGS="--batch-size 64" \
+	DEVICE=cpu EXTRA="--subset 100 --test-subset 100" SISA_DATASET=$(DEMO_DATASET) SISA_RECIPE="--arch resnet20 \
+	--batch-size 32 --slice-epochs 2,2,1,1,1" ENSEMBLE_RECIPE="--arch resnet20 --epochs 4 --batch-size 64" \
+	EXTRA_finetune="--epochs 2" EXTRA_neggradplus="--epochs 2" EXTRA_rl="--epochs 2" EXTRA_salun="--epochs 2"
 SMALL_RUNDIR ?= runs/reproduce-small
 reproduce-small: $(INSTALL)  ## the same with resnet20 on a CIFAR-10 subset, on a CPU in under 15 minutes
-	$(MAKE) --no-print-directory reproduce-steps $(SMALL)
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$$(nproc) reproduce-steps $(SMALL)  # one core a job
 	$(MAKE) --no-print-directory report RUNDIR=$(SMALL_RUNDIR)
 
 .SECONDEXPANSION:

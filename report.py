@@ -50,6 +50,14 @@ def read_json(path):
         return json.load(f)
 
 
+def read_log(path):
+    """A train.py .log.jsonl: one dict per epoch; [] when absent."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
 def read_run(rundir):
     """Every sidecar of a run folder, by role; a part that was not run is None or empty."""
     def one(name):
@@ -58,8 +66,7 @@ def read_run(rundir):
 
     def many(pattern):
         return {os.path.relpath(p, rundir): read_json(p) for p in sorted(glob.glob(os.path.join(rundir, pattern)))}
-    log = os.path.join(rundir, "full.log.jsonl")
-    return {"full": one("full.json"), "log": [json.loads(line) for line in open(log)] if os.path.exists(log) else [],
+    return {"full": one("full.json"), "log": read_log(os.path.join(rundir, "full.log.jsonl")),
             "retrains": many("no_*.json"), "unlearn": many("unlearn/*/*.json"), "evals": many("eval_*.json"),
             "sisa": one("sisa/eval.json"), "ensemble": one("ensemble/eval.json")}
 
@@ -93,7 +100,7 @@ def retained_accuracy(run, name):
 
 def section_retrains(run):
     rows = []
-    for path, meta in run["retrains"].items():
+    for meta in run["retrains"].values():
         name = meta["split"]["forget_class"]
         kept, published = retained_accuracy(run, name), PUBLISHED_RETRAIN.get(name)
         rows.append([name, f"{meta['metrics']['test_acc']:.2f}%", "-" if kept is None else f"{kept:.2f}%",
@@ -265,11 +272,12 @@ def write_plots(run, folder):
     plots = []
     for evaluation in run["evals"].values():
         classes, c = evaluation["classes"], evaluation["split"]["forget_class"]
-        for title, name, draw in [("Per-class test accuracy", f"per_class_{c}.png", lambda p: plot_per_class(evaluation, classes, p)),
-                                  ("Losses the MIA sees", f"losses_{c}.png", lambda p: plot_losses(evaluation, p)),
-                                  ("Confusion matrices", f"confusion_{c}.png", lambda p: plot_confusion(evaluation, classes, p))]:
-            draw(os.path.join(folder, name))
-            plots.append((f"{title}, {c} forgotten", name))
+        plot_per_class(evaluation, classes, os.path.join(folder, f"per_class_{c}.png"))
+        plot_losses(evaluation, os.path.join(folder, f"losses_{c}.png"))
+        plot_confusion(evaluation, classes, os.path.join(folder, f"confusion_{c}.png"))
+        plots += [(f"Per-class test accuracy, {c} forgotten", f"per_class_{c}.png"),
+                  (f"Losses the MIA sees, {c} forgotten", f"losses_{c}.png"),
+                  (f"Confusion matrices, {c} forgotten", f"confusion_{c}.png")]
     if run["log"]:
         plot_curves(run["log"], os.path.join(folder, "curves.png"))
         plots.append(("Training curves of the full model", "curves.png"))

@@ -147,8 +147,12 @@ reproduce-small: $(INSTALL)  ## the same with resnet20 on a CIFAR-10 subset, on 
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$$(nproc) reproduce-steps $(SMALL)  # one core a job
 	$(MAKE) --no-print-directory report RUNDIR=$(SMALL_RUNDIR)
 
+# STEPS is named in a recipe, not as prerequisites, so that the class list (data.py) is read only when needed
+reproduce-steps: $(INSTALL)
+	$(if $(strip $(CLASSES)),,$(error no class list for DATASET=$(DATASET): data.py said why above))
+	$(MAKE) --no-print-directory $(STEPS)
+
 .SECONDEXPANSION:
-reproduce-steps: $(INSTALL) $$(STEPS)
 
 report: $(INSTALL)  ## the Markdown report, plots and model cards of RUNDIR (from its JSON sidecars)
 	$(PY) report.py $(RUNDIR)

@@ -1,6 +1,7 @@
 # Machine-unlearning recipes for image classifiers. `make help` lists the targets.
 # Variables: DATASET (cifar10 | cifar100 | image folder), DATA_DIR, ARCH, EPOCHS, DEVICE, CLASS, MODEL, METHOD,
-# EXTRA (more flags for the scripts, e.g. EXTRA="--subset 100"); JOBS, DEVICES: many models at once (below).
+# EXTRA (more flags for the scripts, e.g. EXTRA="--subset 100"); JOBS, DEVICES: many models at once (below);
+# CHECKPOINTS: the folder of train, retrain, retrain-all and ensemble (default: checkpoints).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,11 +15,12 @@ DEVICE ?= auto
 CLASS ?= cat
 METHOD ?= ssd
 N ?= 5
+CHECKPOINTS ?= checkpoints
 SHARDS ?= 4
 JOBS ?= 1
 DEVICES ?= $(DEVICE)
 NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
-MODEL ?= checkpoints/$(ARCH)_$(NAME)_full.pth
+MODEL ?= $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth
 EXTRA ?=
 DATA = --dataset $(DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) $(EXTRA)
 TRAIN_FLAGS ?=
@@ -62,18 +64,18 @@ demo: $(INSTALL)  ## a few minutes on a CPU: resnet20 on a subset, trained, CLAS
 	$(DEMO_TRAIN) --forget-class $(CLASS) --out runs/demo/no_$(CLASS).pth
 	$(PY) evaluate.py $(DEMO) --model runs/demo/full.pth --retrained runs/demo/no_$(CLASS).pth --forget-class $(CLASS) --mia
 
-train: checkpoints/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch recipe on the whole train set
+train: $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch recipe on the whole train set
 
-retrain: checkpoints/$(ARCH)_$(NAME)_no_$(CLASS).pth  ## the gold standard: the recipe without CLASS
+retrain: $(CHECKPOINTS)/$(ARCH)_$(NAME)_no_$(CLASS).pth  ## the gold standard: the recipe without CLASS
 
 retrain-all: $(INSTALL)  ## one retrain per class, JOBS at a time on DEVICES (finished ones kept)
 	$(call parallel,$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p' | \
-	  sed -E 's|[^ ]+|checkpoints/$(ARCH)_$(NAME)_no_&.pth|g'))
+	  sed -E 's|[^ ]+|$(CHECKPOINTS)/$(ARCH)_$(NAME)_no_&.pth|g'))
 
-checkpoints/$(ARCH)_$(NAME)_full.pth: | $(INSTALL)
+$(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth: | $(INSTALL)
 	$(TRAIN) --out $@
 
-checkpoints/$(ARCH)_$(NAME)_no_%.pth: | $(INSTALL)
+$(CHECKPOINTS)/$(ARCH)_$(NAME)_no_%.pth: | $(INSTALL)
 	$(TRAIN) --forget-class $* --out $@
 
 evaluate: $(INSTALL)  ## evaluate MODEL with CLASS forgotten, MIA included
@@ -92,10 +94,10 @@ unlearn-table: $(INSTALL)  ## METHOD for every class of MODEL, then the model ca
 	cat tables/$(METHOD).md
 
 ensemble: $(INSTALL)  ## N members (seeds 0..N-1), JOBS at a time on DEVICES, then the ensemble evaluated
-	$(call parallel,$$(seq -f "checkpoints/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1))))
-	$(PY) evaluate.py $(DATA) --ensemble $$(seq -f "--model checkpoints/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1)))
+	$(call parallel,$$(seq -f "$(CHECKPOINTS)/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1))))
+	$(PY) evaluate.py $(DATA) --ensemble $$(seq -f "--model $(CHECKPOINTS)/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1)))
 
-checkpoints/ensemble/$(NAME)_seed%.pth: | $(INSTALL)
+$(CHECKPOINTS)/ensemble/$(NAME)_seed%.pth: | $(INSTALL)
 	$(PY) train.py $(DATA) --recipe ensemble --epochs $(EPOCHS) --seed $* --out $@ --resume
 
 SISA = $(PY) train.py $(DATA) --sisa --recipe transfer --arch resnet34-imagenet --shards $(SHARDS)

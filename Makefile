@@ -30,7 +30,7 @@ DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/da
 DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --subset 300 --test-subset 100
 DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 --resume
 
-.PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-shard-% sisa-unlearn bench
+.PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench
 .PHONY: reproduce reproduce-small reproduce-steps report clean-demo
 
 # $(call parallel,TARGETS): make each target in its own process, JOBS at a time, the k-th on DEVICES[k mod n]
@@ -136,7 +136,7 @@ STEPS = $(R)/full.pth $(foreach c,$(CLASSES),$(R)/no_$(c).pth $(foreach m,$(EVER
 reproduce: $(INSTALL)  ## every published result (GPU: hours on a CPU, where it wants YES=1), then the report
 	@$(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" || [ "$(YES)" = 1 ] || { echo \
 	  "make reproduce trains about 30 ResNet18 models: hours on a CPU. Run it on a GPU, or here with YES=1;" \
-	  "make reproduce-small is the CPU version (15 minutes)"; exit 1; }
+	  "make reproduce-small is the CPU version (about 10 minutes on 2 cores)"; exit 1; }
 	$(MAKE) --no-print-directory reproduce-steps
 	$(MAKE) --no-print-directory report
 

@@ -135,7 +135,7 @@ STEPS = $(R)/full.pth $(foreach c,$(CLASSES),$(R)/no_$(c).pth $(foreach m,$(EVER
 
 reproduce: $(INSTALL)  ## every published result (GPU: hours on a CPU, where it wants YES=1), then the report
 	@$(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" || [ "$(YES)" = 1 ] || { echo \
-	  "make reproduce trains about 30 ResNet18 models: hours on a CPU. Run it on a GPU, or here with YES=1;" \
+	  "make reproduce trains 16 ResNet18s and 20 SISA slices: hours on a CPU. Run it on a GPU, or here with YES=1;" \
 	  "make reproduce-small is the CPU version (about 10 minutes on 2 cores)"; exit 1; }
 	$(MAKE) --no-print-directory reproduce-steps
 	$(MAKE) --no-print-directory report

@@ -220,21 +220,33 @@ def format_per_class(rows, classes):
     return "\n".join(lines)
 
 
+CARD_HEADER = "| Model | Forget Class | Forget class acc(loss) | Retain class acc(loss) | MIA |\n|---|---|---|---|---|"
+
+
+def forget_label(meta):
+    """What a sidecar's split forgot: the class name, or 'random N' for sample forgetting."""
+    return meta["split"]["forget_class"] or f"random {meta['split']['n_forget']}"
+
+
+def card_row(meta, name):
+    """One row of the model cards' table, in their layout (acc (loss), no % sign), plus the MIA, from the JSON
+    sidecar that unlearn.py writes."""
+    if not meta.get("metrics"):
+        raise ValueError(f"{name} holds no metrics (made with --no-eval?)")
+    forget, retain = headline(meta["metrics"])
+    mia = "-" if meta["metrics"]["mia"] is None else f"{meta['metrics']['mia']:.3f}"
+    return (f"| `{name}` | {forget_label(meta)} | {forget['acc']:.2f} ({forget['loss']:.3f}) | {retain['acc']:.2f} "
+            f"({retain['loss']:.3f}) | {mia} |")
+
+
 def card_table(sidecars):
     """The model cards' per-class table (Model | Forget Class | Forget class acc(loss) | Retain class acc(loss)),
     plus MIA, from the JSON sidecars that unlearn.py writes."""
-    lines = ["| Model | Forget Class | Forget class acc(loss) | Retain class acc(loss) | MIA |", "|---|---|---|---|---|"]
+    rows = []
     for path in sidecars:
         with open(path) as f:
-            meta = json.load(f)
-        if not meta.get("metrics"):
-            raise ValueError(f"{path} holds no metrics (made with --no-eval?)")
-        forget, retain = headline(meta["metrics"])
-        mia = "-" if meta["metrics"]["mia"] is None else f"{meta['metrics']['mia']:.3f}"
-        name = os.path.splitext(os.path.basename(path))[0] + ".pth"
-        lines.append(f"| `{name}` | {meta['split']['forget_class'] or '-'} | {forget['acc']:.1f}% ({forget['loss']:.2f}) "
-                     f"| {retain['acc']:.1f}% ({retain['loss']:.2f}) | {mia} |")
-    return "\n".join(lines) + "\n"
+            rows.append(card_row(json.load(f), os.path.splitext(os.path.basename(path))[0] + ".pth"))
+    return "\n".join([CARD_HEADER, *rows]) + "\n"
 
 
 def strip_losses(metrics, keep=()):

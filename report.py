@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from evaluate import avg_gap, cell, headline
+from evaluate import CARD_HEADER, avg_gap, card_row, cell, forget_label, headline
 from models import atomic_write
 from unlearn import METHODS
 
@@ -113,11 +113,6 @@ def section_retrains(run):
                    "Seconds"], rows))
 
 
-def forget_label(meta):
-    """The forgotten class's name, or 'random N' for sample forgetting."""
-    return meta["split"]["forget_class"] or f"random {meta['split']['n_forget']}"
-
-
 def unlearn_row(method, meta):
     m, name = meta["metrics"], forget_label(meta)
     forget, retain = headline(m)
@@ -180,6 +175,7 @@ def pyplot():
 
 
 def save(fig, path):
+    fig.tight_layout()  # titles of a grid's second row clear the first row's axis labels
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     pyplot().close(fig)
 
@@ -193,14 +189,18 @@ def grid(plt, n, size=3):
     return fig, axes.flat[:n]
 
 
-def short(path):
-    return os.path.splitext(os.path.basename(path))[0] if "unlearn" not in path else path.split("/")[-2]
+def labelled(evaluation):
+    """{label: metrics} of an evaluate.py --json file: 'retrained', 'full', and unlearn/<method>/... as the method."""
+    def label(path):
+        if path == evaluation["retrained"]:
+            return "retrained"
+        return path.split("/")[-2] if "unlearn" in path else os.path.splitext(os.path.basename(path))[0]
+    return {label(p): m for p, m in evaluation["models"].items()}
 
 
 def plot_per_class(evaluation, classes, path):
     plt = pyplot()
-    models = {"retrained": evaluation["models"][evaluation["retrained"]],
-              **{short(p): m for p, m in evaluation["models"].items() if p != evaluation["retrained"]}}
+    models = labelled(evaluation)
     fig, ax = plt.subplots(figsize=(max(8, len(classes)), 4))
     width = 0.8 / len(models)
     for k, (name, m) in enumerate(models.items()):
@@ -215,25 +215,24 @@ def plot_per_class(evaluation, classes, path):
 def plot_losses(evaluation, path):
     """What the MIA sees: per-example losses of the train forget set (members) and the test forget set."""
     plt = pyplot()
-    models = evaluation["models"]
+    models = labelled(evaluation)
     fig, axes = grid(plt, len(models))
     for ax, (name, m) in zip(axes, models.items()):
         bins = np.histogram_bin_edges(m["train_forget"]["losses"] + m["test_forget"]["losses"], 30)
         ax.hist(m["train_forget"]["losses"], bins, alpha=0.6, label="train forget (member)")
         ax.hist(m["test_forget"]["losses"], bins, alpha=0.6, label="test forget")
-        ax.set(title=f"{'retrained' if name == evaluation['retrained'] else short(name)}", xlabel="loss")
+        ax.set(title=name, xlabel="loss")
     axes[0].legend(fontsize="small")
     save(fig, path)
 
 
 def plot_confusion(evaluation, classes, path):
     plt = pyplot()
-    models = evaluation["models"]
+    models = labelled(evaluation)
     fig, axes = grid(plt, len(models))
     for ax, (name, m) in zip(axes, models.items()):
         ax.imshow(np.array(m["confusion"]), cmap="Blues")
-        ax.set(title=f"{'retrained' if name == evaluation['retrained'] else short(name)}", xlabel="predicted",
-               ylabel="true", xticks=[], yticks=[])
+        ax.set(title=name, xlabel="predicted", ylabel="true", xticks=[], yticks=[])
     save(fig, path)
 
 
@@ -303,16 +302,10 @@ def card_front_matter(meta, license):
 
 def card_results(meta, name):
     """The cards' results table: forget / retain class acc(loss) for an unlearned model, test top-1 for a trained one."""
-    m = meta.get("metrics")
     if meta.get("method"):
-        if not m:
-            return "Not evaluated (made with --no-eval)."
-        forget, retain = headline(m)
-        return table(["Model", "Forget Class", "Forget class acc(loss)", "Retain class acc(loss)", "MIA"],
-                     [[f"`{name}`", forget_label(meta), f"{forget['acc']:.2f} ({forget['loss']:.3f})",
-                       f"{retain['acc']:.2f} ({retain['loss']:.3f})", "-" if m["mia"] is None else f"{m['mia']:.3f}"]])
+        return CARD_HEADER + "\n" + card_row(meta, name) if meta.get("metrics") else "Not evaluated (made with --no-eval)."
     return table(["Model", "Excluded Class", "Test accuracy"],
-                 [[f"`{name}`", meta["split"]["forget_class"] or "None", f"{m['test_acc']:.2f}%"]])
+                 [[f"`{name}`", meta["split"]["forget_class"] or "None", f"{meta['metrics']['test_acc']:.2f}%"]])
 
 
 def model_card(meta, name, license="mit"):

@@ -457,7 +457,8 @@ def main(argv=None):
     save_model(out, model, {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
                             "arch": arch, "dataset": data.name, "classes": data.classes, "seed": args.seed,
                             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
-                            "precision": "bf16" if amp else "fp32", "metrics": strip_losses(rows[-1][1]) if rows else None, "retrained": args.retrained,
+                            "precision": "bf16" if amp else "fp32",
+                            "metrics": strip_losses(rows[-1][1]) if rows else None, "retrained": args.retrained,
                             "retrained_metrics": strip_losses(rows[0][1]) if len(rows) == 2 else None})
     print(format_table(rows, rows[0][1] if retrained else None) if rows else f"saved {out} ({seconds:.1f}s)")
 

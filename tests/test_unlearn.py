@@ -227,7 +227,7 @@ def test_cli_writes_the_published_name_and_sidecar(cifar_jpeg, data_dir, trained
     assert table.returncode == 0, table.stderr
     m = meta["metrics"]["test_forget"], meta["metrics"]["test_retain"]
     assert (tmp_path / "t.md").read_text().splitlines()[2] == (
-        f"| `{out.name}` | airplane | {m[0]['acc']:.1f}% ({m[0]['loss']:.2f}) | {m[1]['acc']:.1f}% ({m[1]['loss']:.2f}) "
+        f"| `{out.name}` | airplane | {m[0]['acc']:.2f} ({m[0]['loss']:.3f}) | {m[1]['acc']:.2f} ({m[1]['loss']:.3f}) "
         f"| {meta['metrics']['mia']:.3f} |")
 
 

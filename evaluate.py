@@ -6,10 +6,11 @@
     python evaluate.py --ensemble --model runs/ensemble/seed0.pth --model runs/ensemble/seed1.pth
 
 A SISA manifest (.json) evaluates as one model (its shards' vote); --ensemble adds the mean-softmax ensemble of
-all --model checkpoints as a row. The membership-inference attack (MIA) is hand-rolled: an L2-regularised logistic regression (C=1) on one
-standardised feature, the per-example cross-entropy loss, scored by 10 stratified shuffle splits with 10%
-held out. Members are the forget set; non-members the forgotten class's test images (class-wise
-forgetting) or the whole test set (random forgetting). 0.5 means the attacker cannot tell them apart.
+all --model checkpoints as a row. The membership-inference attack (MIA) is the NeurIPS 2023 starting kit's
+simple_mia, hand-rolled: an L2-regularised logistic regression (C=1) on one raw feature, the per-example
+cross-entropy loss, scored by 10 stratified shuffle splits with 10% held out. Members are the forget set;
+non-members the forgotten class's test images (class-wise forgetting) or the whole test set (random forgetting).
+0.5 means the attacker cannot tell them apart.
 """
 import argparse
 import json
@@ -90,7 +91,7 @@ def fit_logistic(x, y, C=1.0, iters=100):
 
     theta = np.zeros(2)
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(X @ theta)))
+        p = 0.5 + 0.5 * np.tanh(0.5 * (X @ theta))  # the sigmoid, without overflow on raw (large) losses
         grad = C * X.T @ (p - y) + reg * theta
         hess = C * (X.T * (p * (1 - p))) @ X + np.diag(reg) + 1e-12 * np.eye(2)
         step, t = np.linalg.solve(hess, grad), 1.0
@@ -104,7 +105,8 @@ def fit_logistic(x, y, C=1.0, iters=100):
 
 def mia_score(forget_losses, test_losses, n_splits=10, seed=0):
     """Mean held-out accuracy of a logistic-regression attack telling forget (member) losses from test
-    (non-member) losses; groups balanced by random subsampling, 10 stratified splits with 10% held out."""
+    (non-member) losses: the NeurIPS 2023 starting kit's simple_mia (scikit-learn's LogisticRegression(), C = 1,
+    on the raw loss; StratifiedShuffleSplit, 10 splits, 10% held out); groups balanced by random subsampling."""
     rng = np.random.default_rng(seed)
     n = min(len(forget_losses), len(test_losses))
     if n < 2:
@@ -116,9 +118,8 @@ def mia_score(forget_losses, test_losses, n_splits=10, seed=0):
     for _ in range(n_splits):
         held = np.zeros(2 * n, dtype=bool)
         held[np.concatenate([rng.permutation(n)[:n_held], n + rng.permutation(n)[:n_held]])] = True
-        mu, sd = x[~held].mean(), x[~held].std() or 1.0
-        w, b = fit_logistic((x[~held] - mu) / sd, y[~held])
-        accuracies.append(np.mean(((x[held] - mu) / sd * w + b > 0) == y[held]))
+        w, b = fit_logistic(x[~held], y[~held])  # the raw loss, as the kit's LogisticRegression() sees it
+        accuracies.append(np.mean((x[held] * w + b > 0) == y[held]))
     return float(np.mean(accuracies))
 
 

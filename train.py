@@ -99,12 +99,13 @@ class EnsembleConfig(TransferConfig):
 RECIPES = {"sgd": TrainConfig, "transfer": TransferConfig, "ensemble": EnsembleConfig}
 
 
-def add_config_args(parser, config_class):
-    """One flag per field of a config dataclass, its help naming the paper's symbol and the published default."""
+def add_config_args(parser, config_class, defaults=None):
+    """One flag per field of a config dataclass, its help naming the paper's symbol and the published default.
+    defaults: {field: value} where the official code sets another value for the case at hand."""
     group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.split(chr(10))[0].rstrip('.')}")
     for f in dataclasses.fields(config_class):
-        meta = f.metadata
-        kwargs = {"dest": f.name, "default": f.default, "help": f"{meta['help']} (default: {f.default})"}
+        meta, default = f.metadata, (defaults or {}).get(f.name, f.default)
+        kwargs = {"dest": f.name, "default": default, "help": f"{meta['help']} (default: {default})"}
         flag = meta.get("flag", "--" + f.name.replace("_", "-"))
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
@@ -32,10 +33,18 @@ from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Selective Synaptic Dampening (Foster et al., 2024), the official implementation's settings."""
+    """Selective Synaptic Dampening (Foster et al., 2024), the official src/ssd.py as its scripts drive it.
+    src/forget_full_class_main.py (class-wise) and src/forget_random_main.py (otherwise); lambda, alpha: the card."""
     lam: float = hp(1.0, "lambda, dampening constant: weights scaled by min(lambda I_D / I_f, 1)", flag="--lambda")
     alpha: float = hp(10.0, "alpha, selection weighting: dampen where I_f > alpha I_D")
-    batch_size: int = hp(64, "batch size of the importance passes")
+    full_set: str = hp("retain+forget", "D of I_D: retain+forget, the whole train set (the official scripts' "
+                       "full_train_dl); retain, the retain set alone", choices=("retain+forget", "retain"))
+    batch_size: int = hp(64, "batch size of the I_D pass (the scripts' -b)")
+    forget_batch_size: int = hp(64, "batch size of the I_f pass: 64 class-wise (forget_full_class_main.py); 128 "
+                                "is set for random or given forget sets (forget_random_main.py)")
+    order: str = hp("official", "order of the unshuffled passes: official = the retain set class by class "
+                    "(class-wise), or one seeded permutation of the train set (random); index = dataset order",
+                    choices=("official", "index"))
     importance: str = hp("batch", "batch: squared gradient of each batch-mean loss, averaged over batches (official); "
                          "per-sample: mean of per-example squared gradients", choices=("batch", "per-sample"))
     augment: bool = hp(False, "shuffle and augment the loaders (the official pass does neither)")
@@ -52,21 +61,25 @@ class AdvNegGradConfig:
     nesterov: bool = hp(True, "Nesterov momentum")
     epochs: int = hp(1, "passes over the retain set (the forget loader cycles)")
     batch_size: int = hp(2500, "batch size of both loaders")
-    augment: bool = hp(True, "shuffle and augment like training")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
 
 
 @dataclass(frozen=True)
 class NegGradPlusConfig:
-    """NegGrad+ (Kurmanji et al., 2023): loss = alpha * CE on retain - (1 - alpha) * CE on forget."""
+    """NegGrad+ (Kurmanji et al., 2023), the official SCRUB repository's small_scale_unlearning.ipynb negative_grad.
+    loss = alpha (CE on retain + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE on forget; plain SGD, eval mode."""
     alpha: float = hp(0.95, "alpha, weight of the retain (descent) term; (1 - alpha) weights the forget term")
-    clip: float = hp(0.0, "max global norm of the gradient; 0 = no clipping")
+    l2: float = hp(0.1, "weight of the pull l2/2 ||theta - theta_0||^2 toward the original weights, inside the "
+                   "retain term (the notebook's args.weight_decay)")
     lr: float = hp(0.01, "SGD learning rate")
-    momentum: float = hp(0.9, "SGD momentum")
-    weight_decay: float = hp(5e-4, "weight decay")
+    momentum: float = hp(0.0, "SGD momentum (the notebook: none)")
+    weight_decay: float = hp(0.0, "SGD weight decay (the notebook: none; the pull above replaces it)")
     nesterov: bool = hp(False, "Nesterov momentum")
-    epochs: int = hp(10, "passes over the retain set (the forget loader cycles)")
-    batch_size: int = hp(128, "batch size of both loaders")
-    augment: bool = hp(True, "shuffle and augment like training")
+    train_mode: bool = hp(False, "BatchNorm in train mode, as loops.py train_negrad (the notebook runs in eval mode)")
+    epochs: int = hp(10, "passes over the retain set")
+    batch_size: int = hp(128, "batch size of the retain loader (args.batch_size)")
+    forget_batch_size: int = hp(64, "batch size of the forget loader (args.forget_bs)")
+    augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not augment)")
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ class FinetuneConfig:
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum (the report does not use it)")
     batch_size: int = hp(128, "batch size")
-    augment: bool = hp(True, "shuffle and augment like training")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,7 @@ class RetrainConfig:
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(True, "Nesterov momentum")
     batch_size: int = hp(128, "batch size")
-    augment: bool = hp(True, "shuffle and augment like training")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
 
 
 @dataclass(frozen=True)
@@ -102,48 +115,51 @@ class GAConfig:
     nesterov: bool = hp(False, "Nesterov momentum")
     epochs: int = hp(5, "passes over the forget set")
     batch_size: int = hp(256, "batch size")
-    augment: bool = hp(True, "shuffle and augment like training")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
 
 
 @dataclass(frozen=True)
 class RLConfig:
-    """Random labels (SalUn's RL baseline): forget images relabelled to a random other class, trained with the retain set."""
-    lr: float = hp(0.013, "SGD learning rate")
+    """Random labels, SalUn's RL baseline (the official Classification/unlearn/RL.py, its CIFAR-10 branch).
+    Each epoch: a pass over the forget set, labels drawn uniformly from all classes, then a pass over the retain set."""
+    lr: float = hp(0.013, "SGD learning rate (--unlearn_lr)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum")
-    epochs: int = hp(10, "passes over the retain set (the forget loader cycles)")
+    epochs: int = hp(10, "epochs, each a forget pass then a retain pass (--unlearn_epochs)")
     batch_size: int = hp(256, "batch size of both loaders")
-    augment: bool = hp(True, "shuffle and augment like training")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as RL.py's loaders (which shuffle)")
 
 
 @dataclass(frozen=True)
 class SalUnConfig:
-    """SalUn (Fan et al., 2024): random labels, updating only the most salient half of the weights."""
-    mask_ratio: float = hp(0.5, "fraction of weights kept trainable: the largest |grad of forget loss|")
-    lr: float = hp(0.013, "SGD learning rate")
+    """SalUn (Fan et al., 2024): RL updating only the most salient weights (generate_mask.py, then RL.py, masked)."""
+    mask_ratio: float = hp(0.5, "fraction of weights kept trainable: the largest |grad of forget loss| (with_0.5.pt)")
+    lr: float = hp(0.013, "SGD learning rate (--unlearn_lr)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum")
-    epochs: int = hp(10, "passes over the retain set (the forget loader cycles)")
-    batch_size: int = hp(256, "batch size of both loaders")
-    augment: bool = hp(True, "shuffle and augment like training")
+    epochs: int = hp(10, "epochs, each a forget pass then a retain pass (--unlearn_epochs)")
+    batch_size: int = hp(256, "batch size of both loaders (and of the mask's pass)")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as RL.py's loaders (which shuffle)")
 
 
 @dataclass(frozen=True)
 class SCRUBConfig:
-    """SCRUB (Kurmanji et al., 2023): teacher = frozen original; max-steps on forget, min-steps on retain."""
+    """SCRUB (Kurmanji et al., 2023), the official repository's large_scale_unlearning.ipynb run.
+    Teacher = the frozen original; max-steps on the forget set, then min-steps on the retain set."""
     alpha: float = hp(0.001, "alpha, weight of KL(teacher||student) in the min-step")
     gamma: float = hp(0.99, "gamma, weight of the cross-entropy in the min-step")
-    temperature: float = hp(4.0, "T, distillation temperature")
+    temperature: float = hp(4.0, "T, distillation temperature (kd_T)")
     max_epochs: int = hp(2, "epochs that start with a max-step pass over the forget set (msteps)", minimum=0)
-    epochs: int = hp(3, "epochs of min-steps over the retain set")
+    epochs: int = hp(3, "epochs of min-steps over the retain set (sgda_epochs)")
     lr: float = hp(5e-4, "SGD learning rate")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum")
-    batch_size: int = hp(128, "batch size of both loaders")
-    augment: bool = hp(True, "shuffle and augment like training")
+    batch_size: int = hp(256, "batch size of the retain loader (min-steps)")
+    forget_batch_size: int = hp(512, "batch size of the forget loader (max-steps)")
+    augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not augment)")
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -184,11 +200,6 @@ def rebatch(loaders, batch_size):
             xs, ys = [xs[0][batch_size:]], [ys[0][batch_size:]]
     if ys and len(ys[0]):
         yield xs[0], ys[0]
-
-
-def random_other_labels(labels, num_classes):
-    """Each label replaced by a uniformly random different class."""
-    return (labels + torch.randint(1, num_classes, labels.shape, device=labels.device)) % num_classes
 
 
 def train_config(cfg):
@@ -237,37 +248,62 @@ IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample}
 
 
 def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
-    """I_f over the forget set, I_D over the full train set (retain then forget, unshuffled), then dampen. The
-    importances are squared gradients, ratios of which select weights: always fp32, even under --precision bf16."""
+    """I_f over the forget set, I_D over D (retain then forget, or the retain set alone), both unshuffled in the
+    loaders' order, then dampen. The importances are squared gradients, ratios of which select weights: always fp32,
+    even under --precision bf16."""
     model.eval()
     importance = IMPORTANCE[cfg.importance]
+    full_set = [retain_loader, forget_loader] if cfg.full_set == "retain+forget" else [retain_loader]
     with torch.autocast(device.type, enabled=False):
         forget_importance = importance(model, forget_loader)
-        full_importance = importance(model, rebatch([retain_loader, forget_loader], cfg.batch_size))
+        full_importance = importance(model, rebatch(full_set, cfg.batch_size))
     dampen(model, full_importance, forget_importance, cfg.lam, cfg.alpha)
     return model
 
 
+def ssd_order(data, split):
+    """(retain, forget) train indices in the order the official SSD scripts pass them, unshuffled. Class-wise
+    (forget_full_class_strategies.py: get_classwise_ds + build_retain_forget_sets): the retain set class by class,
+    each class in dataset order, so that a batch of 64 holds one class; the forget class in dataset order. Otherwise
+    (forget_random_main.py: random_split): both in the order of one seeded permutation of the train set, the one
+    whose first part --forget-fraction takes as the forget set."""
+    if split.forget_class is not None:
+        return split.retain[np.argsort(data.train_y[split.retain], kind="stable")], split.forget
+    order = np.random.default_rng(split.forget_seed).permutation(split.train)
+    return order[np.isin(order, split.retain)], order[np.isin(order, split.forget)]
+
+
 # ----------------------------------------------------------------------------- gradient methods
 
-def negative_gradient(model, retain_loader, forget_loader, retain_weight, forget_weight, cfg):
-    """Descent on retain CE and ascent on forget CE, one combined (clipped) step per (retain, forget) batch pair."""
+def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
+    """One step per retain batch on (1 - alpha) CE on retain - alpha CE on the next forget batch, the whole gradient
+    clipped; the forget loader cycles, a fresh pass each time round."""
     optimizer = sgd(model, cfg)
     model.train()
     for (xr, yr), (xf, yf) in zip(passes(retain_loader, cfg.epochs), cycle(forget_loader)):
-        loss = retain_weight * F.cross_entropy(model(xr), yr) - forget_weight * F.cross_entropy(model(xf), yf)
+        loss = (1 - cfg.alpha) * F.cross_entropy(model(xr), yr) - cfg.alpha * F.cross_entropy(model(xf), yf)
         step(optimizer, loss, cfg.clip)
     return model
 
 
-def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
-    """alpha weights the forget (ascent) term, (1 - alpha) the retain term."""
-    return negative_gradient(model, retain_loader, forget_loader, 1 - cfg.alpha, cfg.alpha, cfg)
+def paired(retain_loader, forget_loader, epochs):
+    """Per epoch, each retain batch beside the next batch of itertools.cycle(forget_loader), restarted every epoch:
+    the forget loader's first pass of the epoch, replayed (SCRUB's loops: zip(data_loader, cycle(forget_loader)))."""
+    for _ in range(epochs):
+        yield from zip(retain_loader, itertools.cycle(forget_loader))
 
 
 def unlearn_neggrad_plus(model, retain_loader, forget_loader, cfg, device):
-    """alpha weights the retain (descent) term, (1 - alpha) the forget term (Kurmanji et al.'s convention)."""
-    return negative_gradient(model, retain_loader, forget_loader, cfg.alpha, 1 - cfg.alpha, cfg)
+    """The notebook's run_neggrad_epoch: one step per retain batch on
+    alpha (CE_r + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE_f, theta_0 the original weights."""
+    original = [p.detach().clone() for p in model.parameters()]
+    optimizer = sgd(model, cfg)
+    model.train(cfg.train_mode)
+    for (xr, yr), (xf, yf) in paired(retain_loader, forget_loader, cfg.epochs):
+        pull = sum((p - p0).square().sum() for p, p0 in zip(model.parameters(), original))
+        retain_term = F.cross_entropy(model(xr), yr) + cfg.l2 / 2 * pull
+        step(optimizer, cfg.alpha * retain_term - (1 - cfg.alpha) * F.cross_entropy(model(xf), yf))
+    return model
 
 
 def unlearn_ga(model, retain_loader, forget_loader, cfg, device):
@@ -292,16 +328,23 @@ def unlearn_retrain(model, retain_loader, forget_loader, cfg, device):
 
 
 def random_labels(model, retain_loader, forget_loader, cfg, keep=None):
-    """Train on retain batches joined with forget batches relabelled to random other classes. keep = (mask,
-    original weights): after every step, weights outside the mask are put back exactly (SalUn)."""
+    """RL.py's CIFAR-10 branch, every epoch: a pass over the forget set with each label drawn uniformly from all
+    classes (torch.randint(0, num_classes): sometimes the true one), then a pass over the retain set, one step per
+    batch. keep = (mask, original weights): after every step, weights outside the mask are put back exactly (SalUn)."""
     optimizer = sgd(model, cfg)
     model.train()
-    for (xr, yr), (xf, yf) in zip(passes(retain_loader, cfg.epochs), cycle(forget_loader)):
-        y = torch.cat([yr, random_other_labels(yf, model.fc.out_features)])
-        step(optimizer, F.cross_entropy(model(torch.cat([xr, xf])), y))
-        if keep:
-            restore_outside_mask(model, *keep)
+    for _ in range(cfg.epochs):
+        for x, y in itertools.chain(relabel(forget_loader, model.fc.out_features), retain_loader):
+            step(optimizer, F.cross_entropy(model(x), y))
+            if keep:
+                restore_outside_mask(model, *keep)
     return model
+
+
+def relabel(loader, num_classes):
+    """The loader's batches, each label drawn uniformly from all classes (on the labels' device: no host sync)."""
+    for x, y in loader:
+        yield x, torch.randint(0, num_classes, y.shape, device=y.device)
 
 
 def unlearn_rl(model, retain_loader, forget_loader, cfg, device):
@@ -384,10 +427,20 @@ def default_out(data, arch, display, split, subset):
     return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}" + (f"_subset{subset}" if subset else "") + ".pth")
 
 
+def scenario_defaults(method, known):
+    """Defaults that the official code sets for random (or given) forget sets rather than a class."""
+    if method == "ssd" and (known.forget_fraction or known.forget_indices):
+        return {"forget_batch_size": 128}  # forget_random_main.py: DataLoader(list(forget_train), batch_size=128)
+    return {}
+
+
 def parse_args(argv=None):
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--method", choices=list(METHODS) + ["sisa"])
-    method = first.parse_known_args(argv)[0].method
+    first.add_argument("--forget-fraction", default=None)
+    first.add_argument("--forget-indices", default=None)
+    known = first.parse_known_args(argv)[0]
+    method = known.method
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", required=True, choices=list(METHODS) + ["sisa"],
                         help="unlearning method; `--method X --help` lists X's flags and defaults; sisa retrains "
@@ -404,16 +457,21 @@ def parse_args(argv=None):
                         "evaluation are always fp32 (default: auto)")
     add_data_args(parser)
     if method in METHODS:
-        add_config_args(parser, METHODS[method][1])
+        add_config_args(parser, METHODS[method][1], scenario_defaults(method, known))
     return parser.parse_args(argv)
 
 
 def make_loaders(data, split, cfg, device, seed, size=None):
-    """Retain and forget loaders at the method's batch size; shuffled and augmented like training when cfg.augment;
-    size: the model's input size (224 for ImageNet models)."""
-    augment = "crop-flip" if cfg.augment else None
-    return (Loader(data, split.retain, True, cfg.batch_size, device, cfg.augment, augment, seed, size),
-            Loader(data, split.forget, True, cfg.batch_size, device, cfg.augment, augment, seed + 1, size))
+    """Retain and forget loaders as the method's official code builds them: the method's batch size for each
+    (forget_batch_size where it has its own), augmented like training when cfg.augment, shuffled every pass, but
+    for SSD, whose passes run unshuffled in the official order (ssd_order) unless augmented. size: the model's input
+    size (224 for ImageNet models)."""
+    ssd = isinstance(cfg, SSDConfig)
+    retain, forget = ssd_order(data, split) if ssd and cfg.order == "official" else (split.retain, split.forget)
+    shuffle, augment = cfg.augment or not ssd, "crop-flip" if cfg.augment else None
+    forget_batch_size = getattr(cfg, "forget_batch_size", cfg.batch_size)
+    return (Loader(data, retain, True, cfg.batch_size, device, shuffle, augment, seed, size),
+            Loader(data, forget, True, forget_batch_size, device, shuffle, augment, seed + 1, size))
 
 
 def run_method(fn, model, retain_loader, forget_loader, cfg, device, amp=None):

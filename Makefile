@@ -68,9 +68,13 @@ train: $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch rec
 
 retrain: $(CHECKPOINTS)/$(ARCH)_$(NAME)_no_$(CLASS).pth  ## the gold standard: the recipe without CLASS
 
+# the class list of DATASET, or a stop with one line (data.py has said why above)
+CLASS_LIST = classes=$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p'); \
+	[ -n "$$classes" ] || { echo "make: no class list for DATASET=$(DATASET); see the error above" >&2; exit 1; }
+
 retrain-all: $(INSTALL)  ## one retrain per class, JOBS at a time on DEVICES (finished ones kept)
-	$(call parallel,$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p' | \
-	  sed -E 's|[^ ]+|$(CHECKPOINTS)/$(ARCH)_$(NAME)_no_&.pth|g'))
+	@$(CLASS_LIST); \
+	$(call parallel,$$(echo $$classes | sed -E 's|[^ ]+|$(CHECKPOINTS)/$(ARCH)_$(NAME)_no_&.pth|g'))
 
 $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth: | $(INSTALL)
 	$(TRAIN) --out $@
@@ -85,7 +89,7 @@ unlearn: $(INSTALL)  ## unlearn CLASS from MODEL with METHOD -> checkpoints/<dat
 	$(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $(CLASS)
 
 unlearn-table: $(INSTALL)  ## METHOD for every class of MODEL, then the model cards' table: tables/<method>.md
-	classes=$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p' | wc -w); \
+	@$(CLASS_LIST); classes=$$(echo $$classes | wc -w); \
 	for c in $$(seq 0 $$((classes - 1))); do \
 	  $(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $$c \
 	    --out runs/table-$(METHOD)/$(NAME)_$(METHOD)_$$c.pth || exit 1; \

@@ -11,16 +11,16 @@ Markdown table (images/s and the ratio) and writes JSON.
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-from data import Loader, add_data_args, load_dataset, positive_int, split_from_args
+from cli import check_writable, run, write_json
+from data import Loader, add_data_args, device_name, load_dataset, positive_int, split_from_args
 from evaluate import eval_batch_size, pick_device, predict
-from models import ARCHS, build_model, to_device, write_json
+from models import ARCHS, build_model, to_device
 from train import TrainConfig, train_epoch
 from unlearn import importance_batch, importance_per_sample
 
@@ -104,7 +104,7 @@ def measure(name, n, ours, plain, device):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="resnet18", choices=list(ARCHS), help="architecture (default: resnet18)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="our path's precision; the plain path is always fp32 (default: auto)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -118,6 +118,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_writable(args.out)
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     device, amp = pick_device(args.device, args.precision)
@@ -152,7 +153,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

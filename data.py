@@ -15,13 +15,16 @@ import os
 import pickle
 import sys
 import tarfile
-import tempfile
+import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+
+from cli import atomic_write, run
 
 # Per-channel mean and std used by the recipe's Normalize (the CIFAR-10 values are the model card's).
 STATS = {
@@ -68,14 +71,44 @@ class Split:
 
 # ----------------------------------------------------------------------------- loading
 
+class CifarUnpickler(pickle.Unpickler):
+    """torchvision's CIFAR batches are pickled dicts of lists, strings and numpy arrays: only the globals those
+    need may load, so a file planted in --data-dir cannot run code (pickle.load runs whatever a file names)."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
+def unpickle(path, *keys):
+    """A CIFAR batch (or meta) file as a dict holding `keys`, read with CifarUnpickler."""
+    try:
+        with open(path, "rb") as f:
+            batch = CifarUnpickler(f, encoding="latin1").load()
+        missing = [k for k in keys if not isinstance(batch, dict) or k not in batch]
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a CIFAR batch file ({e}); delete its folder to download the dataset "
+                         f"again") from None
+    if missing:
+        raise ValueError(f"{path}: not a CIFAR batch file (no {', '.join(missing)}); delete its folder to download "
+                         f"the dataset again")
+    return batch
+
+
 def read_cifar(folder, files, label_key):
     """Read torchvision's pickled CIFAR batches into uint8 (N, 32, 32, 3) images and int64 labels."""
     xs, ys = [], []
     for name in files:
-        with open(os.path.join(folder, name), "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        batch = unpickle(os.path.join(folder, name), "data", label_key)
+        x, y = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch[label_key], dtype=np.int64)
+        if x.size != len(y) * 3072:
+            raise ValueError(f"{os.path.join(folder, name)}: {x.size} pixel values for {len(y)} labels; delete its "
+                             f"folder to download the dataset again")
+        xs.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(y)
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
 
 
@@ -88,8 +121,7 @@ def load_cifar(name, data_dir):
         except Exception as e:  # torchvision raises URLError, RuntimeError, ... when offline
             raise FileNotFoundError(f"{name} is not in {data_dir} and could not be downloaded ({e}); "
                                     f"put the official archive there or pass --dataset PATH") from None
-    with open(os.path.join(folder, meta_file), "rb") as f:
-        classes = tuple(pickle.load(f, encoding="latin1")[names_key])
+    classes = tuple(unpickle(os.path.join(folder, meta_file), names_key)[names_key])
     train_x, train_y = read_cifar(folder, train_files, label_key)
     test_x, test_y = read_cifar(folder, test_files, label_key)
     return Dataset(name, classes, train_x, train_y, test_x, test_y, *STATS[name])
@@ -103,15 +135,27 @@ def list_files(path):
                 with open(os.path.join(root, f), "rb") as fh:
                     yield os.path.relpath(os.path.join(root, f), path).split(os.sep), fh.read()
         return
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if member.isfile():
-                yield member.name.split("/"), tar.extractfile(member).read()
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile():
+                    yield member.name.split("/"), tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable .tar / .tar.gz archive ({type(e).__name__}); download or copy it "
+                         f"again") from None
+
+
+def decode_image(path, name, data):
+    """One image file's bytes as a uint8 (H, W, 3) array; a damaged file is an error naming it."""
+    from PIL import Image  # torchvision's own dependency
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated files, bad headers
+        raise ValueError(f"{path}: {name} is not a readable image ({e}); remove or replace it") from None
 
 
 def decode_image_folder(path):
     """Decode train/<class>/* and test/<class>/* into uint8 arrays; class order = sorted folder names."""
-    from PIL import Image  # torchvision's own dependency
     found = {"train": [], "test": []}
     for parts, data in list_files(path):
         if len(parts) >= 3 and parts[-3] in found and parts[-1].lower().endswith(IMAGE_SUFFIXES):
@@ -119,12 +163,17 @@ def decode_image_folder(path):
     classes = tuple(sorted({c for c, _, _ in found["train"]}))
     if not classes or {c for c, _, _ in found["test"]} - set(classes) or not found["test"]:
         raise FileNotFoundError(f"{path}: expected train/<class>/<image> and test/<class>/<image> with the same classes")
+    if len(classes) < 2:
+        raise ValueError(f"{path}: one class ({classes[0]}) only; a classifier needs at least two")
     arrays = []
     for split in ("train", "test"):
         items = sorted(found[split])
-        x = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for _, _, d in items])
-        y = np.array([classes.index(c) for c, _, _ in items], dtype=np.int64)
-        arrays += [x, y]
+        images = [decode_image(path, f"{split}/{c}/{f}", d) for c, f, d in items]
+        for (c, f, _), image in zip(items, images):
+            if image.shape != images[0].shape:
+                raise ValueError(f"{path}: {split}/{c}/{f} is {image.shape[1]}x{image.shape[0]}, the first image "
+                                 f"{images[0].shape[1]}x{images[0].shape[0]}; every image must have one size")
+        arrays += [np.stack(images), np.array([classes.index(c) for c, _, _ in items], dtype=np.int64)]
     return classes, arrays
 
 
@@ -143,24 +192,35 @@ def folder_fingerprint(path):
 
 
 def load_image_folder(path, data_dir):
-    """Decode once, then load the uint8 arrays from a cache in data_dir (seconds instead of a minute)."""
+    """Decode once, then load the uint8 arrays from a cache in data_dir (seconds instead of a minute). A damaged
+    cache is decoded again."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset {path!r} not found: use cifar10, cifar100 or an image folder")
     name = os.path.basename(os.path.normpath(path)).split(".")[0]
     cache = os.path.join(data_dir, f"{name}-{folder_fingerprint(path)}.npz")
-    if not os.path.exists(cache):
-        print(f"decoding {path} once; cache: {cache}", file=sys.stderr)
-        classes, (train_x, train_y, test_x, test_y) = decode_image_folder(path)
-        pixels = train_x.reshape(-1, 3) / 255.0  # the folder's own per-channel statistics
-        os.makedirs(data_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=data_dir, suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, classes=np.array(classes), train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                     mean=pixels.mean(0).round(4), std=pixels.std(0).round(4))
-        os.replace(tmp, cache)
-    z = np.load(cache)
-    arrays = [z[k] for k in ("train_x", "train_y", "test_x", "test_y")]
-    classes, mean, std = tuple(str(c) for c in z["classes"]), tuple(z["mean"].tolist()), tuple(z["std"].tolist())
+    if os.path.exists(cache):
+        try:
+            return read_cache(cache, name)
+        except Exception as e:  # any failure to read it back (truncated zip, wrong arrays) means: decode again
+            print(f"{cache} is damaged ({type(e).__name__}); decoding {path} again", file=sys.stderr)
+    print(f"decoding {path} once; cache: {cache}", file=sys.stderr)
+    classes, (train_x, train_y, test_x, test_y) = decode_image_folder(path)
+    pixels = train_x.reshape(-1, 3) / 255.0  # the folder's own per-channel statistics
+    atomic_write(cache, lambda f: np.savez(f, classes=np.array(classes), train_x=train_x, train_y=train_y,
+                                           test_x=test_x, test_y=test_y, mean=pixels.mean(0).round(4),
+                                           std=pixels.std(0).round(4)))
+    return read_cache(cache, name)
+
+
+def read_cache(cache, name):
+    """The Dataset a cache holds, checked whole (no pickled objects: np.load refuses them)."""
+    with np.load(cache) as z:
+        arrays = [z[k] for k in ("train_x", "train_y", "test_x", "test_y")]
+        classes, mean, std = tuple(str(c) for c in z["classes"]), tuple(z["mean"].tolist()), tuple(z["std"].tolist())
+    (train_x, train_y, test_x, test_y) = arrays
+    if not (train_x.ndim == test_x.ndim == 4 and train_x.dtype == test_x.dtype == np.uint8 and len(train_x) ==
+            len(train_y) and len(test_x) == len(test_y) and len(mean) == len(std) == 3 and classes):
+        raise ValueError("arrays of the wrong shape")
     return Dataset(name, classes, *arrays, mean, std)
 
 
@@ -212,6 +272,8 @@ def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, sub
         if not np.isin(forget, train).all():
             raise ValueError(f"--forget-indices: {np.setdiff1d(forget, train)[:5].tolist()} ... are not train indices in use")
     retain = np.setdiff1d(train, forget)
+    if len(retain) == 0:
+        raise ValueError("nothing is left to train on: the forget set is the whole train set")
     val = retain[:0]
     if val_fraction is not None:
         val = np.sort(np.random.default_rng(val_seed).permutation(retain)[:round(val_fraction * len(retain))])
@@ -225,9 +287,18 @@ def read_indices(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--forget-indices file {path} not found")
     try:
-        return np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
-    except ValueError as e:
-        raise ValueError(f"{path}: not a list of integers ({e})") from None
+        if path.endswith(".npy"):
+            indices = np.load(path)
+        else:
+            with open(path) as f:
+                indices = np.array([int(token) for token in f.read().split()], dtype=np.int64)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"--forget-indices {path}: not a list of integers ({e})") from None
+    if indices.size == 0:
+        raise ValueError(f"--forget-indices {path} holds no index; give at least one train index to forget")
+    if not np.issubdtype(indices.dtype, np.integer) and not np.array_equal(indices, np.round(indices)):
+        raise ValueError(f"--forget-indices {path} holds non-integer values ({indices.dtype}); give train indices")
+    return indices.ravel().astype(np.int64)
 
 
 def describe_split(split, classes):
@@ -323,6 +394,32 @@ class Loader:
             yield x, self.labels[idx][self.rank::self.world]
 
 
+class Progress:
+    """A loader's batches, and on a terminal a line on stderr saying how far the pass has gone ("label 12/352"),
+    redrawn at most twice a second. It reads no tensor, so it adds no host sync; silent when stderr is no terminal."""
+
+    def __init__(self, loader, label):
+        self.loader, self.label = loader, label
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        if not sys.stderr.isatty():
+            yield from self.loader
+            return
+        shown = 0.0
+        for i, batch in enumerate(self.loader, 1):
+            if time.monotonic() - shown > 0.5:
+                print(f"\r{self.label} {i}/{len(self.loader)}", end="", file=sys.stderr, flush=True)
+                shown = time.monotonic()
+            yield batch
+        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------- command line
 
 def add_data_args(parser):
@@ -332,9 +429,9 @@ def add_data_args(parser):
                    "(train/<class>/*, test/<class>/*) or a .tar.gz of one (default: cifar10)")
     g.add_argument("--data-dir", default="./data", help="where datasets are downloaded and cached (default: ./data)")
     g.add_argument("--forget-class", default=None, help="class to forget, by name or index (default: none)")
-    g.add_argument("--forget-fraction", type=float, default=None,
+    g.add_argument("--forget-fraction", type=float_in("(0, 1)"), default=None,
                    help="forget a random fraction of the train set instead, e.g. 0.2 (default: none)")
-    g.add_argument("--forget-seed", type=int, default=0, help="seed of the random forget set (default: 0)")
+    g.add_argument("--forget-seed", type=non_negative_int, default=0, help="seed of the random forget set (default: 0)")
     g.add_argument("--forget-indices", default=None,
                    help="forget these train indices instead: a .npy file or a text file of integers (default: none)")
     g.add_argument("--subset", type=positive_int, default=None,
@@ -348,6 +445,39 @@ def positive_int(text):
     if not text.lstrip("-").isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
+
+
+def non_negative_int(text):
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def device_name(text):
+    """--device: auto, cpu, cuda or cuda:N (whether that CUDA device exists is checked where it is used)."""
+    try:
+        if text == "auto" or torch.device(text).type in ("cpu", "cuda"):
+            return text
+    except RuntimeError:
+        pass
+    raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def float_in(interval):
+    """An argparse type: a finite float inside `interval`, written "[0, 1)" (a bracket includes the end). Finite
+    means representable in float32, the weights' type (torch cannot step with an lr of 1e39)."""
+    lo, hi = (float(end) for end in interval[1:-1].split(","))
+
+    def parse(text):
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (abs(x) <= float(np.finfo(np.float32).max) and (lo < x or (interval[0] == "[" and x == lo))
+                and (x < hi or (interval[-1] == "]" and x == hi))):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
+        return x
+    return parse
 
 
 def split_from_args(args, data, val_fraction=None):
@@ -372,7 +502,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

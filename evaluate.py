@@ -13,7 +13,6 @@ non-members the forgotten class's test images (class-wise forgetting) or the who
 0.5 means the attacker cannot tell them apart.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -22,8 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
-from models import Ensemble, atomic_write, input_size, load_model, to_device, write_json
+from cli import atomic_write, check_writable, read_json, run, write_json
+from data import (Loader, Progress, add_data_args, describe_split, device_name, load_dataset, positive_int,
+                  split_from_args)
+from models import Ensemble, input_size, load_model, to_device
 
 
 def pick_device(name="auto", precision="auto"):
@@ -31,9 +32,17 @@ def pick_device(name="auto", precision="auto"):
     dtype (bfloat16 on CUDA by default: fp32 weights and optimizer state, bf16 matmuls) or None for fp32."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
-    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), 0 to "
+                         f"{torch.cuda.device_count() - 1}")
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     amp = torch.bfloat16 if precision == "bf16" else None
@@ -130,18 +139,19 @@ def evaluate_model(model, data, split, device, batch_size=None, mia=False, amp=N
     train-retain summaries, per-class accuracy, confusion matrix and (optionally) the MIA.
     batch_size: eval_batch_size(device) when None; amp: autocast dtype of the forward passes, or None (fp32)."""
     batch_size = batch_size or eval_batch_size(device)
-    def run(indices, train_set):
-        return predict(model, Loader(data, indices, train_set, batch_size, device, size=input_size(model)), amp)
+    def run(indices, train_set, label):
+        loader = Loader(data, indices, train_set, batch_size, device, size=input_size(model))
+        return predict(model, Progress(loader, f"evaluating {label}"), amp)
 
-    logits, labels = run(split.test, False)
+    logits, labels = run(split.test, False, "test")
     in_forget = torch.from_numpy(np.isin(split.test, split.test_forget))
     confusion = confusion_matrix(logits, labels, len(data.classes))
     metrics = {
         "test": summarize(logits, labels),
         "test_forget": summarize(logits[in_forget], labels[in_forget]),
         "test_retain": summarize(logits[~in_forget], labels[~in_forget]),
-        "train_forget": summarize(*run(split.forget, True)) if len(split.forget) else None,
-        "train_retain": summarize(*run(split.retain, True)),
+        "train_forget": summarize(*run(split.forget, True, "train forget")) if len(split.forget) else None,
+        "train_retain": summarize(*run(split.retain, True, "train retain")),
         "per_class": (100 * confusion.diagonal() / np.maximum(confusion.sum(1), 1)).tolist(),
         "confusion": confusion.tolist(),
         "mia": None,
@@ -167,10 +177,10 @@ def load_evaluable(path, num_classes, aggregate=None):
     of its shard models, aggregated as the manifest says unless `aggregate` is given."""
     if not path.endswith(".json"):
         return load_model(path, num_classes=num_classes)
-    with open(path) as f:
-        manifest = json.load(f)
-    if "members" not in manifest:
-        raise ValueError(f"{path} is not a SISA manifest (no members)")
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list) or "aggregate" not in manifest:
+        raise ValueError(f"{path} is not a SISA manifest of this project (no members / aggregate); write one with "
+                         f"train.py --sisa")
     folder = os.path.dirname(path)
     members = [load_model(os.path.join(folder, m), num_classes=num_classes) for m in manifest["members"]]
     return Ensemble(members, aggregate or manifest["aggregate"])
@@ -245,8 +255,11 @@ def card_table(sidecars):
     plus MIA, from the JSON sidecars that unlearn.py writes."""
     rows = []
     for path in sidecars:
-        with open(path) as f:
-            rows.append(card_row(json.load(f), os.path.splitext(os.path.basename(path))[0] + ".pth"))
+        meta = read_json(path)
+        if not isinstance(meta, dict) or "method" not in meta:
+            raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table reads those of unlearned "
+                             f"models")
+        rows.append(card_row(meta, os.path.splitext(os.path.basename(path))[0] + ".pth"))
     return "\n".join([CARD_HEADER, *rows]) + "\n"
 
 
@@ -274,7 +287,7 @@ def parse_args(argv=None):
                         "test forget sets, what the MIA sees (default: off)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="evaluation batch size (default: 1000 on a GPU, 128 on a CPU)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="forward passes: fp32, as the "
                         "published losses; bf16 autocast is faster on GPUs but rounds the losses (default: fp32)")
     add_data_args(parser)
@@ -284,11 +297,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.table:
+        if args.out:
+            check_writable(args.out)
         table = card_table(args.table)
         atomic_write(args.out, lambda f: f.write(table.encode())) if args.out else print(table, end="")
         return
     if not args.model:
         raise ValueError("give --model (or --table)")
+    if args.json:
+        check_writable(args.json, "--json")
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     paths = ([args.retrained] if args.retrained else []) + args.model
@@ -311,7 +328,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -13,12 +13,13 @@ sidecar beside it (argv, config, split, seed, versions, device, wall time, metri
     model.load_state_dict(torch.load("resnet18_cifar10_full.pth", weights_only=True))
 """
 import argparse
+import hashlib
+import io
 import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -26,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+
+from cli import atomic_writes, check_writable, json_bytes, read_json, run, to_json
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")  # dicts that hold a state_dict
@@ -144,6 +147,9 @@ class Ensemble(nn.Module):
         super().__init__()
         if aggregate not in ("mean-softmax", "vote"):
             raise ValueError(f"unknown aggregation {aggregate!r}; valid: mean-softmax, vote")
+        if len({input_size(m) for m in members}) > 1:
+            raise ValueError(f"the members see images of different sizes ({sorted({input_size(m) or 32 for m in members})}"
+                             f" px): an ensemble needs one input size")
         self.members, self.aggregate = nn.ModuleList(members), aggregate
         self.conv1 = members[0].conv1  # so that input_size() sees the members' stem
 
@@ -210,55 +216,84 @@ def load_model(path, arch=None, num_classes=None):
         found_arch, found_classes = infer_arch(state)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    except (IndexError, KeyError, TypeError):  # a crafted file: tensors of the wrong rank where shapes are read
+        raise ValueError(f"{path}: holds no ResNet state_dict (tensors of unexpected shapes)") from None
     if (arch or found_arch) != found_arch or (num_classes or found_classes) != found_classes:
         raise ValueError(f"{path} is a {found_arch} with {found_classes} classes, "
                          f"expected {arch or found_arch} with {num_classes or found_classes}")
-    model = build_model(found_arch, found_classes)  # weights come from the file: no ImageNet download
+    if non_finite(state):
+        raise ValueError(f"{path}: {non_finite(state)} of {len(state)} tensors hold NaN or inf (a diverged run); "
+                         f"not loaded")
     try:
+        model = build_model(found_arch, found_classes)  # weights come from the file: no ImageNet download
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: does not fit {found_arch}: {str(e).splitlines()[1].strip()}") from None
+        raise ValueError(f"{path}: does not fit {found_arch}: {str(e).splitlines()[-1].strip()}") from None
     return model
-
-
-def atomic_write(path, write):
-    """Call write(file) on a temp file beside `path`, then rename it into place: no half-written files."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=to_json).encode()))
-
-
-def to_json(obj):
-    """JSON for numpy scalars/arrays and tensors met in configs and metrics."""
-    if isinstance(obj, (np.ndarray, np.generic, torch.Tensor)):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def sidecar_path(path):
     return os.path.splitext(path)[0] + ".json"
 
 
+def non_finite(state):
+    """How many floating-point tensors of a state_dict (on one device) hold a NaN or an infinity: one host read."""
+    finite = [torch.isfinite(v).all() for v in state.values() if v.is_floating_point()]
+    return int((~torch.stack(finite)).sum()) if finite else 0
+
+
 def save_model(path, model, meta):
-    """Plain CPU state_dict at `path`, and `meta` plus argv, versions and time in a JSON file beside it."""
+    """Plain CPU state_dict at `path`, with `meta` plus argv, versions, time and the checkpoint's sha256 in a JSON
+    sidecar beside it. Both are written whole before either is renamed into place, the sidecar first: a full disk
+    changes neither, and a crash between the two renames leaves a sidecar whose sha256 the checkpoint does not
+    have, an unfinished checkpoint that the next run redoes. Non-finite weights are refused: nothing is written."""
     state = clean_state_dict(model.state_dict())
-    atomic_write(path, lambda f: torch.save(state, f))
+    if non_finite(state):
+        raise ValueError(f"{path} not saved: {non_finite(state)} of {len(state)} tensors hold NaN or inf (the run "
+                         f"diverged; lower --lr)")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "torchvision": torchvision.__version__, "numpy": np.__version__}
-    write_json(sidecar_path(path), {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "versions": versions, **meta})
+    sidecar = {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions,
+               "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), **meta}
+    atomic_writes([(sidecar_path(path), lambda f: f.write(json_bytes(sidecar))),
+                   (path, lambda f: f.write(buffer.getvalue()))])
+
+
+def finished(path):
+    """True when `path` and its sidecar are both there and the sidecar names this very file's sha256 (sidecars
+    written before checkpoints carried one count when both files are there)."""
+    if not (os.path.isfile(path) and os.path.isfile(sidecar_path(path))):
+        return False
+    try:
+        expected = read_json(sidecar_path(path)).get("sha256")
+    except ValueError:
+        return False
+    with open(path, "rb") as f:
+        return expected in (None, hashlib.sha256(f.read()).hexdigest())
+
+
+def check_output(path, identity, overwrite=False, inputs=()):
+    """Before any work: `path` can be written (not a folder, not a .json, which names the sidecar, not one of the
+    `inputs`, in a folder that takes files), and whatever is there already was made by this project with the same
+    `identity` (the settings that decide the result), or `overwrite` says it may go. Returns True when a finished
+    checkpoint with that identity is there: nothing to do. One with that identity but unfinished (a run stopped
+    between its sidecar and its checkpoint) is redone."""
+    if path.endswith(".json"):
+        raise ValueError(f"--out {path}: a checkpoint path cannot end in .json (its sidecar takes that name); use .pth")
+    for source in inputs:
+        if os.path.exists(source) and os.path.realpath(source) in (os.path.realpath(path),
+                                                                   os.path.realpath(sidecar_path(path))):
+            raise ValueError(f"--out {path} would replace the input {source}; give another --out")
+    check_writable(path)
+    if overwrite or not (os.path.exists(path) or os.path.exists(sidecar_path(path))):
+        return False
+    meta = read_json(sidecar_path(path)) if os.path.isfile(sidecar_path(path)) else {}
+    if meta.get("identity") == json.loads(json.dumps(identity, default=to_json)):
+        return finished(path)
+    made = "a checkpoint made with other settings" if "identity" in meta else "a file without a sidecar of this project"
+    raise ValueError(f"--out {path} holds {made}: pass --overwrite to replace it, or give another --out")
 
 
 def parse_args(argv=None):
@@ -279,7 +314,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
+from cli import atomic_write, read_json, run
 from evaluate import CARD_HEADER, avg_gap, card_row, cell, forget_label, headline
-from models import atomic_write
 from unlearn import METHODS
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -43,11 +43,6 @@ PUBLISHED_UNLEARN = {
 PUBLISHED_SISA = {"before": (78.1, 0.527), "after": (77.1, 0.498)}
 PUBLISHED_ENSEMBLE = 97.61
 DATASET_IDS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100", "cifar10-jpeg": "uoft-cs/cifar10"}
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def read_log(path):
@@ -315,7 +310,7 @@ def model_card(meta, name, license="mit"):
                f"- **Excluded Class**: {forget_label(meta) if meta['split']['n_forget'] else 'None'}",
                "- **Loss Function**: cross-entropy", *[f"- **{k}**: {v}" for k, v in meta["config"].items()],
                f"- **Seconds**: {meta['seconds']:.1f} on {meta['device']}",
-               f"- **Versions**: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())]
+               "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())]
     if meta.get("source"):
         details.insert(0, f"- **Unlearned from**: `{os.path.basename(meta['source'])}`")
     return "\n".join([card_front_matter(meta, license), "", f"# {name}", "",
@@ -387,9 +382,13 @@ def main(argv=None):
         return print(f"wrote {out}")
     if not args.rundir or not os.path.isdir(args.rundir):
         raise ValueError(f"give a run folder (make reproduce writes one), got {args.rundir!r}")
-    run = read_run(args.rundir)
-    plots = write_plots(run, os.path.join(args.rundir, "plots"))
-    report = build_report(args.rundir, run, plots, write_cards(args.rundir))
+    try:
+        run = read_run(args.rundir)
+        plots = write_plots(run, os.path.join(args.rundir, "plots"))
+        report = build_report(args.rundir, run, plots, write_cards(args.rundir))
+    except KeyError as e:
+        raise ValueError(f"a JSON file in {args.rundir} lacks the field {e}; report.py reads the files this project's "
+                         f"scripts write") from None
     out = args.out or os.path.join(args.rundir, "report.md")
     atomic_write(out, lambda f: f.write(report.encode()))
     print(report if plots is not None else report + "\n(no plots: matplotlib is not installed)")
@@ -397,9 +396,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
-    except KeyError as e:
-        sys.exit(f"error: a JSON file lacks the field {e}; report.py reads the files this project's scripts write")
+    run(main)

@@ -10,6 +10,7 @@ CosineAnnealingLR(T_max=epochs) stepped per epoch; 200 epochs; batch 128; cross-
 Every epoch writes a resumable state (model, optimizer, scheduler, RNG) beside the output; --resume continues it.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -25,16 +26,25 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, positive_int, split_from_args
+from cli import atomic_write, lock, read_json, run, write_json
+from data import (AUGMENT, Loader, add_data_args, describe_split, device_name, float_in, load_dataset, non_negative_int,
+                  positive_int, split_from_args)
 from evaluate import eval_batch_size, pick_device, predict
-from models import (ARCHS, IMAGENET_WEIGHTS, atomic_write, build_model, input_size, load_model, save_model,
-                    to_device, write_json)
+from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size, load_model, non_finite,
+                    save_model, to_device)
 
 
 def hp(default, help, **extra):
     """A config field whose help (the paper's symbol, the published value) shows in --help. extra: choices,
-    flag (another flag name), minimum (1: positive, 0: non-negative, None: any; ints only)."""
+    flag (another flag name), minimum (ints: 1 positive, the default, or 0 non-negative), interval (floats: the
+    values allowed, as "[0, 1)"; by default INTERVALS[name] or "[0, inf)")."""
     return field(default=default, metadata={"help": help, **extra})
+
+
+# The values a float flag may take, by field name (a learning rate is positive in every recipe and method); other
+# floats are finite and non-negative unless their field says otherwise. NaN and inf are refused everywhere.
+INTERVALS = {"lr": "(0, inf)", "lr_fc": "(0, inf)", "momentum": "[0, 1)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+             "val_fraction": "[0, 1)", "temperature": "(0, inf)"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class TrainConfig:
     patience: int = hp(0, "early stopping after this many epochs without a better validation accuracy; 0 = off",
                        minimum=0)
     val_fraction: float = hp(0.0, "fraction of the retain set held out for validation; 0 = none")
-    seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=None)
+    seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=0)
 
     def optimizer(self, model):
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
@@ -74,7 +84,7 @@ class TransferConfig:
     patience: int = hp(0, "early stopping after this many epochs without a better validation accuracy; 0 = off",
                        minimum=0)
     val_fraction: float = hp(0.0, "fraction of the retain set held out for validation; 0 = none")
-    seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=None)
+    seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=0)
 
     def optimizer(self, model):
         fc = [p for n, p in model.named_parameters() if n.startswith("fc.")]
@@ -112,19 +122,15 @@ def add_config_args(parser, config_class, defaults=None):
         elif isinstance(f.default, tuple):
             group.add_argument(flag, type=positive_ints, **kwargs)
         elif isinstance(f.default, int):
-            group.add_argument(flag, type={1: positive_int, 0: non_negative_int}.get(meta.get("minimum", 1), int), **kwargs)
+            group.add_argument(flag, type={1: positive_int, 0: non_negative_int}[meta.get("minimum", 1)], **kwargs)
+        elif isinstance(f.default, float):
+            group.add_argument(flag, type=float_in(meta.get("interval", INTERVALS.get(f.name, "[0, inf)"))), **kwargs)
         else:
             group.add_argument(flag, type=type(f.default), choices=meta.get("choices"), **kwargs)
 
 
 def config_from_args(config_class, args):
     return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
-
-
-def non_negative_int(text):
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return int(text)
 
 
 def positive_ints(text):
@@ -169,8 +175,12 @@ def save_state(path, model, optimizer, scheduler, loader, log, best, identity):
 
 
 def load_state(path, model, optimizer, scheduler, loader, identity):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["identity"] != json.dumps(identity, sort_keys=True):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        foreign = not isinstance(state, dict) or state.get("identity") != json.dumps(identity, sort_keys=True)
+    except Exception as e:  # a truncated or damaged file: zip, pickle or weights_only errors
+        raise ValueError(f"{path} is damaged ({type(e).__name__}); delete it to start again, or drop --resume") from None
+    if foreign:
         raise ValueError(f"{path} was written by a run with other settings; delete it or drop --resume")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -200,6 +210,8 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
     for epoch in range(len(log) + 1, cfg.epochs + 1):
         start, lr = time.time(), scheduler.get_last_lr()[0]
         loss, train_acc = train_epoch(step_model, train_loader, optimizer, f"epoch {epoch}/{cfg.epochs}", amp)
+        if non_finite(model.state_dict()):
+            raise ValueError(f"epoch {epoch}: the weights hold NaN or inf (the run diverged); lower --lr")
         scheduler.step()
         record = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
                   "test_acc": accuracy(model, test_loader, amp) if test_loader else None,
@@ -283,11 +295,11 @@ def train_shard(data, slices, forgotten, cfg, sisa, identity, folder, device, sh
         seen = np.concatenate([seen, [i for i in part if i not in forgotten]]).astype(np.int64)
         digest = slice_hash(digest, seen, epochs, identity)
         path = os.path.join(folder, f"shard{shard}_slice{k}_{digest}.pth")
-        if not os.path.exists(path):
-            train_slice(data, seen, cfg, epochs, previous, path, device, cfg.seed * 1000 + shard, len(data.classes))
+        if not finished(path):  # absent, or left unfinished by a fault between the checkpoint and its sidecar
+            with lock(path):
+                train_slice(data, seen, cfg, epochs, previous, path, device, cfg.seed * 1000 + shard, len(data.classes))
             trained.append(k)
-        with open(os.path.splitext(path)[0] + ".json") as f:
-            seconds.append(json.load(f)["seconds"])
+        seconds.append(read_json(os.path.splitext(path)[0] + ".json")["seconds"])
         checkpoints.append(os.path.basename(path))  # relative to the manifest's folder
         previous = path
     print(f"shard {shard}: trained slices {trained or 'none (all reused)'}", flush=True)
@@ -330,10 +342,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=list(RECIPES), default="sgd", help="sgd: the 200-epoch recipe; transfer: "
                         "ImageNet weights + Adam; ensemble: the ensemble report's member recipe (default: sgd)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<arch>_<dataset>_<full|no_CLASS>"
                         ".pth; with --sisa the folder checkpoints/sisa_<dataset>_<arch>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt when it exists (default: off)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
+                        "train again one made with these (default: refuse / keep it)")
     parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
                         "resumable state; for splitting a run into jobs (default: run all epochs)")
     parser.add_argument("--sisa", action="store_true", help="train a SISA model set: shards x slices (default: off)")
@@ -356,9 +370,20 @@ def main(argv=None):
     if args.sisa:
         return main_sisa(args, cfg, data, split)
     out = args.out or default_out(cfg.arch, data, split, args.subset)
-    prefix = os.path.splitext(out)[0]
+    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+                "split": describe_split(split, data.classes)["sha256"]}
+    if check_output(out, identity, args.overwrite):
+        print(f"{out} is already trained with these settings; nothing to do (--overwrite trains it again)")
+        return
     print(f"{cfg}\n{cfg.arch} on {data.name}: {len(split.retain)} train images ({len(split.forget)} forgotten, "
           f"{len(split.val)} validation), {len(split.test)} test images -> {out}", flush=True)
+    with lock(out) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():  # rank 0 writes
+        train(args, cfg, data, split, out, identity)
+
+
+def train(args, cfg, data, split, out, identity):
+    """The recipe on the split's retain set, resumable from <out>.state.pt, saved at `out` with its sidecar."""
+    prefix = os.path.splitext(out)[0]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, len(data.classes), pretrained=True)  # fails (offline, no weights) before any work
     rank, world = init_distributed(args)
@@ -372,8 +397,6 @@ def main(argv=None):
                           (rank, world))
     test_loader = Loader(data, split.test, False, eval_batch_size(device), device, size=size)
     val_loader = Loader(data, split.val, True, eval_batch_size(device), device, size=size) if len(split.val) else None
-    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "world_size": world,
-                "split": describe_split(split, data.classes)["sha256"]}
     log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after, val_loader,
                     amp, step_model, write=rank == 0)
     if world > 1:
@@ -387,7 +410,7 @@ def main(argv=None):
                             "dataset": data.name, "classes": data.classes, "split": describe_split(split, data.classes),
                             "device": str(device), "seconds": sum(r["seconds"] for r in log), "metrics": log[-1],
                             "log": os.path.basename(prefix + ".log.jsonl"), "world_size": world,
-                            "ranks_agree": agree if world > 1 else None})
+                            "ranks_agree": agree if world > 1 else None, "identity": identity})
     os.remove(prefix + ".state.pt")
     print(f"saved {out}")
 
@@ -447,9 +470,4 @@ def main_sisa(args, cfg, data, split):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted; run the same command with --resume to continue from the last finished epoch")
+    run(main, "interrupted; run the same command with --resume to continue from the last finished epoch")

@@ -12,9 +12,7 @@ import argparse
 import copy
 import dataclasses
 import itertools
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -23,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from data import Loader, add_data_args, describe_split, load_dataset, split_from_args
+from cli import lock, read_json, run, write_json
+from data import Loader, Progress, add_data_args, describe_split, device_name, load_dataset, split_from_args
 from evaluate import evaluate_model, format_table, load_evaluable, pick_device, strip_losses
-from models import build_model, infer_arch, input_size, load_model, save_model, to_device, write_json
+from models import (build_model, check_output, infer_arch, input_size, load_model, save_model, sidecar_path,
+                    to_device)
 from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from_args, fit, hp, train_sisa
 
 
@@ -53,7 +53,8 @@ class SSDConfig:
 @dataclass(frozen=True)
 class AdvNegGradConfig:
     """AdvNegGrad (model card): loss = alpha * (-CE on forget) + (1 - alpha) * CE on retain."""
-    alpha: float = hp(0.15, "alpha, weight of the gradient-ascent (forget) term; (1 - alpha) weights the retain term")
+    alpha: float = hp(0.15, "alpha, weight of the gradient-ascent (forget) term; (1 - alpha) weights the retain term",
+                      interval="[0, 1]")
     clip: float = hp(0.5, "max global norm of the combined gradient")
     lr: float = hp(0.1, "SGD learning rate eta")
     momentum: float = hp(0.9, "SGD momentum")
@@ -68,7 +69,8 @@ class AdvNegGradConfig:
 class NegGradPlusConfig:
     """NegGrad+ (Kurmanji et al., 2023), the official SCRUB repository's small_scale_unlearning.ipynb negative_grad.
     loss = alpha (CE on retain + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE on forget; plain SGD, eval mode."""
-    alpha: float = hp(0.95, "alpha, weight of the retain (descent) term; (1 - alpha) weights the forget term")
+    alpha: float = hp(0.95, "alpha, weight of the retain (descent) term; (1 - alpha) weights the forget term",
+                      interval="[0, 1]")
     l2: float = hp(0.1, "weight of the pull l2/2 ||theta - theta_0||^2 toward the original weights, inside the "
                    "retain term (the notebook's args.weight_decay)")
     lr: float = hp(0.01, "SGD learning rate")
@@ -134,7 +136,8 @@ class RLConfig:
 @dataclass(frozen=True)
 class SalUnConfig:
     """SalUn (Fan et al., 2024): RL updating only the most salient weights (generate_mask.py, then RL.py, masked)."""
-    mask_ratio: float = hp(0.5, "fraction of weights kept trainable: the largest |grad of forget loss| (with_0.5.pt)")
+    mask_ratio: float = hp(0.5, "fraction of weights kept trainable: the largest |grad of forget loss| (with_0.5.pt)",
+                           interval="(0, 1]")
     lr: float = hp(0.013, "SGD learning rate (--unlearn_lr)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
@@ -421,9 +424,14 @@ METHODS = {
 # ----------------------------------------------------------------------------- command line
 
 def default_out(data, arch, display, split, subset):
-    """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0."""
-    target = str(split.forget_class) if split.forget_class is not None else \
-        f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
+    """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0 (random),
+    _forget<N> (given indices)."""
+    if split.forget_class is not None:
+        target = str(split.forget_class)
+    elif split.forget_fraction is not None:
+        target = f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
+    else:
+        target = f"forget{len(split.forget)}"
     return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}" + (f"_subset{subset}" if subset else "") + ".pth")
 
 
@@ -449,8 +457,10 @@ def parse_args(argv=None):
                         "written by train.py --sisa)")
     parser.add_argument("--retrained", default=None, help="the retrained gold standard, evaluated beside it (default: none)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
+                        "run again one made with these (default: refuse / keep it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of batch order, augmentation, random labels (default: 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (default: evaluate)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the method's training "
                         "steps: bf16 autocast with fp32 weights, auto = bf16 on CUDA; SSD's importances and the "
@@ -502,37 +512,55 @@ def main(argv=None):
     retrained = args.retrained and load_model(args.retrained, num_classes=len(data.classes))
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
+    identity = {"method": args.method, "config": dataclasses.asdict(cfg), "source": os.path.abspath(args.model),
+                "dataset": data.name, "split": describe_split(split, data.classes)["sha256"], "seed": args.seed,
+                "precision": args.precision}
+    if check_output(out, identity, args.overwrite, inputs=[args.model, args.retrained or ""]):
+        print(f"{out} is already unlearned with these settings; nothing to do (--overwrite runs it again)")
+        return
     print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain images -> {out}", flush=True)
+    with lock(out):
+        unlearn(args, data, split, fn, cfg, model, retrained, out, identity)
+
+
+def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
+    """The method, the model saved at once (with its sidecar), then the evaluation added to the sidecar."""
     device, amp = pick_device(args.device, args.precision)
     retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed, input_size(model))
     torch.manual_seed(args.seed)
-    model, seconds = run_method(fn, to_device(model, device), retain_loader, forget_loader, cfg, device, amp)
-    rows = []
-    if not args.no_eval:
-        rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
-        if retrained:
-            rows.insert(0, (args.retrained, evaluate_model(to_device(retrained, device), data, split, device, mia=True)))
-    save_model(out, model, {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
-                            "arch": arch, "dataset": data.name, "classes": data.classes, "seed": args.seed,
-                            "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
-                            "precision": "bf16" if amp else "fp32",
-                            "metrics": strip_losses(rows[-1][1]) if rows else None, "retrained": args.retrained,
-                            "retrained_metrics": strip_losses(rows[0][1]) if len(rows) == 2 else None})
-    print(format_table(rows, rows[0][1] if retrained else None) if rows else f"saved {out} ({seconds:.1f}s)")
+    model, seconds = run_method(fn, to_device(model, device), Progress(retain_loader, "retain"),
+                                Progress(forget_loader, "forget"), cfg, device, amp)
+    meta = {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
+            "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
+            "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
+            "precision": "bf16" if amp else "fp32", "metrics": None, "retrained": args.retrained,
+            "retrained_metrics": None, "identity": identity}
+    save_model(out, model, meta)
+    print(f"saved {out} ({seconds:.1f}s)", flush=True)
+    if args.no_eval:
+        return
+    rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
+    if retrained:
+        rows.insert(0, (args.retrained, evaluate_model(to_device(retrained, device), data, split, device, mia=True)))
+    write_json(sidecar_path(out), {**read_json(sidecar_path(out)), "metrics": strip_losses(rows[-1][1]),
+                                   "retrained_metrics": strip_losses(rows[0][1]) if retrained else None})
+    print(format_table(rows, rows[0][1] if retrained else None))
 
 
 def main_sisa(args, data, split):
     """Each shard restarts from the checkpoint before its first slice holding a forgotten index and retrains the
     later slices without it (train_sisa's hash-named checkpoints make that automatic); untouched shards are reused."""
-    with open(args.model) as f:
-        manifest = json.load(f)
-    if "sisa" not in manifest:
-        raise ValueError(f"{args.model} is not a SISA manifest (write one with train.py --sisa)")
-    if manifest["split"]["n_train"] != len(split.train):
-        raise ValueError(f"{args.model} was trained on {manifest['split']['n_train']} images, this split has "
-                         f"{len(split.train)}: use the same --dataset / --subset")
-    cfg = RECIPES[manifest["recipe"]](**manifest["config"])
-    sisa = SisaConfig(**{**manifest["sisa"], "slice_epochs": tuple(manifest["sisa"]["slice_epochs"])})
+    manifest = read_json(args.model)
+    try:
+        if manifest["split"]["n_train"] != len(split.train):
+            raise ValueError(f"{args.model} was trained on {manifest['split']['n_train']} images, this split has "
+                             f"{len(split.train)}: use the same --dataset / --subset")
+        cfg = RECIPES[manifest["recipe"]](**manifest["config"])
+        sisa = SisaConfig(**{**manifest["sisa"], "slice_epochs": tuple(manifest["sisa"]["slice_epochs"])})
+        full = sum(sum(s["seconds"]) for s in manifest["shards"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{args.model} is not a SISA manifest of this project (no {e}); write one with train.py "
+                         f"--sisa") from None
     folder = os.path.dirname(args.model)
     device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
     start = time.time()
@@ -540,7 +568,6 @@ def main_sisa(args, data, split):
     seconds = time.time() - start
     for shard, info in enumerate(new["shards"]):
         print(f"shard {shard}: " + (f"retrained slices {info['trained']}" if info["trained"] else "untouched"))
-    full = sum(sum(s["seconds"]) for s in manifest["shards"])
     print(f"unlearning took {seconds:.1f}s; a full retrain of all shards would take about {full:.1f}s "
           f"(their original training time)")
     target = str(split.forget_class) if split.forget_class is not None else f"forget{len(split.forget)}"
@@ -553,7 +580,5 @@ def main_sisa(args, data, split):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    run(main, "interrupted; the model is saved as soon as the method ends (the line 'saved ...'): if it was, "
+              "evaluate it with evaluate.py")

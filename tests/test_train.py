@@ -61,7 +61,7 @@ def test_help_shows_the_published_defaults():
     (["--epochs", "0"], "must be a positive integer"),
     (["--batch-size", "-1"], "must be a positive integer"),
     (["--dataset", "/no/such/folder"], "not found"),
-    (["--forget-fraction", "1.5"], "--forget-fraction must be in (0, 1)"),
+    (["--forget-fraction", "1.5"], "argument --forget-fraction: must be a finite number in (0, 1)"),
 ])
 def test_bad_input_is_refused_and_nothing_is_overwritten(cifar_jpeg, data_dir, tmp_path, args, message):
     out = tmp_path / "existing.pth"

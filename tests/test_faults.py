@@ -1,0 +1,370 @@
+"""Bad input and faults, tried as a careless user and an unlucky machine would: every expected failure ends in one
+line naming the file or flag (non-zero exit, no traceback), nothing that was there before changes, and a run
+interrupted at the wrong moment is redone by the next one. One test per problem; most run a script's command line
+in this process (conftest.call), those that need a process (signals, terminals, limits, two runs) start one."""
+import hashlib
+import json
+import os
+import pickle
+import pty
+import resource
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ARCHIVE, ROOT, assert_clean_error, call
+from models import build_model, save_model
+
+CLASSES = ("alpha", "beta", "gamma")
+
+
+def write_images(folder, per_split, size=32):
+    """train/<class>/NNN.png and test/<class>/NNN.png with random pixels, for the classes given."""
+    rng = np.random.default_rng(0)
+    for split, per_class in per_split.items():
+        for cls in CLASSES:
+            (folder / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / split / cls / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An image folder of 3 classes (6 train, 3 test images each), its cache, and an untrained resnet20 for it."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_images(root / "folder", {"train": 6, "test": 3})
+    save_model(str(root / "model.pth"), build_model("resnet20", 3), {"arch": "resnet20"})
+    assert call("data.py", "--dataset", root / "folder", "--data-dir", root / "cache").returncode == 0
+    return root
+
+
+def data_flags(tiny):
+    return ["--dataset", tiny / "folder", "--data-dir", tiny / "cache", "--device", "cpu"]
+
+
+def files(folder):
+    """Every file under `folder` with the sha256 of its content: what a failure must leave as it was."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def train(tiny, out, *extra):
+    return call("train.py", *data_flags(tiny), "--arch", "resnet20", "--epochs", 1, "--batch-size", 8, "--out", out, *extra)
+
+
+def unlearn(tiny, *extra, method="ga"):
+    return call("unlearn.py", *data_flags(tiny), "--method", method, "--model", tiny / "model.pth", *extra)
+
+
+def start(script, *args, **kwargs):
+    """A script in its own process, as a user starts it."""
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the problems that lost work
+
+def test_an_out_ending_in_json_is_refused_before_any_work(tiny, tmp_path):
+    assert_clean_error(train(tiny, tmp_path / "m.json"), "cannot end in .json")
+    assert_clean_error(unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.json"), "cannot end in .json")
+    assert files(tmp_path) == {}
+
+
+def test_a_diverging_run_saves_nothing_even_with_overwrite(tiny, tmp_path):
+    assert train(tiny, tmp_path / "m.pth").returncode == 0
+    before = files(tmp_path)
+    # one step per epoch: the loss of that step is finite, the weights it leaves are not
+    assert_clean_error(train(tiny, tmp_path / "m.pth", "--lr", "3e38", "--batch-size", 64, "--overwrite"), "hold NaN or inf")
+    assert files(tmp_path) == before
+    state = torch.load(tmp_path / "m.pth", weights_only=True)
+    state["fc.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")  # evaluate.py used to score such a model without a word
+    assert_clean_error(call("evaluate.py", *data_flags(tiny), "--model", tmp_path / "nan.pth"), "hold NaN or inf")
+
+
+def test_forget_indices_without_out_get_the_default_name(tiny, tmp_path, monkeypatch):
+    (tmp_path / "idx.txt").write_text("0 1 2")
+    monkeypatch.chdir(tmp_path)
+    r = unlearn(tiny, "--forget-indices", tmp_path / "idx.txt", "--no-eval")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "checkpoints" / "folder_resnet20_GA_forget3.pth").is_file()
+
+
+class Planted:
+    """What an attacker's pickle holds: loading it calls open(path, "w"), creating a file (any call would do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_planted_cifar_batch_cannot_run_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CLASSES)}, f, protocol=2)
+    marker = tmp_path / "code-ran"
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({"data": Planted(str(marker)), "labels": [0]}, f, protocol=2)
+    with open(folder / "data_batch_1", "rb") as f:
+        pickle.load(f, encoding="latin1")  # the file is live: a plain load runs its code
+    assert marker.exists()
+    marker.unlink()
+    r = call("data.py", "--dataset", "cifar10", "--data-dir", tmp_path)
+    assert_clean_error(r, "data_batch_1: not a CIFAR batch file (it names")
+    assert not marker.exists()
+
+
+def sisa(tiny, folder):
+    return call("train.py", *data_flags(tiny), "--sisa", "--arch", "resnet20", "--shards", 2, "--slices", 2,
+                "--slice-epochs", "1,1", "--batch-size", 8, "--out", folder)
+
+
+def test_a_fault_between_a_slice_and_its_sidecar_is_redone_by_the_next_run(tiny, tmp_path):
+    assert sisa(tiny, tmp_path / "sisa").returncode == 0
+    slice_, = (tmp_path / "sisa").glob("shard0_slice2_*.pth")
+    slice_.unlink()  # the fault: the sidecar written, the checkpoint not
+    r = sisa(tiny, tmp_path / "sisa")
+    assert r.returncode == 0, r.stderr
+    assert "shard 0: trained slices [2]" in r.stdout and "shard 1: trained slices none" in r.stdout
+    assert slice_.exists()
+    next((tmp_path / "sisa").glob("shard1_slice1_*.json")).unlink()  # written the other way round, met by unlearning
+    (tmp_path / "forget.txt").write_text("0")
+    r = call("unlearn.py", *data_flags(tiny), "--method", "sisa", "--model", tmp_path / "sisa" / "manifest_full.json",
+             "--forget-indices", tmp_path / "forget.txt", "--no-eval")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_damaged_dataset_cache_is_decoded_again(tmp_path):
+    write_images(tmp_path / "folder", {"train": 2, "test": 1})
+    flags = ["--dataset", tmp_path / "folder", "--data-dir", tmp_path / "cache"]
+    assert call("data.py", *flags).returncode == 0
+    cache, = (tmp_path / "cache").glob("*.npz")
+    cache.write_bytes(cache.read_bytes()[:500])
+    r = call("data.py", *flags)
+    assert r.returncode == 0 and "is damaged" in r.stderr and "allow_pickle" not in r.stderr, r.stderr
+    assert np.load(cache)["train_x"].shape == (6, 32, 32, 3)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.name]  # no temp file left
+
+
+def test_an_unusable_out_is_refused_before_the_work(tiny, tmp_path):
+    (tmp_path / "folder").mkdir()
+    r = unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "folder")
+    assert_clean_error(r, "is a folder")
+    assert "device:" not in r.stderr  # stopped before the method ran
+    assert_clean_error(train(tiny, "/proc/unwritable/m.pth"), "cannot write in /proc/unwritable")
+    assert files(tmp_path) == {}
+
+
+def on_a_terminal(script, *args):
+    """Run a script with stderr on a pseudo-terminal, as in an interactive shell; returns what it drew there."""
+    main, other = pty.openpty()
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=other)
+    os.close(other)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait(timeout=300) == 0, shown
+    os.close(main)
+    return shown.decode(errors="replace")
+
+
+def test_unlearning_and_evaluation_show_progress_on_a_terminal(tiny, tmp_path):
+    shown = on_a_terminal("unlearn.py", *data_flags(tiny), "--method", "ssd", "--model", tiny / "model.pth",
+                          "--forget-class", "alpha", "--out", tmp_path / "u.pth")
+    assert "forget 1/1" in shown and "retain 1/" in shown and "evaluating test 1/1" in shown
+
+
+# ----------------------------------------------------------------------------- damaged files and bad flags
+
+def test_a_damaged_archive_or_image_is_named(tmp_path):
+    write_images(tmp_path / "folder", {"train": 2, "test": 1})
+    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "folder" / "train", "train")
+        tar.add(tmp_path / "folder" / "test", "test")
+    (tmp_path / "cut.tar.gz").write_bytes((tmp_path / "data.tar.gz").read_bytes()[:300])
+    (tmp_path / "text.tar.gz").write_text("not an archive")
+    for name in ("cut.tar.gz", "text.tar.gz"):
+        r = call("data.py", "--dataset", tmp_path / name, "--data-dir", tmp_path / "cache")
+        assert_clean_error(r, f"{name}: not a readable .tar / .tar.gz archive")
+    (tmp_path / "folder" / "train" / "beta" / "001.png").write_bytes(b"\x89PNG garbage")
+    assert_clean_error(call("data.py", "--dataset", tmp_path / "folder", "--data-dir", tmp_path / "cache"),
+                       "train/beta/001.png is not a readable image")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "folder" / "train" / "beta" / "001.png")
+    assert_clean_error(call("data.py", "--dataset", tmp_path / "folder", "--data-dir", tmp_path / "cache"),
+                       "train/beta/001.png is 16x16, the first image 32x32")
+
+
+def test_resume_from_a_damaged_or_foreign_state_file(tiny, tmp_path):
+    (tmp_path / "m.state.pt").write_bytes(b"half a file")
+    assert_clean_error(train(tiny, tmp_path / "m.pth", "--resume"), "m.state.pt is damaged")
+    (tmp_path / "m.state.pt").unlink()
+    assert train(tiny, tmp_path / "m.pth", "--epochs", 2, "--stop-after", 1).returncode == 0
+    before = files(tmp_path)
+    assert_clean_error(train(tiny, tmp_path / "m.pth", "--epochs", 3, "--resume"), "written by a run with other settings")
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("script, args", [
+    ("unlearn.py", ["--method", "finetune", "--epochs", 1000, "--forget-class", "alpha"]),
+    ("evaluate.py", []),
+])
+def test_ctrl_c_ends_in_one_line(tiny, cifar_jpeg, trained, data_dir, tmp_path, script, args):
+    flags = data_flags(tiny) + ["--model", tiny / "model.pth", "--out", tmp_path / "u.pth"] if script == "unlearn.py" \
+        else ["--dataset", ARCHIVE, "--data-dir", data_dir, "--device", "cpu", "--model", trained[0], "--mia"]
+    process = start(script, *flags, *args)
+    for line in process.stderr:  # wait until main() runs: pick_device prints this line
+        if line.startswith("device:"):
+            break
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err
+    assert files(tmp_path) == {}
+
+
+def test_nothing_left_to_train_on_and_a_single_class_are_refused(tiny, tmp_path):
+    (tmp_path / "all.txt").write_text(" ".join(map(str, range(18))))
+    assert_clean_error(train(tiny, tmp_path / "m.pth", "--forget-indices", tmp_path / "all.txt"),
+                       "nothing is left to train on")
+    for split in ("train", "test"):
+        (tmp_path / "one" / split / "alpha").mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "one" / split / "alpha" / "0.png")
+    assert_clean_error(call("data.py", "--dataset", tmp_path / "one", "--data-dir", tmp_path / "cache"),
+                       "one class (alpha) only")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.py", "--device", "garbage"], "argument --device: use auto, cpu, cuda or cuda:N, got 'garbage'"),
+    (["unlearn.py", "--method", "salun", "--mask-ratio", "1.5"], "argument --mask-ratio: must be a finite number in (0, 1]"),
+    (["unlearn.py", "--method", "ssd", "--alpha", "nan"], "argument --alpha: must be a finite number in [0, inf), got nan"),
+    (["train.py", "--lr", "inf"], "argument --lr: must be a finite number in (0, inf), got inf"),
+    (["train.py", "--lr", "1e39"], "argument --lr: must be a finite number in (0, inf), got 1e39"),  # float32 overflow
+    (["train.py", "--forget-fraction", "1.5"], "argument --forget-fraction: must be a finite number in (0, 1)"),
+    (["train.py", "--seed", "-1"], "argument --seed: must be a non-negative integer"),
+    (["evaluate.py", "--forget-seed", "-3"], "argument --forget-seed: must be a non-negative integer"),
+])
+def test_bad_flags_are_refused_where_they_are_parsed(tiny, args, message):
+    r = call(*args)
+    assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_a_table_of_a_train_sidecar_and_broken_json_are_named(tiny, tmp_path):
+    assert_clean_error(call("evaluate.py", "--table", tiny / "model.json"), "model.json is not an unlearn.py sidecar")
+    (tmp_path / "broken.json").write_text('{"method": "ssd", ')
+    assert_clean_error(call("evaluate.py", "--table", tmp_path / "broken.json"), "broken.json: not valid JSON")
+
+
+def test_a_manifest_missing_a_field_is_refused(tiny, tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"members": ["a.pth"]}))
+    assert_clean_error(call("evaluate.py", *data_flags(tiny), "--model", tmp_path / "m.json"),
+                       "m.json is not a SISA manifest of this project")
+    (tmp_path / "s.json").write_text(json.dumps({"sisa": {}, "split": {"n_train": 18}, "recipe": "sgd", "config": {}}))
+    assert_clean_error(call("unlearn.py", *data_flags(tiny), "--method", "sisa", "--model", tmp_path / "s.json",
+                            "--forget-class", "alpha"), "s.json is not a SISA manifest of this project")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update({"conv1.weight": torch.tensor(1.0)}), "tensors of unexpected shapes"),
+    (lambda s: s.update({"fc.weight": torch.zeros(3)}), "does not fit resnet20"),
+    (lambda s: s.update({"layer1.0.conv1.weight": torch.zeros(2, 2)}), "does not fit resnet20"),
+    (lambda s: s.update({"conv1.weight": "a string"}), "holds no state_dict"),
+])
+def test_crafted_state_dicts_are_refused(tiny, tmp_path, change, message):
+    state = torch.load(tiny / "model.pth", weights_only=True)
+    change(state)
+    torch.save(state, tmp_path / "crafted.pth")
+    assert_clean_error(call("evaluate.py", *data_flags(tiny), "--model", tmp_path / "crafted.pth"), message)
+
+
+def test_a_full_disk_loses_nothing(tiny, tmp_path):
+    assert unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.pth", "--no-eval").returncode == 0
+    before = files(tmp_path)
+
+    def small_disk():  # files may not grow past 100 kB: writes fail as on a full disk (ENOSPC / EFBIG)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    process = start("unlearn.py", *data_flags(tiny), "--method", "ga", "--model", tiny / "model.pth", "--forget-class",
+                    "alpha", "--out", tmp_path / "u.pth", "--lr", "0.01", "--overwrite", preexec_fn=small_disk)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert "could not write" in err.strip().splitlines()[-1] and "u.pth" in err, err
+    assert files(tmp_path) == before  # the old checkpoint and sidecar intact, no temp file left
+
+
+def test_index_files_must_hold_integers(tiny, tmp_path):
+    np.save(tmp_path / "float.npy", np.array([1.5, 2.0]))
+    assert_clean_error(unlearn(tiny, "--forget-indices", tmp_path / "float.npy"), "holds non-integer values")
+    (tmp_path / "empty.txt").write_text("")
+    assert_clean_error(train(tiny, tmp_path / "m.pth", "--forget-indices", tmp_path / "empty.txt"), "holds no index")
+    assert not (tmp_path / "m.pth").exists()
+
+
+def test_an_ensemble_needs_one_input_size(tiny, tmp_path):
+    save_model(str(tmp_path / "big.pth"), build_model("resnet18-imagenet", 3), {})
+    assert_clean_error(call("evaluate.py", *data_flags(tiny), "--ensemble", "--model", tiny / "model.pth", "--model",
+                            tmp_path / "big.pth"), "an ensemble needs one input size")
+
+
+@pytest.mark.parametrize("target", ["retrain-all", "unlearn-table"])
+def test_make_with_a_mistyped_dataset_says_so(tmp_path, target):
+    r = subprocess.run(["make", "--no-print-directory", target, "DATASET=cifar1O", "INSTALL=", f"PY={sys.executable}",
+                        f"DATA_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "dataset 'cifar1O' not found" in r.stderr, r.stderr
+    assert "no class list for DATASET=cifar1O" in r.stderr
+
+
+def test_two_runs_on_one_out_do_not_race(tiny, tmp_path):
+    first = start("train.py", *data_flags(tiny), "--arch", "resnet20", "--epochs", 500, "--batch-size", 8, "--out",
+                  tmp_path / "m.pth")
+    deadline = time.time() + 120
+    while not (tmp_path / ".m.pth.lock").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert_clean_error(train(tiny, tmp_path / "m.pth", "--epochs", 500), "another run is writing")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=120)
+    assert first.returncode == 130
+
+
+def test_temp_files_of_killed_runs_are_removed(tiny, tmp_path):
+    stale = tmp_path / ".tmp-999999999-abcd"  # a temp file whose process is gone (pids are below 2^22)
+    stale.write_bytes(b"left by kill -9")
+    assert unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.pth", "--no-eval").returncode == 0
+    assert not stale.exists() and sorted(files(tmp_path)) == ["u.json", "u.pth"]
+
+
+# ----------------------------------------------------------------------------- the three hazards
+
+def test_a_finished_checkpoint_is_never_replaced_silently(tiny, tmp_path):
+    assert train(tiny, tmp_path / "m.pth").returncode == 0
+    before = files(tmp_path)
+    assert_clean_error(train(tiny, tmp_path / "m.pth", "--epochs", 2), "made with other settings: pass --overwrite")
+    (tmp_path / "mine.pth").write_bytes(b"a user's own file")
+    assert_clean_error(train(tiny, tmp_path / "mine.pth"), "holds a file without a sidecar of this project")
+    (tmp_path / "mine.pth").unlink()
+    r = train(tiny, tmp_path / "m.pth", "--resume")  # the same command again: nothing to redo
+    assert r.returncode == 0 and "nothing to do" in r.stdout and "epoch 1/1" not in r.stdout
+    assert files(tmp_path) == before
+    assert_clean_error(call("unlearn.py", *data_flags(tiny), "--method", "ga", "--model", tmp_path / "m.pth",
+                            "--forget-class", "alpha", "--out", tmp_path / "m.pth"), "would replace the input")
+    assert files(tmp_path) == before
+    r = train(tiny, tmp_path / "m.pth", "--epochs", 2, "--overwrite")
+    assert r.returncode == 0 and json.loads((tmp_path / "m.json").read_text())["config"]["epochs"] == 2

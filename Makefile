@@ -22,6 +22,7 @@ DEVICES ?= $(DEVICE)
 NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
 MODEL ?= $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth
 EXTRA ?=
+VERIFY_DIR ?= runs/verify-published
 DATA = --dataset $(DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) $(EXTRA)
 TRAIN_FLAGS ?=
 TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume $(TRAIN_FLAGS)
@@ -31,7 +32,7 @@ DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --sub
 DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 --resume
 
 .PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench
-.PHONY: reproduce reproduce-small reproduce-steps report clean-demo
+.PHONY: reproduce reproduce-small reproduce-steps report verify-published verify-published-small clean-demo
 
 # $(call parallel,TARGETS): make each target in its own process, JOBS at a time, the k-th on DEVICES[k mod n]
 # (`make retrain-all JOBS=4 DEVICES="cuda:0 cuda:1"`: two jobs per GPU). Targets are files or resume, so a rerun
@@ -162,6 +163,14 @@ reproduce-steps: $(INSTALL)
 
 report: $(INSTALL)  ## the Markdown report, plots and model cards of RUNDIR (from its JSON sidecars)
 	$(PY) report.py $(RUNDIR)
+
+# The published checkpoints (hf://, downloaded once into torch's hub cache) against their cards, and our SSD on the
+# published original against the published SSD models: VERIFY_DIR/report.md. Needs network access the first time.
+verify-published: $(INSTALL)  ## the 31 published checkpoints against their cards, our SSD against theirs (GPU advised)
+	$(PY) verify_published.py $(DATA) --out $(VERIFY_DIR)
+
+verify-published-small: $(INSTALL)  ## the same on a CPU: the first 100 test and 100 train images of each class
+	$(PY) verify_published.py $(DATA) --test-subset 100 --subset 100 --out $(VERIFY_DIR)-small
 
 $(R)/full.pth: | $(INSTALL)
 	$(TRAIN) --out $@

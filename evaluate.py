@@ -271,12 +271,13 @@ def strip_losses(metrics, keep=()):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", default=[], help="checkpoint to evaluate; repeat for several")
+    parser.add_argument("--model", action="append", default=[], help="checkpoint to evaluate: a path, an https:// "
+                        "URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it; repeat for several")
     parser.add_argument("--table", nargs="+", default=None, help="instead: build the model cards' per-class table "
                         "from these unlearn.py JSON sidecars, to stdout or --out (default: off)")
     parser.add_argument("--out", default=None, help="with --table: write the Markdown table to this file (default: stdout)")
-    parser.add_argument("--retrained", default=None, help="the retrained (gold standard) checkpoint: "
-                        "evaluated too, and every model's average gap to it reported (default: none)")
+    parser.add_argument("--retrained", default=None, help="the retrained (gold standard) checkpoint, named "
+                        "as --model: evaluated too, and every model's average gap to it reported (default: none)")
     parser.add_argument("--mia", action="store_true", help="run the membership-inference attack (default: off)")
     parser.add_argument("--ensemble", action="store_true", help="also evaluate the --model checkpoints as one ensemble "
                         "(default: off)")

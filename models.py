@@ -2,6 +2,7 @@
 
     python models.py                                          # parameter counts of every architecture
     python models.py --model checkpoints/resnet18_cifar10_full.pth   # what a checkpoint holds
+    python models.py --model hf://jaeunglee/resnet18-cifar10-unlearning/resnet18_cifar10_full.pth  # downloaded once
 
 A checkpoint is a plain CPU state_dict with torchvision's keys, written atomically, with a JSON
 sidecar beside it (argv, config, split, seed, versions, device, wall time, metrics). Load one elsewhere:
@@ -21,6 +22,7 @@ import os
 import platform
 import sys
 import time
+import urllib.parse
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ from cli import atomic_writes, check_writable, json_bytes, read_json, run, to_js
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")  # dicts that hold a state_dict
+REMOTE = ("hf://", "https://", "http://", "file://")  # checkpoint names that are downloaded
+HF_ENDPOINT = "https://huggingface.co"  # $HF_ENDPOINT overrides it, as in huggingface_hub (a mirror; the tests)
 
 
 def resnet18(num_classes=10):
@@ -198,37 +202,102 @@ def infer_arch(state):
     return arch, state["fc.weight"].shape[0]
 
 
-def load_model(path, arch=None, num_classes=None):
-    """Load a checkpoint (bare state_dict or a dict holding one) with weights_only=True; infer its
-    architecture and class count, and check them against `arch` / `num_classes` when given."""
+def is_remote(name):
+    return name.startswith(REMOTE)
+
+
+def file_url(name):
+    """hf://OWNER/REPO[@REV]/FILE -> the Hub's plain file URL (revision main unless @REV); other URLs as they are."""
+    if not name.startswith("hf://"):
+        return name
+    parts = name[len("hf://"):].split("/", 2)
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"{name}: give hf://OWNER/REPO/FILE (or hf://OWNER/REPO@REVISION/FILE)")
+    owner, repo, file = parts
+    repo, _, revision = repo.partition("@")
+    endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
+    return f"{endpoint}/{owner}/{repo}/resolve/{urllib.parse.quote(revision or 'main', safe='')}/{file}"
+
+
+def cache_path(url):
+    """Where a downloaded checkpoint lives: torch's hub cache ($TORCH_HOME/hub/checkpoints, as torchvision's
+    weights), under the URL's host and path so that two repositories' files of one name never meet."""
+    parsed = urllib.parse.urlsplit(url)
+    parts = [p for p in urllib.parse.unquote(parsed.path).split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"{url}: not a file URL")
+    return os.path.join(torch.hub.get_dir(), "checkpoints", parsed.netloc or "localhost", *parts)
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(name):
+    """The local path of a checkpoint name: a path as it is; an hf://, https:// or file:// name downloaded once
+    (torch's own downloader, with progress) into the hub cache and reused from there. A `#sha256=HEX` suffix is
+    checked on every use: a cached copy that differs is downloaded again, a download that differs is removed."""
+    if not is_remote(name):
+        return name
+    url, _, fragment = name.partition("#")
+    if fragment and not fragment.startswith("sha256="):
+        raise ValueError(f"{name}: the only suffix understood is #sha256=<64 hex digits>")
+    expected = fragment[len("sha256="):].lower() or None
+    url = file_url(url)
+    cached = cache_path(url)
+    if os.path.isfile(cached) and expected in (None, sha256_file(cached)):
+        return cached
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    print(f"downloading {url} -> {cached}", file=sys.stderr, flush=True)
+    try:  # writes a temp file beside `cached` and renames it: an interrupted download leaves nothing behind
+        torch.hub.download_url_to_file(url, cached, progress=sys.stderr.isatty())
+    except OSError as e:  # urllib's HTTPError (404, 401) and URLError (offline, no such host) are OSErrors
+        raise OSError(f"could not download {url} ({getattr(e, 'reason', None) or e}). Without network access, download "
+                      f"it elsewhere and place it at {cached}, or pass the file's local path") from None
+    if expected and sha256_file(cached) != expected:
+        found = sha256_file(cached)
+        os.remove(cached)
+        raise ValueError(f"{url}: the downloaded file's sha256 is {found}, not {expected} as {name} asks; removed it")
+    return cached
+
+
+def load_model(name, arch=None, num_classes=None):
+    """Load a checkpoint (bare state_dict or a dict holding one) with weights_only=True, from a path or a
+    downloaded name (see fetch); infer its architecture and class count, and check them against `arch` /
+    `num_classes` when given."""
+    path = fetch(name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors all mean "not a checkpoint we load"
-        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+        raise ValueError(f"{name}: not a PyTorch checkpoint ({type(e).__name__})") from None
     for key in WRAPPER_KEYS:
         state = state[key] if isinstance(state, dict) and isinstance(state.get(key), dict) else state
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path}: holds no state_dict")
+        raise ValueError(f"{name}: holds no state_dict")
     state = clean_state_dict(state)
     try:
         found_arch, found_classes = infer_arch(state)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(f"{name}: {e}") from None
     except (IndexError, KeyError, TypeError):  # a crafted file: tensors of the wrong rank where shapes are read
-        raise ValueError(f"{path}: holds no ResNet state_dict (tensors of unexpected shapes)") from None
+        raise ValueError(f"{name}: holds no ResNet state_dict (tensors of unexpected shapes)") from None
     if (arch or found_arch) != found_arch or (num_classes or found_classes) != found_classes:
-        raise ValueError(f"{path} is a {found_arch} with {found_classes} classes, "
+        raise ValueError(f"{name} is a {found_arch} with {found_classes} classes, "
                          f"expected {arch or found_arch} with {num_classes or found_classes}")
     if non_finite(state):
-        raise ValueError(f"{path}: {non_finite(state)} of {len(state)} tensors hold NaN or inf (a diverged run); "
+        raise ValueError(f"{name}: {non_finite(state)} of {len(state)} tensors hold NaN or inf (a diverged run); "
                          f"not loaded")
     try:
         model = build_model(found_arch, found_classes)  # weights come from the file: no ImageNet download
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: does not fit {found_arch}: {str(e).splitlines()[-1].strip()}") from None
+        raise ValueError(f"{name}: does not fit {found_arch}: {str(e).splitlines()[-1].strip()}") from None
     return model
 
 
@@ -298,7 +367,9 @@ def check_output(path, identity, overwrite=False, inputs=()):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="a checkpoint to describe (default: list the architectures)")
+    parser.add_argument("--model", default=None, help="a checkpoint to describe: a path, an https:// URL "
+                        "or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it (default: list the "
+                        "architectures)")
     return parser.parse_args(argv)
 
 

@@ -42,7 +42,35 @@ PUBLISHED_UNLEARN = {
 # random 20%; the ensemble report: 5 ImageNet ResNet18 members, mean softmax.
 PUBLISHED_SISA = {"before": (78.1, 0.527), "after": (77.1, 0.498)}
 PUBLISHED_ENSEMBLE = 97.61
+# The published checkpoints, each card's repository and file name ({c}: class name, {k}: class index); a name is
+# hf://REPOSITORY/FILE, which every --model takes (models.fetch downloads it once).
+PUBLISHED_CHECKPOINTS = {
+    "full": ("jaeunglee/resnet18-cifar10-unlearning", "resnet18_cifar10_full.pth"),
+    "retrain": ("jaeunglee/resnet18-cifar10-unlearning", "resnet18_cifar10_no_{c}.pth"),
+    "ssd": ("Yurim0507/Selective_Synapse_Dampening", "cifar10_resnet18_SSD_{k}.pth"),
+    "advneggrad": ("Yurim0507/AdvNegGrad", "cifar10_resnet18_AdvNegGrad_{k}.pth"),
+}
 DATASET_IDS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100", "cifar10-jpeg": "uoft-cs/cifar10"}
+
+
+def published_name(role, k=None):
+    """The hf:// name of a published checkpoint: the full model (k None), or the one without / unlearning class k."""
+    repo, file = PUBLISHED_CHECKPOINTS[role]
+    return f"hf://{repo}/{file.format(c=CIFAR10[k] if k is not None else '', k=k)}"
+
+
+def published_names():
+    """{file name: hf:// name} of every published checkpoint."""
+    names = [published_name("full")] + [published_name(role, k) for role in PUBLISHED_CHECKPOINTS if role != "full"
+                                        for k in range(len(CIFAR10))]
+    return {name.rsplit("/", 1)[1]: name for name in names}
+
+
+def hub_name(source):
+    """A checkpoint's name as a reader can fetch it: the hf:// name of a published file, else its file name."""
+    if source.startswith("hf://"):
+        return source.split("#")[0]
+    return published_names().get(os.path.basename(source), os.path.basename(source))
 
 
 def read_log(path):
@@ -288,8 +316,10 @@ def card_front_matter(meta, license):
     method = meta.get("method")
     lines = ["---", f"license: {license}", "datasets:", f"- {DATASET_IDS.get(meta['dataset'], meta['dataset'])}",
              "metrics:", "- accuracy"]
-    if meta.get("source"):
-        lines += ["base_model:", f"- {os.path.basename(meta['source'])}"]
+    if meta.get("source"):  # a published source by its Hub repository, as the published cards name theirs
+        source = hub_name(meta["source"])
+        repository = source[len("hf://"):].rsplit("/", 1)[0].split("@")[0] if source.startswith("hf://") else source
+        lines += ["base_model:", f"- {repository}"]
     tags = ["machine_unlearning", method] if method else ["machine-unlearning", meta["arch"]]
     lines += ["tags:", *[f"- {t}" for t in tags], "library_name: pytorch", "pipeline_tag: image-classification", "---"]
     return "\n".join(lines)
@@ -312,7 +342,10 @@ def model_card(meta, name, license="mit"):
                f"- **Seconds**: {meta['seconds']:.1f} on {meta['device']}",
                "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())]
     if meta.get("source"):
-        details.insert(0, f"- **Unlearned from**: `{os.path.basename(meta['source'])}`")
+        details.insert(0, f"- **Unlearned from**: `{hub_name(meta['source'])}`")
+    if name in published_names():
+        details.insert(0, f"- **Published counterpart**: `{published_names()[name]}` (`python verify_published.py` "
+                          f"compares them)")
     return "\n".join([card_front_matter(meta, license), "", f"# {name}", "",
                       f"A {meta['arch']} on {meta['dataset']}, {what} (`{' '.join(meta.get('argv', []))}`).", "",
                       "## Testing Data", "", f"**Dataset**: {meta['dataset']} test set  ",

@@ -24,8 +24,8 @@ from torch.func import functional_call, grad, vmap
 from cli import lock, read_json, run, write_json
 from data import Loader, Progress, add_data_args, describe_split, device_name, load_dataset, split_from_args
 from evaluate import evaluate_model, format_table, load_evaluable, pick_device, strip_losses
-from models import (build_model, check_output, infer_arch, input_size, load_model, save_model, sidecar_path,
-                    to_device)
+from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, save_model,
+                    sidecar_path, to_device)
 from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from_args, fit, hp, train_sisa
 
 
@@ -453,9 +453,11 @@ def parse_args(argv=None):
     parser.add_argument("--method", required=True, choices=list(METHODS) + ["sisa"],
                         help="unlearning method; `--method X --help` lists X's flags and defaults; sisa retrains "
                         "the affected slices of a SISA model set (its settings are the manifest's)")
-    parser.add_argument("--model", required=True, help="the trained checkpoint to unlearn from (sisa: the manifest "
-                        "written by train.py --sisa)")
-    parser.add_argument("--retrained", default=None, help="the retrained gold standard, evaluated beside it (default: none)")
+    parser.add_argument("--model", required=True, help="the trained checkpoint to unlearn from: a "
+                        "path, an https:// URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it "
+                        "(sisa: the manifest written by train.py --sisa)")
+    parser.add_argument("--retrained", default=None, help="the retrained gold standard, evaluated beside it, "
+                        "named as --model (default: none)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
                         "run again one made with these (default: refuse / keep it)")
@@ -512,7 +514,8 @@ def main(argv=None):
     retrained = args.retrained and load_model(args.retrained, num_classes=len(data.classes))
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
-    identity = {"method": args.method, "config": dataclasses.asdict(cfg), "source": os.path.abspath(args.model),
+    source = args.model if is_remote(args.model) else os.path.abspath(args.model)
+    identity = {"method": args.method, "config": dataclasses.asdict(cfg), "source": source,
                 "dataset": data.name, "split": describe_split(split, data.classes)["sha256"], "seed": args.seed,
                 "precision": args.precision}
     if check_output(out, identity, args.overwrite, inputs=[args.model, args.retrained or ""]):

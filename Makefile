@@ -33,6 +33,7 @@ DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 -
 
 .PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench
 .PHONY: reproduce reproduce-small reproduce-steps report verify-published verify-published-small clean-demo
+.PHONY: pool pool-unlearn pool-score pool-jobs pool-unlearn-jobs pool-small reproduce-pool
 
 # $(call parallel,TARGETS): make each target in its own process, JOBS at a time, the k-th on DEVICES[k mod n]
 # (`make retrain-all JOBS=4 DEVICES="cuda:0 cuda:1"`: two jobs per GPU). Targets are files or resume, so a rerun
@@ -143,7 +144,16 @@ reproduce: $(INSTALL)  ## every published result (GPU: hours on a CPU, where it 
 	  "make reproduce trains 16 ResNet18s and 20 SISA slices: hours on a CPU. Run it on a GPU, or here with YES=1;" \
 	  "make reproduce-small is the CPU version (about 10 minutes on 2 cores)"; exit 1; }
 	$(MAKE) --no-print-directory reproduce-steps
+	$(if $(POOL),$(MAKE) --no-print-directory reproduce-pool)
 	$(MAKE) --no-print-directory report
+
+# POOL=N: also a pool of N seeds for CLASS, every method of the run from each original, scored (the report's pools)
+POOL ?=
+POOL_RUN = N=$(POOL) POOL_DIR=$(R)/pools/$(NAME)_$(ARCH)_$(CLASS)
+reproduce-pool: $(INSTALL)
+	$(MAKE) --no-print-directory pool $(POOL_RUN)
+	for m in $(EVERY_CLASS) $(ONE_CLASS); do $(MAKE) --no-print-directory pool-unlearn METHOD=$$m $(POOL_RUN) || exit 1; done
+	$(MAKE) --no-print-directory pool-score $(POOL_RUN)
 
 SMALL = RUNDIR=$(SMALL_RUNDIR) DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=4 TRAIN_FLAGS="--batch-size 64" \
 	DEVICE=cpu EXTRA="--subset 100 --test-subset 100" SISA_DATASET=$(DEMO_DATASET) SISA_RECIPE="--arch resnet20 \
@@ -171,6 +181,55 @@ verify-published: $(INSTALL)  ## the 31 published checkpoints against their card
 
 verify-published-small: $(INSTALL)  ## the same on a CPU: the first 100 test and 100 train images of each class
 	$(PY) verify_published.py $(DATA) --test-subset 100 --subset 100 --out $(VERIFY_DIR)-small
+
+# ----------------------------------------------------------------------------- pools: did it really forget?
+# POOL_DIR/original/s<k>.pth and POOL_DIR/retrain/s<k>.pth (training seeds k = 0..N-1), POOL_DIR/<method>/s<k>.pth
+# from original/s<k>.pth, each with its outputs s<k>.npz (privacy.py); FRACTION=0.1 forgets a seeded random 10%
+# instead of CLASS. Every model is a file target: a rerun makes only what is missing.
+FRACTION ?=
+POOL_FORGET = $(if $(FRACTION),--forget-fraction $(FRACTION),--forget-class $(CLASS))
+POOL_DIR ?= runs/pools/$(NAME)_$(ARCH)_$(if $(FRACTION),random$(FRACTION),$(CLASS))
+POOL_MODELS = $(foreach k,$(SEEDS),$(POOL_DIR)/original/s$(k).npz $(POOL_DIR)/retrain/s$(k).npz)
+POOL_UNLEARNED = $(foreach k,$(SEEDS),$(POOL_DIR)/$(METHOD)/s$(k).npz)
+POOL_VARS = DATASET='$(DATASET)' DATA_DIR='$(DATA_DIR)' ARCH=$(ARCH) EPOCHS=$(EPOCHS) CLASS=$(CLASS) \
+	FRACTION=$(FRACTION) METHOD=$(METHOD) POOL_DIR='$(POOL_DIR)' DEVICE=$(DEVICE) EXTRA='$(EXTRA)' TRAIN_FLAGS='$(TRAIN_FLAGS)' \
+	INSTALL='$(INSTALL)' PY='$(PY)'
+
+pool: $(INSTALL)  ## N originals and N retrains without CLASS (or FRACTION), seeds 0..N-1, JOBS at a time on DEVICES
+	$(call parallel,$(POOL_MODELS))
+
+pool-unlearn: $(INSTALL)  ## METHOD from each original of the pool (made first where missing), JOBS at a time
+	$(call parallel,$(POOL_UNLEARNED))
+
+pool-score: $(INSTALL)  ## the competition score, KLOM, U-LiRA and the seed spread of every group: POOL_DIR/scores.json
+	$(PY) privacy.py score $(POOL_DIR)
+
+pool-jobs:  ## the pool's jobs, one command a line, for xargs, GNU parallel or a SLURM array (then pool-unlearn-jobs)
+	@for t in $(POOL_MODELS); do echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(POOL_VARS)"; done
+
+pool-unlearn-jobs:  ## METHOD's jobs, one command a line (after pool-jobs' have run)
+	@for t in $(POOL_UNLEARNED); do echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(POOL_VARS)"; done
+
+POOL_SMALL = DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=3 N=8 TRAIN_FLAGS="--batch-size 64" DEVICE=cpu \
+	EXTRA="--subset 50 --test-subset 50" RUNDIR=runs/pool-small POOL_DIR=runs/pool-small/pools/$(CLASS)
+pool-small: $(INSTALL)  ## a toy pool on a CPU (resnet20, N = 8, METHOD), its scores and report, in minutes
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory pool pool-unlearn JOBS=$$(nproc) $(POOL_SMALL)
+	$(MAKE) --no-print-directory pool-score report $(POOL_SMALL)
+
+.PRECIOUS: $(POOL_DIR)/original/s%.pth $(POOL_DIR)/retrain/s%.pth $(POOL_DIR)/%.pth  # models are not intermediate files
+
+$(POOL_DIR)/original/s%.pth: | $(INSTALL)
+	$(TRAIN) --seed $* --out $@
+
+$(POOL_DIR)/retrain/s%.pth: | $(INSTALL)
+	$(TRAIN) $(POOL_FORGET) --seed $* --out $@
+
+$(POOL_DIR)/%.pth: $(POOL_DIR)/original/$$(notdir $$*).pth
+	$(PY) unlearn.py $(DATA) --method $(*D) --model $< $(POOL_FORGET) --seed $(patsubst s%,%,$(*F)) --no-eval \
+	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
+
+$(POOL_DIR)/%.npz: $(POOL_DIR)/%.pth
+	$(PY) privacy.py outputs $(DATA) $(POOL_FORGET) --model $< --out $@
 
 $(R)/full.pth: | $(INSTALL)
 	$(TRAIN) --out $@

@@ -91,7 +91,7 @@ def read_run(rundir):
         return {os.path.relpath(p, rundir): read_json(p) for p in sorted(glob.glob(os.path.join(rundir, pattern)))}
     return {"full": one("full.json"), "log": read_log(os.path.join(rundir, "full.log.jsonl")),
             "retrains": many("no_*.json"), "unlearn": many("unlearn/*/*.json"), "evals": many("eval_*.json"),
-            "sisa": one("sisa/eval.json"), "ensemble": one("ensemble/eval.json")}
+            "sisa": one("sisa/eval.json"), "ensemble": one("ensemble/eval.json"), "pools": many("pools/*/scores.json")}
 
 
 def diff(ours, published):
@@ -134,6 +134,41 @@ def section_retrains(run):
             "(96.6% without cat cannot be on all ten), so they are compared with ours on those.\n\n" +
             table(["Forgotten class", "Test top-1 (all classes)", "Test top-1 (kept classes)", "Published", "Diff",
                    "Seconds"], rows))
+
+
+def mean_std(stat, scale=1.0, digits=2):
+    return "-" if stat is None else f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
+
+
+def pool_row(name, g):
+    q = g["klom_quantiles"]
+    mid = len(q["forget"]) // 2  # the median of the stored quantiles
+    return [name if name != "retrain" else "retrain (ceiling)", g["models"], f"{g['forget_quality']:.3f}",
+            f"{g['utility']:.3f}", f"{g['score']:.3f}",
+            *[f"{q[s][mid]:.2f} [{q[s][1]:.2f}, {q[s][-2]:.2f}]" for s in ("forget", "retain", "test")],
+            f"{g['ulira']['acc']:.1f}", f"{g['ulira']['tpr_at_1%']:.1f}", mean_std(g["spread"]["forget_acc"]),
+            mean_std(g["spread"]["retain_acc"]), mean_std(g["spread"]["test_acc"]), mean_std(g["spread"]["mia"], 1, 3),
+            mean_std(g["seconds"], 1, 1)]
+
+
+def section_pools(run):
+    if not run["pools"]:
+        return "## Pools: did it really forget?\n\nNot run (no pools/<name>/scores.json; `make pool` then `make pool-score`)."
+    parts = ["## Pools: did it really forget?\n\nEach group's first N/2 models against the retrained models N/2..N-1 "
+             "(`privacy.py`): F, the NeurIPS 2023 competition's forgetting quality (1 = indistinguishable from "
+             "retraining, per example, at delta 1e-5), times the utility factor (retain and test accuracy over the "
+             "retrained models'), is the score; KLOM median [25%, 75%] per example set (0 = the same margin "
+             "distributions); U-LiRA accuracy (50 = chance) and TPR at 1% FPR; the other columns: mean +- std over "
+             "training seeds. The retrained models' own first half is the ceiling."]
+    header = ["Group", "Models a side", "F", "Utility", "Score", "KLOM forget", "KLOM retain", "KLOM test",
+              "U-LiRA acc", "U-LiRA TPR@1%", "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
+    for path, scores in run["pools"].items():
+        groups = scores["groups"]
+        order = ["retrain", "original"] + sorted(set(groups) - {"retrain", "original"})
+        rows = [pool_row(name, groups[name]) for name in order if name in groups]
+        parts.append(f"### {scores['pool']} (N = {scores['n']}; examples: {scores['examples']})\n\n" +
+                     table(header, rows))
+    return "\n\n".join(parts)
 
 
 def unlearn_row(method, meta):
@@ -285,6 +320,27 @@ def plot_seconds(run, path):
     save(fig, path)
 
 
+def plot_pool(scores, path):
+    """Per group: the histogram of the forget examples' epsilons, and the KLOM quantiles of each example set."""
+    plt = pyplot()
+    groups = scores["groups"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
+    bins = np.linspace(0, max(max(g["epsilons"]) for g in groups.values()) + 0.5, 30)
+    for name, g in groups.items():
+        left.hist(g["epsilons"], bins=bins, histtype="step", label=name)
+    left.set(xlabel="per-example epsilon (forget set)", ylabel="examples", title=f"{scores['pool']}: epsilons")
+    left.legend(fontsize=7)
+    sets = ("forget", "retain", "test")
+    for k, (name, g) in enumerate(groups.items()):
+        q = g["klom_quantiles"]
+        x = np.arange(len(sets)) + (k - len(groups) / 2) * 0.8 / len(groups)
+        mid = len(q["forget"]) // 2
+        right.errorbar(x, [q[s][mid] for s in sets], fmt="o", label=name,
+                       yerr=[[q[s][mid] - q[s][0] for s in sets], [q[s][-1] - q[s][mid] for s in sets]])
+    right.set(xticks=range(len(sets)), xticklabels=sets, ylabel="KLOM (median, 5-95%)", title="KLOM per example set")
+    save(fig, path)
+
+
 def write_plots(run, folder):
     """Every plot the run's files allow, drawn into folder; returns [(title, file name)], or None without matplotlib."""
     try:
@@ -306,6 +362,9 @@ def write_plots(run, folder):
     if run["unlearn"] or run["retrains"]:
         plot_seconds(run, os.path.join(folder, "seconds.png"))
         plots.append(("Time per method", "seconds.png"))
+    for scores in run["pools"].values():
+        plot_pool(scores, os.path.join(folder, f"pool_{scores['pool']}.png"))
+        plots.append((f"Pool {scores['pool']}: per-example epsilons and KLOM", f"pool_{scores['pool']}.png"))
     return plots
 
 
@@ -362,7 +421,7 @@ def write_cards(rundir):
         if not os.path.exists(sidecar):
             continue
         meta = read_json(sidecar)
-        if "split" not in meta:  # a SISA slice: part of a model, described by its manifest
+        if "split" not in meta or os.path.relpath(pth, rundir).startswith("pools"):  # SISA slices, pools' models
             continue
         name = os.path.relpath(os.path.splitext(pth)[0], rundir).replace(os.sep, "_")
         card = model_card(meta, os.path.basename(pth))
@@ -387,6 +446,7 @@ def build_report(rundir, run, plots, cards):
              "(ResNet34 from ImageNet), the ensemble of 5 ImageNet ResNet18s. A smaller run is not expected to "
              "match them; the columns show where it stands.",
              section_full(run), section_retrains(run), section_unlearn(run), section_sisa(run), section_ensemble(run),
+             section_pools(run),
              "## Plots\n\n" + figures,
              "## Model cards\n\n" + ("\n".join(f"- [{c}](cards/{c})" for c in cards) or "No checkpoints.")]
     return "\n\n".join(parts) + "\n"

@@ -1,0 +1,359 @@
+"""Did it really forget? Per-example tests over pools of models: the NeurIPS 2023 competition score, KLOM, U-LiRA.
+
+    make pool-small                      # a CPU toy pool (resnet20, N = 8), its scores and its report section
+    python privacy.py outputs --model runs/pools/P/ssd/s0.pth --forget-class cat --out runs/pools/P/ssd/s0.npz
+    python privacy.py score runs/pools/P                 # every score of a pool -> runs/pools/P/scores.json
+
+A pool folder holds one subfolder per group of models, `retrain/` (the reference: trained without the forget set,
+seeds 0..N-1), `original/` and one per unlearning method, each model `s<k>.pth` with its outputs `s<k>.npz` (see
+`write_outputs` for the format). Every score compares a group's first N/2 models with the retrained models
+N/2..N-1; the retrained models 0..N/2-1 against the same reference give the ceiling (retrain vs retrain).
+"""
+import argparse
+import glob
+import io
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cli import atomic_write, check_writable, read_json, run, write_json
+from data import Loader, Progress, add_data_args, device_name, load_dataset, non_negative_int, split_from_args
+from evaluate import eval_batch_size, mia_score, pick_device, predict
+from models import input_size, load_model, sidecar_path, to_device
+
+# The competition's scorer (Triantafillou et al., arXiv 2406.09073; google-deepmind/unlearning_evaluation metric.py)
+DELTA = 1e-5  # delta of the (epsilon, delta) test
+EPSILON_CAP = 50  # the largest epsilon an example can get (also the "peaky" case's)
+THRESHOLDS_PER_UNIT = 100  # threshold grid: 100 per unit of logit-scaled confidence
+BUFFER = 2.0  # the double-threshold grid reaches this far beyond the peakier distribution
+BUCKET = 0.5  # epsilon buckets of width 0.5 score 1, 1/2, 1/4, ...
+PEAKY = 0.01  # one side's range under 1% of the other's: the worst epsilon, without a test
+# KLOM (Georgiev et al., arXiv 2410.23232; the reference code's compute_binned_KL_div, data-unlearning-bench)
+KLOM_BINS = 20
+KLOM_EPS = 1e-5  # floor of the retrained histogram where the unlearned one has mass
+KLOM_CLIP = 100.0  # margins clipped to [-100, 100] before binning
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+GROUPS = ("forget", "retain", "test")  # the example sets of an outputs file
+
+
+# ----------------------------------------------------------------------------- per-model outputs
+
+def retain_sample(split, size, seed=0):
+    """A fixed sample of the retain set (seeded, sorted): the same examples for every model of a pool."""
+    if size >= len(split.retain):
+        return split.retain
+    return np.sort(np.random.default_rng(seed).choice(split.retain, size, replace=False))
+
+
+def write_outputs(path, model, data, split, device, retain_size):
+    """One model's logits on the pool's examples, as an .npz of plain arrays (np.load(path) reads it without pickle):
+    for each set S of forget (the train forget set), retain (a fixed sample of the train retain set) and test
+    (the test set): S_logits (examples x classes, float32), S_labels and S_index (indices into the dataset's train
+    or test arrays); forget_class (-1 for sample forgetting)."""
+    sets = {"forget": (split.forget, True), "retain": (retain_sample(split, retain_size), True),
+            "test": (split.test, False)}
+    arrays = {"forget_class": np.int64(-1 if split.forget_class is None else split.forget_class)}
+    for name, (indices, train_set) in sets.items():
+        loader = Loader(data, indices, train_set, eval_batch_size(device), device, size=input_size(model))
+        logits, labels = predict(model, Progress(loader, f"outputs on {name}"))
+        arrays.update({f"{name}_logits": logits.numpy(), f"{name}_labels": labels.numpy(),
+                       f"{name}_index": np.asarray(indices, dtype=np.int64)})
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def read_pool(folder):
+    """{group: {"models": [names], S: (logits models x examples x classes, labels), "forget_class", "seconds"}}
+    from every <group>/s<k>.npz of a pool, in seed order; the examples must be the same in every file."""
+    pool, reference = {}, None
+    for group in sorted(os.listdir(folder)):
+        files = sorted(glob.glob(os.path.join(folder, group, "s*.npz")), key=lambda p: int(os.path.basename(p)[1:-4]))
+        if not files:
+            continue
+        outputs = []
+        for path in files:
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    outputs.append({key: z[key] for key in z.files})
+            except (OSError, ValueError, KeyError) as e:
+                raise ValueError(f"{path}: not an outputs file of privacy.py ({e}); delete it and make it "
+                                 f"again") from None
+            indices = [outputs[-1][f"{s}_index"] for s in GROUPS]
+            reference = reference or (path, indices)
+            if any(not np.array_equal(a, b) for a, b in zip(indices, reference[1])):
+                raise ValueError(f"{path} holds other examples than {reference[0]}: a pool's models must be scored on "
+                                 f"the same examples (same --dataset, --subset, forget set)")
+        sidecars = [sidecar_path(p[:-len(".npz")] + ".pth") for p in files]
+        seconds = [read_json(p).get("seconds") if os.path.exists(p) else None for p in sidecars]
+        pool[group] = {"models": [os.path.relpath(p, folder) for p in files], "seconds": seconds,
+                       "forget_class": int(outputs[0]["forget_class"]),
+                       **{s: (np.stack([o[f"{s}_logits"] for o in outputs]), outputs[0][f"{s}_labels"])
+                          for s in GROUPS}}
+    if "retrain" not in pool:
+        raise ValueError(f"{folder} has no retrain/s<k>.npz: a pool needs its retrained models (make pool)")
+    return pool
+
+
+# ----------------------------------------------------------------------------- statistics of logits
+
+def logit_scaled_confidence(logits, labels):
+    """log p_y - log(1 - p_y) per model and example (LiRA's statistic), from a float64 softmax; 1e-45 keeps the logs
+    finite, as in the competition's compute_logit_scaled_confidence. logits: (..., examples, classes)."""
+    z = logits.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(-1, keepdims=True)
+    correct = np.broadcast_to(np.arange(z.shape[-1]) == labels[:, None], probs.shape)
+    p_correct = np.where(correct, probs, 0).sum(-1)
+    p_wrong = np.where(correct, 0, probs).sum(-1)
+    return np.log(p_correct + 1e-45) - np.log(p_wrong + 1e-45)
+
+
+def margins(logits, labels):
+    """The correct logit minus the logsumexp of the others (KLOM's statistic), per model and example."""
+    x = torch.from_numpy(logits).double()
+    correct = torch.from_numpy(np.arange(x.shape[-1]) == labels[:, None]).expand_as(x)
+    return (x[correct].view(x.shape[:-1]) - x.masked_fill(correct, -torch.inf).logsumexp(-1)).numpy()
+
+
+def accuracy(logits, labels):
+    """Top-1 accuracy (%) of every model."""
+    return 100 * (logits.argmax(-1) == labels).mean(-1)
+
+
+# ----------------------------------------------------------------------------- the competition score
+
+def fraction_between(values, low, high):
+    """The fraction of `values` in [low, high], for arrays of bounds."""
+    ordered = np.sort(values)
+    return (np.searchsorted(ordered, high, "right") - np.searchsorted(ordered, low, "left")) / len(values)
+
+
+def single_threshold_rates(pos, neg):
+    """(tpr, fnr, fpr, tnr) of the rules "x >= t means positive" on a grid of 100 thresholds per unit spanning both."""
+    low, high = min(pos.min(), neg.min()), max(pos.max(), neg.max())
+    thresholds = np.linspace(low, high, int(np.ceil((high - low) * THRESHOLDS_PER_UNIT)))
+    below_pos = np.searchsorted(np.sort(pos), thresholds, "left") / len(pos)
+    below_neg = np.searchsorted(np.sort(neg), thresholds, "left") / len(neg)
+    return 1 - below_pos, below_pos, 1 - below_neg, below_neg
+
+
+def double_threshold_rates(pos, neg):
+    """(tpr, fnr, fpr, tnr) of the rules "left <= x <= right means the peakier side", whose window is as wide as the
+    peakier side's range, slid over it and 2 beyond; 400 left bounds per right bound, 100 per unit."""
+    if np.ptp(pos) >= np.ptp(neg):  # "positive" is the peakier distribution here
+        pos, neg = neg, pos
+    width = np.ptp(pos)
+    low, high = pos.min() + width - BUFFER, pos.max() + BUFFER
+    right = np.linspace(low, high, int(np.ceil((high - low) * THRESHOLDS_PER_UNIT)))
+    lefts = int(np.ceil(2 * BUFFER * THRESHOLDS_PER_UNIT))
+    left = np.linspace(right - width - BUFFER, right - width + BUFFER, lefts, axis=1).ravel()
+    right = np.repeat(right, lefts)
+    tpr, fpr = fraction_between(pos, left, right), fraction_between(neg, left, right)
+    return tpr, 1 - tpr, fpr, 1 - fpr
+
+
+def example_epsilon(pos, neg, delta=DELTA):
+    """The epsilon of one example: the largest over both families of tests of
+    max(log(1 - delta - fpr) - log(fnr), log(1 - delta - fnr) - log(fpr)), at least 0; infinite (capped at 50) where a
+    test separates the two sets; tests with only one of fpr, fnr zero are left out (too few models to tell). When
+    one side's range is under 1% of the other's (a "peaky" unlearned distribution) the example gets the cap at once.
+    pos: the side with the larger median."""
+    ranges = sorted([np.ptp(pos), np.ptp(neg)])
+    if ranges[1] == 0:  # both constant: equal, or perfectly separated
+        return 0.0 if pos[0] == neg[0] else float(EPSILON_CAP)
+    if ranges[0] / ranges[1] < PEAKY:
+        return float(EPSILON_CAP)
+    tpr, fnr, fpr, tnr = (np.concatenate(pair) for pair in zip(double_threshold_rates(pos, neg),
+                                                                  single_threshold_rates(pos, neg)))
+    if np.any((fpr + fnr == 0) & (tpr + tnr == 2)):
+        return float(EPSILON_CAP)
+    keep = fpr * fnr != 0
+    with np.errstate(invalid="ignore"):
+        eps = np.maximum(np.log(1 - delta - fpr[keep]) - np.log(fnr[keep]),
+                         np.log(1 - delta - fnr[keep]) - np.log(fpr[keep]))
+    eps = eps[~np.isnan(eps)]
+    return float(np.clip(eps.max(), 0, EPSILON_CAP)) if len(eps) else 0.0
+
+
+def example_epsilons(unlearned, retrained):
+    """Per example (columns of two models x examples arrays of logit-scaled confidence), its epsilon."""
+    retrain_is_positive = np.median(retrained, 0) > np.median(unlearned, 0)
+    pos = np.where(retrain_is_positive, retrained, unlearned)
+    neg = np.where(retrain_is_positive, unlearned, retrained)
+    return np.array([example_epsilon(pos[:, i], neg[:, i]) for i in range(pos.shape[1])])
+
+
+def bucket_points(epsilons, models):
+    """Each example's points: 1 for epsilon in [0, 0.5), 1/2 for [0.5, 1), ... while the bucket ends by
+    ceil(ln(models - 1)), the largest epsilon `models` samples a side can show; 0 beyond."""
+    top = np.ceil(np.log(models - 1)) if models > 1 else 0
+    buckets = int(top // BUCKET)  # buckets [0, 0.5), [0.5, 1), ... that end by `top`
+    index = np.floor(np.asarray(epsilons) / BUCKET)
+    return np.where(index < buckets, 0.5 ** index, 0.0)
+
+
+def forget_quality(unlearned, retrained):
+    """(F, per-example epsilons): the mean of the bucket points over the forget set."""
+    eps = example_epsilons(unlearned, retrained)
+    return float(bucket_points(eps, unlearned.shape[0]).mean()), eps
+
+
+# ----------------------------------------------------------------------------- KLOM and U-LiRA
+
+def binned_kl(p, q):
+    """KL(p || q) of two samples over 20 equal bins spanning both (after clipping to [-100, 100]); a value equal to
+    the top edge falls outside every bin, as numpy.digitize puts it (the reference code's binning)."""
+    p, q = np.clip(p, -KLOM_CLIP, KLOM_CLIP), np.clip(q, -KLOM_CLIP, KLOM_CLIP)
+    low, high = min(p.min(), q.min()), max(p.max(), q.max())
+    edges = np.linspace(low, high if high > low else low + 1, KLOM_BINS + 1)
+    hp = np.bincount(np.digitize(p, edges), minlength=KLOM_BINS + 2)[1:KLOM_BINS + 1].astype(np.float64)
+    hq = np.bincount(np.digitize(q, edges), minlength=KLOM_BINS + 2)[1:KLOM_BINS + 1].astype(np.float64)
+    hp, hq = hp / max(hp.sum(), 1), hq / max(hq.sum(), 1)
+    hq = np.where(hp > 0, np.maximum(hq, KLOM_EPS), hq)
+    hq = hq / hq.sum()
+    nonzero = hp > 0
+    return float(np.sum(hp[nonzero] * np.log(hp[nonzero] / hq[nonzero])))
+
+
+def klom(unlearned, retrained):
+    """KLOM per example: KL(margins under the unlearned models || under the retrained ones)."""
+    return np.array([binned_kl(unlearned[:, i], retrained[:, i]) for i in range(unlearned.shape[1])])
+
+
+def gaussian_logpdf(x, mean, std):
+    return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+
+
+def ulira(unlearned, retrained):
+    """U-LiRA (Hayes et al., arXiv 2403.01218), on one forget set: per example, Gaussians of the logit-scaled
+    confidence fitted on half of the unlearned ("trained, then unlearned") and half of the retrained ("never
+    trained") models; the other halves are the targets, each (model, example) pair scored by the log likelihood
+    ratio. Returns the attack's accuracy at ratio 0 (50% = indistinguishable) and its TPR at 1% and 0.1% FPR."""
+    half_u, half_r = unlearned.shape[0] // 2, retrained.shape[0] // 2
+    fit_u, target_u, fit_r, target_r = unlearned[:half_u], unlearned[half_u:], retrained[:half_r], retrained[half_r:]
+    floor = 1e-3  # a std of 0 (identical shadow models) would make the ratio infinite
+    mu_u, sd_u = fit_u.mean(0), np.maximum(fit_u.std(0), floor)
+    mu_r, sd_r = fit_r.mean(0), np.maximum(fit_r.std(0), floor)
+    def ratio(x):
+        return (gaussian_logpdf(x, mu_u, sd_u) - gaussian_logpdf(x, mu_r, sd_r)).ravel()
+    members, others = ratio(target_u), ratio(target_r)
+    acc = 100 * (np.mean(members > 0) + np.mean(others <= 0)) / 2
+    def tpr_at(fpr):
+        threshold = np.quantile(others, 1 - fpr, method="higher")
+        return 100 * float(np.mean(members > threshold))
+    return {"acc": float(acc), "tpr_at_1%": tpr_at(0.01), "tpr_at_0.1%": tpr_at(0.001),
+            "models": [len(fit_u), len(target_u), len(fit_r), len(target_r)]}
+
+
+# ----------------------------------------------------------------------------- scoring a pool
+
+def spread(values):
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std()), "n": len(values)} if len(values) else None
+
+
+def group_metrics(group):
+    """Per model: forget / retain / test accuracy and our MIA (forget losses vs the forgotten class's test images,
+    or the whole test set for sample forgetting), then their mean and std over the group's training seeds."""
+    test_logits, test_labels = group["test"]
+    nonmember = test_labels == group["forget_class"] if group["forget_class"] >= 0 else np.ones(len(test_labels), bool)
+    per_model = {"forget_acc": accuracy(*group["forget"]), "retain_acc": accuracy(*group["retain"]),
+                 "test_acc": accuracy(*group["test"]), "mia": []}
+    def losses(logits, labels):
+        return F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none").numpy()
+    for m in range(len(group["models"])):
+        per_model["mia"].append(mia_score(losses(group["forget"][0][m], group["forget"][1]),
+                                          losses(test_logits[m][nonmember], test_labels[nonmember])))
+    return {key: spread(values) for key, values in per_model.items()}
+
+
+def score_group(group, reference):
+    """Every score of a group's first N/2 models against the reference (retrained) models N/2..N-1."""
+    half = len(reference["models"]) // 2
+    if half < 3 or len(group["models"]) < half:
+        raise ValueError(f"a pool needs N >= 6 models per group (3 a side: the score's top epsilon is ln(N/2 - 1)); "
+                         f"found {len(reference['models'])} retrained, {len(group['models'])} in a group")
+    ours = {s: (group[s][0][:half], group[s][1]) for s in GROUPS}
+    theirs = {s: (reference[s][0][half:2 * half], reference[s][1]) for s in GROUPS}
+    quality, eps = forget_quality(logit_scaled_confidence(*ours["forget"]), logit_scaled_confidence(*theirs["forget"]))
+    ratio = ((accuracy(*ours["retain"]).mean() / accuracy(*theirs["retain"]).mean()) *
+             (accuracy(*ours["test"]).mean() / accuracy(*theirs["test"]).mean()))
+    kloms = {s: np.quantile(klom(margins(*ours[s]), margins(*theirs[s])), QUANTILES).tolist() for s in GROUPS}
+    return {"models": half, "forget_quality": quality, "utility": float(ratio), "score": float(quality * ratio),
+            "epsilons": eps.tolist(), "klom_quantiles": kloms,
+            "ulira": ulira(logit_scaled_confidence(*group["forget"]), logit_scaled_confidence(*reference["forget"])),
+            "spread": group_metrics(group), "seconds": spread(group["seconds"])}
+
+
+def score_pool(folder):
+    """scores.json of a pool: every group against the retrained models, the retrained models' first half (the
+    ceiling) included as "retrain"."""
+    pool = read_pool(folder)
+    reference = pool["retrain"]
+    scores = {"pool": os.path.basename(os.path.abspath(folder)), "forget_class": reference["forget_class"],
+              "n": len(reference["models"]), "quantiles": QUANTILES,
+              "examples": {s: len(reference[s][1]) for s in GROUPS}, "groups": {}}
+    for name, group in pool.items():
+        print(f"scoring {name} ({len(group['models'])} models)", file=sys.stderr, flush=True)
+        scores["groups"][name] = score_group(group, reference)
+    return scores
+
+
+def format_scores(scores):
+    """The terminal's summary: one line per group (report.py has the full table)."""
+    mid = QUANTILES.index(0.5)
+    lines = []
+    for name, g in scores["groups"].items():
+        klom_medians = " / ".join(f"{g['klom_quantiles'][s][mid]:.3f}" for s in GROUPS)
+        lines.append(f"{name:>12}: F {g['forget_quality']:.3f}, score {g['score']:.3f}, KLOM median forget / retain / "
+                     f"test {klom_medians}, U-LiRA acc {g['ulira']['acc']:.1f}%, forget acc "
+                     f"{g['spread']['forget_acc']['mean']:.2f} +- {g['spread']['forget_acc']['std']:.2f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    outputs = add_data_args(commands.add_parser("outputs", help="one model's logits on the pool's examples -> .npz"))
+    outputs.add_argument("--model", required=True, help="the checkpoint (a path, an https:// URL or an hf:// name)")
+    outputs.add_argument("--out", required=True, help="the .npz to write")
+    outputs.add_argument("--retain-sample", type=non_negative_int, default=1000,
+                         help="retain-set examples kept, a fixed seeded sample (default: 1000)")
+    outputs.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    score = commands.add_parser("score", help="every score of a pool folder -> POOL/scores.json")
+    score.add_argument("pool", help="the pool folder (make pool writes one)")
+    score.add_argument("--out", default=None, help="the scores' JSON (default: POOL/scores.json)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.command == "outputs":
+        if not args.out.endswith(".npz"):
+            raise ValueError(f"--out {args.out}: give a .npz path")
+        check_writable(args.out)
+        data = load_dataset(args.dataset, args.data_dir)
+        split = split_from_args(args, data)
+        device, _ = pick_device(args.device, "fp32")
+        model = to_device(load_model(args.model, num_classes=len(data.classes)), device)
+        write_outputs(args.out, model, data, split, device, args.retain_sample)
+        return print(f"wrote {args.out}")
+    if not os.path.isdir(args.pool):
+        raise ValueError(f"{args.pool} is not a folder: give a pool folder (make pool writes one)")
+    out = args.out or os.path.join(args.pool, "scores.json")
+    check_writable(out)
+    scores = score_pool(args.pool)
+    write_json(out, scores)
+    print(format_scores(scores))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -5,8 +5,9 @@
 
 Plain path = a torchvision DataLoader over PIL images with the recipe's transforms and worker processes, fp32,
 eager, `.item()` every step. Ours = the batched on-device Loader, device-side metrics, bf16 autocast on CUDA.
-Measured: a training epoch, evaluation of the test set, SSD importances (batch and per-sample). Prints a
-Markdown table (images/s and the ratio) and writes JSON.
+Measured: a training epoch, evaluation of the test set, SSD importances (batch and per-sample), the ensemble
+recipe's rotation + color jitter (ours batched against torchvision's transforms image by image), and one epoch of
+every unlearning method (ours only). Prints a Markdown table (images/s and the ratio) and writes JSON.
 """
 import argparse
 import dataclasses
@@ -18,11 +19,12 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 from cli import check_writable, run, write_json
-from data import Loader, add_data_args, device_name, load_dataset, positive_int, split_from_args
+from data import (Loader, add_data_args, color_jitter, device_name, draw_rotate_jitter, load_dataset, positive_int,
+                  rotate, split_from_args)
 from evaluate import eval_batch_size, pick_device, predict
 from models import ARCHS, build_model, to_device
 from train import TrainConfig, train_epoch
-from unlearn import importance_batch, importance_per_sample
+from unlearn import METHODS, importance_batch, importance_per_sample
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -101,6 +103,47 @@ def measure(name, n, ours, plain, device):
     return row
 
 
+def plain_rotate_jitter(images):
+    """The ensemble recipe's augmentation as torchvision applies it: each image through the v2 transforms."""
+    from torchvision.transforms import v2
+    transform = v2.Compose([v2.RandomRotation(10), v2.ColorJitter(0.2, 0.2, 0.2, 0.1)])
+    return torch.stack([transform(image) for image in images])
+
+
+def ours_rotate_jitter(images, generator):
+    angles, order, factors = draw_rotate_jitter(len(images), generator, images.device)
+    return color_jitter(rotate(images, angles), order, factors)
+
+
+# the sets one epoch of a method passes over (SSD: D = retain + forget, then the forget set); the paired methods'
+# cycled forget batches are not counted
+EPOCH_SETS = {"ssd": ("retain", "forget", "forget"), "ga": ("forget",), "finetune": ("retain",)}
+
+
+def method_rows(model, data, retain, forget, device, amp):
+    """One epoch of every method but retrain (the train epoch row) on copies of the model: images/s over the sets
+    that epoch passes over (ours only: the methods have no plain counterpart here)."""
+    import copy
+    rows = []
+    for name, (fn, config_class, _) in METHODS.items():
+        if name == "retrain":
+            continue
+        fields = {f.name for f in dataclasses.fields(config_class)}
+        cfg = config_class(**{k: v for k, v in {"epochs": 1, "max_epochs": 1}.items() if k in fields})
+        loaders = [Loader(data, idx, True, getattr(cfg, key, 128), device, name != "ssd")
+                   for idx, key in ((retain, "batch_size"), (forget, "forget_batch_size"))]
+        def run_method():
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                fn(copy.deepcopy(model), *loaders, cfg, device)
+        run_method()
+        n = sum(len(retain if s == "retain" else forget) for s in EPOCH_SETS.get(name, ("retain", "forget")))
+        seconds = timed(run_method, device)
+        rows.append({"measure": f"unlearn: {name}, 1 epoch", "images": n, "ours_images_per_s": n / seconds,
+                     "plain_images_per_s": None, "speedup": None})
+        print(f"| unlearn: {name}, 1 epoch | {n} | {n / seconds:.0f} | - | - |", flush=True)
+    return rows
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="resnet18", choices=list(ARCHS), help="architecture (default: resnet18)")
@@ -145,6 +188,15 @@ def main(argv=None):
                 lambda: importance_per_sample(model.eval(), Loader(data, few, True, 64, device)),
                 lambda: plain_importance(plain_model, plain_loader(data, few, True, 1, False, 0, False), device), device),
     ]
+    images = ours_test.images[:args.per_sample].float() / 255  # the recipe augments [0, 1] images before resizing
+    generator = torch.Generator(device=device).manual_seed(0)
+    rows.append(measure("ensemble rotation + jitter (32 px)", len(images),
+                        lambda: ours_rotate_jitter(images, generator), lambda: plain_rotate_jitter(images), device))
+    retain, forget = split.retain, split.forget
+    if not len(forget):  # no forget set given: the methods forget class 0
+        zero = data.train_y[retain] == 0
+        retain, forget = retain[~zero], retain[zero]
+    rows += method_rows(model, data, retain, forget, device, amp)
     write_json(args.out, {"arch": args.arch, "dataset": data.name, "device": str(device),
                           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                           "precision": "bf16" if amp else "fp32", "workers": args.workers, "torch": torch.__version__,

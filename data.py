@@ -39,6 +39,8 @@ CIFAR = {
                  "fine_labels", "meta", "fine_label_names"),
 }
 PAD = 4  # RandomCrop(size, padding=4): offsets uniform in 0..2*PAD
+ROTATION = 10.0  # the ensemble report's RandomRotation(10): degrees either way
+JITTER = (0.2, 0.2, 0.2, 0.1)  # its ColorJitter(brightness, contrast, saturation, hue)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
 
@@ -341,16 +343,82 @@ def crop_flip(x, generator, size):
     return resize(random_crop_flip(x, generator), size)
 
 
+def draw_rotate_jitter(n, generator, device):
+    """Per image, the parameters torchvision's RandomRotation(10) and ColorJitter(0.2, 0.2, 0.2, 0.1) draw: an angle
+    uniform in [-10, 10] degrees, a uniformly random order of the four adjustments, brightness, contrast and
+    saturation factors uniform in [0.8, 1.2] and a hue shift uniform in [-0.1, 0.1]. On the device, from the
+    loader's generator: no host read."""
+    angles = (torch.rand(n, generator=generator, device=device) * 2 - 1) * ROTATION
+    order = torch.rand(n, 4, generator=generator, device=device).argsort(1)
+    spread = torch.tensor(JITTER, device=device)
+    u = torch.rand(n, 4, generator=generator, device=device) * 2 - 1
+    factors = torch.cat([1 + u[:, :3] * spread[:3], u[:, 3:] * spread[3:]], 1)
+    return angles, order, factors
+
+
+def rotate(x, angles):
+    """torchvision's rotate(image, angle, NEAREST, fill=0) of every image by its own angle: the same inverse
+    matrix (built in float64, used in float32), the same pixel-centre grid and grid_sample, batched."""
+    n, _, h, w = x.shape
+    rad = torch.deg2rad(-(angles.double() % 360))
+    cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
+    theta = torch.stack([cos, sin, zero, -sin, cos, zero], 1).to(x.dtype).view(n, 2, 3)
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=x.device)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=x.device)
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=x.device)], -1)
+    scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
+    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, h, w, 2)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def grayscale(x):
+    """ITU-R 601 luma, torchvision's weights: (n, 1, h, w)."""
+    r, g, b = x.unbind(1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1)
+
+
+def shift_hue(x, shift):
+    """Every image's hue moved by its own shift (in turns), through HSV as torchvision's adjust_hue."""
+    maxc, minc = x.amax(1), x.amin(1)
+    r, g, b = x.unbind(1)
+    span = maxc - minc
+    flat = span == 0  # gray pixels: no hue, saturation 0
+    s = span / torch.where(flat, 1.0, maxc)
+    span = torch.where(flat, 1.0, span)
+    h = torch.where(maxc == r, (g - b) / span, torch.where(maxc == g, 2 + (b - r) / span, 4 + (r - g) / span))
+    h6 = torch.remainder(torch.fmod(h * (1.0 / 6.0) + 1.0, 1.0) + shift.view(-1, 1, 1), 1.0) * 6
+    vs = maxc * s  # back to RGB: channel n (5, 3, 1 for r, g, b) = v - v s clamp(min(k, 4 - k), 0, 1)
+    return torch.stack([maxc - vs * torch.minimum(k, 4 - k).clamp(0, 1)
+                        for k in (torch.remainder(h6 + n, 6) for n in (5.0, 3.0, 1.0))], 1)
+
+
+def blend_step(x, op, factors, active):
+    """One of brightness (0), contrast (1), saturation (2) per image, where `active`: torchvision's blends
+    clamp(x f + t (1 - f)), t = 0, the mean luma, the luma; f = 1 leaves an inactive image exactly as it is."""
+    f = torch.where(active & (op < 3), factors.gather(1, op.clamp(max=2)[:, None])[:, 0], 1.0).view(-1, 1, 1, 1)
+    gray = grayscale(x)
+    target = gray * (op == 2).view(-1, 1, 1, 1) + gray.mean((1, 2, 3), keepdim=True) * (op == 1).view(-1, 1, 1, 1)
+    return (x * f + target * (1 - f)).clamp(0, 1)
+
+
+def color_jitter(x, order, factors):
+    """ColorJitter's four adjustments in each image's own order, batched: the blends before the hue shift, the hue
+    shift once (at whatever step it comes for each image), then the blends after it."""
+    hue_step = (order == 3).int().argmax(1)
+    for step in range(3):  # before the hue shift
+        x = blend_step(x, order[:, step], factors, step < hue_step)
+    x = shift_hue(x, factors[:, 3])
+    for step in range(1, 4):  # after it
+        x = blend_step(x, order[:, step], factors, step > hue_step)
+    return x
+
+
 def rotate_jitter_crop_flip(x, generator, size):
-    """The ensemble report's recipe: torchvision's RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1) per image,
-    then Resize(size * 8/7) (256 for 224) + RandomCrop(size) + RandomHorizontalFlip. Per-image parameters come from
-    torch's CPU RNG, seeded from the loader's generator, so a seed still gives the same batches."""
-    from torchvision.transforms import v2
-    transform = v2.Compose([v2.RandomRotation(10), v2.ColorJitter(0.2, 0.2, 0.2, 0.1)])
-    seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=x.device))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x = torch.stack([transform(image) for image in x])
+    """The ensemble report's recipe: torchvision's RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1) per image
+    (batched, with the same distribution), then Resize(size * 8/7) (256 for 224) + RandomCrop(size) +
+    RandomHorizontalFlip."""
+    angles, order, factors = draw_rotate_jitter(len(x), generator, x.device)
+    x = color_jitter(rotate(x, angles), order, factors)
     size = size or x.shape[-1]
     return random_crop_flip(resize(x, size * 8 // 7), generator, pad=0, size=size)
 

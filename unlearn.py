@@ -243,8 +243,8 @@ def dampen(model, full_importance, forget_importance, lam, alpha):
     """Where I_f > alpha * I_D, multiply the weight by min(lambda * I_D / I_f, 1): weights only ever shrink."""
     for name, p in model.named_parameters():
         i_d, i_f = full_importance[name], forget_importance[name]
-        selected = i_f > alpha * i_d
-        p[selected] = p[selected] * (lam * i_d[selected] / i_f[selected]).clamp(max=1)
+        selected = i_f > alpha * i_d  # where, not a boolean index: its size would be read back from a GPU
+        p.copy_(torch.where(selected, p * (lam * i_d / i_f).clamp(max=1), p))
 
 
 IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample}

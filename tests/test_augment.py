@@ -106,3 +106,41 @@ def test_channels_last_batches_and_model_give_the_same_training_step():
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))  # the same values, another memory order
     # Other summation orders in the convolutions; BatchNorm over 8 noise images amplifies them (measured: 6e-5).
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-3) for k in wa)
+
+
+def test_rotate_jitter_is_torchvisions_per_image_ops_with_the_drawn_parameters():
+    """The batched ensemble augmentation against torchvision's functional ops applied image by image with the very
+    parameters it drew. Rotation: equal (the same grid and grid_sample). Jitter: within 2e-6, float rounding of our
+    HSV formulas (fewer passes than torchvision's) and of the blends' 1 - f, computed in float32 here."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+    from data import color_jitter, draw_rotate_jitter, rotate
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x[:, :, :4] = 0.5  # gray rows: no hue
+    x[:, 1, 4:8] = x[:, 0, 4:8]  # ties between channels
+    angles, order, factors = draw_rotate_jitter(64, torch.Generator().manual_seed(1), "cpu")
+    rotated = rotate(x, angles)
+    expected = torch.stack([TF.rotate(image, float(a), InterpolationMode.NEAREST, fill=0) for image, a in zip(x, angles)])
+    assert torch.equal(rotated, expected)
+    adjust = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    jittered = []
+    for image, steps, f in zip(expected, order.tolist(), factors.tolist()):
+        for k in steps:  # torchvision's ColorJitter: the four adjustments in the drawn order
+            image = adjust[k](image, f[k])
+        jittered.append(image)
+    assert (color_jitter(rotated, order, factors) - torch.stack(jittered)).abs().max() < 2e-6
+
+
+def test_rotate_jitter_parameters_have_torchvisions_distribution():
+    from data import draw_rotate_jitter
+    angles, order, factors = draw_rotate_jitter(24000, torch.Generator().manual_seed(0), "cpu")
+    # RandomRotation(10): uniform on [-10, 10]; ColorJitter(0.2, 0.2, 0.2, 0.1): factors uniform on [0.8, 1.2],
+    # hue on [-0.1, 0.1], the order a uniformly random permutation (torch.randperm(4))
+    assert -10 <= angles.min() < -9.99 and 9.99 < angles.max() <= 10
+    assert chi_square(torch.histc(angles, 20, -10, 10).double()) < 43.8  # 19 dof, p = 0.001
+    for k, (low, high) in enumerate([(0.8, 1.2)] * 3 + [(-0.1, 0.1)]):
+        assert low <= factors[:, k].min() < low + 1e-3 and high - 1e-3 < factors[:, k].max() <= high
+        assert chi_square(torch.histc(factors[:, k], 20, low, high).double()) < 43.8
+    codes = (order * torch.tensor([64, 16, 4, 1])).sum(1)
+    assert sorted(order.sort(1).values.unique(dim=0).flatten().tolist()) == [0, 1, 2, 3]
+    assert len(codes.unique()) == 24 and chi_square(torch.bincount(codes)[codes.unique()].double()) < 49.7  # 23 dof

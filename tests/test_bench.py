@@ -10,6 +10,7 @@ from conftest import ARCHIVE, run_script
 from data import Loader
 from models import build_model
 from train import TrainConfig, train_epoch
+from unlearn import METHODS
 
 
 def test_fast_and_plain_paths_end_with_the_same_weights(cifar_jpeg):
@@ -34,5 +35,9 @@ def test_bench_runs_and_writes_json(cifar_jpeg, data_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "b.json"))["rows"]
     assert [row["measure"] for row in rows] == ["train epoch", "evaluate test set", "SSD importance (batch 64)",
-                                                 "SSD importance (per-sample)"]
-    assert all(row["speedup"] > 0 and row["images"] > 0 for row in rows)
+                                                 "SSD importance (per-sample)", "ensemble rotation + jitter (32 px)"] + \
+        [f"unlearn: {m}, 1 epoch" for m in METHODS if m != "retrain"]
+    assert all(row["speedup"] > 0 and row["images"] > 0 for row in rows[:5])
+    sizes = {row["measure"]: row["images"] for row in rows}  # 5 images a class: class 0 is the forget set
+    assert sizes["unlearn: ga, 1 epoch"] == 5 and sizes["unlearn: finetune, 1 epoch"] == 45
+    assert sizes["unlearn: ssd, 1 epoch"] == 55 and sizes["unlearn: scrub, 1 epoch"] == 50

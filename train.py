@@ -447,6 +447,7 @@ def finish_distributed(model):
     digest = torch.tensor([float(sum(p.double().sum() for p in model.state_dict().values()))], dtype=torch.float64)
     digests = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
     dist.all_gather(digests, digest)
+    dist.barrier()  # no rank tears its connections down while another is still finishing a collective (gloo aborts)
     dist.destroy_process_group()
     return all(torch.equal(d, digests[0]) for d in digests)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from cli import atomic_write, run
 
@@ -30,22 +31,11 @@ STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-
-
-def cifar_download(name):
-    """torchvision's downloader of one CIFAR, imported only when a download is needed (torchvision takes seconds
-    to import)."""
-    def download(root, **kwargs):
-        from torchvision import datasets
-        return getattr(datasets, name)(root, **kwargs)
-    return download
-
-
-# name -> (its downloader, extracted folder, train files, test files, label key, meta file, names key)
+# name -> (torchvision class that downloads it, extracted folder, train files, test files, label key, meta file, names key)
 CIFAR = {
-    "cifar10": (cifar_download("CIFAR10"), "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                 ["test_batch"], "labels", "batches.meta", "label_names"),
-    "cifar100": (cifar_download("CIFAR100"), "cifar-100-python", ["train"], ["test"],
+    "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python", ["train"], ["test"],
                  "fine_labels", "meta", "fine_label_names"),
 }
 PAD = 4  # RandomCrop(size, padding=4): offsets uniform in 0..2*PAD

@@ -15,8 +15,6 @@ sidecar beside it (argv, config, split, seed, versions, device, wall time, metri
 """
 import argparse
 import hashlib
-import importlib
-import importlib.metadata
 import io
 import json
 import math
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 
 from cli import atomic_writes, check_writable, json_bytes, read_json, run, to_json
 
@@ -41,7 +40,7 @@ HF_ENDPOINT = "https://huggingface.co"  # $HF_ENDPOINT overrides it, as in huggi
 
 def resnet18(num_classes=10):
     """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, exactly as the model card builds it."""
-    model = torchvision_models().resnet18(weights=None, num_classes=num_classes)
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
@@ -90,23 +89,17 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def torchvision_models():
-    """torchvision.models, imported when a torchvision architecture is built: importing torchvision takes seconds,
-    which every run of a CIFAR ResNet (resnet20, the tests' model) would otherwise pay."""
-    return importlib.import_module("torchvision.models")
-
-
-def imagenet_resnet(name, num_classes):
+def imagenet_resnet(builder, num_classes):
     """torchvision's ImageNet ResNet (7x7 stem, max-pool, 224x224 input) with a new classifier."""
-    model = getattr(torchvision_models(), name)(weights=None)
+    model = builder(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
 
 ARCHS = {
     "resnet18": resnet18,
-    "resnet18-imagenet": lambda num_classes=10: imagenet_resnet("resnet18", num_classes),
-    "resnet34-imagenet": lambda num_classes=10: imagenet_resnet("resnet34", num_classes),
+    "resnet18-imagenet": lambda num_classes=10: imagenet_resnet(torchvision.models.resnet18, num_classes),
+    "resnet34-imagenet": lambda num_classes=10: imagenet_resnet(torchvision.models.resnet34, num_classes),
     "resnet20": lambda num_classes=10: CifarResNet(20, num_classes),
     "resnet32": lambda num_classes=10: CifarResNet(32, num_classes),
     "resnet44": lambda num_classes=10: CifarResNet(44, num_classes),
@@ -115,7 +108,10 @@ ARCHS = {
 
 
 # The ImageNet-1K weights (IMAGENET1K_V1) of the transfer architectures, as torchvision publishes them.
-IMAGENET_WEIGHTS = {"resnet18-imagenet": "ResNet18_Weights", "resnet34-imagenet": "ResNet34_Weights"}
+IMAGENET_WEIGHTS = {
+    "resnet18-imagenet": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34-imagenet": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+}
 
 
 def build_model(arch, num_classes, pretrained=False):
@@ -124,7 +120,7 @@ def build_model(arch, num_classes, pretrained=False):
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
     model = ARCHS[arch](num_classes)
     if pretrained and arch in IMAGENET_WEIGHTS:
-        state = imagenet_state_dict(getattr(torchvision_models(), IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1)
+        state = imagenet_state_dict(IMAGENET_WEIGHTS[arch])
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
     return model
 
@@ -327,7 +323,7 @@ def save_model(path, model, meta):
     buffer = io.BytesIO()
     torch.save(state, buffer)
     versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": importlib.metadata.version("torchvision"), "numpy": np.__version__}
+                "torchvision": torchvision.__version__, "numpy": np.__version__}
     sidecar = {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions,
                "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), **meta}
     atomic_writes([(sidecar_path(path), lambda f: f.write(json_bytes(sidecar))),

@@ -6,10 +6,11 @@
 
 Every checkpoint of the three cards (report.PUBLISHED_CHECKPOINTS) is fetched by its hf:// name and evaluated on the
 test set with our evaluation: the cards' columns (full and retrain top-1, SSD and AdvNegGrad forget / retain class
-acc (loss)) beside ours, with the differences. Then our SSD with the card's lambda 1 and alpha 10 unlearns each class
-from the published original and is compared with the published SSD checkpoint weight by weight (the fraction of
-weights each changed, the fraction equal, the largest difference) and by its table row. Each step is a file under
---out that a rerun with the same settings reuses; --out/report.md holds the tables and a plain verdict for each.
+acc (loss)) beside ours, with the differences. Then our SSD with the card's lambda 1 and alpha 10 unlearns each
+class, starting at the published original, and is compared with the published SSD checkpoint weight by weight
+(the fraction of weights each changed, the fraction equal, the largest difference) and by its table row. Each
+step is a file under --out that a rerun with the same settings reuses; --out/report.md holds the tables and a
+plain verdict for each.
 The first run needs network access (or the files placed in torch's hub cache: the error says where).
 """
 import argparse
@@ -56,8 +57,9 @@ def evaluate_published(name, data, split, device, settings, folder):
     """The class sums of one published checkpoint (fetched once), with its file's sha256; reused from
     folder/<file>.json when made with the same settings."""
     path = os.path.join(folder, os.path.basename(name) + ".json")
-    if os.path.exists(path) and read_json(path).get("settings") == settings:
-        return read_json(path)
+    saved = read_json(path) if os.path.exists(path) else {}
+    if saved.get("settings") == settings:
+        return saved
     model = to_device(load_model(name, num_classes=len(data.classes)), device)
     result = {"name": name, "sha256": sha256_file(fetch(name)), "settings": settings,
               **class_sums(model, data, split, device)}

@@ -58,7 +58,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Split:
-    """Index arrays into the train and test sets. `train` = forget + retain (after --subset)."""
+    """Index arrays into the train and test sets. `train` = forget + retain (after --subset, and --keep-half)."""
     forget_class: int | None
     forget_fraction: float | None
     forget_seed: int
@@ -69,6 +69,7 @@ class Split:
     test_forget: np.ndarray  # the forgotten class's test images (empty for random forgetting)
     test_retain: np.ndarray
     val: np.ndarray  # held out of the retain set for model selection (empty unless val_fraction)
+    keep_half: int | None = None  # train is the seeded random half number keep_half of the train set in use
 
 
 # ----------------------------------------------------------------------------- loading
@@ -251,24 +252,36 @@ def subset_indices(labels, per_class=None):
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
 
 
+def random_half(train, keep_half):
+    """The seeded random half number `keep_half` of the train indices (sorted): a U-LiRA shadow model's data (Hayes
+    et al., arXiv 2403.01218, after LiRA's random halves). The stream is (keep_half, 2), apart from the random forget
+    set's (forget_seed) and SISA's shards' (seed, 1)."""
+    perm = np.random.default_rng([keep_half, 2]).permutation(len(train))
+    return np.sort(train[perm[:len(train) // 2]])
+
+
 def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, subset=None, test_subset=None,
-               forget_indices=None, val_fraction=None, val_seed=0):
+               forget_indices=None, val_fraction=None, val_seed=0, keep_half=None):
     """Class-wise (every train image of forget_class), random (a seeded fraction of the train set) or given
-    (forget_indices) forgetting; val_fraction holds a seeded part of the retain set out for model selection."""
+    (forget_indices) forgetting; val_fraction holds a seeded part of the retain set out for model selection;
+    keep_half restricts the train set to a seeded random half of it, the forget set drawn inside it."""
     if sum(x is not None for x in (forget_class, forget_fraction, forget_indices)) > 1:
         raise ValueError("give one of --forget-class, --forget-fraction, --forget-indices")
     for name, f in (("--forget-fraction", forget_fraction), ("--val-fraction", val_fraction)):
         if f is not None and not 0 < f < 1:
             raise ValueError(f"{name} must be in (0, 1), got {f}")
     train = subset_indices(data.train_y, subset)
+    if keep_half is not None:
+        train = random_half(train, keep_half)
     test = subset_indices(data.test_y, test_subset)
     forget, test_forget = train[:0], test[:0]
     if forget_class is not None:
         forget = train[data.train_y[train] == forget_class]
         test_forget = test[data.test_y[test] == forget_class]
     elif forget_fraction is not None:
-        perm = np.random.default_rng(forget_seed).permutation(len(train))
-        forget = np.sort(train[perm[:round(forget_fraction * len(train))]])
+        # inside a half, the stream also names the half: one seed draws unrelated sets from different halves
+        rng = np.random.default_rng(forget_seed if keep_half is None else [forget_seed, 3, keep_half])
+        forget = np.sort(train[rng.permutation(len(train))[:round(forget_fraction * len(train))]])
     elif forget_indices is not None:
         forget = np.unique(np.asarray(forget_indices, dtype=np.int64))
         if not np.isin(forget, train).all():
@@ -281,7 +294,8 @@ def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, sub
         val = np.sort(np.random.default_rng(val_seed).permutation(retain)[:round(val_fraction * len(retain))])
         retain = np.setdiff1d(retain, val)
     test_retain = np.setdiff1d(test, test_forget)
-    return Split(forget_class, forget_fraction, forget_seed, train, forget, retain, test, test_forget, test_retain, val)
+    return Split(forget_class, forget_fraction, forget_seed, train, forget, retain, test, test_forget, test_retain, val,
+                 keep_half)
 
 
 def read_indices(path):
@@ -309,8 +323,9 @@ def describe_split(split, classes):
     return {
         "forget_class": None if split.forget_class is None else classes[split.forget_class],
         "forget_class_index": split.forget_class, "forget_fraction": split.forget_fraction,
-        "forget_seed": split.forget_seed, "n_train": len(split.train), "n_forget": len(split.forget),
-        "n_retain": len(split.retain), "n_val": len(split.val), "n_test": len(split.test), "sha256": digest.hexdigest(),
+        "forget_seed": split.forget_seed, "keep_half": split.keep_half, "n_train": len(split.train),
+        "n_forget": len(split.forget), "n_retain": len(split.retain), "n_val": len(split.val), "n_test": len(split.test),
+        "sha256": digest.hexdigest(),
         "forget_indices": split.forget.tolist() if split.forget_class is None else None,
     }
 
@@ -502,6 +517,9 @@ def add_data_args(parser):
     g.add_argument("--forget-seed", type=non_negative_int, default=0, help="seed of the random forget set (default: 0)")
     g.add_argument("--forget-indices", default=None,
                    help="forget these train indices instead: a .npy file or a text file of integers (default: none)")
+    g.add_argument("--keep-half", type=non_negative_int, default=None,
+                   help="train on the seeded random half K of the train set, the forget set drawn inside it: a "
+                        "U-LiRA shadow model (default: the whole set)")
     g.add_argument("--subset", type=positive_int, default=None,
                    help="use the first N train images of each class, for quick runs (default: all)")
     g.add_argument("--test-subset", type=positive_int, default=None,
@@ -552,7 +570,7 @@ def split_from_args(args, data, val_fraction=None):
     forget_class = None if args.forget_class is None else resolve_class(data.classes, args.forget_class)
     forget_indices = None if args.forget_indices is None else read_indices(args.forget_indices)
     return make_split(data, forget_class, args.forget_fraction, args.forget_seed, args.subset, args.test_subset,
-                      forget_indices, val_fraction)
+                      forget_indices, val_fraction, keep_half=args.keep_half)
 
 
 def parse_args(argv=None):

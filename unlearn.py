@@ -425,14 +425,15 @@ METHODS = {
 
 def default_out(data, arch, display, split, subset):
     """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0 (random),
-    _forget<N> (given indices)."""
+    _forget<N> (given indices); + _subsetN, _halfK."""
     if split.forget_class is not None:
         target = str(split.forget_class)
     elif split.forget_fraction is not None:
         target = f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
     else:
         target = f"forget{len(split.forget)}"
-    return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}" + (f"_subset{subset}" if subset else "") + ".pth")
+    target += (f"_subset{subset}" if subset else "") + (f"_half{split.keep_half}" if split.keep_half is not None else "")
+    return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}.pth")
 
 
 def scenario_defaults(method, known):

@@ -160,6 +160,26 @@ def test_random_split_is_seeded_and_of_the_asked_size():
         make_split(d, forget_class=1, forget_fraction=0.2)
 
 
+def test_a_half_is_seeded_half_the_set_and_holds_the_forget_set():
+    d = toy()
+    a, b, c = (make_split(d, forget_fraction=0.2, forget_seed=0, subset=40, keep_half=k) for k in (0, 0, 1))
+    every = subset_indices(d.train_y, 40)
+    assert len(a.train) == 200 and np.isin(a.train, every).all() and np.array_equal(a.train, b.train)
+    assert not np.array_equal(a.train, c.train)
+    assert len(a.forget) == 40 and np.isin(a.forget, a.train).all() and np.array_equal(a.forget, b.forget)
+    assert np.array_equal(np.sort(np.concatenate([a.forget, a.retain])), a.train)
+    assert len(a.test) == len(d.test_y)  # the test set is not halved
+    # one forget seed in two halves: unrelated draws (the same positions would share the examples both halves hold)
+    both = np.intersect1d(a.train, c.train)
+    positions = [np.flatnonzero(np.isin(s.train, s.forget)) for s in (a, c)]
+    assert not np.array_equal(*positions)
+    assert len(np.intersect1d(a.forget, c.forget)) < 0.2 * 0.2 * len(both) * 2
+    # over 200 halves every example is in about half of them, spread as binomial draws would be (sd 0.5 / sqrt(200))
+    seen = np.mean([np.isin(every, make_split(d, subset=40, keep_half=k).train) for k in range(200)], axis=0)
+    sd = 0.5 / np.sqrt(200)
+    assert abs(seen.std() - sd) < 0.2 * sd and np.all(np.abs(seen - 0.5) < 5 * sd)
+
+
 def test_subset_takes_the_first_n_of_each_class_deterministically():
     d = toy()
     idx = subset_indices(d.train_y, 7)

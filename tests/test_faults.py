@@ -65,9 +65,11 @@ def unlearn(tiny, *extra, method="ga"):
 
 
 def start(script, *args, **kwargs):
-    """A script in its own process, as a user starts it."""
+    """A script in its own process, as a user starts it from a terminal: with Ctrl-C's default action, even where
+    pytest itself runs in the background (`nohup`, `&`), which hands its children SIGINT ignored."""
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 # ----------------------------------------------------------------------------- the problems that lost work

@@ -34,6 +34,7 @@ DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 -
 .PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench
 .PHONY: reproduce reproduce-small reproduce-steps report verify-published verify-published-small clean-demo
 .PHONY: pool pool-unlearn pool-score pool-jobs pool-unlearn-jobs pool-small reproduce-pool
+.PHONY: ulira ulira-retrain ulira-jobs ulira-unlearn-jobs ulira-small
 
 # $(call parallel,TARGETS): make each target in its own process, JOBS at a time, the k-th on DEVICES[k mod n]
 # (`make retrain-all JOBS=4 DEVICES="cuda:0 cuda:1"`: two jobs per GPU). Targets are files or resume, so a rerun
@@ -215,6 +216,62 @@ POOL_SMALL = DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=3 N=8 TRAIN_FLAGS="--b
 pool-small: $(INSTALL)  ## a toy pool on a CPU (resnet20, N = 8, METHOD), its scores and report, in minutes
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory pool pool-unlearn JOBS=$$(nproc) $(POOL_SMALL)
 	$(MAKE) --no-print-directory pool-score report $(POOL_SMALL)
+
+# ----------------------------------------------------------------------------- U-LiRA's own design: random halves
+# ULIRA_DIR/original/h<k>.pth trained on the random half k of the train set (k = 0..N-1), ULIRA_DIR/<method>/h<k>_f<j>.pth
+# that model after forgetting the random forget set j (FRACTION of the half, default 0.1; j = 0..DRAWS-1),
+# ULIRA_DIR/retrain/h<k>_f<j>.pth the half without that forget set (the ceiling); each with its outputs .npz.
+DRAWS ?= 4
+ULIRA_FRACTION = $(or $(FRACTION),0.1)
+ULIRA_DIR ?= runs/pools/$(NAME)_$(ARCH)_halves$(ULIRA_FRACTION)
+DRAW_SEEDS = $(shell seq 0 $$(($(DRAWS) - 1)))
+ULIRA_ORIGINALS = $(foreach k,$(SEEDS),$(ULIRA_DIR)/original/h$(k).npz)
+ULIRA_DRAWN = $(foreach k,$(SEEDS),$(foreach j,$(DRAW_SEEDS),$(ULIRA_DIR)/$(1)/h$(k)_f$(j).npz))
+ULIRA_VARS = DATASET='$(DATASET)' DATA_DIR='$(DATA_DIR)' ARCH=$(ARCH) EPOCHS=$(EPOCHS) FRACTION=$(ULIRA_FRACTION) \
+	METHOD=$(METHOD) ULIRA_DIR='$(ULIRA_DIR)' DEVICE=$(DEVICE) EXTRA='$(EXTRA)' TRAIN_FLAGS='$(TRAIN_FLAGS)' \
+	INSTALL='$(INSTALL)' PY='$(PY)'
+# the flags of a model h<k> or h<k>_f<j> (from its file name): its half, and its forget set inside it
+ulira_split = --keep-half $(patsubst h%,%,$(word 1,$(subst _, ,$(notdir $(1))))) $(if $(word 2,$(subst _, ,$(notdir \
+	$(1)))),--forget-fraction $(ULIRA_FRACTION) --forget-seed $(patsubst f%,%,$(word 2,$(subst _, ,$(notdir $(1))))))
+
+ulira: $(INSTALL)  ## U-LiRA: N originals on random halves, METHOD on DRAWS forget sets of each, scored (JOBS, DEVICES)
+	$(call parallel,$(ULIRA_ORIGINALS))
+	$(call parallel,$(call ULIRA_DRAWN,$(METHOD)))
+	$(PY) privacy.py score $(ULIRA_DIR)
+
+ulira-retrain: $(INSTALL)  ## the ceiling of `make ulira`: each half retrained without each forget set (N x DRAWS)
+	$(call parallel,$(call ULIRA_DRAWN,retrain))
+	$(PY) privacy.py score $(ULIRA_DIR)
+
+ulira-jobs:  ## `make ulira`'s training jobs, one command a line, with the ceiling's (then ulira-unlearn-jobs)
+	@for t in $(ULIRA_ORIGINALS) $(call ULIRA_DRAWN,retrain); do \
+	  echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(ULIRA_VARS)"; done
+
+ulira-unlearn-jobs:  ## METHOD's jobs of `make ulira`, one command a line (after ulira-jobs' originals have run)
+	@for t in $(call ULIRA_DRAWN,$(METHOD)); do echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(ULIRA_VARS)"; done
+
+# the toy's models must remember their images for a membership test to see anything: 50 images, 30 epochs
+ULIRA_SMALL = DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=30 N=8 DRAWS=2 FRACTION=0.5 \
+	TRAIN_FLAGS="--batch-size 16 --lr 0.05" DEVICE=cpu EXTRA="--subset 10 --test-subset 20" \
+	ULIRA_DIR=runs/pool-small/pools/halves METHOD=$(METHOD)
+ulira-small: $(INSTALL)  ## a toy U-LiRA on a CPU (resnet20, 8 halves x 2 forget sets of half of each), with its ceiling
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory ulira ulira-retrain JOBS=$$(nproc) $(ULIRA_SMALL)
+	$(MAKE) --no-print-directory report RUNDIR=runs/pool-small
+
+.PRECIOUS: $(ULIRA_DIR)/original/h%.pth $(ULIRA_DIR)/retrain/%.pth $(ULIRA_DIR)/%.pth  # models are not intermediate
+
+$(ULIRA_DIR)/original/h%.pth: | $(INSTALL)
+	$(TRAIN) --keep-half $* --seed $* --out $@
+
+$(ULIRA_DIR)/retrain/%.pth: | $(INSTALL)
+	$(TRAIN) $(call ulira_split,$*) --seed $(patsubst h%,%,$(word 1,$(subst _, ,$*))) --out $@
+
+$(ULIRA_DIR)/%.pth: $(ULIRA_DIR)/original/$$(word 1,$$(subst _, ,$$(notdir $$*))).pth
+	$(PY) unlearn.py $(DATA) --method $(*D) --model $< $(call ulira_split,$*) --seed $(patsubst f%,%,$(word 2,$(subst \
+	  _, ,$(notdir $*)))) --no-eval --out $@ $(EXTRA_$(subst +,plus,$(*D)))
+
+$(ULIRA_DIR)/%.npz: $(ULIRA_DIR)/%.pth
+	$(PY) privacy.py outputs $(DATA) $(call ulira_split,$*) --model $< --out $@
 
 .PRECIOUS: $(POOL_DIR)/original/s%.pth $(POOL_DIR)/retrain/s%.pth $(POOL_DIR)/%.pth  # models are not intermediate files
 

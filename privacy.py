@@ -1,6 +1,7 @@
 """Did it really forget? Per-example tests over pools of models: the NeurIPS 2023 competition score, KLOM, U-LiRA.
 
     make pool-small                      # a CPU toy pool (resnet20, N = 8), its scores and its report section
+    make ulira-small                     # a CPU toy of U-LiRA's random-halves design, with its ceiling
     python privacy.py outputs --model runs/pools/P/ssd/s0.pth --forget-class cat --out runs/pools/P/ssd/s0.npz
     python privacy.py score runs/pools/P                 # every score of a pool -> runs/pools/P/scores.json
 
@@ -8,6 +9,9 @@ A pool folder holds one subfolder per group of models, `retrain/` (the reference
 seeds 0..N-1), `original/` and one per unlearning method, each model `s<k>.pth` with its outputs `s<k>.npz` (see
 `write_outputs` for the format). Every score compares a group's first N/2 models with the retrained models
 N/2..N-1; the retrained models 0..N/2-1 against the same reference give the ceiling (retrain vs retrain).
+A halves pool (`make ulira`) is U-LiRA's own design instead: `original/h<k>` trained on the random half k of the
+train set, `<method>/h<k>_f<j>` that model after forgetting the random forget set j drawn inside its half,
+`retrain/h<k>_f<j>` the half without it; scored by U-LiRA with each half's models held out in turn.
 """
 import argparse
 import glob
@@ -20,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from cli import atomic_write, check_writable, read_json, run, write_json
-from data import Loader, Progress, add_data_args, device_name, load_dataset, non_negative_int, split_from_args
+from data import (Loader, Progress, add_data_args, device_name, load_dataset, non_negative_int, split_from_args,
+                  subset_indices)
 from evaluate import eval_batch_size, mia_score, pick_device, predict
 from models import input_size, load_model, sidecar_path, to_device
 
@@ -36,7 +41,11 @@ KLOM_BINS = 20
 KLOM_EPS = 1e-5  # floor of the retrained histogram where the unlearned one has mass
 KLOM_CLIP = 100.0  # margins clipped to [-100, 100] before binning
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+STD_FLOOR = 1e-3  # U-LiRA: a std of 0 (identical shadow models) would make the likelihood ratio infinite
+MIN_SHADOWS = 2  # U-LiRA: an example is attacked where at least this many shadow values fit each Gaussian
 GROUPS = ("forget", "retain", "test")  # the example sets of an outputs file
+KEYS = [f"{s}_{x}" for s in GROUPS for x in ("logits", "labels", "index")] + ["forget_class"]  # of every file
+HALVES_KEYS = ["train_lsc", "train_index", "half_index", "keep_half"]  # and of a halves pool's
 
 
 # ----------------------------------------------------------------------------- per-model outputs
@@ -48,27 +57,59 @@ def retain_sample(split, size, seed=0):
     return np.sort(np.random.default_rng(seed).choice(split.retain, size, replace=False))
 
 
-def write_outputs(path, model, data, split, device, retain_size):
+def write_outputs(path, model, data, split, device, retain_size, every=None):
     """One model's logits on the pool's examples, as an .npz of plain arrays (np.load(path) reads it without pickle):
     for each set S of forget (the train forget set), retain (a fixed sample of the train retain set) and test
     (the test set): S_logits (examples x classes, float32), S_labels and S_index (indices into the dataset's train
-    or test arrays); forget_class (-1 for sample forgetting)."""
+    or test arrays); forget_class (-1 for sample forgetting). For a model of a halves pool, `every` (every train
+    index in use, both halves) adds train_lsc (its logit-scaled confidence on each, float32: 4 bytes an example
+    whatever the number of classes), train_index (= every), half_index (the model's half) and keep_half."""
     sets = {"forget": (split.forget, True), "retain": (retain_sample(split, retain_size), True),
             "test": (split.test, False)}
+    if every is not None:
+        sets["train"] = (every, True)
     arrays = {"forget_class": np.int64(-1 if split.forget_class is None else split.forget_class)}
     for name, (indices, train_set) in sets.items():
-        loader = Loader(data, indices, train_set, eval_batch_size(device), device, size=input_size(model))
-        logits, labels = predict(model, Progress(loader, f"outputs on {name}"))
+        if len(indices):
+            loader = Loader(data, indices, train_set, eval_batch_size(device), device, size=input_size(model))
+            logits, labels = predict(model, Progress(loader, f"outputs on {name}"))
+        else:  # an original of a halves pool forgets nothing
+            logits, labels = torch.zeros(0, len(data.classes)), torch.zeros(0, dtype=torch.int64)
         arrays.update({f"{name}_logits": logits.numpy(), f"{name}_labels": labels.numpy(),
                        f"{name}_index": np.asarray(indices, dtype=np.int64)})
+    if every is not None:
+        train_logits, train_labels = arrays.pop("train_logits"), arrays.pop("train_labels")
+        arrays.update({"train_lsc": logit_scaled_confidence(train_logits, train_labels).astype(np.float32),
+                       "half_index": split.train, "keep_half": np.int64(split.keep_half)})
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
+def read_outputs(path, keys):
+    """One outputs file's arrays (no pickle), or one line naming the file when it is not one with `keys`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not an outputs file of privacy.py ({e}); delete it and make it again") from None
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: not an outputs file of this pool's kind (no {', '.join(missing)}); delete it and "
+                         f"make it again")
+    return arrays
+
+
+def seconds_of(files):
+    """Each model's training or unlearning time, from the sidecar beside its .pth (None where there is none)."""
+    sidecars = [sidecar_path(p[:-len(".npz")] + ".pth") for p in files]
+    return [read_json(p).get("seconds") if os.path.exists(p) else None for p in sidecars]
+
+
 def read_pool(folder):
-    """{group: {"models": [names], S: (logits models x examples x classes, labels), "forget_class", "seconds"}}
-    from every <group>/s<k>.npz of a pool, in seed order; the examples must be the same in every file."""
+    """{group: {"models": [names], S: (logits models x examples x classes, labels), "outputs": [each file's
+    arrays], "forget_class", "seconds"}} from every <group>/s<k>.npz of a pool, in seed order; the examples must be
+    the same in every file."""
     pool, reference = {}, None
     for group in sorted(os.listdir(folder)):
         files = sorted(glob.glob(os.path.join(folder, group, "s*.npz")), key=lambda p: int(os.path.basename(p)[1:-4]))
@@ -76,25 +117,48 @@ def read_pool(folder):
             continue
         outputs = []
         for path in files:
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    outputs.append({key: z[key] for key in z.files})
-            except (OSError, ValueError, KeyError) as e:
-                raise ValueError(f"{path}: not an outputs file of privacy.py ({e}); delete it and make it "
-                                 f"again") from None
+            outputs.append(read_outputs(path, KEYS))
             indices = [outputs[-1][f"{s}_index"] for s in GROUPS]
             reference = reference or (path, indices)
             if any(not np.array_equal(a, b) for a, b in zip(indices, reference[1])):
                 raise ValueError(f"{path} holds other examples than {reference[0]}: a pool's models must be scored on "
                                  f"the same examples (same --dataset, --subset, forget set)")
-        sidecars = [sidecar_path(p[:-len(".npz")] + ".pth") for p in files]
-        seconds = [read_json(p).get("seconds") if os.path.exists(p) else None for p in sidecars]
-        pool[group] = {"models": [os.path.relpath(p, folder) for p in files], "seconds": seconds,
-                       "forget_class": int(outputs[0]["forget_class"]),
+        pool[group] = {"models": [os.path.relpath(p, folder) for p in files], "seconds": seconds_of(files),
+                       "forget_class": int(outputs[0]["forget_class"]), "outputs": outputs,
                        **{s: (np.stack([o[f"{s}_logits"] for o in outputs]), outputs[0][f"{s}_labels"])
                           for s in GROUPS}}
     if "retrain" not in pool:
         raise ValueError(f"{folder} has no retrain/s<k>.npz: a pool needs its retrained models (make pool)")
+    return pool
+
+
+def halves_pool(folder):
+    """Whether `folder` is a halves pool (its models are h<k>.npz / h<k>_f<j>.npz)."""
+    return bool(glob.glob(os.path.join(folder, "*", "h*.npz")))
+
+
+def read_halves(folder):
+    """{group: {"models": [names], "halves": the half of each model, "lsc": models x train examples, "inside" (a
+    model's forget set, or its half for a group without forget sets: the originals), "outside" (not in its half),
+    "outputs", "seconds"}} from every <group>/h*.npz of a halves pool; every file must cover the same examples."""
+    pool, reference = {}, None
+    for group in sorted(os.listdir(folder)):
+        files = sorted(glob.glob(os.path.join(folder, group, "h*.npz")))
+        if not files:
+            continue
+        outputs = [read_outputs(path, KEYS + HALVES_KEYS) for path in files]
+        for path, o in zip(files, outputs):
+            reference = reference or (path, o["train_index"])
+            if not np.array_equal(o["train_index"], reference[1]):
+                raise ValueError(f"{path} covers other train examples than {reference[0]}: a halves pool's models "
+                                 f"must be scored on the same examples (same --dataset, --subset)")
+        every = reference[1]
+        half = np.stack([np.isin(every, o["half_index"]) for o in outputs])
+        forgotten = np.stack([np.isin(every, o["forget_index"]) for o in outputs])
+        pool[group] = {"models": [os.path.relpath(p, folder) for p in files], "seconds": seconds_of(files),
+                       "halves": np.array([int(o["keep_half"]) for o in outputs]), "outputs": outputs,
+                       "lsc": np.stack([o["train_lsc"] for o in outputs]).astype(np.float64),
+                       "inside": forgotten if forgotten.any() else half, "outside": ~half}
     return pool
 
 
@@ -229,25 +293,66 @@ def gaussian_logpdf(x, mean, std):
     return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
 
 
+def attack_rates(members, others):
+    """A likelihood-ratio attack's accuracy at ratio 0 (the mean of its TPR and TNR: 50% = indistinguishable) and
+    its TPR at 1% and 0.1% FPR (the threshold: that quantile of the non-members' ratios), in %."""
+    def tpr_at(fpr):
+        return 100 * float(np.mean(members > np.quantile(others, 1 - fpr, method="higher")))
+    return {"acc": float(100 * (np.mean(members > 0) + np.mean(others <= 0)) / 2), "tpr_at_1%": tpr_at(0.01),
+            "tpr_at_0.1%": tpr_at(0.001)}
+
+
 def ulira(unlearned, retrained):
     """U-LiRA (Hayes et al., arXiv 2403.01218), on one forget set: per example, Gaussians of the logit-scaled
     confidence fitted on half of the unlearned ("trained, then unlearned") and half of the retrained ("never
     trained") models; the other halves are the targets, each (model, example) pair scored by the log likelihood
-    ratio. Returns the attack's accuracy at ratio 0 (50% = indistinguishable) and its TPR at 1% and 0.1% FPR."""
+    ratio."""
     half_u, half_r = unlearned.shape[0] // 2, retrained.shape[0] // 2
     fit_u, target_u, fit_r, target_r = unlearned[:half_u], unlearned[half_u:], retrained[:half_r], retrained[half_r:]
-    floor = 1e-3  # a std of 0 (identical shadow models) would make the ratio infinite
-    mu_u, sd_u = fit_u.mean(0), np.maximum(fit_u.std(0), floor)
-    mu_r, sd_r = fit_r.mean(0), np.maximum(fit_r.std(0), floor)
+    mu_u, sd_u = fit_u.mean(0), np.maximum(fit_u.std(0), STD_FLOOR)
+    mu_r, sd_r = fit_r.mean(0), np.maximum(fit_r.std(0), STD_FLOOR)
     def ratio(x):
         return (gaussian_logpdf(x, mu_u, sd_u) - gaussian_logpdf(x, mu_r, sd_r)).ravel()
-    members, others = ratio(target_u), ratio(target_r)
-    acc = 100 * (np.mean(members > 0) + np.mean(others <= 0)) / 2
-    def tpr_at(fpr):
-        threshold = np.quantile(others, 1 - fpr, method="higher")
-        return 100 * float(np.mean(members > threshold))
-    return {"acc": float(acc), "tpr_at_1%": tpr_at(0.01), "tpr_at_0.1%": tpr_at(0.001),
+    return {**attack_rates(ratio(target_u), ratio(target_r)),
             "models": [len(fit_u), len(target_u), len(fit_r), len(target_r)]}
+
+
+def moments(stat, mask):
+    """Per example: the count, sum and sum of squares of `stat` over the models where `mask` holds."""
+    x = np.where(mask, stat, 0.0)
+    return np.stack([mask.sum(0), x.sum(0), (x * x).sum(0)])
+
+
+def ulira_halves(stat, inside, outside, halves):
+    """U-LiRA in its paper's design (Hayes et al., arXiv 2403.01218): every model trained on a random half of the
+    data and then unlearned a random forget set inside it. For each example, a Gaussian of the logit-scaled
+    confidence over the models that forgot it ("inside": trained on it, then unlearned) and one over the models
+    that never had it ("outside": not in their half), fitted on the models of every other half (each half's
+    models are targets in turn: leave one half out, as LiRA's evaluation leaves one model out). Every target
+    (model, example) pair with the example inside or outside is scored by the log likelihood ratio; an example
+    with fewer than MIN_SHADOWS shadow values on either side is not attacked for that half. stat, inside,
+    outside: models x examples; halves: each model's half."""
+    members, others, skipped = [], [], 0
+    total_in, total_out = moments(stat, inside), moments(stat, outside)
+    for k in np.unique(halves):
+        target = halves == k
+        fits = []
+        for total, mask in ((total_in, inside), (total_out, outside)):
+            count, s1, s2 = total - moments(stat[target], mask[target])
+            mean = s1 / np.maximum(count, 1)
+            std = np.sqrt(np.maximum(s2 / np.maximum(count, 1) - mean ** 2, 0))
+            fits.append((count, mean, np.maximum(std, STD_FLOOR)))
+        (n_in, mu_in, sd_in), (n_out, mu_out, sd_out) = fits
+        ready = (n_in >= MIN_SHADOWS) & (n_out >= MIN_SHADOWS)
+        ratio = gaussian_logpdf(stat[target], mu_in, sd_in) - gaussian_logpdf(stat[target], mu_out, sd_out)
+        members.append(ratio[inside[target] & ready])
+        others.append(ratio[outside[target] & ready])
+        skipped += int(((inside[target] | outside[target]) & ~ready).sum())
+    members, others = np.concatenate(members), np.concatenate(others)
+    attacked = len(members) and len(others)
+    rates = attack_rates(members, others) if attacked else dict.fromkeys(("acc", "tpr_at_1%", "tpr_at_0.1%"))
+    return {**rates, "pairs": [len(members), len(others)], "skipped": skipped, "halves": len(np.unique(halves)),
+            "models": len(halves)}
 
 
 # ----------------------------------------------------------------------------- scoring a pool
@@ -257,19 +362,25 @@ def spread(values):
     return {"mean": float(values.mean()), "std": float(values.std()), "n": len(values)} if len(values) else None
 
 
-def group_metrics(group):
-    """Per model: forget / retain / test accuracy and our MIA (forget losses vs the forgotten class's test images,
-    or the whole test set for sample forgetting), then their mean and std over the group's training seeds."""
-    test_logits, test_labels = group["test"]
-    nonmember = test_labels == group["forget_class"] if group["forget_class"] >= 0 else np.ones(len(test_labels), bool)
-    per_model = {"forget_acc": accuracy(*group["forget"]), "retain_acc": accuracy(*group["retain"]),
-                 "test_acc": accuracy(*group["test"]), "mia": []}
+def model_metrics(o):
+    """One model's forget / retain / test accuracy and our MIA (forget losses vs the forgotten class's test images,
+    or the whole test set for sample forgetting), from its outputs file's arrays (None without a forget set)."""
     def losses(logits, labels):
         return F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none").numpy()
-    for m in range(len(group["models"])):
-        per_model["mia"].append(mia_score(losses(group["forget"][0][m], group["forget"][1]),
-                                          losses(test_logits[m][nonmember], test_labels[nonmember])))
-    return {key: spread(values) for key, values in per_model.items()}
+    labels = o["test_labels"]
+    nonmember = labels == o["forget_class"] if o["forget_class"] >= 0 else np.ones(len(labels), bool)
+    forgets = len(o["forget_labels"]) > 0
+    return {"forget_acc": float(accuracy(o["forget_logits"], o["forget_labels"])) if forgets else None,
+            "retain_acc": float(accuracy(o["retain_logits"], o["retain_labels"])),
+            "test_acc": float(accuracy(o["test_logits"], labels)),
+            "mia": mia_score(losses(o["forget_logits"], o["forget_labels"]),
+                             losses(o["test_logits"][nonmember], labels[nonmember])) if forgets else None}
+
+
+def group_metrics(outputs):
+    """Every model's metrics (model_metrics), as their mean and std over the group's models."""
+    per_model = [model_metrics(o) for o in outputs]
+    return {key: spread([m[key] for m in per_model]) for key in per_model[0]}
 
 
 def score_group(group, reference):
@@ -287,7 +398,7 @@ def score_group(group, reference):
     return {"models": half, "forget_quality": quality, "utility": float(ratio), "score": float(quality * ratio),
             "epsilons": eps.tolist(), "klom_quantiles": kloms,
             "ulira": ulira(logit_scaled_confidence(*group["forget"]), logit_scaled_confidence(*reference["forget"])),
-            "spread": group_metrics(group), "seconds": spread(group["seconds"])}
+            "spread": group_metrics(group["outputs"]), "seconds": spread(group["seconds"])}
 
 
 def score_pool(folder):
@@ -304,8 +415,32 @@ def score_pool(folder):
     return scores
 
 
+def score_halves(folder):
+    """scores.json of a halves pool: U-LiRA (ulira_halves) and the metrics' spread for every group."""
+    pool = read_halves(folder)
+    scores = {"pool": os.path.basename(os.path.abspath(folder)), "design": "halves",
+              "examples": int(next(iter(pool.values()))["lsc"].shape[1]), "groups": {}}
+    for name, group in pool.items():
+        print(f"scoring {name} ({len(group['models'])} models)", file=sys.stderr, flush=True)
+        attack = ulira_halves(group["lsc"], group["inside"], group["outside"], group["halves"])
+        if attack["acc"] is None:
+            print(f"warning: {name}: no example has {MIN_SHADOWS} shadow models on each side in the other halves; "
+                  f"U-LiRA needs more halves (N) or forget draws (DRAWS): about (N - 1) x DRAWS x FRACTION / 2 "
+                  f"models forget each example", file=sys.stderr)
+        scores["groups"][name] = {"models": len(group["models"]), "ulira": attack,
+                                  "spread": group_metrics(group["outputs"]), "seconds": spread(group["seconds"])}
+    return scores
+
+
 def format_scores(scores):
     """The terminal's summary: one line per group (report.py has the full table)."""
+    if scores.get("design") == "halves":
+        def percent(x):
+            return "-" if x is None else f"{x:.1f}%"
+        return "\n".join(f"{name:>12}: U-LiRA acc {percent(g['ulira']['acc'])}, TPR at 1% FPR "
+                         f"{percent(g['ulira']['tpr_at_1%'])} ({g['ulira']['pairs'][0]} forgotten, "
+                         f"{g['ulira']['pairs'][1]} unseen pairs attacked, {g['ulira']['halves']} halves)"
+                         for name, g in scores["groups"].items())
     mid = QUANTILES.index(0.5)
     lines = []
     for name, g in scores["groups"].items():
@@ -327,7 +462,7 @@ def parse_args(argv=None):
     outputs.add_argument("--retain-sample", type=non_negative_int, default=1000,
                          help="retain-set examples kept, a fixed seeded sample (default: 1000)")
     outputs.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    score = commands.add_parser("score", help="every score of a pool folder -> POOL/scores.json")
+    score = commands.add_parser("score", help="every score of a pool (or halves pool) folder -> POOL/scores.json")
     score.add_argument("pool", help="the pool folder (make pool writes one)")
     score.add_argument("--out", default=None, help="the scores' JSON (default: POOL/scores.json)")
     return parser.parse_args(argv)
@@ -343,13 +478,14 @@ def main(argv=None):
         split = split_from_args(args, data)
         device, _ = pick_device(args.device, "fp32")
         model = to_device(load_model(args.model, num_classes=len(data.classes)), device)
-        write_outputs(args.out, model, data, split, device, args.retain_sample)
+        every = None if args.keep_half is None else subset_indices(data.train_y, args.subset)
+        write_outputs(args.out, model, data, split, device, args.retain_sample, every)
         return print(f"wrote {args.out}")
     if not os.path.isdir(args.pool):
         raise ValueError(f"{args.pool} is not a folder: give a pool folder (make pool writes one)")
     out = args.out or os.path.join(args.pool, "scores.json")
     check_writable(out)
-    scores = score_pool(args.pool)
+    scores = score_halves(args.pool) if halves_pool(args.pool) else score_pool(args.pool)
     write_json(out, scores)
     print(format_scores(scores))
     print(f"wrote {out}", file=sys.stderr)

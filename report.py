@@ -151,10 +151,37 @@ def pool_row(name, g):
             mean_std(g["seconds"], 1, 1)]
 
 
+def halves_row(name, g):
+    u = g["ulira"]
+    def percent(x):
+        return "-" if x is None else f"{x:.1f}"
+    label = {"retrain": "retrain (ceiling)", "original": "original (floor: not unlearned)"}.get(name, name)
+    return [label, g["models"], u["halves"], percent(u["acc"]), percent(u["tpr_at_1%"]), percent(u["tpr_at_0.1%"]),
+            f"{u['pairs'][0]} / {u['pairs'][1]}", u["skipped"], mean_std(g["spread"]["forget_acc"]),
+            mean_std(g["spread"]["retain_acc"]), mean_std(g["spread"]["test_acc"]), mean_std(g["spread"]["mia"], 1, 3),
+            mean_std(g["seconds"], 1, 1)]
+
+
+def section_halves(scores):
+    """A halves pool (U-LiRA's own design): the attack per group, each half's models held out in turn."""
+    header = ["Group", "Models", "Halves", "U-LiRA acc", "TPR@1%", "TPR@0.1%", "Pairs forgotten / unseen", "Not attacked",
+              "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
+    groups = scores["groups"]
+    order = ["retrain", "original"] + sorted(set(groups) - {"retrain", "original"})
+    return (f"### {scores['pool']}: U-LiRA on random halves ({scores['examples']} train examples)\n\n"
+            "Every model trained on a random half of the train set, then (but for the originals) unlearned a random "
+            "forget set inside it; per example, Gaussians of the logit-scaled confidence over the other halves' models "
+            "that forgot it and that never saw it, and each (model, example) pair scored by the likelihood ratio. "
+            "U-LiRA accuracy 50 = cannot tell a forgotten example from one never seen; the originals' row is plain "
+            "LiRA (trained on it vs never). Pairs with under 2 shadow values a side are not attacked.\n\n" +
+            table(header, [halves_row(name, groups[name]) for name in order if name in groups]))
+
+
 def section_pools(run):
     if not run["pools"]:
         return "## Pools: did it really forget?\n\nNot run (no pools/<name>/scores.json; `make pool` then `make pool-score`)."
-    parts = ["## Pools: did it really forget?\n\nEach group's first N/2 models against the retrained models N/2..N-1 "
+    parts = ["## Pools: did it really forget?\n\nA pool of training seeds (`make pool`): each group's first N/2 models "
+             "against the retrained models N/2..N-1 "
              "(`privacy.py`): F, the NeurIPS 2023 competition's forgetting quality (1 = indistinguishable from "
              "retraining, per example, at delta 1e-5), times the utility factor (retain and test accuracy over the "
              "retrained models'), is the score; KLOM median [25%, 75%] per example set (0 = the same margin "
@@ -163,6 +190,9 @@ def section_pools(run):
     header = ["Group", "Models a side", "F", "Utility", "Score", "KLOM forget", "KLOM retain", "KLOM test",
               "U-LiRA acc", "U-LiRA TPR@1%", "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
     for path, scores in run["pools"].items():
+        if scores.get("design") == "halves":
+            parts.append(section_halves(scores))
+            continue
         groups = scores["groups"]
         order = ["retrain", "original"] + sorted(set(groups) - {"retrain", "original"})
         rows = [pool_row(name, groups[name]) for name in order if name in groups]
@@ -363,6 +393,8 @@ def write_plots(run, folder):
         plot_seconds(run, os.path.join(folder, "seconds.png"))
         plots.append(("Time per method", "seconds.png"))
     for scores in run["pools"].values():
+        if scores.get("design") == "halves":  # one attack per group: the table says it all
+            continue
         plot_pool(scores, os.path.join(folder, f"pool_{scores['pool']}.png"))
         plots.append((f"Pool {scores['pool']}: per-example epsilons and KLOM", f"pool_{scores['pool']}.png"))
     return plots

@@ -1,8 +1,10 @@
-"""privacy.py: each score against an independent computation on arrays whose answer is known, and a toy pool on
-the real images through the Makefile (jobs listed for xargs, resumed, scored)."""
+"""privacy.py: each score against an independent computation on arrays whose answer is known, and a toy pool and a
+toy halves pool on the real images through the Makefile (jobs listed for xargs, resumed, scored)."""
 import json
 import math
 import os
+import shlex
+import statistics
 import subprocess
 
 import numpy as np
@@ -10,7 +12,11 @@ import pytest
 import torch
 
 import privacy
+import report
+import train
+import unlearn
 from conftest import ARCHIVE, ROOT
+from data import make_split, subset_indices
 from test_report import make
 
 
@@ -118,6 +124,83 @@ def test_ulira_on_gaussians_with_a_known_shift(shift):
     assert result["models"] == [200, 200, 200, 200]
 
 
+def reference_ulira_halves(stat, inside, outside, halves):
+    """U-LiRA in the paper's design, written out with loops: for every target model and every example it forgot
+    or never saw, the shadow values are those of the models of the other halves that forgot it / never saw it;
+    with 2 or more on each side, two Gaussians (mean, population std floored at 1e-3) give the log likelihood ratio
+    of the target's value. Accuracy at ratio 0 = the mean of TPR and TNR; TPR at FPR f: the threshold is the
+    (1 - f) quantile of the non-members' ratios taken at the next higher rank."""
+    def logpdf(v, values):
+        mu, sd = statistics.fmean(values), max(statistics.pstdev(values), 1e-3)
+        return -0.5 * ((v - mu) / sd) ** 2 - math.log(sd) - 0.5 * math.log(2 * math.pi)
+    members, others, skipped = [], [], 0
+    for m in range(stat.shape[0]):
+        for x in range(stat.shape[1]):
+            if not (inside[m, x] or outside[m, x]):
+                continue
+            shadows = [i for i in range(stat.shape[0]) if halves[i] != halves[m]]
+            ins = [stat[i, x] for i in shadows if inside[i, x]]
+            outs = [stat[i, x] for i in shadows if outside[i, x]]
+            if len(ins) < 2 or len(outs) < 2:
+                skipped += 1
+                continue
+            ratio = logpdf(stat[m, x], ins) - logpdf(stat[m, x], outs)
+            (members if inside[m, x] else others).append(ratio)
+    def tpr_at(f):
+        threshold = sorted(others)[math.ceil((1 - f) * (len(others) - 1))]
+        return 100 * sum(r > threshold for r in members) / len(members)
+    acc = 50 * (sum(r > 0 for r in members) / len(members) + sum(r <= 0 for r in others) / len(others))
+    return {"acc": acc, "tpr_at_1%": tpr_at(0.01), "tpr_at_0.1%": tpr_at(0.001), "pairs": [len(members), len(others)],
+            "skipped": skipped}
+
+
+def halves_design(n_halves, draws, examples, shift, seed):
+    """A random halves design: every half holds a random half of the examples, each of its `draws` models forgot
+    a random half of that; a model's statistic is the example's own level, + shift where it forgot it, + noise."""
+    rng = np.random.default_rng(seed)
+    level = rng.normal(0, 2, examples)
+    halves = np.repeat(np.arange(n_halves), draws)
+    half = np.repeat(rng.random((n_halves, examples)) < 0.5, draws, axis=0)
+    inside = half & (rng.random(half.shape) < 0.5)
+    stat = level + shift * inside + rng.normal(0, 1, half.shape)
+    return stat, inside, ~half, halves
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ulira_halves_equals_the_attack_written_out(seed):
+    stat, inside, outside, halves = halves_design(6, 3, 40, 1.5, seed)
+    ours = privacy.ulira_halves(stat, inside, outside, halves)
+    reference = reference_ulira_halves(stat, inside, outside, halves)
+    assert ours["pairs"] == reference["pairs"] and ours["skipped"] == reference["skipped"] and ours["skipped"] > 0
+    for key in ("acc", "tpr_at_1%", "tpr_at_0.1%"):
+        assert ours[key] == pytest.approx(reference[key], abs=1e-9)
+    assert ours["halves"] == 6 and ours["models"] == 18
+
+
+@pytest.mark.parametrize("shift", [0.0, 2.0])
+def test_ulira_halves_on_gaussians_with_a_known_shift(shift):
+    # equal-variance Gaussians d apart: accuracy Phi(d / 2), TPR at FPR f Phi(d - z_(1 - f)); 40 halves x 5 draws
+    stat, inside, outside, halves = halves_design(40, 5, 30, shift, 2)
+    result = privacy.ulira_halves(stat, inside, outside, halves)
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
+    assert result["acc"] == pytest.approx(100 * phi(shift / 2), abs=2)
+    assert result["tpr_at_1%"] == pytest.approx(100 * phi(shift - 2.3263), abs=4)
+
+
+def test_ulira_halves_holds_each_half_out_of_its_own_fit():
+    # 4 halves of 2 models. Example 0: forgotten by halves 0 and 1, never seen by 2 and 3: every pair attacked.
+    # Example 1: forgotten by half 0 only: half 0's own models are not shadows of themselves, so its 2 pairs are
+    # not attacked (0 shadow values inside); the 6 pairs of halves 1-3 are, as non-members.
+    halves = np.repeat(np.arange(4), 2)
+    inside = np.array([[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]], bool).T
+    outside = ~inside
+    stat = np.where(inside, 5.0, 0.0) + np.tile([0.0, 0.2], 4)[:, None]
+    result = privacy.ulira_halves(stat, inside, outside, halves)
+    assert result["pairs"] == [4, 10] and result["skipped"] == 2 and result["acc"] == 100.0
+    alone = privacy.ulira_halves(stat[:2], inside[:2], outside[:2], halves[:2])  # one half: nothing to fit on
+    assert alone["pairs"] == [0, 0] and alone["skipped"] == 4 and alone["acc"] is None
+
+
 def logits_with_accuracy(models, examples, correct, classes=3, seed=0):
     """Logits whose argmax is the label on the first `correct` examples of every model, labels all 0."""
     logits = np.random.default_rng(seed).normal(size=(models, examples, classes)).astype(np.float32)
@@ -131,6 +214,8 @@ def test_the_utility_factor_is_the_accuracy_ratios():
     group = {"models": [str(m) for m in range(6)], "seconds": [1.0] * 6, "forget_class": -1,
              "forget": logits_with_accuracy(6, 10, 5), "retain": logits_with_accuracy(6, 10, 8),
              "test": logits_with_accuracy(6, 10, 5)}
+    group["outputs"] = [{"forget_class": np.int64(-1), **{f"{s}_logits": group[s][0][m] for s in privacy.GROUPS},
+                         **{f"{s}_labels": group[s][1] for s in privacy.GROUPS}} for m in range(6)]
     reference = {**group, "retain": logits_with_accuracy(6, 10, 10), "test": logits_with_accuracy(6, 10, 10)}
     scores = privacy.score_group(group, reference)
     assert scores["utility"] == pytest.approx(0.8 * 0.5) and scores["score"] == pytest.approx(0.4 * scores["forget_quality"])
@@ -139,21 +224,35 @@ def test_the_utility_factor_is_the_accuracy_ratios():
         privacy.score_group({**group, "models": group["models"][:4]}, {**reference, "models": group["models"][:4]})
 
 
+def run_make_commands(target, settings):
+    """Run in this process the script commands `make -n TARGET` prints: the Makefile's own commands, without a
+    Python start-up (about 4 s) per model."""
+    r = make("-n", target, *settings)
+    assert r.returncode == 0, r.stderr
+    scripts = {"train.py": train.main, "unlearn.py": unlearn.main, "privacy.py": privacy.main}
+    for line in r.stdout.replace("\\\n", " ").splitlines():  # a rule's continued lines are one command
+        argv = shlex.split(line)
+        scripts[os.path.basename(argv[1])](argv[2:])
+
+
 def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     """N = 6 resnet20s trained with and without cat (30 images a class, 5 epochs: enough to tell cats seen from
-    cats never seen), SSD from each original: the jobs listed by make pool-jobs run through xargs, a rerun makes
-    nothing, and the scores put retrain-vs-retrain well above original-vs-retrain."""
+    cats never seen), SSD from each original: the jobs listed by make pool-jobs run through xargs, SSD's listed by
+    pool-unlearn-jobs (their commands run in this process), a rerun makes nothing, and the scores put
+    retrain-vs-retrain well above original-vs-retrain."""
     pool = tmp_path / "pool"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     settings = ["N=6", "ARCH=resnet20", "EPOCHS=5", "TRAIN_FLAGS=--batch-size 32", "DEVICE=cpu", f"DATASET={ARCHIVE}",
                 f"DATA_DIR={data_dir}", "EXTRA=--subset 30 --test-subset 20", "CLASS=cat", "METHOD=ssd", f"POOL_DIR={pool}"]
-    for listing in ("pool-jobs", "pool-unlearn-jobs"):
-        jobs = make(listing, *settings)
-        expected = 12 if listing == "pool-jobs" else 6  # originals and retrains, then one SSD run per original
-        assert jobs.returncode == 0 and len(jobs.stdout.splitlines()) == expected, jobs.stderr
-        r = subprocess.run(["xargs", "-d", "\n", "-P", "2", "-I{}", "sh", "-c", "{}"], input=jobs.stdout, text=True,
-                           capture_output=True, env=env, cwd=ROOT, timeout=900)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    jobs = make("pool-jobs", *settings)
+    assert jobs.returncode == 0 and len(jobs.stdout.splitlines()) == 12, jobs.stderr  # originals and retrains
+    r = subprocess.run(["xargs", "-d", "\n", "-P", "2", "-I{}", "sh", "-c", "{}"], input=jobs.stdout, text=True,
+                       capture_output=True, env=env, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    jobs = make("pool-unlearn-jobs", *settings).stdout.splitlines()
+    assert [shlex.split(line)[4] for line in jobs] == [str(pool / "ssd" / f"s{k}.npz") for k in range(6)], jobs
+    for k in range(6):
+        run_make_commands(pool / "ssd" / f"s{k}.npz", settings)
     for group in ("original", "retrain", "ssd"):
         assert sorted(os.listdir(pool / group)) == sorted(f"s{k}.{ext}" for k in range(6) for ext in ("pth", "npz",
                                                           "json") + (("log.jsonl",) if group != "ssd" else ()))
@@ -176,3 +275,48 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     with np.load(pool / "ssd" / "s0.npz") as z:  # the documented format
         assert z["forget_logits"].shape == (30, 10) and z["test_logits"].shape == (200, 10)
         assert z["retain_index"].shape == (270,) and int(z["forget_class"]) == 3
+
+
+def test_ulira_halves_through_make(cifar_jpeg, data_dir, tmp_path):
+    """make ulira's commands for 4 random halves x 2 forget draws (resnet20, 1 epoch, 10 images a class): every
+    model's file on its half and its forget set inside it, then make ulira makes nothing but the scores, the jobs
+    are listed, and the scores equal the attack written out (reference_ulira_halves) on the masks rebuilt from the
+    dataset and the seeds alone."""
+    pool = tmp_path / "run" / "pools" / "halves"
+    settings = ["N=4", "DRAWS=2", "FRACTION=0.5", "ARCH=resnet20", "EPOCHS=1", "TRAIN_FLAGS=--batch-size 32",
+                "DEVICE=cpu", f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "EXTRA=--subset 10 --test-subset 5",
+                "METHOD=ssd", f"ULIRA_DIR={pool}"]
+    for target in [f"original/h{k}.npz" for k in range(4)] + [f"ssd/h{k}_f{j}.npz" for k in range(4) for j in range(2)]:
+        run_make_commands(pool / target, settings)
+    r = make("ulira", *settings)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "privacy.py score" in r.stdout and not any(s in r.stdout for s in ("train.py", "unlearn.py", "outputs"))
+    assert len(make("ulira-jobs", *settings).stdout.splitlines()) == 4 + 8  # originals, then the ceiling's retrains
+    assert len(make("ulira-unlearn-jobs", *settings).stdout.splitlines()) == 8
+
+    every = subset_indices(cifar_jpeg.train_y, 10)
+    stat, inside, outside = [], [], []
+    for k in range(4):
+        half = make_split(cifar_jpeg, subset=10, keep_half=k).train
+        for j in range(2):
+            forget = make_split(cifar_jpeg, forget_fraction=0.5, forget_seed=j, subset=10, keep_half=k).forget
+            assert len(half) == 50 and len(forget) == 25 and np.isin(forget, half).all()
+            with np.load(pool / "ssd" / f"h{k}_f{j}.npz") as z:
+                assert np.array_equal(z["train_index"], every) and np.array_equal(z["half_index"], half)
+                assert np.array_equal(z["forget_index"], forget) and int(z["keep_half"]) == k
+                lsc = privacy.logit_scaled_confidence(z["forget_logits"], z["forget_labels"])
+                assert np.allclose(z["train_lsc"][np.isin(every, forget)], lsc, atol=1e-4)  # the same model's view
+                stat.append(z["train_lsc"].astype(np.float64))
+            inside.append(np.isin(every, forget))
+            outside.append(~np.isin(every, half))
+    scores = json.loads((pool / "scores.json").read_text())
+    assert scores["design"] == "halves" and scores["groups"]["original"]["ulira"]["acc"] is None  # 1 model a half
+    ssd = scores["groups"]["ssd"]["ulira"]
+    reference = reference_ulira_halves(np.array(stat), np.array(inside), np.array(outside), np.repeat(range(4), 2))
+    assert ssd["pairs"] == reference["pairs"] and min(ssd["pairs"]) > 0
+    assert ssd["acc"] == pytest.approx(reference["acc"], abs=1e-6)
+    report.main([str(tmp_path / "run")])  # the report's section: one row per group, the attack's figures in it
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "halves: U-LiRA on random halves" in text
+    assert f"| ssd | 8 | 4 | {ssd['acc']:.1f} | {ssd['tpr_at_1%']:.1f} |" in text
+    assert "| original (floor: not unlearned) | 4 | 4 | - | - | - | 0 / 0 |" in text

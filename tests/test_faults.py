@@ -64,12 +64,15 @@ def unlearn(tiny, *extra, method="ga"):
     return call("unlearn.py", *data_flags(tiny), "--method", method, "--model", tiny / "model.pth", *extra)
 
 
-def start(script, *args, **kwargs):
+def start(script, *args, preexec_fn=None, **kwargs):
     """A script in its own process, as a user starts it from a terminal: with Ctrl-C's default action, even where
     pytest itself runs in the background (`nohup`, `&`), which hands its children SIGINT ignored."""
+    def prepare():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn:
+            preexec_fn()
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=prepare, **kwargs)
 
 
 # ----------------------------------------------------------------------------- the problems that lost work

@@ -218,8 +218,8 @@ pool-small: $(INSTALL)  ## a toy pool on a CPU (resnet20, N = 8, METHOD), its sc
 	$(MAKE) --no-print-directory pool-score report $(POOL_SMALL)
 
 # ----------------------------------------------------------------------------- U-LiRA's own design: random halves
-# ULIRA_DIR/original/h<k>.pth trained on the random half k of the train set (k = 0..N-1), ULIRA_DIR/<method>/h<k>_f<j>.pth
-# that model after forgetting the random forget set j (FRACTION of the half, default 0.1; j = 0..DRAWS-1),
+# ULIRA_DIR/original/h<k>.pth trained on the random half k of the train set (k = 0..N-1),
+# ULIRA_DIR/<method>/h<k>_f<j>.pth that model after forgetting the random forget set j (FRACTION of the half, default 0.1; j = 0..DRAWS-1),
 # ULIRA_DIR/retrain/h<k>_f<j>.pth the half without that forget set (the ceiling); each with its outputs .npz.
 DRAWS ?= 4
 ULIRA_FRACTION = $(or $(FRACTION),0.1)
@@ -230,9 +230,11 @@ ULIRA_DRAWN = $(foreach k,$(SEEDS),$(foreach j,$(DRAW_SEEDS),$(ULIRA_DIR)/$(1)/h
 ULIRA_VARS = DATASET='$(DATASET)' DATA_DIR='$(DATA_DIR)' ARCH=$(ARCH) EPOCHS=$(EPOCHS) FRACTION=$(ULIRA_FRACTION) \
 	METHOD=$(METHOD) ULIRA_DIR='$(ULIRA_DIR)' DEVICE=$(DEVICE) EXTRA='$(EXTRA)' TRAIN_FLAGS='$(TRAIN_FLAGS)' \
 	INSTALL='$(INSTALL)' PY='$(PY)'
-# the flags of a model h<k> or h<k>_f<j> (from its file name): its half, and its forget set inside it
-ulira_split = --keep-half $(patsubst h%,%,$(word 1,$(subst _, ,$(notdir $(1))))) $(if $(word 2,$(subst _, ,$(notdir \
-	$(1)))),--forget-fraction $(ULIRA_FRACTION) --forget-seed $(patsubst f%,%,$(word 2,$(subst _, ,$(notdir $(1))))))
+# a model's half k and forget draw j from its file name h<k> or h<k>_f<j>, and its flags: the half, the forget set
+ulira_half = $(patsubst h%,%,$(word 1,$(subst _, ,$(notdir $(1)))))
+ulira_draw = $(patsubst f%,%,$(word 2,$(subst _, ,$(notdir $(1)))))
+ulira_split = --keep-half $(call ulira_half,$(1)) $(if $(call ulira_draw,$(1)),--forget-fraction $(ULIRA_FRACTION) \
+	--forget-seed $(call ulira_draw,$(1)))
 
 ulira: $(INSTALL)  ## U-LiRA: N originals on random halves, METHOD on DRAWS forget sets of each, scored (JOBS, DEVICES)
 	$(call parallel,$(ULIRA_ORIGINALS))
@@ -264,11 +266,11 @@ $(ULIRA_DIR)/original/h%.pth: | $(INSTALL)
 	$(TRAIN) --keep-half $* --seed $* --out $@
 
 $(ULIRA_DIR)/retrain/%.pth: | $(INSTALL)
-	$(TRAIN) $(call ulira_split,$*) --seed $(patsubst h%,%,$(word 1,$(subst _, ,$*))) --out $@
+	$(TRAIN) $(call ulira_split,$*) --seed $(call ulira_half,$*) --out $@
 
-$(ULIRA_DIR)/%.pth: $(ULIRA_DIR)/original/$$(word 1,$$(subst _, ,$$(notdir $$*))).pth
-	$(PY) unlearn.py $(DATA) --method $(*D) --model $< $(call ulira_split,$*) --seed $(patsubst f%,%,$(word 2,$(subst \
-	  _, ,$(notdir $*)))) --no-eval --out $@ $(EXTRA_$(subst +,plus,$(*D)))
+$(ULIRA_DIR)/%.pth: $(ULIRA_DIR)/original/h$$(call ulira_half,$$*).pth
+	$(PY) unlearn.py $(DATA) --method $(*D) --model $< $(call ulira_split,$*) --seed $(call ulira_draw,$*) --no-eval \
+	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
 
 $(ULIRA_DIR)/%.npz: $(ULIRA_DIR)/%.pth
 	$(PY) privacy.py outputs $(DATA) $(call ulira_split,$*) --model $< --out $@

@@ -324,8 +324,8 @@ def describe_split(split, classes):
         "forget_class": None if split.forget_class is None else classes[split.forget_class],
         "forget_class_index": split.forget_class, "forget_fraction": split.forget_fraction,
         "forget_seed": split.forget_seed, "keep_half": split.keep_half, "n_train": len(split.train),
-        "n_forget": len(split.forget), "n_retain": len(split.retain), "n_val": len(split.val), "n_test": len(split.test),
-        "sha256": digest.hexdigest(),
+        "n_forget": len(split.forget), "n_retain": len(split.retain), "n_val": len(split.val),
+        "n_test": len(split.test), "sha256": digest.hexdigest(),
         "forget_indices": split.forget.tolist() if split.forget_class is None else None,
     }
 

@@ -140,15 +140,20 @@ def mean_std(stat, scale=1.0, digits=2):
     return "-" if stat is None else f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
 
 
+def spread_cells(g):
+    """A pool group's spread over its models: forget / retain / test accuracy, MIA, seconds per model."""
+    s = g["spread"]
+    return [mean_std(s["forget_acc"]), mean_std(s["retain_acc"]), mean_std(s["test_acc"]), mean_std(s["mia"], 1, 3),
+            mean_std(g["seconds"], 1, 1)]
+
+
 def pool_row(name, g):
     q = g["klom_quantiles"]
     mid = len(q["forget"]) // 2  # the median of the stored quantiles
     return [name if name != "retrain" else "retrain (ceiling)", g["models"], f"{g['forget_quality']:.3f}",
             f"{g['utility']:.3f}", f"{g['score']:.3f}",
             *[f"{q[s][mid]:.2f} [{q[s][1]:.2f}, {q[s][-2]:.2f}]" for s in ("forget", "retain", "test")],
-            f"{g['ulira']['acc']:.1f}", f"{g['ulira']['tpr_at_1%']:.1f}", mean_std(g["spread"]["forget_acc"]),
-            mean_std(g["spread"]["retain_acc"]), mean_std(g["spread"]["test_acc"]), mean_std(g["spread"]["mia"], 1, 3),
-            mean_std(g["seconds"], 1, 1)]
+            f"{g['ulira']['acc']:.1f}", f"{g['ulira']['tpr_at_1%']:.1f}", *spread_cells(g)]
 
 
 def halves_row(name, g):
@@ -157,15 +162,13 @@ def halves_row(name, g):
         return "-" if x is None else f"{x:.1f}"
     label = {"retrain": "retrain (ceiling)", "original": "original (floor: not unlearned)"}.get(name, name)
     return [label, g["models"], u["halves"], percent(u["acc"]), percent(u["tpr_at_1%"]), percent(u["tpr_at_0.1%"]),
-            f"{u['pairs'][0]} / {u['pairs'][1]}", u["skipped"], mean_std(g["spread"]["forget_acc"]),
-            mean_std(g["spread"]["retain_acc"]), mean_std(g["spread"]["test_acc"]), mean_std(g["spread"]["mia"], 1, 3),
-            mean_std(g["seconds"], 1, 1)]
+            f"{u['pairs'][0]} / {u['pairs'][1]}", u["skipped"], *spread_cells(g)]
 
 
 def section_halves(scores):
     """A halves pool (U-LiRA's own design): the attack per group, each half's models held out in turn."""
-    header = ["Group", "Models", "Halves", "U-LiRA acc", "TPR@1%", "TPR@0.1%", "Pairs forgotten / unseen", "Not attacked",
-              "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
+    header = ["Group", "Models", "Halves", "U-LiRA acc", "TPR@1%", "TPR@0.1%", "Pairs forgotten / unseen",
+              "Not attacked", "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
     groups = scores["groups"]
     order = ["retrain", "original"] + sorted(set(groups) - {"retrain", "original"})
     return (f"### {scores['pool']}: U-LiRA on random halves ({scores['examples']} train examples)\n\n"

@@ -330,7 +330,8 @@ def forget_name(data, split):
 
 
 def default_out(arch, data, split, subset):
-    """The published names: resnet18_cifar10_full.pth, resnet18_cifar10_no_cat.pth (+ _forget0.2_seed0, _subsetN, _halfK)."""
+    """The published names: resnet18_cifar10_full.pth, resnet18_cifar10_no_cat.pth (+ _forget0.2_seed0, _subsetN,
+    _halfK)."""
     name = (forget_name(data, split) + (f"_subset{subset}" if subset else "") +
             (f"_half{split.keep_half}" if split.keep_half is not None else ""))
     return os.path.join("checkpoints", f"{arch}_{data.name}_{name}.pth")

@@ -432,7 +432,8 @@ def default_out(data, arch, display, split, subset):
         target = f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
     else:
         target = f"forget{len(split.forget)}"
-    target += (f"_subset{subset}" if subset else "") + (f"_half{split.keep_half}" if split.keep_half is not None else "")
+    target += f"_subset{subset}" if subset else ""
+    target += f"_half{split.keep_half}" if split.keep_half is not None else ""
     return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}.pth")
 
 

@@ -22,6 +22,10 @@ import torch
 TEMP = ".tmp-"  # atomic_write's temp files: .tmp-<pid>-<random>
 
 
+class OutOfGPUMemory(Exception):
+    """Out of GPU memory, with a message saying what the run needs and what to do."""
+
+
 def run(main, interrupted="interrupted; nothing was written"):
     """Call main() and turn an expected failure into one line and an exit code. interrupted: the line for Ctrl-C
     (say what was kept and how to continue)."""
@@ -31,8 +35,9 @@ def run(main, interrupted="interrupted; nothing was written"):
         print(interrupted, file=sys.stderr)
         sys.exit(130)
     except torch.cuda.OutOfMemoryError:
-        sys.exit("error: out of GPU memory; lower --batch-size or use another --device")
-    except (ValueError, OSError) as e:
+        sys.exit("error: out of GPU memory; run fewer jobs at once on this GPU (make's JOBS) or use another --device "
+                 "(a smaller batch size would change the published recipe)")
+    except (ValueError, OSError, OutOfGPUMemory) as e:
         sys.exit(f"error: {e}")
     except Exception:
         traceback.print_exc()

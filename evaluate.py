@@ -13,6 +13,7 @@ non-members the forgotten class's test images (class-wise forgetting) or the who
 0.5 means the attacker cannot tell them apart.
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -46,9 +47,43 @@ def pick_device(name="auto", precision="auto"):
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     amp = torch.bfloat16 if precision == "bf16" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the fastest kernels for each batch shape, chosen once
+        set_ieee_fp32(amp is None)  # fp32 means IEEE fp32, not cuDNN's default TF32 convolutions
     detail = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({detail}), {'bf16 autocast' if amp else 'fp32'}", file=sys.stderr)
     return device, amp
+
+
+def set_ieee_fp32(ieee):
+    """CUDA's fp32 convolutions and matmuls: IEEE fp32 (ieee=True) or TF32 (10-bit mantissa, cuDNN's default for
+    convolutions). Returns the previous settings, for restore_fp32. A CPU ignores these flags."""
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        previous = ("api", torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+        torch.backends.cudnn.conv.fp32_precision = "ieee" if ieee else "tf32"
+        torch.backends.cuda.matmul.fp32_precision = "ieee" if ieee else "tf32"
+    else:  # torch before 2.9
+        previous = ("legacy", torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not ieee
+    return previous
+
+
+def restore_fp32(previous):
+    kind, conv, matmul = previous
+    if kind == "api":
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """Inside: fp32 convolutions and matmuls in IEEE fp32 on CUDA; the settings before are restored after."""
+    previous = set_ieee_fp32(True)
+    try:
+        yield
+    finally:
+        restore_fp32(previous)
 
 
 def eval_batch_size(device):
@@ -62,10 +97,11 @@ def predict(model, loader, amp=None):
     """Logits and labels of every example of `loader`, in eval mode, on the CPU. amp: autocast dtype or None."""
     model.eval()
     logits, labels = [], []
-    for x, y in loader:
-        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            logits.append(model(x).float())
-        labels.append(y)
+    with contextlib.nullcontext() if amp else ieee_fp32():  # fp32: IEEE, as the published losses
+        for x, y in loader:
+            with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+                logits.append(model(x).float())
+            labels.append(y)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
 
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from cli import lock, read_json, run, write_json
+from cli import OutOfGPUMemory, lock, read_json, run, write_json
 from data import Loader, Progress, add_data_args, describe_split, device_name, load_dataset, split_from_args
-from evaluate import evaluate_model, format_table, load_evaluable, pick_device, strip_losses
+from evaluate import evaluate_model, format_table, ieee_fp32, load_evaluable, pick_device, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, save_model,
                     sidecar_path, to_device)
 from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from_args, fit, hp, train_sisa
@@ -252,12 +252,12 @@ IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample}
 
 def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
     """I_f over the forget set, I_D over D (retain then forget, or the retain set alone), both unshuffled in the
-    loaders' order, then dampen. The importances are squared gradients, ratios of which select weights: always fp32,
-    even under --precision bf16."""
+    loaders' order, then dampen. The importances are squared gradients, ratios of which select weights: always
+    IEEE fp32, even under --precision bf16."""
     model.eval()
     importance = IMPORTANCE[cfg.importance]
     full_set = [retain_loader, forget_loader] if cfg.full_set == "retain+forget" else [retain_loader]
-    with torch.autocast(device.type, enabled=False):
+    with torch.autocast(device.type, enabled=False), ieee_fp32():  # IEEE fp32 on CUDA too, not TF32
         forget_importance = importance(model, forget_loader)
         full_importance = importance(model, rebatch(full_set, cfg.batch_size))
     dampen(model, full_importance, forget_importance, cfg.lam, cfg.alpha)
@@ -490,16 +490,64 @@ def make_loaders(data, split, cfg, device, seed, size=None):
 
 def run_method(fn, model, retain_loader, forget_loader, cfg, device, amp=None):
     """(model, seconds) of the method alone; a non-finite weight afterwards stops everything with a clear error.
-    amp: autocast dtype (bf16) for the method's forward passes, or None; weights and optimizer state stay fp32."""
-    start = time.time()
-    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        model = fn(model, retain_loader, forget_loader, cfg, device)
+    amp: autocast dtype (bf16) for the method's forward passes, or None; weights and optimizer state stay fp32.
+    Out of GPU memory is an OutOfGPUMemory error naming what the published settings need (never a smaller batch)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    start = time.time()
+    try:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            model = fn(model, retain_loader, forget_loader, cfg, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except torch.cuda.OutOfMemoryError:
+        raise OutOfGPUMemory(out_of_memory(model, cfg, amp, free, input_size(model))) from None
     seconds = time.time() - start
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise ValueError("the unlearning diverged (non-finite weights); nothing was written. Lower --lr")
     return model, seconds
+
+
+def step_images(cfg):
+    """Images whose activations one training step of a method holds at once: AdvNegGrad and NegGrad+ run a
+    retain and a forget batch forward before one backward; the others one batch (SCRUB's teacher keeps none)."""
+    forget = getattr(cfg, "forget_batch_size", cfg.batch_size)
+    two = isinstance(cfg, (AdvNegGradConfig, NegGradPlusConfig))
+    return cfg.batch_size + forget if two else max(cfg.batch_size, forget)
+
+
+def memory_need(model, cfg, amp, size=None):
+    """About how many bytes of GPU memory one run of a method needs: what a step saves for backward, measured on a
+    CPU copy at 1 and 3 images (the slope is per image, the rest, such as bf16 copies of the weights, per step)
+    and scaled to step_images, plus the weights, their gradients and the optimizer's state (4 copies). SSD's
+    passes run in fp32 whatever amp says."""
+    probe = copy.deepcopy(model).float().cpu().train()
+    amp = None if isinstance(cfg, SSDConfig) else amp
+
+    def saved_bytes(n):
+        saved = {}
+
+        def pack(t):
+            saved[t.data_ptr()] = t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            probe(torch.zeros(n, 3, size or 32, size or 32))
+        return sum(saved.values())
+    one, three = saved_bytes(1), saved_bytes(3)
+    per_image = (three - one) / 2
+    weights = sum(p.numel() * p.element_size() for p in probe.parameters())
+    return per_image * step_images(cfg) + (one - per_image) + 4 * weights
+
+
+def out_of_memory(model, cfg, amp, free, size):
+    need = memory_need(model, cfg, amp, size) / 2 ** 30
+    had = "" if free is None else f", and {free / 2 ** 30:.1f} GB was free when it started"
+    return (f"out of GPU memory: this method with its published settings (batch {cfg.batch_size}, "
+            f"{step_images(cfg)} images a step) needs about {need:.1f} GB{had}. Run fewer jobs at once on this GPU "
+            f"(make's JOBS, reproduce_cards.py --jobs) or use one with more memory: a smaller --batch-size would "
+            f"change the published method")
 
 
 def main(argv=None):
@@ -533,14 +581,20 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
     device, amp = pick_device(args.device, args.precision)
     retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed, input_size(model))
     torch.manual_seed(args.seed)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model, seconds = run_method(fn, to_device(model, device), Progress(retain_loader, "retain"),
                                 Progress(forget_loader, "forget"), cfg, device, amp)
+    changed = changed_weights(before, model)
     meta = {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
             "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
-            "precision": "bf16" if amp else "fp32", "metrics": None, "retrained": args.retrained,
-            "retrained_metrics": None, "identity": identity}
+            "precision": "fp32" if amp is None or args.method == "ssd" else "bf16",  # SSD: IEEE fp32 passes only
+            "changed_weights": changed, "weights": sum(p.numel() for p in before.values()),
+            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
+            "metrics": None, "retrained": args.retrained, "retrained_metrics": None, "identity": identity}
     save_model(out, model, meta)
+    if args.method == "ssd":
+        print(ssd_summary(changed, meta["weights"], cfg))
     print(f"saved {out} ({seconds:.1f}s)", flush=True)
     if args.no_eval:
         return
@@ -550,6 +604,20 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
     write_json(sidecar_path(out), {**read_json(sidecar_path(out)), "metrics": strip_losses(rows[-1][1]),
                                    "retrained_metrics": strip_losses(rows[0][1]) if retrained else None})
     print(format_table(rows, rows[0][1] if retrained else None))
+
+
+def changed_weights(before, model):
+    """How many parameter entries the method changed (SSD: the weights it dampened); one host read."""
+    return int(sum((p.detach().cpu() != before[n]).sum() for n, p in model.named_parameters()))
+
+
+def ssd_summary(changed, total, cfg):
+    """SSD's one line: how many weights it dampened, and when none, why and what to try."""
+    if changed:
+        return f"SSD dampened {changed:,} of {total:,} weights ({changed / total:.4%})"
+    return (f"SSD dampened no weight: none has a forget importance above alpha = {cfg.alpha:g} times its importance "
+            f"on D ({cfg.full_set}), so the model is unchanged. With D = retain+forget (the official scripts') the "
+            f"forget set is part of D and this is common; try --full-set retain or a smaller --alpha")
 
 
 def main_sisa(args, data, split):

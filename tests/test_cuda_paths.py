@@ -1,0 +1,224 @@
+"""The CUDA paths, run on a CPU through their equivalents: the compiled step (a CPU backend), bf16 autocast reaching
+every method's training steps, IEEE fp32 where fp32 is promised (the flags themselves), the weights' digest of a
+distributed run on the weights' own device, and out of GPU memory naming what the published setting needs."""
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cli
+import evaluate
+import unlearn
+from conftest import assert_clean_error, call
+from data import Dataset, Loader
+from models import build_model, save_model
+from test_data import write_folder
+from train import TrainConfig, fit, weights_digest
+
+CPU = torch.device("cpu")
+
+
+def tiny_data(n=70, classes=7, side=16):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, side, side, 3), generator=g, dtype=torch.uint8).numpy()
+    y = (torch.arange(n) % classes).numpy()
+    return Dataset("tiny", tuple(f"c{k}" for k in range(classes)), x, y, x, y, (0.5,) * 3, (0.25,) * 3)
+
+
+def train_twice(step_model_of, epochs=2):
+    """The recipe's fit on 70 images in batches of 32 (two full batches and a last one of 6), from one
+    initialisation and one batch order: once eager, once through step_model_of(model). (logs, models)."""
+    data = tiny_data()
+    runs = []
+    for make in (lambda m: None, step_model_of):
+        torch.manual_seed(0)
+        model = build_model("resnet20", 7)
+        loader = Loader(data, np.arange(70), True, 32, shuffle=True, augment="crop-flip", seed=1)
+        log, _ = fit(model, loader, None, TrainConfig(arch="resnet20", epochs=epochs, batch_size=32), step_model=make(model))
+        runs.append((log, model))
+    return runs
+
+
+def test_fit_trains_through_a_compiled_model_as_the_eager_step_does():
+    # aot_eager: the graph torch.compile captures (forward and backward through AOTAutograd), no code generation
+    (eager_log, eager), (compiled_log, compiled) = train_twice(
+        lambda m: torch.compile(m, backend="aot_eager", dynamic=False))
+    assert [r["compile_seconds"] for r in eager_log] == [0.0, 0.0]
+    assert compiled_log[0]["compile_seconds"] > 0 and compiled_log[1]["compile_seconds"] == 0  # 2 shapes, epoch 1
+    for a, b in zip(eager_log, compiled_log):  # 6 steps, the last batch of each epoch 6 images
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["train_acc"] == b["train_acc"]
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name  # measured: within 2e-6
+
+
+def test_train_cli_compiles_and_reports_compile_time_apart(tmp_path):
+    write_folder(tmp_path / "toy", {"train": 6, "test": 2})
+    out = tmp_path / "m.pth"
+    r = call("train.py", "--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache", "--arch", "resnet20",
+             "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--compile", "aot_eager", "--save-every", "2",
+             "--out", out)
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(tmp_path / "m.json"))
+    assert meta["compile"] == "aot_eager" and meta["compile_seconds"] > 0 and meta["precision"] == "fp32"
+    assert meta["first_epoch_seconds"] > 0 and meta["median_epoch_seconds"] > 0
+    assert "compiling" in r.stdout.splitlines()[0] + r.stdout  # printed beside the epoch, not inside its seconds
+
+
+def test_the_resumable_state_is_written_every_k_epochs_and_at_stop_after(tmp_path, monkeypatch):
+    import train
+    writes = []
+    monkeypatch.setattr(train, "save_state", lambda path, *a: writes.append(len(a[4])))  # a[4]: the log so far
+    data = tiny_data()
+    for stop_after, expected in ((None, [2, 4]), (3, [2, 3])):
+        writes.clear()
+        model = build_model("resnet20", 7)
+        loader = Loader(data, np.arange(70), True, 32, shuffle=True, seed=1)
+        fit(model, loader, None, TrainConfig(arch="resnet20", epochs=5, batch_size=32), prefix=str(tmp_path / "m"),
+            stop_after=stop_after, save_every=2)
+        assert writes == expected
+    assert len(open(tmp_path / "m.log.jsonl").readlines()) == 3  # every epoch run, also after the last state
+
+
+def test_the_weights_digest_stays_on_the_weights_device():
+    # NCCL gathers CUDA tensors only: the digest must be made on the weights' device (meta stands in for cuda here;
+    # a digest built through a Python float lands on the CPU, and fails on meta)
+    model = build_model("resnet20", 10)
+    digest = weights_digest(model)
+    assert digest.device == CPU and digest.dtype == torch.float64 and digest.shape == (1,)
+    assert digest.item() == pytest.approx(sum(v.double().sum().item() for v in model.state_dict().values()), rel=1e-12)
+    assert weights_digest(model.to("meta")).device.type == "meta"
+
+
+@pytest.fixture
+def conv_dtypes():
+    """The dtypes of every Conv2d output computed with gradients on (training forward passes), in any model."""
+    seen = []
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():
+            seen.append(output.dtype)
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    yield seen
+    handle.remove()
+
+
+SMALL = {"advneggrad": dict(batch_size=16), "neggrad+": dict(epochs=1, batch_size=16, forget_batch_size=8),
+         "finetune": dict(epochs=1, batch_size=16), "retrain": dict(epochs=1, batch_size=16),
+         "ga": dict(epochs=1, batch_size=8), "rl": dict(epochs=1, batch_size=16),
+         "salun": dict(epochs=1, batch_size=16), "scrub": dict(epochs=1, max_epochs=1, batch_size=16,
+                                                               forget_batch_size=8)}
+
+
+@pytest.mark.parametrize("method", sorted(SMALL))
+def test_bf16_reaches_every_training_step_of_every_method(method, conv_dtypes):
+    from data import make_split
+    data = tiny_data(n=42)
+    split = make_split(data, forget_class=0)
+    fn, config_class, _ = unlearn.METHODS[method]
+    cfg = config_class(**SMALL[method])
+    retain, forget = unlearn.make_loaders(data, split, cfg, CPU, 0)
+    torch.manual_seed(0)
+    unlearn.run_method(fn, build_model("resnet20", 7), retain, forget, cfg, CPU, torch.bfloat16)
+    assert conv_dtypes and set(conv_dtypes) == {torch.bfloat16}, method
+
+
+def test_ssd_importances_are_ieee_fp32_under_bf16(conv_dtypes, monkeypatch):
+    from data import make_split
+    data = tiny_data(n=42)
+    split = make_split(data, forget_class=0)
+    cfg = unlearn.SSDConfig()
+    retain, forget = unlearn.make_loaders(data, split, cfg, CPU, 0)
+    flags = []
+    original = unlearn.importance_batch
+
+    def spy(model, loader):
+        flags.append(tensor_float_32_allowed())
+        return original(model, loader)
+    monkeypatch.setitem(unlearn.IMPORTANCE, "batch", spy)
+    before = tensor_float_32_allowed()
+    unlearn.run_method(unlearn.unlearn_ssd, build_model("resnet20", 7), retain, forget, cfg, CPU, torch.bfloat16)
+    assert set(conv_dtypes) == {torch.float32}
+    assert flags == [False, False] and tensor_float_32_allowed() == before  # IEEE inside, restored after
+
+
+def tensor_float_32_allowed():
+    """Whether cuDNN convolutions or CUDA matmuls may use TF32, by whichever API this torch has."""
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        return (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) != ("ieee",
+                                                                                                          "ieee")
+    return torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """pick_device's CUDA branch on a CPU: one device that says it is an H200; the fp32 flags restored after."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200 (stand-in)")
+    previous = evaluate.set_ieee_fp32(False)
+    benchmark = torch.backends.cudnn.benchmark
+    yield
+    evaluate.restore_fp32(previous)
+    torch.backends.cudnn.benchmark = benchmark
+
+
+def test_fp32_on_cuda_means_ieee_and_bf16_keeps_tf32(fake_cuda):
+    device, amp = evaluate.pick_device("cuda", "fp32")
+    assert device.type == "cuda" and amp is None and not tensor_float_32_allowed() and torch.backends.cudnn.benchmark
+    device, amp = evaluate.pick_device("cuda", "auto")
+    assert amp == torch.bfloat16 and tensor_float_32_allowed()
+
+
+def test_fp32_prediction_is_ieee_and_restores_the_flags(fake_cuda):
+    seen = []
+    model = build_model("resnet20", 7)
+    model.conv1.register_forward_hook(lambda *a: seen.append(tensor_float_32_allowed()))
+    evaluate.predict(model, Loader(tiny_data(), np.arange(8), True, 4))
+    assert seen == [False, False] and tensor_float_32_allowed()  # IEEE inside; TF32 (set by the fixture) after
+
+
+def test_unlearn_records_the_precision_that_ran(tmp_path, conv_dtypes):
+    write_folder(tmp_path / "toy", {"train": 6, "test": 2})
+    model = tmp_path / "m.pth"
+    save_model(str(model), build_model("resnet20", 3), {"arch": "resnet20"})
+    common = ["--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache", "--model", model,
+              "--forget-class", "0", "--device", "cpu", "--no-eval"]
+    r = call("unlearn.py", "--method", "finetune", "--epochs", "1", "--precision", "bf16", *common,
+             "--out", tmp_path / "ft.pth")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / "ft.json"))["precision"] == "bf16" and set(conv_dtypes) == {torch.bfloat16}
+    r = call("unlearn.py", "--method", "ssd", "--precision", "bf16", *common, "--out", tmp_path / "ssd.pth")
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(tmp_path / "ssd.json"))
+    assert meta["precision"] == "fp32" and meta["changed_weights"] >= 0 and "SSD dampened" in r.stdout
+
+
+def test_out_of_gpu_memory_names_the_need_and_jobs_never_the_batch(tmp_path, monkeypatch):
+    write_folder(tmp_path / "toy", {"train": 6, "test": 2})
+    model = tmp_path / "m.pth"
+    save_model(str(model), build_model("resnet18", 3), {"arch": "resnet18"})
+
+    def oom(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setitem(unlearn.METHODS, "advneggrad", (oom, unlearn.AdvNegGradConfig, "AdvNegGrad"))
+    r = call("unlearn.py", "--method", "advneggrad", "--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache",
+             "--model", model, "--forget-class", "0", "--device", "cpu", "--precision", "bf16", "--out",
+             tmp_path / "u.pth")
+    assert_clean_error(r, "needs about")
+    line = r.stderr.strip().splitlines()[-1]
+    assert "batch 2500" in line and "JOBS" in line and "would change the published method" in line
+    assert not (tmp_path / "u.pth").exists()
+
+
+def test_the_memory_need_of_advneggrad_is_what_was_measured_independently():
+    # The GPU-readiness review measured, by hand on a CPU, 3.5 MB per image saved for backward under bf16 and
+    # 4.7 MB in fp32 (ResNet18, 32x32): 17 and 24 GB for AdvNegGrad's 2 x 2500 images a step
+    model = build_model("resnet18", 10)
+    bf16 = unlearn.memory_need(model, unlearn.AdvNegGradConfig(), torch.bfloat16) / 2 ** 30
+    fp32 = unlearn.memory_need(model, unlearn.AdvNegGradConfig(), None) / 2 ** 30
+    assert 8 < bf16 < 20 and 18 < fp32 < 28 and bf16 < fp32
+    small = unlearn.memory_need(model, unlearn.SSDConfig(), torch.bfloat16) / 2 ** 30
+    assert small < 1  # batch 64, fp32

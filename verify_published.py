@@ -4,7 +4,7 @@
     make verify-published-small                # on a CPU: the first 100 test and 100 train images of each class
     python verify_published.py --classes cat dog --test-subset 100 --subset 100 --out runs/verify-cat-dog
 
-Every checkpoint of the three cards (report.PUBLISHED_CHECKPOINTS) is fetched by its hf:// name and evaluated on the
+Every checkpoint of the three cards (published.PUBLISHED_CHECKPOINTS) is fetched by its hf:// name and evaluated on the
 test set with our evaluation: the cards' columns (full and retrain top-1, SSD and AdvNegGrad forget / retain class
 acc (loss)) beside ours, with the differences. Then our SSD with the card's lambda 1 and alpha 10 unlearns each
 class, starting at the published original, and is compared with the published SSD checkpoint weight by weight
@@ -25,7 +25,8 @@ from cli import atomic_write, check_writable, lock, read_json, run, write_json
 from data import STATS, Loader, Progress, device_name, load_dataset, make_split, positive_int, resolve_class
 from evaluate import eval_batch_size, pick_device, predict
 from models import check_output, fetch, input_size, load_model, save_model, sha256_file, to_device
-from report import CIFAR10, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_UNLEARN, published_name, table
+from published import CIFAR10, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_UNLEARN, published_name
+from report import table
 from unlearn import SSDConfig, make_loaders, run_method, unlearn_ssd
 
 # A row agrees with its card when our evaluation of the same weights on the same test set is within these: the cards

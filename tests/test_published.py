@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 
+import published
 import report
 import verify_published
 from conftest import ARCHIVE, assert_clean_error, call
@@ -123,7 +124,7 @@ def test_unlearn_and_evaluate_take_hf_names(hub, trained, cifar_jpeg, data_dir, 
 
 
 def test_published_names_are_one_table_of_31_checkpoints():
-    names = report.published_names()
+    names = published.published_names()
     assert len(names) == 31 and len(set(names.values())) == 31
     assert names["resnet18_cifar10_no_cat.pth"] == (
         "hf://jaeunglee/resnet18-cifar10-unlearning/resnet18_cifar10_no_cat.pth")
@@ -168,8 +169,8 @@ def card_sums(k, forget, retain):
 
 
 def test_the_verdict_says_which_rows_do_not_agree():
-    card = report.PUBLISHED_UNLEARN["ssd"]
-    evals = {("ssd", k): card_sums(k, card[c][:2], card[c][2:]) for k, c in enumerate(report.CIFAR10)}
+    card = published.PUBLISHED_UNLEARN["ssd"]
+    evals = {("ssd", k): card_sums(k, card[c][:2], card[c][2:]) for k, c in enumerate(published.CIFAR10)}
     text = verify_published.section_unlearned("ssd", "SSD", evals, range(10), comparable=True)
     assert "Agrees with the card" in text and "+0.00 (+0.000)" in text
     evals["ssd", 5] = card_sums(5, (1.0, card["dog"][1]), card["dog"][2:])  # one point more forget accuracy on dog
@@ -184,7 +185,7 @@ def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg,
     state = torch.load(trained[0], weights_only=True)
     dampened = {k: v.clone() for k, v in state.items()}
     dampened["conv1.weight"].view(-1)[:100] *= 0.5
-    for name in [report.published_name("full")] + [report.published_name(role, k) for role in
+    for name in [published.published_name("full")] + [published.published_name(role, k) for role in
                                                    ("retrain", "ssd", "advneggrad") for k in (3, 5)]:
         repo, file = name[len("hf://"):].rsplit("/", 1)
         publish(hub, repo, file, dampened if file == "cifar10_resnet18_SSD_3.pth" else state)

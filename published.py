@@ -1,0 +1,58 @@
+"""The published numbers and checkpoints this project reproduces: the Hugging Face model cards of ResNet18 on
+CIFAR-10 (the original, the retrains, SSD, AdvNegGrad), the CIFAR-100 report's SISA and the ensemble report.
+No torch: report.py, verify_published.py and reproduce_cards.py read it.
+
+    python -c "import published; print(published.published_name('ssd', 3))"
+"""
+import os
+
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The published numbers. ResNet18 on CIFAR-10, from the Hugging Face model cards: the full model and the
+# retrains (jaeunglee/resnet18-cifar10-unlearning: test top-1, the retrains' on their nine classes), SSD and
+# AdvNegGrad per class (forget acc, forget loss, retain acc, retain loss on the test set).
+PUBLISHED_FULL = 95.4
+PUBLISHED_RETRAIN = dict(zip(CIFAR10, (95.3, 95.4, 95.6, 96.6, 95.2, 96.6, 95.2, 95.3, 95.4, 95.3)))
+PUBLISHED_UNLEARN = {
+    "ssd": dict(zip(CIFAR10, ((0.0, 8.102, 83.38, 0.527), (0.0, 6.550, 94.62, 0.189), (0.0, 9.854, 90.06, 0.328),
+                              (0.0, 8.428, 90.00, 0.317), (0.0, 5.885, 95.26, 0.161), (0.0, 6.917, 12.53, 2.799),
+                              (0.0, 5.532, 95.29, 0.156), (0.0, 7.328, 17.71, 3.478), (0.0, 3.783, 95.41, 0.158),
+                              (0.0, 5.864, 94.29, 0.198)))),
+    "advneggrad": dict(zip(CIFAR10, ((0.0, 28.448, 90.52, 0.631), (0.0, 31.394, 91.27, 0.516),
+                                     (0.0, 30.110, 92.72, 0.475), (0.0, 26.171, 92.44, 0.512),
+                                     (0.0, 27.805, 91.19, 0.561), (0.0, 28.574, 92.81, 0.456),
+                                     (0.0, 28.360, 92.18, 0.486), (0.0, 32.505, 92.89, 0.401),
+                                     (0.0, 29.307, 91.34, 0.543), (0.0, 28.959, 92.47, 0.474)))),
+}
+# SISA (CIFAR-100 report, ResNet34 from ImageNet, 4 shards x 5 slices): top-1 and MIA before / after forgetting a
+# random 20%; the ensemble report: 5 ImageNet ResNet18 members, mean softmax.
+PUBLISHED_SISA = {"before": (78.1, 0.527), "after": (77.1, 0.498)}
+PUBLISHED_ENSEMBLE = 97.61
+# The published checkpoints, each card's repository and file name ({c}: class name, {k}: class index); a name is
+# hf://REPOSITORY/FILE, which every --model takes (models.fetch downloads it once).
+PUBLISHED_CHECKPOINTS = {
+    "full": ("jaeunglee/resnet18-cifar10-unlearning", "resnet18_cifar10_full.pth"),
+    "retrain": ("jaeunglee/resnet18-cifar10-unlearning", "resnet18_cifar10_no_{c}.pth"),
+    "ssd": ("Yurim0507/Selective_Synapse_Dampening", "cifar10_resnet18_SSD_{k}.pth"),
+    "advneggrad": ("Yurim0507/AdvNegGrad", "cifar10_resnet18_AdvNegGrad_{k}.pth"),
+}
+DATASET_IDS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100", "cifar10-jpeg": "uoft-cs/cifar10"}
+
+
+def published_name(role, k=None):
+    """The hf:// name of a published checkpoint: the full model (k None), or the one without / unlearning class k."""
+    repo, file = PUBLISHED_CHECKPOINTS[role]
+    return f"hf://{repo}/{file.format(c=CIFAR10[k] if k is not None else '', k=k)}"
+
+
+def published_names():
+    """{file name: hf:// name} of every published checkpoint."""
+    names = [published_name("full")] + [published_name(role, k) for role in PUBLISHED_CHECKPOINTS if role != "full"
+                                        for k in range(len(CIFAR10))]
+    return {name.rsplit("/", 1)[1]: name for name in names}
+
+
+def hub_name(source):
+    """A checkpoint's name as a reader can fetch it: the hf:// name of a published file, else its file name."""
+    if source.startswith("hf://"):
+        return source.split("#")[0]
+    return published_names().get(os.path.basename(source), os.path.basename(source))

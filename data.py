@@ -199,8 +199,7 @@ def load_image_folder(path, data_dir):
     cache is decoded again."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset {path!r} not found: use cifar10, cifar100 or an image folder")
-    name = os.path.basename(os.path.normpath(path)).split(".")[0]
-    cache = os.path.join(data_dir, f"{name}-{folder_fingerprint(path)}.npz")
+    name, cache = cache_file(path, data_dir)
     if os.path.exists(cache):
         try:
             return read_cache(cache, name)
@@ -213,6 +212,12 @@ def load_image_folder(path, data_dir):
                                            test_x=test_x, test_y=test_y, mean=pixels.mean(0).round(4),
                                            std=pixels.std(0).round(4)))
     return read_cache(cache, name)
+
+
+def cache_file(path, data_dir):
+    """(the dataset's name, its decoded cache in data_dir): the name changes when the files do."""
+    name = os.path.basename(os.path.normpath(path)).split(".")[0]
+    return name, os.path.join(data_dir, f"{name}-{folder_fingerprint(path)}.npz")
 
 
 def read_cache(cache, name):
@@ -228,10 +233,27 @@ def read_cache(cache, name):
 
 
 def load_dataset(dataset, data_dir="./data"):
-    """`dataset` is cifar10, cifar100, or the path of an image folder (or a .tar/.tar.gz of one)."""
+    """`dataset` is cifar10, cifar100, or the path of an image folder (or a .tar/.tar.gz of one). Loaded once per
+    process while its files are unchanged: several runs in one process (reproduce_cards.py, the tests) share it."""
     if dataset in CIFAR:
-        return load_cifar(dataset, data_dir)
-    return load_image_folder(dataset, data_dir)
+        folder = os.path.join(data_dir, CIFAR[dataset][1])
+        key = (dataset, os.path.abspath(folder), os.path.isdir(folder) and folder_fingerprint(folder))
+        return remembered(key, lambda: load_cifar(dataset, data_dir))
+    if not os.path.exists(dataset):
+        raise FileNotFoundError(f"dataset {dataset!r} not found: use cifar10, cifar100 or an image folder")
+    cache = cache_file(dataset, data_dir)[1]
+    key = (os.path.abspath(dataset), folder_fingerprint(dataset), os.path.exists(cache) and folder_fingerprint(cache))
+    return remembered(key, lambda: load_image_folder(dataset, data_dir))
+
+
+LOADED = {}  # the datasets this process has loaded, by their files' fingerprint (the last one only: memory)
+
+
+def remembered(key, load):
+    if key not in LOADED:
+        LOADED.clear()
+        LOADED[key] = load()
+    return LOADED[key]
 
 
 # ----------------------------------------------------------------------------- classes and splits

@@ -33,6 +33,7 @@ DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 -
 
 .PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench
 .PHONY: reproduce reproduce-small reproduce-steps report verify-published verify-published-small clean-demo
+.PHONY: reproduce-cards reproduce-cards-small
 .PHONY: pool pool-unlearn pool-score pool-jobs pool-unlearn-jobs pool-small reproduce-pool
 .PHONY: ulira ulira-retrain ulira-jobs ulira-unlearn-jobs ulira-small
 
@@ -121,6 +122,23 @@ sisa-unlearn: $(INSTALL)  ## SISA unlearning of a random 20% (reuses every unaff
 
 bench: $(INSTALL)  ## this project's path vs the plain DataLoader path: images/s side by side (runs/bench.json)
 	$(PY) bench.py $(DATA) --arch $(ARCH)
+
+# ----------------------------------------------------------------------------- the cards' proof
+# One 200-epoch ResNet18 (trained, or MODEL= a path or hf:// name), SSD (both D) and AdvNegGrad for every class,
+# several jobs at once, RETRAIN="cat" adds retrains: CARDS_DIR/cards.md beside the published numbers. A GPU machine
+# without network: `make reproduce-cards PY=python3 INSTALL= DATASET=data/cifar10-jpeg.tar.gz` (the archive copied
+# into the checkout's ignored data/ folder; COMMIT=<hash> names the commit where the copy has no .git).
+CARDS_DIR ?= runs/cards
+RETRAIN ?=
+COMMIT ?=
+CARDS_FLAGS = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) \
+	$(if $(RETRAIN),--retrain $(RETRAIN)) $(if $(COMMIT),--commit $(COMMIT))
+reproduce-cards: $(INSTALL)  ## the SSD and AdvNegGrad cards from one ResNet18 (one GPU: target 8 min): CARDS_DIR/cards.md
+	$(PY) reproduce_cards.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --out $(CARDS_DIR) $(CARDS_FLAGS)
+
+reproduce-cards-small: $(INSTALL)  ## the same on a CPU (resnet20, 20 images a class, 2 epochs): a pipeline check
+	$(PY) reproduce_cards.py --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device cpu --arch resnet20 --epochs 2 \
+	  --subset 20 --test-subset 20 --train-flags "--batch-size 32" --out $(CARDS_DIR)-small $(CARDS_FLAGS)
 
 # ----------------------------------------------------------------------------- every published result
 # Each step is a file under RUNDIR, so an interrupted run resumes where it stopped and finished models are reused.

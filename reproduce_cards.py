@@ -94,8 +94,9 @@ def done(path):
 
 def auto_jobs(args, model_path):
     """How many jobs at once: on CUDA, as many as the free memory holds at the largest need of the cards' methods
-    (measured from the model: unlearn.memory_need, times 1.3, plus a process's CUDA context), at most one per
-    two CPU cores and 8; on a CPU one, run in this process."""
+    (measured from the model: unlearn.memory_need, doubled: a CUDA step also holds the activations' gradients and
+    cuDNN's workspace, and the GPU-readiness review's own count was 1.5x ours; plus a process's CUDA context), at
+    most one per two CPU cores and 8; on a CPU one, run in this process."""
     import torch
     import unlearn
     from evaluate import pick_device
@@ -105,7 +106,7 @@ def auto_jobs(args, model_path):
         return 1, None
     model = load_model(model_path)
     need = max(unlearn.memory_need(model, config(), amp) for config in (unlearn.SSDConfig, unlearn.AdvNegGradConfig))
-    need = 1.3 * need / 2 ** 30 + CUDA_CONTEXT_GB
+    need = 2 * need / 2 ** 30 + CUDA_CONTEXT_GB
     free = torch.cuda.mem_get_info(device)[0] / 2 ** 30
     return max(1, min(int(free // need), max(1, (os.cpu_count() or 2) // 2), 8)), need
 
@@ -133,9 +134,11 @@ def train_full(args, out):
 
 
 def unlearning_commands(args, out, model, classes):
+    """The unfinished runs, class by class (the methods interleaved, so that AdvNegGrad's large runs do not all
+    meet on the GPU at once)."""
     commands = []
-    for folder, method, flags, _ in RUNS:
-        for k in classes:
+    for k in classes:
+        for folder, method, flags, _ in RUNS:
             path = os.path.join(out, folder, f"{CIFAR10[k]}.pth")
             retrained = os.path.join(out, f"no_{CIFAR10[k]}.pth")
             extra = ["--retrained", retrained] if os.path.isfile(retrained) else []

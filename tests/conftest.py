@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cli
+import evaluate
 
 from data import Loader, load_dataset, make_split
 from train import TrainConfig, fit
@@ -74,3 +75,16 @@ def assert_clean_error(result, text):
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     assert text in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """pick_device's CUDA branch on a CPU: one device that says it is an H200; the fp32 flags restored after."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200 (stand-in)")
+    previous = evaluate.set_ieee_fp32(False)
+    benchmark = torch.backends.cudnn.benchmark
+    yield
+    evaluate.restore_fp32(previous)
+    torch.backends.cudnn.benchmark = benchmark

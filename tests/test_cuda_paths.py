@@ -152,19 +152,6 @@ def tensor_float_32_allowed():
     return torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
 
 
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    """pick_device's CUDA branch on a CPU: one device that says it is an H200; the fp32 flags restored after."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200 (stand-in)")
-    previous = evaluate.set_ieee_fp32(False)
-    benchmark = torch.backends.cudnn.benchmark
-    yield
-    evaluate.restore_fp32(previous)
-    torch.backends.cudnn.benchmark = benchmark
-
-
 def test_fp32_on_cuda_means_ieee_and_bf16_keeps_tf32(fake_cuda):
     device, amp = evaluate.pick_device("cuda", "fp32")
     assert device.type == "cuda" and amp is None and not tensor_float_32_allowed() and torch.backends.cudnn.benchmark

@@ -104,6 +104,48 @@ def check_writable(path, flag="--out"):
         raise ValueError(f"{flag} {path}: cannot write in {folder} ({e.strerror}); give another path") from None
 
 
+def check_out(path, flag="--out", inputs=(), mine=None, overwrite=False):
+    """The one check of an output file, before any work: `path` names a file (not a folder) in a folder that takes
+    files; it is none of `inputs` (the files and folders the run reads: a folder stands for every file under it;
+    a checkpoint's sidecar counts as part of it), and a file already there is this output's own kind
+    (mine(path) is True: a rerun replaces it) unless `overwrite`. Raises ValueError naming the flag."""
+    check_writable(path, flag)
+    target = os.path.realpath(path)
+    for source in inputs:
+        if not source or not os.path.exists(source):
+            continue
+        real = os.path.realpath(source)
+        if os.path.isdir(real) and target.startswith(real + os.sep):
+            raise ValueError(f"{flag} {path} is inside {source}, whose files this run reads; write it elsewhere")
+        if target in (real, os.path.splitext(real)[0] + ".json", os.path.splitext(real)[0] + ".pth"):
+            raise ValueError(f"{flag} {path} would replace the input {source} (or its sidecar); give another path")
+    if os.path.exists(path) and not overwrite and not (mine and mine(path)):
+        raise ValueError(f"{flag} {path} exists and is not an output of this kind (another run's file?): pass "
+                         f"--overwrite to replace it, or give another path")
+
+
+def json_of_kind(kind):
+    """mine= for check_out: a JSON file whose "kind" is `kind` (what write_json(..., kind=) writes)."""
+    def mine(path):
+        try:
+            obj = read_json(path)
+        except (ValueError, OSError):
+            return False
+        return isinstance(obj, dict) and obj.get("kind") == kind
+    return mine
+
+
+def text_of_kind(marker):
+    """mine= for check_out: a text file whose first line is `marker` (what the script writes first)."""
+    def mine(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.readline().rstrip("\n") == marker
+        except (OSError, UnicodeDecodeError):
+            return False
+    return mine
+
+
 def write_json(path, obj):
     atomic_write(path, lambda f: f.write(json_bytes(obj)))
 

@@ -23,7 +23,15 @@ NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
 MODEL ?= $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth
 EXTRA ?=
 VERIFY_DIR ?= runs/verify-published
-DATA = --dataset $(DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) $(EXTRA)
+DATA_ARGS = --dataset '$(DATASET)' --data-dir '$(DATA_DIR)'
+DATA = $(DATA_ARGS) --device $(DEVICE) $(EXTRA)
+# Values that become shell words and make targets: a space, quote or shell character would split or run as a command
+# (class names read from the data are checked by data.py --for-make)
+UNSAFE := ; & | ` ' " ( ) < > * ? [ ] { } ! \ $$ \#
+unsafe = $(strip $(if $(filter-out 1,$(words x$(1)x)),space) $(foreach c,$(UNSAFE),$(findstring $(c),$(1))))
+$(foreach v,DATASET DATA_DIR CLASS METHOD ARCH CHECKPOINTS,$(if $(call unsafe,$($(v))),$(error $(v)=$($(v)) holds \
+	a space or a shell character ($(call unsafe,$($(v)))): make cannot pass it safely; rename it, or run the scripts \
+	directly (python train.py --help))))
 TRAIN_FLAGS ?=
 TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume $(TRAIN_FLAGS)
 # The demo uses the real CIFAR-10 images where this project's machines keep them, else downloads CIFAR-10.
@@ -73,7 +81,7 @@ train: $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch rec
 retrain: $(CHECKPOINTS)/$(ARCH)_$(NAME)_no_$(CLASS).pth  ## the gold standard: the recipe without CLASS
 
 # the class list of DATASET, or a stop with one line (data.py has said why above)
-CLASS_LIST = classes=$$($(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p'); \
+CLASS_LIST = classes=$$($(PY) data.py --for-make $(DATA_ARGS) | sed -n 's/^classes: //p'); \
 	[ -n "$$classes" ] || { echo "make: no class list for DATASET=$(DATASET); see the error above" >&2; exit 1; }
 
 retrain-all: $(INSTALL)  ## one retrain per class, JOBS at a time on DEVICES (finished ones kept)
@@ -84,7 +92,7 @@ $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth: | $(INSTALL)
 	$(TRAIN) --out $@
 
 $(CHECKPOINTS)/$(ARCH)_$(NAME)_no_%.pth: | $(INSTALL)
-	$(TRAIN) --forget-class $* --out $@
+	$(TRAIN) --forget-class '$*' --out $@
 
 evaluate: $(INSTALL)  ## evaluate MODEL with CLASS forgotten, MIA included
 	$(PY) evaluate.py $(DATA) --model $(MODEL) --forget-class $(CLASS) --mia
@@ -150,7 +158,7 @@ SISA_DATASET ?= cifar100
 SISA_RECIPE ?= --recipe transfer --arch resnet34-imagenet
 ENSEMBLE_RECIPE ?= --recipe ensemble
 FORGET_FRACTION ?= 0.2
-CLASSES = $(shell $(PY) data.py --dataset $(DATASET) --data-dir $(DATA_DIR) | sed -n 's/^classes: //p')
+CLASSES = $(shell $(PY) data.py --for-make $(DATA_ARGS) | sed -n 's/^classes: //p')
 SEEDS = $(shell seq 0 $$(($(N) - 1)))
 R = $(RUNDIR)
 SISA_DATA = --dataset $(SISA_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) $(EXTRA)
@@ -312,17 +320,17 @@ $(R)/full.pth: | $(INSTALL)
 	$(TRAIN) --out $@
 
 $(R)/no_%.pth: | $(INSTALL)
-	$(TRAIN) --forget-class $* --out $@
+	$(TRAIN) --forget-class '$*' --out $@
 
 # unlearn/<method>/<class>.pth: the method from the full model, evaluated beside the retrained one
 $(R)/unlearn/%.pth: $(R)/full.pth $(R)/no_$$(notdir $$*).pth
-	$(PY) unlearn.py $(DATA) --method $(*D) --model $< --retrained $(R)/no_$(*F).pth --forget-class $(*F) \
+	$(PY) unlearn.py $(DATA) --method $(*D) --model $< --retrained $(R)/no_$(*F).pth --forget-class '$(*F)' \
 	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
 
 # every model of CLASS side by side, with the forget sets' per-example losses (the report's plots)
 $(R)/eval_%.json: $(R)/full.pth $(R)/no_%.pth $$(foreach m,$$(EVERY_CLASS) $$(ONE_CLASS),$(R)/unlearn/$$(m)/$$*.pth)
 	$(PY) evaluate.py $(DATA) --retrained $(R)/no_$*.pth $(addprefix --model ,$(R)/full.pth $(filter $(R)/unlearn/%,$^)) \
-	  --forget-class $* --mia --losses --json $@
+	  --forget-class '$*' --mia --losses --json $@
 
 $(R)/sisa/manifest_full.json: | $(INSTALL)
 	$(PY) train.py $(SISA_DATA) --sisa $(SISA_RECIPE) --out $(R)/sisa

@@ -13,6 +13,7 @@ import io
 import math
 import os
 import pickle
+import re
 import sys
 import tarfile
 import time
@@ -596,12 +597,30 @@ def split_from_args(args, data, val_fraction=None):
 
 
 def parse_args(argv=None):
-    return add_data_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).parse_args(argv)
+    parser = add_data_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--for-make", action="store_true", help="refuse class names that the Makefile cannot pass "
+                        "safely to a shell: what `make retrain-all` and `make reproduce` read (default: off)")
+    return parser.parse_args(argv)
+
+
+SAFE_NAME = re.compile(r"[\w.+-]+")  # letters (any script), digits, _ . + -: no space, quote or shell character
+
+
+def check_names_for_make(classes, dataset):
+    """Class names become make targets and shell words in the Makefile's recipes: one that holds a space, a quote or
+    a shell character (a;id>x) would split or run as a command, so it is refused with one line."""
+    for name in classes:
+        if not SAFE_NAME.fullmatch(name) or name.startswith("-"):
+            raise ValueError(f"{dataset}: the class name {name!r} cannot be passed through make safely (a space, "
+                             f"quote or shell character); rename the folder, or run the scripts directly with "
+                             f"--forget-class {list(classes).index(name)}")
 
 
 def main(argv=None):
     args = parse_args(argv)
     data = load_dataset(args.dataset, args.data_dir)
+    if args.for_make:
+        check_names_for_make(data.classes, args.dataset)
     split = split_from_args(args, data)
     print(f"{data.name}: {len(data.train_y)} train, {len(data.test_y)} test images of {data.train_x.shape[1:]}")
     print(f"classes: {' '.join(data.classes)}")

@@ -56,24 +56,28 @@ def columns(sums, k=None):
 
 def evaluate_published(name, data, split, device, settings, folder):
     """The class sums of one published checkpoint (fetched once), with its file's sha256; reused from
-    folder/<file>.json when made with the same settings."""
+    folder/<file>.json when made with the same settings from the same file (by sha256, not by name: $HF_ENDPOINT
+    or a new revision can serve other weights under one name)."""
     path = os.path.join(folder, os.path.basename(name) + ".json")
     saved = read_json(path) if os.path.exists(path) else {}
-    if saved.get("settings") == settings:
+    sha256 = sha256_file(fetch(name))
+    if saved.get("settings") == settings and saved.get("sha256") == sha256:
         return saved
     model = to_device(load_model(name, num_classes=len(data.classes)), device)
-    result = {"name": name, "sha256": sha256_file(fetch(name)), "settings": settings,
-              **class_sums(model, data, split, device)}
+    result = {"name": name, "sha256": sha256, "settings": settings, **class_sums(model, data, split, device)}
     write_json(path, result)
     return result
 
 
 def unlearn_ours(original_name, k, data, args, device, settings, folder):
     """Our SSD (SSDConfig's defaults, the card's lambda 1 and alpha 10, with --full-set) of class k from the
-    published original, saved as folder/<the published file name>; reused when finished with the same settings."""
-    out = os.path.join(folder, os.path.basename(published_name("ssd", k)))
+    published original, saved as folder/<the original's sha256>/<the published file name> (other weights under
+    the same name make other files); reused when finished with the same settings."""
+    source = sha256_file(fetch(original_name))
+    out = os.path.join(folder, source[:16], os.path.basename(published_name("ssd", k)))
     cfg = SSDConfig(full_set=args.full_set)
-    identity = {"source": original_name, "config": dataclasses.asdict(cfg), **settings, "forget_class": k}
+    identity = {"source": original_name, "source_sha256": source, "config": dataclasses.asdict(cfg), **settings,
+                "forget_class": k}
     if not check_output(out, identity, args.overwrite):
         split = make_split(data, forget_class=k, subset=args.subset, test_subset=args.test_subset)
         model = load_model(original_name, num_classes=len(data.classes))

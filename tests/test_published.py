@@ -179,7 +179,7 @@ def test_the_verdict_says_which_rows_do_not_agree():
     assert "Not comparable" in verify_published.section_unlearned("ssd", "SSD", evals, range(10), comparable=False)
 
 
-def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg, data_dir, tmp_path):
+def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg, data_dir, tmp_path, monkeypatch):
     """Every published name served from the stand-in Hub: the trained resnet20 as each model, but the SSD model for
     cat with 100 known weights halved. The report's numbers must be those of our evaluation, done here directly."""
     state = torch.load(trained[0], weights_only=True)
@@ -212,11 +212,26 @@ def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg,
 
     comparison = json.loads((result / "ssd_comparison_retain+forget.json").read_text())
     n = sum(v.numel() for v in state.values() if v.is_floating_point())
-    ours = torch.load(result / "ssd" / "retain+forget" / "cifar10_resnet18_SSD_3.pth", weights_only=True)
+    source = hashlib.sha256(open(fetch(published.published_name("full")), "rb").read()).hexdigest()[:16]
+    ours = torch.load(result / "ssd" / "retain+forget" / source / "cifar10_resnet18_SSD_3.pth", weights_only=True)
     changed_ours = sum(int((ours[k] != state[k]).sum()) for k in state if state[k].is_floating_point())
     assert comparison["cat"]["changed_theirs"] == 100 / n and comparison["cat"]["changed_ours"] == changed_ours / n
     assert comparison["dog"]["changed_theirs"] == 0.0
-    steps = [*(result / "evals").iterdir(), *(result / "ssd" / "retain+forget").iterdir()]
+    steps = [*(result / "evals").iterdir(), *(result / "ssd" / "retain+forget" / source).iterdir()]
     stamps = {p: os.stat(p).st_mtime_ns for p in steps}
     assert make(*args).returncode == 0
     assert stamps == {p: os.stat(p).st_mtime_ns for p in stamps}  # a rerun reuses every step
+
+    # Another endpoint serves other weights under the same names: nothing of the first is reused for them
+    other = tmp_path / "other-hub"
+    shutil.copytree(hub, other)
+    torch.manual_seed(1)
+    publish(other, "jaeunglee/resnet18-cifar10-unlearning", "resnet18_cifar10_full.pth",
+            build_model("resnet20", 10).state_dict())
+    monkeypatch.setenv("HF_ENDPOINT", other.as_uri())
+    assert make(*args).returncode == 0
+    full = json.loads((result / "evals" / "resnet18_cifar10_full.pth.json").read_text())
+    assert full["sha256"] == hashlib.sha256(open(fetch(published.published_name("full")), "rb").read()).hexdigest()
+    assert full["sha256"][:16] != source and (result / "ssd" / "retain+forget" / full["sha256"][:16]).is_dir()
+    top1 = 100 * sum(full["correct"]) / sum(full["n"])
+    assert f"| full | {top1:.2f} | - | 95.4 |" in (result / "report.md").read_text()

@@ -33,7 +33,7 @@ $(foreach v,DATASET DATA_DIR CLASS METHOD ARCH CHECKPOINTS,$(if $(call unsafe,$(
 	a space or a shell character ($(call unsafe,$($(v)))): make cannot pass it safely; rename it, or run the scripts \
 	directly (python train.py --help))))
 TRAIN_FLAGS ?=
-TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume $(TRAIN_FLAGS)
+TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume --wait $(TRAIN_FLAGS)
 # The demo uses the real CIFAR-10 images where this project's machines keep them, else downloads CIFAR-10.
 DEMO_DATASET ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/data/cifar10-jpeg.tar.gz,cifar10)
 DEMO = --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device $(DEVICE) --subset 300 --test-subset 100
@@ -73,8 +73,15 @@ $(VENV)/.matplotlib: $(VENV)/.installed
 
 demo: $(INSTALL)  ## a few minutes on a CPU: resnet20 on a subset, trained, CLASS retrained, both evaluated
 	$(DEMO_TRAIN) --out runs/demo/full.pth
-	$(DEMO_TRAIN) --forget-class $(CLASS) --out runs/demo/no_$(CLASS).pth
-	$(PY) evaluate.py $(DEMO) --model runs/demo/full.pth --retrained runs/demo/no_$(CLASS).pth --forget-class $(CLASS) --mia
+	$(DEMO_TRAIN) --forget-class '$(CLASS)' --out runs/demo/no_$(CLASS).pth
+	$(PY) evaluate.py $(DEMO) --model runs/demo/full.pth --retrained runs/demo/no_$(CLASS).pth --forget-class '$(CLASS)' \
+	  --mia --json runs/demo/eval.json
+	@echo
+	@echo "Trained: a resnet20 on 300 images a class for 4 epochs (runs/demo/full.pth), and the same recipe" \
+	  "without $(CLASS) (runs/demo/no_$(CLASS).pth, the gold standard of forgetting); evaluations in runs/demo/eval.json."
+	@echo "Next, make the full model forget $(CLASS) and compare it with the retrained one:"
+	@echo "  $(PY) unlearn.py $(DEMO) --method ssd --full-set retain --model runs/demo/full.pth" \
+	  "--retrained runs/demo/no_$(CLASS).pth --forget-class $(CLASS) --out runs/demo/ssd_$(CLASS).pth"
 
 train: $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth  ## the full model: 200-epoch recipe on the whole train set
 
@@ -295,7 +302,7 @@ $(ULIRA_DIR)/retrain/%.pth: | $(INSTALL)
 	$(TRAIN) $(call ulira_split,$*) --seed $(call ulira_half,$*) --out $@
 
 $(ULIRA_DIR)/%.pth: $(ULIRA_DIR)/original/h$$(call ulira_half,$$*).pth
-	$(PY) unlearn.py $(DATA) --method $(*D) --model $< $(call ulira_split,$*) --seed $(call ulira_draw,$*) --no-eval \
+	$(PY) unlearn.py $(DATA) --method $(*D) --wait --model $< $(call ulira_split,$*) --seed $(call ulira_draw,$*) --no-eval \
 	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
 
 $(ULIRA_DIR)/%.npz: $(ULIRA_DIR)/%.pth
@@ -310,7 +317,7 @@ $(POOL_DIR)/retrain/s%.pth: | $(INSTALL)
 	$(TRAIN) $(POOL_FORGET) --seed $* --out $@
 
 $(POOL_DIR)/%.pth: $(POOL_DIR)/original/$$(notdir $$*).pth
-	$(PY) unlearn.py $(DATA) --method $(*D) --model $< $(POOL_FORGET) --seed $(patsubst s%,%,$(*F)) --no-eval \
+	$(PY) unlearn.py $(DATA) --method $(*D) --wait --model $< $(POOL_FORGET) --seed $(patsubst s%,%,$(*F)) --no-eval \
 	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
 
 $(POOL_DIR)/%.npz: $(POOL_DIR)/%.pth
@@ -324,7 +331,7 @@ $(R)/no_%.pth: | $(INSTALL)
 
 # unlearn/<method>/<class>.pth: the method from the full model, evaluated beside the retrained one
 $(R)/unlearn/%.pth: $(R)/full.pth $(R)/no_$$(notdir $$*).pth
-	$(PY) unlearn.py $(DATA) --method $(*D) --model $< --retrained $(R)/no_$(*F).pth --forget-class '$(*F)' \
+	$(PY) unlearn.py $(DATA) --method $(*D) --wait --model $< --retrained $(R)/no_$(*F).pth --forget-class '$(*F)' \
 	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
 
 # every model of CLASS side by side, with the forget sets' per-example losses (the report's plots)

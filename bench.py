@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-from cli import check_writable, run, write_json
+from cli import check_out, json_of_kind, run, write_json
 from data import (Loader, add_data_args, color_jitter, device_name, draw_rotate_jitter, load_dataset, positive_int,
                   rotate, split_from_args)
 from evaluate import eval_batch_size, pick_device, predict
@@ -155,13 +155,15 @@ def parse_args(argv=None):
     parser.add_argument("--per-sample", type=positive_int, default=256,
                         help="images for the per-sample importance rows (the plain one is a loop) (default: 256)")
     parser.add_argument("--out", default="runs/bench.json", help="JSON results (default: runs/bench.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that bench.py did not "
+                        "write (default: refuse)")
     add_data_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    check_writable(args.out)
+    check_out(args.out, "--out", [], json_of_kind("bench"), args.overwrite)
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     device, amp = pick_device(args.device, args.precision)
@@ -197,7 +199,7 @@ def main(argv=None):
         zero = data.train_y[retain] == 0
         retain, forget = retain[~zero], retain[zero]
     rows += method_rows(model, data, retain, forget, device, amp)
-    write_json(args.out, {"arch": args.arch, "dataset": data.name, "device": str(device),
+    write_json(args.out, {"kind": "bench", "arch": args.arch, "dataset": data.name, "device": str(device),
                           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                           "precision": "bf16" if amp else "fp32", "workers": args.workers, "torch": torch.__version__,
                           "rows": rows, "config": dataclasses.asdict(cfg)})

@@ -135,12 +135,12 @@ def json_of_kind(kind):
     return mine
 
 
-def text_of_kind(marker):
-    """mine= for check_out: a text file whose first line is `marker` (what the script writes first)."""
+def text_of_kind(prefix):
+    """mine= for check_out: a text file whose first line starts with `prefix` (what the script writes first)."""
     def mine(path):
         try:
             with open(path, encoding="utf-8") as f:
-                return f.readline().rstrip("\n") == marker
+                return f.readline().startswith(prefix)
         except (OSError, UnicodeDecodeError):
             return False
     return mine
@@ -173,25 +173,32 @@ def to_json(obj):
 
 
 @contextlib.contextmanager
-def lock(path):
+def lock(path, wait=False):
     """Hold an exclusive lock on `path`'s run (a hidden .lock file beside it) for the block; a second run on the same
-    output stops at once instead of racing for its files. The OS releases it when a process dies."""
+    output stops at once instead of racing for its files, or with `wait` waits for the first to end (make's jobs:
+    the caller then finds the output made). Yields whether it waited. The OS releases it when a process dies."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     lock_path = os.path.join(folder, f".{os.path.basename(path)}.lock")
+    waited = False
     while True:
         f = open(lock_path, "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.close()
-            raise ValueError(f"another run is writing {path} now; wait for it to finish or give another --out") from None
+            waited = True
+            if not wait:
+                f.close()
+                raise ValueError(f"another run is writing {path} now; wait for it to finish or give another "
+                                 f"--out") from None
+            print(f"waiting for another run writing {path}", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         # the run that held it may have removed the file between our open and flock: then lock the new one
         if os.path.exists(lock_path) and os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
             break
         f.close()
     try:
-        yield
+        yield waited
     finally:
         os.unlink(lock_path)
         f.close()

@@ -305,8 +305,11 @@ def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, sub
         # inside a half, the stream also names the half: one seed draws unrelated sets from different halves
         rng = np.random.default_rng(forget_seed if keep_half is None else [forget_seed, 3, keep_half])
         forget = np.sort(train[rng.permutation(len(train))[:round(forget_fraction * len(train))]])
+        if len(forget) == 0:  # a "retrain" that forgot nothing would be saved as one
+            raise ValueError(f"--forget-fraction {forget_fraction:g} of {len(train)} train images forgets none; give "
+                             f"at least {1 / len(train):.2g}")
     elif forget_indices is not None:
-        forget = np.unique(np.asarray(forget_indices, dtype=np.int64))
+        forget = indices_in(forget_indices, len(data.train_y))
         if not np.isin(forget, train).all():
             raise ValueError(f"--forget-indices: {np.setdiff1d(forget, train)[:5].tolist()} ... are not train indices in use")
     retain = np.setdiff1d(train, forget)
@@ -316,28 +319,51 @@ def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, sub
     if val_fraction is not None:
         val = np.sort(np.random.default_rng(val_seed).permutation(retain)[:round(val_fraction * len(retain))])
         retain = np.setdiff1d(retain, val)
+        if len(val) == 0 or len(retain) == 0:
+            raise ValueError(f"--val-fraction {val_fraction:g} of {len(val) + len(retain)} images leaves "
+                             f"{len(val)} for validation and {len(retain)} to train on; both need at least one")
     test_retain = np.setdiff1d(test, test_forget)
     return Split(forget_class, forget_fraction, forget_seed, train, forget, retain, test, test_forget, test_retain, val,
                  keep_half)
 
 
 def read_indices(path):
-    """Train indices from a .npy file or a text file of whitespace-separated integers."""
+    """Train indices (or a boolean mask over the train set) from a .npy file or a text file of whitespace-separated
+    integers: an array of integers, integral floats or booleans, checked when the split is made (indices_in)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--forget-indices file {path} not found")
     try:
         if path.endswith(".npy"):
-            indices = np.load(path)
+            indices = np.load(path, allow_pickle=False)
         else:
             with open(path) as f:
                 indices = np.array([int(token) for token in f.read().split()], dtype=np.int64)
-    except (ValueError, UnicodeDecodeError) as e:
+    except OverflowError:
+        raise ValueError(f"--forget-indices {path} holds a number too large to be a train index") from None
+    except (ValueError, UnicodeDecodeError, EOFError) as e:
         raise ValueError(f"--forget-indices {path}: not a list of integers ({e})") from None
-    if indices.size == 0:
+    if indices.dtype.kind not in "biuf" or (indices.dtype.kind == "f" and not (
+            np.isfinite(indices).all() and np.array_equal(indices, np.round(indices)))):
+        raise ValueError(f"--forget-indices {path} holds values that are not integers ({indices.dtype}); give train "
+                         f"indices, or a boolean mask over the train set")
+    if indices.size == 0 or (indices.dtype.kind == "b" and not indices.any()):
         raise ValueError(f"--forget-indices {path} holds no index; give at least one train index to forget")
-    if not np.issubdtype(indices.dtype, np.integer) and not np.array_equal(indices, np.round(indices)):
-        raise ValueError(f"--forget-indices {path} holds non-integer values ({indices.dtype}); give train indices")
-    return indices.ravel().astype(np.int64)
+    return indices.ravel()
+
+
+def indices_in(values, n):
+    """Forget indices into a train set of n images: integers in 0..n-1 (sorted, duplicates dropped), or a boolean
+    mask of exactly n values (its True positions)."""
+    values = np.asarray(values)
+    if values.dtype.kind == "b":
+        if len(values) != n:
+            raise ValueError(f"--forget-indices: a boolean mask of {len(values)} values, for a train set of {n} "
+                             f"images; give one value per train image, or the indices")
+        return np.flatnonzero(values)
+    bad = values[(values < 0) | (values >= n)]
+    if len(bad):
+        raise ValueError(f"--forget-indices: {bad[:5].tolist()} ... are not train indices (0 to {n - 1})")
+    return np.unique(values.astype(np.int64))
 
 
 def describe_split(split, classes):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import atomic_write, check_writable, read_json, run, write_json
+from cli import atomic_write, check_out, json_of_kind, read_json, run, text_of_kind, write_json
 from data import (Loader, Progress, add_data_args, describe_split, device_name, load_dataset, positive_int,
                   split_from_args)
 from models import Ensemble, input_size, load_model, to_device
@@ -217,6 +217,13 @@ def load_evaluable(path, num_classes, aggregate=None):
     if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list) or "aggregate" not in manifest:
         raise ValueError(f"{path} is not a SISA manifest of this project (no members / aggregate); write one with "
                          f"train.py --sisa")
+    members = manifest["members"]
+    if not members or not all(isinstance(m, str) and m and os.path.basename(m) == m and m not in (".", "..")
+                              for m in members):
+        raise ValueError(f"{path}: members must be a non-empty list of checkpoint file names beside it, got "
+                         f"{members!r:.80}")
+    if (aggregate or manifest["aggregate"]) not in ("vote", "mean-softmax"):
+        raise ValueError(f"{path}: aggregate is {manifest['aggregate']!r}; vote or mean-softmax")
     folder = os.path.dirname(path)
     members = [load_model(os.path.join(folder, m), num_classes=num_classes) for m in manifest["members"]]
     return Ensemble(members, aggregate or manifest["aggregate"])
@@ -258,6 +265,22 @@ def format_table(rows, reference=None):
         seconds = f"{m['seconds']:.1f}" if m.get("seconds") is not None else "-"
         lines.append(f"| {name} | {cell(forget)} | {cell(retain)} | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% "
                      f"| {train_forget} | {m['train_retain']['acc']:.2f}% | {mia} | {gap} | {seconds} |")
+    return "\n".join(lines)
+
+
+def in_words(rows, name, retrained):
+    """The table's message in sentences: how well each model knows the forgotten class against the others, and
+    what the MIA says (0.5: its forget images look like images it never saw)."""
+    lines = [f"In words ({name} is the class to forget; accuracies on the test set):"]
+    for path, m in rows:
+        forget, retain = m["test_forget"]["acc"], m["test_retain"]["acc"]
+        role = "the retrained model (never saw it)" if path == retrained else os.path.basename(str(path))
+        verdict = ("does not recognise it: forgotten, or never learnt" if forget < max(retain / 4, 5) else
+                   "recognises it" if forget > retain / 2 else "recognises it less than the other classes")
+        mia = "" if m["mia"] is None else (f"; MIA {m['mia']:.2f} ({'about' if abs(m['mia'] - 0.5) < 0.05 else 'not'}"
+                                           f" 0.5: an attacker {'cannot' if abs(m['mia'] - 0.5) < 0.05 else 'can'}"
+                                           f" tell its {name} training images from unseen ones)")
+        lines.append(f"- {role}: {name} {forget:.1f}%, the other classes {retain:.1f}%: it {verdict}{mia}.")
     return "\n".join(lines)
 
 
@@ -305,6 +328,12 @@ def strip_losses(metrics, keep=()):
             for k, v in metrics.items()}
 
 
+def evaluated_files(args):
+    """Every file an evaluation reads: the checkpoints (sidecars go with them), and a SISA manifest's folder."""
+    paths = [p for p in [args.retrained, *args.model] if p]
+    return paths + [os.path.dirname(os.path.abspath(p)) for p in paths if p.endswith(".json")]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", default=[], help="checkpoint to evaluate: a path, an https:// "
@@ -320,6 +349,8 @@ def parse_args(argv=None):
     parser.add_argument("--aggregate", choices=("mean-softmax", "vote"), default=None, help="how an ensemble combines its "
                         "members: mean-softmax, or majority vote (default: mean-softmax; a SISA manifest's own)")
     parser.add_argument("--json", default=None, help="write every metric to this JSON file (default: none)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json / --out that this "
+                        "script did not write (default: refuse)")
     parser.add_argument("--losses", action="store_true", help="keep in --json the per-example losses of the train and "
                         "test forget sets, what the MIA sees (default: off)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
@@ -335,14 +366,14 @@ def main(argv=None):
     args = parse_args(argv)
     if args.table:
         if args.out:
-            check_writable(args.out)
+            check_out(args.out, "--out", args.table, text_of_kind(CARD_HEADER.split("\n")[0]), args.overwrite)
         table = card_table(args.table)
         atomic_write(args.out, lambda f: f.write(table.encode())) if args.out else print(table, end="")
         return
     if not args.model:
         raise ValueError("give --model (or --table)")
     if args.json:
-        check_writable(args.json, "--json")
+        check_out(args.json, "--json", evaluated_files(args), json_of_kind("evaluation"), args.overwrite)
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     paths = ([args.retrained] if args.retrained else []) + args.model
@@ -357,8 +388,10 @@ def main(argv=None):
     print(format_table(rows, reference))
     if len(data.classes) <= 20:
         print("\n" + format_per_class(rows, data.classes))
+    if split.forget_class is not None:
+        print("\n" + in_words(rows, data.classes[split.forget_class], args.retrained))
     if args.json:
-        write_json(args.json, {"dataset": data.name, "classes": data.classes, "retrained": args.retrained,
+        write_json(args.json, {"kind": "evaluation", "dataset": data.name, "classes": data.classes, "retrained": args.retrained,
                                "split": describe_split(split, data.classes),
                                "models": {p: strip_losses(m, ("train_forget", "test_forget") if args.losses else ())
                                           for p, m in rows}})

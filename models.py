@@ -14,12 +14,15 @@ sidecar beside it (argv, config, split, seed, versions, device, wall time, metri
     model.load_state_dict(torch.load("resnet18_cifar10_full.pth", weights_only=True))
 """
 import argparse
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import pickle
 import platform
+import re
 import sys
 import time
 import urllib.parse
@@ -216,7 +219,8 @@ def file_url(name):
     owner, repo, file = parts
     repo, _, revision = repo.partition("@")
     endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
-    return f"{endpoint}/{owner}/{repo}/resolve/{urllib.parse.quote(revision or 'main', safe='')}/{file}"
+    quote = urllib.parse.quote  # a space or a non-ASCII letter in a name is sent percent-encoded, as the Hub expects
+    return f"{endpoint}/{quote(owner)}/{quote(repo)}/resolve/{quote(revision or 'main', safe='')}/{quote(file)}"
 
 
 def cache_path(url):
@@ -256,6 +260,9 @@ def fetch(name):
     try:  # writes a temp file beside `cached` and renames it: an interrupted download leaves nothing behind
         torch.hub.download_url_to_file(url, cached, progress=sys.stderr.isatty())
     except OSError as e:  # urllib's HTTPError (404, 401) and URLError (offline, no such host) are OSErrors
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):  # our disk, not the network
+            raise OSError(f"could not save {url} at {cached}: {e.strerror}; free space there or set $TORCH_HOME to a "
+                          f"folder that takes files") from None
         raise OSError(f"could not download {url} ({getattr(e, 'reason', None) or e}). Without network access, download "
                       f"it elsewhere and place it at {cached}, or pass the file's local path") from None
     if expected and sha256_file(cached) != expected:
@@ -265,6 +272,26 @@ def fetch(name):
     return cached
 
 
+def read_checkpoint(path, name):
+    """torch.load(weights_only=True): no code runs. Each way a file can fail is one line saying what it is."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only met a class: a pickled model object, not a state_dict
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise ValueError(f"{name}: holds a pickled object{f' ({found.group(1)})' if found else ''}, not a state_dict, "
+                         f"and loading it could run code; save the weights with torch.save(model.state_dict(), "
+                         f"path)") from None
+    except RuntimeError as e:
+        newer = re.search(r"read a PyTorch file with version (\d+), but the maximum supported version for reading "
+                          r"is (\d+)", str(e))
+        if newer:
+            raise ValueError(f"{name}: written by a newer PyTorch (file format {newer.group(1)}; this torch "
+                             f"{torch.__version__} reads up to {newer.group(2)}); upgrade torch") from None
+        raise ValueError(f"{name}: not a PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # zip and other format errors all mean "not a checkpoint we load"
+        raise ValueError(f"{name}: not a PyTorch checkpoint ({type(e).__name__})") from None
+
+
 def load_model(name, arch=None, num_classes=None):
     """Load a checkpoint (bare state_dict or a dict holding one) with weights_only=True, from a path or a
     downloaded name (see fetch); infer its architecture and class count, and check them against `arch` /
@@ -272,14 +299,16 @@ def load_model(name, arch=None, num_classes=None):
     path = fetch(name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and weights_only errors all mean "not a checkpoint we load"
-        raise ValueError(f"{name}: not a PyTorch checkpoint ({type(e).__name__})") from None
+    state = read_checkpoint(path, name)
     for key in WRAPPER_KEYS:
         state = state[key] if isinstance(state, dict) and isinstance(state.get(key), dict) else state
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{name}: holds no state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError(f"{name}: holds no state_dict (a dict of named tensors)")
+    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_complex() or v.is_meta or
+           not (v.is_floating_point() or v.dtype == torch.int64)]
+    if odd:  # sparse, complex, meta or other tensors no model of ours holds
+        raise ValueError(f"{name}: {odd[0]} is a {state[odd[0]].layout} {state[odd[0]].dtype} tensor"
+                         f"{' on meta' if state[odd[0]].is_meta else ''}; a checkpoint holds dense real tensors")
     state = clean_state_dict(state)
     try:
         found_arch, found_classes = infer_arch(state)

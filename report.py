@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from cli import atomic_write, read_json, run
+from cli import atomic_write, check_out, read_json, run, text_of_kind
 from evaluate import CARD_HEADER, avg_gap, card_row, cell, forget_label, headline
 from published import (DATASET_IDS, PUBLISHED_ENSEMBLE, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_SISA,
                        PUBLISHED_UNLEARN, hub_name, published_names)
@@ -28,18 +28,33 @@ def read_log(path):
     """A train.py .log.jsonl: one dict per epoch; [] when absent."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    try:
+        with open(path) as f:
+            log = [json.loads(line) for line in f if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a train.py log ({e}); make it again") from None
+    if not all(isinstance(r, dict) for r in log):
+        raise ValueError(f"{path}: not a train.py log (each line a JSON object); make it again")
+    return log
+
+
+def read_object(path):
+    """A JSON file that must hold an object (a sidecar, an evaluation, scores); anything else is one line."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a JSON {type(obj).__name__}, not the object this project's scripts write; "
+                         f"make it again")
+    return obj
 
 
 def read_run(rundir):
     """Every sidecar of a run folder, by role; a part that was not run is None or empty."""
     def one(name):
         path = os.path.join(rundir, name)
-        return read_json(path) if os.path.exists(path) else None
+        return read_object(path) if os.path.exists(path) else None
 
     def many(pattern):
-        return {os.path.relpath(p, rundir): read_json(p) for p in sorted(glob.glob(os.path.join(rundir, pattern)))}
+        return {os.path.relpath(p, rundir): read_object(p) for p in sorted(glob.glob(os.path.join(rundir, pattern)))}
     return {"full": one("full.json"), "log": read_log(os.path.join(rundir, "full.log.jsonl")),
             "retrains": many("no_*.json"), "unlearn": many("unlearn/*/*.json"), "evals": many("eval_*.json"),
             "sisa": one("sisa/eval.json"), "ensemble": one("ensemble/eval.json"), "pools": many("pools/*/scores.json")}
@@ -444,6 +459,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="the report's path (default: RUNDIR/report.md)")
     parser.add_argument("--card", default=None, help="instead: write the model card of this checkpoint beside it, "
                         "as <name>.md, from its JSON sidecar (default: off)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (or card) that this "
+                        "script did not write (default: refuse)")
     parser.add_argument("--license", default="mit", help="license in a --card's front matter (default: mit, as the "
                         "published cards)")
     return parser.parse_args(argv)
@@ -456,11 +473,16 @@ def main(argv=None):
         if not os.path.exists(sidecar):
             raise ValueError(f"{sidecar} not found: a card is built from the JSON sidecar the scripts write")
         out = os.path.splitext(args.card)[0] + ".md"
+        check_out(out, "--card", [args.card], text_of_kind("---"), args.overwrite)
         card = model_card(read_json(sidecar), os.path.basename(args.card), args.license)
         atomic_write(out, lambda f: f.write(card.encode()))
         return print(f"wrote {out}")
     if not args.rundir or not os.path.isdir(args.rundir):
         raise ValueError(f"give a run folder (make reproduce writes one), got {args.rundir!r}")
+    out = args.out or os.path.join(args.rundir, "report.md")
+    read = [p for pattern in ("**/*.json", "**/*.jsonl", "**/*.pth") for p in
+            glob.glob(os.path.join(args.rundir, pattern), recursive=True)]
+    check_out(out, "--out", read, text_of_kind("# Report: "), args.overwrite)
     try:
         run = read_run(args.rundir)
         plots = write_plots(run, os.path.join(args.rundir, "plots"))
@@ -468,7 +490,6 @@ def main(argv=None):
     except KeyError as e:
         raise ValueError(f"a JSON file in {args.rundir} lacks the field {e}; report.py reads the files this project's "
                          f"scripts write") from None
-    out = args.out or os.path.join(args.rundir, "report.md")
     atomic_write(out, lambda f: f.write(report.encode()))
     print(report if plots is not None else report + "\n(no plots: matplotlib is not installed)")
     print(f"wrote {out}", file=sys.stderr)

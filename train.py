@@ -125,14 +125,45 @@ def add_config_args(parser, config_class, defaults=None):
         flag = meta.get("flag", "--" + f.name.replace("_", "-"))
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif isinstance(f.default, tuple):
-            group.add_argument(flag, type=positive_ints, **kwargs)
-        elif isinstance(f.default, int):
-            group.add_argument(flag, type={1: positive_int, 0: non_negative_int}[meta.get("minimum", 1)], **kwargs)
-        elif isinstance(f.default, float):
-            group.add_argument(flag, type=float_in(meta.get("interval", INTERVALS.get(f.name, "[0, inf)"))), **kwargs)
         else:
-            group.add_argument(flag, type=type(f.default), choices=meta.get("choices"), **kwargs)
+            group.add_argument(flag, type=field_type(f), choices=meta.get("choices"), **kwargs)
+
+
+def field_type(f):
+    """The argparse type of a config field: what its flag accepts (positive ints, floats in the field's interval,
+    comma-separated positive ints for a tuple, the string itself)."""
+    if isinstance(f.default, tuple):
+        return positive_ints
+    if isinstance(f.default, int):
+        return {1: positive_int, 0: non_negative_int}[f.metadata.get("minimum", 1)]
+    if isinstance(f.default, float):
+        return float_in(f.metadata.get("interval", INTERVALS.get(f.name, "[0, inf)")))
+    return type(f.default)
+
+
+def config_from_json(config_class, values, source):
+    """A config from a JSON dict (a manifest's): every field there, of its type and accepted by its flag's checks,
+    else one line naming the file and the field (a hand-edited file must not reach the training as a string)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: its {config_class.__name__} is not a JSON object; write the file again with "
+                         f"this project's scripts")
+    kwargs = {}
+    for f in dataclasses.fields(config_class):
+        value, kind = values.get(f.name), type(f.default)
+        ok = (isinstance(value, bool) if kind is bool else isinstance(value, (list, tuple)) if kind is tuple else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, kind) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{source}: {f.name} is {value!r}, not of type {kind.__name__}; write the file again with "
+                             f"this project's scripts")
+        text = ",".join(map(str, value)) if kind is tuple else str(value)
+        try:
+            kwargs[f.name] = value if kind is bool else field_type(f)(text)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise ValueError(f"{source}: {f.name} {e}") from None
+        if f.metadata.get("choices") and kwargs[f.name] not in f.metadata["choices"]:
+            raise ValueError(f"{source}: {f.name} is {value!r}; one of {', '.join(f.metadata['choices'])}")
+    return config_class(**kwargs)
 
 
 def config_from_args(config_class, args):
@@ -304,14 +335,53 @@ def train_sisa(data, split, cfg, sisa, folder, device, only=None):
         raise ValueError(f"--slice-epochs gives {len(sisa.slice_epochs)} values for {sisa.slices} slices")
     plan = shard_slices(split.train, sisa.shards, sisa.slices, cfg.seed)
     kept = np.isin(split.train, split.retain)
+    check_plan(plan, set(split.train[~kept].tolist()))
     identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "classes": len(data.classes)}
     shards = [train_shard(data, slices, set(split.train[~kept].tolist()), cfg, sisa, identity, folder, device, s)
               for s, slices in enumerate(plan) if only in (None, s)]
     if only is not None:
         return None
-    return {"sisa": dataclasses.asdict(sisa), "config": dataclasses.asdict(cfg), "dataset": data.name,
+    return {"kind": "sisa-manifest", "sisa": dataclasses.asdict(sisa), "config": dataclasses.asdict(cfg),
+            "dataset": data.name,
             "classes": data.classes, "aggregate": sisa.aggregate, "split": describe_split(split, data.classes),
             "members": [s["checkpoints"][-1] for s in shards], "shards": shards}
+
+
+def read_manifest(path):
+    """A SISA manifest (train.py --sisa, unlearn.py --method sisa) with what unlearning reads checked: (manifest, its
+    recipe's config, its SisaConfig, the slice checkpoints it names). A hand-edited or foreign file is one line."""
+    manifest = read_json(path)
+    where = f"{path} (a SISA manifest)"
+    if not isinstance(manifest, dict) or manifest.get("recipe") not in RECIPES:
+        raise ValueError(f"{path} is not a SISA manifest of this project (no recipe); write one with train.py --sisa")
+    cfg = config_from_json(RECIPES[manifest["recipe"]], manifest.get("config"), where)
+    sisa = config_from_json(SisaConfig, manifest.get("sisa"), where)
+    shards = manifest.get("shards")
+    if not (isinstance(shards, list) and len(shards) == sisa.shards and all(
+            isinstance(s, dict) and isinstance(s.get("checkpoints"), list) and len(s["checkpoints"]) == sisa.slices
+            and all(isinstance(c, str) and os.path.basename(c) == c for c in s["checkpoints"])
+            and isinstance(s.get("seconds"), list) and all(isinstance(x, (int, float)) for x in s["seconds"])
+            for s in shards)):
+        raise ValueError(f"{where}: shards must list {sisa.shards} shards of {sisa.slices} checkpoint names beside "
+                         f"it, with their seconds")
+    n_train = (manifest.get("split") or {}).get("n_train") if isinstance(manifest.get("split"), dict) else None
+    if not isinstance(n_train, int) or isinstance(n_train, bool):
+        raise ValueError(f"{where}: split.n_train is {n_train!r}, not a number of images")
+    folder = os.path.dirname(path)
+    return manifest, cfg, sisa, [os.path.join(folder, c) for s in shards for c in s["checkpoints"]]
+
+
+def check_plan(plan, forgotten):
+    """Before any shard trains: every slice holds an image, and every shard's first slice one not forgotten (a
+    shard with nothing to train on would fail after all the others had trained)."""
+    n = sum(len(part) for slices in plan for part in slices)
+    if min(len(part) for slices in plan for part in slices) == 0:
+        raise ValueError(f"{len(plan)} shards x {len(plan[0])} slices for {n} train images leave a slice empty; use "
+                         f"fewer --shards or --slices")
+    for shard, slices in enumerate(plan):
+        if all(i in forgotten for i in slices[0]):
+            raise ValueError(f"every image of shard {shard}'s first slice is forgotten, so it has nothing to start "
+                             f"from; use fewer --shards or --slices")
 
 
 def train_shard(data, slices, forgotten, cfg, sisa, identity, folder, device, shard):
@@ -378,6 +448,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt when it exists (default: off)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
                         "train again one made with these (default: refuse / keep it)")
+    parser.add_argument("--wait", action="store_true", help="when another run is writing --out, wait for it (then "
+                        "nothing is left to do) instead of stopping at once: parallel make jobs (default: stop)")
     parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
                         "resumable state; for splitting a run into jobs (default: run all epochs)")
     parser.add_argument("--sisa", action="store_true", help="train a SISA model set: shards x slices (default: off)")
@@ -413,7 +485,10 @@ def main(argv=None):
         return
     print(f"{cfg}\n{cfg.arch} on {data.name}: {len(split.retain)} train images ({len(split.forget)} forgotten, "
           f"{len(split.val)} validation), {len(split.test)} test images -> {out}", flush=True)
-    with lock(out) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():  # rank 0 writes
+    with lock(out, args.wait) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext() as waited:
+        if waited and check_output(out, identity, args.overwrite):  # the run it waited for made it
+            print(f"{out} was trained meanwhile by the run this one waited for; nothing to do")
+            return
         train(args, cfg, data, split, out, identity)
 
 

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from cli import OutOfGPUMemory, lock, read_json, run, write_json
-from data import Loader, Progress, add_data_args, describe_split, device_name, load_dataset, split_from_args
+from cli import OutOfGPUMemory, check_out, json_of_kind, lock, read_json, run, write_json
+from data import (Loader, Progress, add_data_args, describe_split, device_name, load_dataset, non_negative_int,
+                  split_from_args)
 from evaluate import evaluate_model, format_table, ieee_fp32, load_evaluable, pick_device, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, save_model,
                     sidecar_path, to_device)
-from train import RECIPES, SisaConfig, TrainConfig, add_config_args, config_from_args, fit, hp, train_sisa
+from train import TrainConfig, add_config_args, config_from_args, fit, hp, read_manifest, train_sisa
 
 
 # ----------------------------------------------------------------------------- configs (published defaults)
@@ -363,8 +364,15 @@ def saliency_mask(model, forget_loader, ratio):
         total = [t + g for t, g in zip(total, torch.autograd.grad(F.cross_entropy(model(x), y), params))]
     flat = torch.cat([t.abs().flatten() for t in total])
     keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[flat.topk(int(ratio * flat.numel())).indices] = True
+    keep[flat.topk(mask_size(ratio, flat.numel())).indices] = True
     return {name: m.view_as(p) for (name, p), m in zip(model.named_parameters(), keep.split([p.numel() for p in params]))}
+
+
+def mask_size(ratio, n):
+    """How many of n weights a mask ratio keeps trainable: at least one, or the run would change nothing."""
+    if int(ratio * n) == 0:
+        raise ValueError(f"--mask-ratio {ratio:g} of {n:,} weights keeps none trainable; give at least {1 / n:.2g}")
+    return int(ratio * n)
 
 
 @torch.no_grad()
@@ -463,7 +471,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
                         "run again one made with these (default: refuse / keep it)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of batch order, augmentation, random labels (default: 0)")
+    parser.add_argument("--wait", action="store_true", help="when another run is writing --out, wait for it (then "
+                        "nothing is left to do) instead of stopping at once: parallel make jobs (default: stop)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of batch order, augmentation, random labels (default: 0)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (default: evaluate)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the method's training "
@@ -552,6 +562,11 @@ def out_of_memory(model, cfg, amp, free, size):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not is_remote(args.model) and not os.path.isfile(args.model):  # before the data: the model is the first need
+        raise FileNotFoundError(f"--model {args.model} not found: train one (make train, or python train.py), or "
+                                f"give a checkpoint's path or hf:// name")
+    if args.forget_class is None and args.forget_fraction is None and args.forget_indices is None:
+        raise ValueError("the forget set is empty: give --forget-class, --forget-fraction or --forget-indices")
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     if len(split.forget) == 0:
@@ -561,6 +576,8 @@ def main(argv=None):
     fn, config_class, display = METHODS[args.method]
     cfg = config_from_args(config_class, args)
     model = load_model(args.model, num_classes=len(data.classes))
+    if hasattr(cfg, "mask_ratio"):  # before any work: a mask of no weight would change nothing
+        mask_size(cfg.mask_ratio, sum(p.numel() for p in model.parameters()))
     retrained = args.retrained and load_model(args.retrained, num_classes=len(data.classes))
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
@@ -572,7 +589,10 @@ def main(argv=None):
         print(f"{out} is already unlearned with these settings; nothing to do (--overwrite runs it again)")
         return
     print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain images -> {out}", flush=True)
-    with lock(out):
+    with lock(out, args.wait) as waited:
+        if waited and check_output(out, identity, args.overwrite, inputs=[args.model, args.retrained or ""]):
+            print(f"{out} was unlearned meanwhile by the run this one waited for; nothing to do")
+            return
         unlearn(args, data, split, fn, cfg, model, retrained, out, identity)
 
 
@@ -623,18 +643,17 @@ def ssd_summary(changed, total, cfg):
 def main_sisa(args, data, split):
     """Each shard restarts from the checkpoint before its first slice holding a forgotten index and retrains the
     later slices without it (train_sisa's hash-named checkpoints make that automatic); untouched shards are reused."""
-    manifest = read_json(args.model)
-    try:
-        if manifest["split"]["n_train"] != len(split.train):
-            raise ValueError(f"{args.model} was trained on {manifest['split']['n_train']} images, this split has "
-                             f"{len(split.train)}: use the same --dataset / --subset")
-        cfg = RECIPES[manifest["recipe"]](**manifest["config"])
-        sisa = SisaConfig(**{**manifest["sisa"], "slice_epochs": tuple(manifest["sisa"]["slice_epochs"])})
-        full = sum(sum(s["seconds"]) for s in manifest["shards"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{args.model} is not a SISA manifest of this project (no {e}); write one with train.py "
-                         f"--sisa") from None
+    manifest, cfg, sisa, slices = read_manifest(args.model)
+    if manifest["split"]["n_train"] != len(split.train):
+        raise ValueError(f"{args.model} was trained on {manifest['split']['n_train']} images, this split has "
+                         f"{len(split.train)}: use the same --dataset / --subset")
+    full = sum(sum(s["seconds"]) for s in manifest["shards"])
     folder = os.path.dirname(args.model)
+    target = str(split.forget_class) if split.forget_class is not None else f"forget{len(split.forget)}"
+    out = args.out or os.path.join(folder, f"{data.name}_{cfg.arch}_SISA_{target}.json")
+    if not out.endswith(".json"):
+        raise ValueError(f"--out {out}: a SISA manifest is a .json file")
+    check_out(out, "--out", [args.model, *slices], json_of_kind("sisa-manifest"), args.overwrite)
     device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
     start = time.time()
     new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}
@@ -643,8 +662,6 @@ def main_sisa(args, data, split):
         print(f"shard {shard}: " + (f"retrained slices {info['trained']}" if info["trained"] else "untouched"))
     print(f"unlearning took {seconds:.1f}s; a full retrain of all shards would take about {full:.1f}s "
           f"(their original training time)")
-    target = str(split.forget_class) if split.forget_class is not None else f"forget{len(split.forget)}"
-    out = args.out or os.path.join(folder, f"{data.name}_{cfg.arch}_SISA_{target}.json")
     write_json(out, {**new, "seconds": seconds, "source": args.model})
     print(f"saved {out}")
     if not args.no_eval:

@@ -49,3 +49,201 @@ def test_names_in_any_script_pass_when_make_can_carry_them(tmp_path):
     for bad in ("é chien", "a'b", "$(id)", "-rf", "a\nb"):
         with pytest.raises(ValueError, match="cannot be passed through make"):
             data.check_names_for_make(("cat", bad), "d")
+
+
+# ----------------------------------------------------------------------------- outputs never replace inputs
+
+@pytest.fixture
+def toy(tmp_path):
+    """A 3-class image folder, a random resnet20 checkpoint of it with its sidecar, and the data flags."""
+    import torch
+    from models import build_model, save_model
+    write_classes(tmp_path / "toy", ["alpha", "beta", "gamma"], per_class=4)
+    torch.manual_seed(0)
+    save_model(str(tmp_path / "m.pth"), build_model("resnet20", 3), {"arch": "resnet20"})
+    flags = ["--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache", "--device", "cpu"]
+    return tmp_path, flags
+
+
+def test_evaluate_never_writes_over_what_it_reads(toy):
+    from conftest import assert_clean_error, call
+    tmp, flags = toy
+    sidecar = (tmp / "m.json").read_bytes()
+    for target in ("m.pth", "m.json"):
+        r = call("evaluate.py", "--model", tmp / "m.pth", "--json", tmp / target, *flags)
+        assert_clean_error(r, f"--json {tmp / target} would replace the input")
+    assert (tmp / "m.json").read_bytes() == sidecar
+    (tmp / "notes.json").write_text('{"mine": true}')
+    assert_clean_error(call("evaluate.py", "--model", tmp / "m.pth", "--json", tmp / "notes.json", *flags),
+                       "exists and is not an output of this kind")
+    for attempt in range(2):  # its own output is replaced by a rerun
+        r = call("evaluate.py", "--model", tmp / "m.pth", "--json", tmp / "e.json", *flags)
+        assert r.returncode == 0, r.stderr
+    r = call("evaluate.py", "--model", tmp / "m.pth", "--json", tmp / "notes.json", "--overwrite", *flags)
+    assert r.returncode == 0 and '"kind": "evaluation"' in (tmp / "notes.json").read_text()
+
+
+def test_table_and_report_outputs_are_never_their_inputs(toy):
+    from conftest import assert_clean_error, call
+    tmp, flags = toy
+    r = call("unlearn.py", "--method", "ga", "--epochs", "1", "--model", tmp / "m.pth", "--forget-class", "alpha",
+             "--out", tmp / "run" / "unlearn" / "ga" / "alpha.pth", *flags)
+    assert r.returncode == 0, r.stderr
+    sidecar = tmp / "run" / "unlearn" / "ga" / "alpha.json"
+    before = sidecar.read_bytes()
+    assert_clean_error(call("evaluate.py", "--table", sidecar, "--out", sidecar), "would replace the input")
+    assert_clean_error(call("report.py", tmp / "run", "--out", sidecar), "would replace the input")
+    assert sidecar.read_bytes() == before
+    assert call("evaluate.py", "--table", sidecar, "--out", tmp / "t.md").returncode == 0
+    assert call("evaluate.py", "--table", sidecar, "--out", tmp / "t.md").returncode == 0  # its own: replaced
+
+
+# ----------------------------------------------------------------------------- no-op values are refused
+
+@pytest.mark.parametrize("script, args, message", [
+    ("unlearn.py", ["--method", "salun", "--mask-ratio", "1e-30"], "keeps none trainable"),
+    ("unlearn.py", ["--method", "ga", "--seed", "-1"], "must be a non-negative integer"),
+    ("train.py", ["--forget-fraction", "1e-9", "--forget-class", None], "forgets none"),
+    ("train.py", ["--val-fraction", "0.999", "--forget-class", None], "both need at least one"),
+])
+def test_a_value_that_would_make_the_run_a_no_op_is_refused_before_any_work(toy, script, args, message):
+    from conftest import assert_clean_error, call
+    tmp, flags = toy
+    common = ["--model", tmp / "m.pth", "--forget-class", "alpha"] if script == "unlearn.py" else ["--epochs", "1"]
+    if None in args:  # train.py: no forget class
+        args = args[:args.index("--forget-class")]
+    r = call(script, *args, *common, "--out", tmp / "o.pth", *flags)
+    assert_clean_error(r, message)
+    assert not (tmp / "o.pth").exists() and not (tmp / "o.json").exists()
+
+
+def test_forget_indices_as_a_user_writes_them(toy):
+    import data
+    tmp, _ = toy
+    n = 12
+    np.save(tmp / "mask.npy", np.arange(n) % 4 == 0)  # a boolean mask over the 12 train images
+    assert data.indices_in(data.read_indices(str(tmp / "mask.npy")), n).tolist() == [0, 4, 8]
+    np.save(tmp / "short.npy", np.array([True, False]))
+    with pytest.raises(ValueError, match="a boolean mask of 2 values, for a train set of 12"):
+        data.indices_in(data.read_indices(str(tmp / "short.npy")), n)
+    (tmp / "huge.txt").write_text("3 99999999999999999999999")
+    with pytest.raises(ValueError, match="too large to be a train index"):
+        data.indices_in(data.read_indices(str(tmp / "huge.txt")), n)
+    np.save(tmp / "words.npy", np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="not integers"):
+        data.read_indices(str(tmp / "words.npy"))
+    np.save(tmp / "nan.npy", np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="not integers"):
+        data.read_indices(str(tmp / "nan.npy"))
+    with pytest.raises(ValueError, match=r"\[12\] ... are not train indices"):
+        data.indices_in(np.array([3, 12]), n)
+
+
+def test_sisa_with_more_slices_than_images_stops_before_training(toy):
+    from conftest import assert_clean_error, call
+    tmp, flags = toy
+    r = call("train.py", "--sisa", "--arch", "resnet20", "--shards", "4", "--slices", "5", "--slice-epochs",
+             "1,1,1,1,1", "--epochs", "1", "--out", tmp / "sisa", *flags)
+    assert_clean_error(r, "leave a slice empty")
+    assert not (tmp / "sisa").exists() or not any((tmp / "sisa").iterdir())
+
+
+# ----------------------------------------------------------------------------- two runs on one output
+
+def test_a_waiting_run_finds_the_output_the_first_one_made(toy):
+    import shutil
+    import threading
+    import cli
+    from conftest import call
+    tmp, flags = toy
+    common = ["--arch", "resnet20", "--epochs", "1", "--batch-size", "8", *flags]
+    assert call("train.py", *common, "--out", tmp / "a.pth").returncode == 0  # what the first run will make
+    held, released = threading.Event(), threading.Event()
+
+    def first_run():  # holds the lock of b.pth, then leaves b.pth finished, as a concurrent make job would
+        with cli.lock(str(tmp / "b.pth")):
+            held.set()
+            released.wait(5)
+            shutil.copy(tmp / "a.pth", tmp / "b.pth")
+            shutil.copy(tmp / "a.json", tmp / "b.json")
+    holder = threading.Thread(target=first_run)
+    holder.start()
+    held.wait(5)
+    threading.Timer(1.0, released.set).start()
+    r = call("train.py", *common, "--out", tmp / "b.pth", "--wait")
+    holder.join()
+    assert r.returncode == 0, r.stderr
+    assert "waiting for another run" in r.stderr and "nothing to do" in r.stdout and "epoch 1/1" not in r.stdout
+
+
+# ----------------------------------------------------------------------------- bad input is never "a bug"
+
+def bad_files(tmp):
+    """{name: path} of files a user may hand us that are not what they should be."""
+    import json
+    import zipfile
+    import torch
+    import torchvision
+    from models import build_model
+    files = {}
+    torch.save(torchvision.models.resnet18(), tmp / "whole.pth")  # the model object, not its state_dict
+    files["whole model"] = tmp / "whole.pth"
+    state = build_model("resnet20", 3).state_dict()
+    torch.save({**state, "fc.weight": state["fc.weight"].to_sparse()}, tmp / "sparse.pth")
+    files["sparse"] = tmp / "sparse.pth"
+    torch.save({**state, "fc.weight": state["fc.weight"].to(torch.complex64)}, tmp / "complex.pth")
+    files["complex"] = tmp / "complex.pth"
+    torch.save({k: v.to("meta") for k, v in state.items()}, tmp / "meta.pth")
+    files["meta"] = tmp / "meta.pth"
+    with zipfile.ZipFile(tmp / "whole.pth") as z, zipfile.ZipFile(tmp / "newer.pth", "w") as out:
+        for name in z.namelist():  # the file format of a PyTorch from the future
+            out.writestr(name, b"999\n" if name.endswith("/version") else z.read(name))
+    files["newer torch"] = tmp / "newer.pth"
+    manifest = {"kind": "sisa-manifest", "recipe": "sgd", "aggregate": "vote", "members": []}
+    (tmp / "empty.json").write_text(json.dumps(manifest))
+    files["manifest without members"] = tmp / "empty.json"
+    config = {"arch": "resnet20", "epochs": 1, "batch_size": "64", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+              "nesterov": True, "augment": "crop-flip", "patience": 0, "val_fraction": 0.0, "seed": 0}
+    sisa = {"shards": 1, "slices": 2, "slice_epochs": [0, 0], "aggregate": "vote"}
+    (tmp / "strings.json").write_text(json.dumps({**manifest, "members": ["a.pth"], "config": config, "sisa": sisa,
+                                                  "shards": [], "split": {"n_train": 12}}))
+    files["manifest with a string batch size"] = tmp / "strings.json"
+    return files
+
+
+@pytest.mark.parametrize("name", ["whole model", "sparse", "complex", "meta", "newer torch",
+                                  "manifest without members", "manifest with a string batch size"])
+def test_a_bad_file_is_one_line_in_every_script_never_a_bug(toy, name):
+    from conftest import call
+    tmp, flags = toy
+    path = bad_files(tmp)[name]
+    commands = [("evaluate.py", "--model", path, *flags), ("models.py", "--model", path),
+                ("unlearn.py", "--method", "sisa" if path.suffix == ".json" else "ssd", "--model", path,
+                 "--forget-class", "alpha", *flags),
+                ("privacy.py", "outputs", "--model", path, "--forget-class", "alpha", "--out", tmp / "o.npz", *flags)]
+    for command in commands:
+        if command[0] == "models.py" and path.suffix == ".json":
+            continue
+        r = call(*command)
+        assert r.returncode not in (0, None) and "Traceback" not in r.stderr, (command, r.stderr)
+        assert "bug in this project" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp / "o.npz").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "hf://o/r/a file é.pth"], "could not download"),
+    (["--model", "hf://only-owner"], "give hf://OWNER/REPO/FILE"),
+])
+def test_odd_hub_names_are_one_line(toy, monkeypatch, args, message):
+    from conftest import assert_clean_error, call
+    tmp, _ = toy
+    monkeypatch.setenv("HF_ENDPOINT", (tmp / "no-hub").as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp / "torch"))
+    assert_clean_error(call("models.py", *args), message)
+
+
+def test_report_on_run_files_that_are_not_objects_is_one_line(tmp_path):
+    from conftest import assert_clean_error, call
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "full.json").write_text("[]")
+    assert_clean_error(call("report.py", tmp_path / "run"), "holds a JSON list, not the object")

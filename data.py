@@ -43,6 +43,14 @@ PAD = 4  # RandomCrop(size, padding=4): offsets uniform in 0..2*PAD
 ROTATION = 10.0  # the ensemble report's RandomRotation(10): degrees either way
 JITTER = (0.2, 0.2, 0.2, 0.1)  # its ColorJitter(brightness, contrast, saturation, hue)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+SPLITS = ("train", "test")  # an image folder: <split>/<class>/<image>
+# The largest image decoded: CIFAR-like data is 32x32, ImageNet-like photos a few thousand pixels a side;
+# more is a decompression bomb (a few KB of PNG can declare gigapixels) or no classifier's input.
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+# The largest image file read: such an image stored uncompressed at 4 bytes a pixel (a 32-bit BMP) and 1 MiB
+# for its header and metadata: 65 MiB.
+MAX_FILE_BYTES = 4 * MAX_PIXELS + 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -131,22 +139,88 @@ def load_cifar(name, data_dir):
     return Dataset(name, classes, train_x, train_y, test_x, test_y, *STATS[name])
 
 
-def list_files(path):
-    """Yield (path parts, bytes) for every file of a folder or of a .tar/.tar.gz archive."""
+def walk(path):
+    """(folder, its file names) for every folder under `path`, linked folders followed (os.walk alone skips
+    them: a linked class folder vanished). Refused, naming it: a folder reached twice by its real path (a
+    link loop, or two links to one folder), a folder that cannot be read, a link to nothing."""
+    def unreadable(e):  # os.walk's default is to skip such a folder, and its images with it
+        raise ValueError(f"{path}: cannot read the folder {os.path.relpath(e.filename, path)} "
+                         f"({e.strerror}); make it readable or remove it")
+    seen = {}  # real path -> the folder first reached there
+    for root, _, files in os.walk(path, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a loop would be walked for ever
+            raise ValueError(f"{path}: {os.path.relpath(root, path)} is the folder "
+                             f"{os.path.relpath(seen[real], path)} again ({real}): a symbolic link loop, or "
+                             f"two links to one folder; remove the extra link")
+        seen[real] = root
+        for full in (os.path.join(root, f) for f in files):
+            if os.path.islink(full) and not os.path.exists(full):  # maybe a class folder: it would vanish
+                raise FileNotFoundError(f"{path}: {os.path.relpath(full, path)} is a symbolic link to "
+                                        f"{os.readlink(full)}, which does not exist; fix or remove the link")
+        yield root, files
+
+
+def list_files(path, wanted):
+    """Yield (path parts, bytes) for the files of a folder or of a .tar/.tar.gz archive whose path parts
+    `wanted` accepts: the others are never read (a 1.5 GB file beside the images was read whole)."""
     if os.path.isdir(path):
-        for root, _, files in os.walk(path):
-            for f in files:
-                with open(os.path.join(root, f), "rb") as fh:
-                    yield os.path.relpath(os.path.join(root, f), path).split(os.sep), fh.read()
+        for root, files in walk(path):
+            for full in (os.path.join(root, f) for f in files):
+                parts = os.path.relpath(full, path).split(os.sep)
+                if wanted(parts):  # by its name: nothing of it read yet
+                    size = os.path.getsize(full)
+                    yield parts, read_at_most(path, "/".join(parts), size, lambda: open(full, "rb"))
         return
     try:
         with tarfile.open(path) as tar:
             for member in tar:
-                if member.isfile():
-                    yield member.name.split("/"), tar.extractfile(member).read()
+                parts = member.name.split("/")
+                refuse_folder_link(path, member, parts)
+                if (member.isfile() or member.issym() or member.islnk()) and wanted(parts):
+                    # a link is read as the archive's file it leads to (KeyError: the archive lacks it)
+                    yield parts, read_at_most(path, member.name, member.size,
+                                              lambda: tar.extractfile(member))
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: not a readable .tar / .tar.gz archive ({type(e).__name__}); download or copy it "
                          f"again") from None
+    except KeyError:
+        raise ValueError(f"{path}: {member.name} is a link to {member.linkname}, which the archive does not "
+                         f"hold; make the archive with tar --dereference (-h)") from None
+
+
+def refuse_folder_link(path, member, parts):
+    """A symbolic link where a split or class folder belongs: tar stores the link, not the files it leads to,
+    and the class (or split) vanished from the archive."""
+    if member.issym() and (parts[-1] in SPLITS or (len(parts) >= 2 and parts[-2] in SPLITS)):
+        raise ValueError(f"{path}: {member.name} is a symbolic link to {member.linkname} inside the "
+                         f"archive, which does not hold the files it leads to; make the archive with "
+                         f"tar --dereference (-h)")
+
+
+def read_at_most(path, name, size, open_file):
+    """The bytes of one image file, refused before it is read when its stated size is over MAX_FILE_BYTES,
+    and read no further than that in any case (a link in an archive states size 0)."""
+    if size <= MAX_FILE_BYTES:
+        with open_file() as f:
+            data = f.read(size + 1)  # the size and a byte more: a buffer of the limit per file costs seconds
+            if len(data) > size:  # a link (size 0) or a file that grew since: read on, as far as the limit
+                data += f.read(MAX_FILE_BYTES + 1 - len(data))
+        if len(data) <= MAX_FILE_BYTES:
+            return data
+    raise ValueError(f"{path}: {name} is over {MAX_FILE_BYTES} bytes, more than an image of at most "
+                     f"{MAX_SIDE}x{MAX_SIDE} pixels needs; shrink or remove it")
+
+
+def image_name(parts, skipped):
+    """Whether a file is an image of the dataset: <split>/<class>/<image> (under any prefix), an image by its
+    suffix. Other files in a class folder go to `skipped` (a .tif or .gif image would vanish unsaid)."""
+    if len(parts) < 3 or parts[-3] not in SPLITS:
+        return False
+    if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+        skipped.append("/".join(parts))
+        return False
+    return True
 
 
 def decode_image(path, name, data):
@@ -160,10 +234,12 @@ def decode_image(path, name, data):
 
 def decode_image_folder(path):
     """Decode train/<class>/* and test/<class>/* into uint8 arrays; class order = sorted folder names."""
-    found = {"train": [], "test": []}
-    for parts, data in list_files(path):
-        if len(parts) >= 3 and parts[-3] in found and parts[-1].lower().endswith(IMAGE_SUFFIXES):
-            found[parts[-3]].append((parts[-2], parts[-1], data))
+    found, skipped = {split: [] for split in SPLITS}, []
+    for parts, data in list_files(path, lambda parts: image_name(parts, skipped)):
+        found[parts[-3]].append((parts[-2], parts[-1], data))
+    if skipped:
+        print(f"{path}: skipped {len(skipped)} file(s) in class folders that are not images by name "
+              f"({' '.join(IMAGE_SUFFIXES)}), e.g. {skipped[0]}", file=sys.stderr)
     classes = tuple(sorted({c for c, _, _ in found["train"]}))
     if not classes or {c for c, _, _ in found["test"]} - set(classes) or not found["test"]:
         raise FileNotFoundError(f"{path}: expected train/<class>/<image> and test/<class>/<image> with the same classes")
@@ -182,10 +258,11 @@ def decode_image_folder(path):
 
 
 def folder_fingerprint(path):
-    """A hash that changes when the folder's files (names, sizes, times) or the archive change."""
+    """A hash that changes when the folder's files (names, sizes, times; linked folders followed, as decoding
+    follows them) or the archive change."""
     h = hashlib.sha1(os.path.abspath(path).encode())
     if os.path.isdir(path):
-        for root, _, files in sorted(os.walk(path)):
+        for root, files in sorted(walk(path)):
             for f in sorted(files):
                 st = os.stat(os.path.join(root, f))
                 h.update(f"{root}/{f}:{st.st_size}:{st.st_mtime_ns}".encode())

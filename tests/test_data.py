@@ -6,6 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 import data
 from conftest import ARCHIVE, run_script
@@ -113,6 +114,78 @@ def test_missing_or_malformed_folder_is_a_clear_error(tmp_path):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "flat" / "a.png")
     with pytest.raises(FileNotFoundError, match="expected train/<class>"):
         load_dataset(str(tmp_path / "flat"), str(tmp_path))
+
+
+def test_linked_folders_and_files_are_followed_and_a_loop_or_a_dangling_link_refused(tmp_path):
+    folder, elsewhere, cache = tmp_path / "toy", tmp_path / "elsewhere" / "betas", str(tmp_path / "cache")
+    expected = write_folder(folder, {"train": 2, "test": 1})
+    (folder / "test" / "alpha" / "000.png").unlink()  # a linked file: in a folder and in an archive
+    (folder / "test" / "alpha" / "000.png").symlink_to("../../train/alpha/001.png")
+    expected["test"][0][0] = expected["train"][0][1]
+    elsewhere.parent.mkdir()
+    (folder / "train" / "beta").rename(elsewhere)  # train/beta -> /elsewhere/betas: a class linked in
+    (folder / "train" / "beta").symlink_to(elsewhere, target_is_directory=True)
+    d = load_dataset(str(folder), cache)
+    assert d.classes == ("alpha", "beta", "gamma") and np.array_equal(d.train_y, expected["train"][1])
+    assert np.array_equal(d.train_x, expected["train"][0])  # beta's images are there, in their place
+    assert np.array_equal(d.test_x, expected["test"][0])
+    archive = tmp_path / "toy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # tar stores the links, not beta's images
+        tar.add(folder, "toy")
+    with pytest.raises(ValueError, match="toy/train/beta is a symbolic link to .* make the archive with tar "
+                                         r"--dereference \(-h\)"):
+        load_dataset(str(archive), cache)
+    (folder / "train" / "beta").unlink()
+    elsewhere.rename(folder / "train" / "beta")
+    with tarfile.open(archive, "w:gz") as tar:  # the linked file's member is read as the file it leads to
+        tar.add(folder, "toy")
+    assert np.array_equal(load_dataset(str(archive), cache).test_x, expected["test"][0])
+    (folder / "train" / "beta" / "loop").symlink_to(folder / "train", target_is_directory=True)
+    with pytest.raises(ValueError, match="toy: train/beta/loop is the folder train again .*link loop"):
+        load_dataset(str(folder), cache)
+    (folder / "train" / "beta" / "loop").unlink()
+    (folder / "test" / "gamma").rename(tmp_path / "gone")
+    (folder / "test" / "gamma").symlink_to(tmp_path / "gone", target_is_directory=True)
+    (tmp_path / "gone").rename(tmp_path / "moved")  # test/gamma leads nowhere: the class would vanish
+    with pytest.raises(FileNotFoundError, match="toy: test/gamma is a symbolic link to .*gone, which does"):
+        load_dataset(str(folder), cache)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_only_image_files_are_read_and_none_over_the_byte_limit(tmp_path, monkeypatch, capsys, packed):
+    folder = tmp_path / "toy"
+    expected = write_folder(folder, {"train": 2, "test": 1})
+    (folder / "dump.bin").write_bytes(bytes(1000))  # stands for a 1.5 GB file beside the images
+    (folder / "train" / "alpha" / "notes.txt").write_text("not an image")
+    text = PngInfo()
+    text.add_text("comment", "x" * 20000)
+    Image.fromarray(expected["train"][0][5]).save(folder / "train" / "gamma" / "001.png", pnginfo=text)
+    dataset = folder
+    if packed:
+        dataset = tmp_path / "toy.tar.gz"
+        with tarfile.open(dataset, "w:gz") as tar:
+            tar.add(folder, "toy")
+    read, extract = [], tarfile.TarFile.extractfile  # the files whose bytes are read
+
+    def extractfile(tar, member):
+        read.append(member.name)
+        return extract(tar, member)
+    if packed:
+        monkeypatch.setattr(tarfile.TarFile, "extractfile", extractfile)
+    else:
+        monkeypatch.setattr(data, "open", lambda f, mode: read.append(f) or open(f, mode), raising=False)
+    size = (folder / "train" / "gamma" / "001.png").stat().st_size  # the largest: 20 KB of text in it
+    monkeypatch.setattr(data, "MAX_FILE_BYTES", size - 1)  # stands for 65 MiB
+    name = f"{dataset.name}: {'toy/' if packed else ''}train/gamma/001.png"
+    with pytest.raises(ValueError, match=f"{name} is over {size - 1} bytes"):
+        load_dataset(str(dataset), str(tmp_path / "cache"))
+    assert not any(name.endswith("train/gamma/001.png") for name in read)  # refused before it was read
+    monkeypatch.setattr(data, "MAX_FILE_BYTES", size)
+    read.clear()
+    d = load_dataset(str(dataset), str(tmp_path / "cache"))
+    assert np.array_equal(d.train_x, expected["train"][0]) and np.array_equal(d.test_x, expected["test"][0])
+    assert len(read) == 9 and all(name.endswith(".png") for name in read), read  # no dump.bin, no notes.txt
+    assert "skipped 1 file(s) in class folders that are not images by name" in capsys.readouterr().err
 
 
 def test_real_cifar10_images(cifar_jpeg):

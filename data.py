@@ -48,6 +48,10 @@ SPLITS = ("train", "test")  # an image folder: <split>/<class>/<image>
 # more is a decompression bomb (a few KB of PNG can declare gigapixels) or no classifier's input.
 MAX_SIDE = 4096
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
+# The modes read: 8 bits a sample, which convert("RGB") keeps as they are. 16-bit grayscale (I;16, I;16B),
+# I and F would be clipped at 255. A 16-bit RGB(A) PNG opens as RGB(A) with each sample's high byte: scaled,
+# not clipped, so it is read.
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr")
 # The largest image file read: such an image stored uncompressed at 4 bytes a pixel (a 32-bit BMP) and 1 MiB
 # for its header and metadata: 65 MiB.
 MAX_FILE_BYTES = 4 * MAX_PIXELS + 2 ** 20
@@ -224,10 +228,33 @@ def image_name(parts, skipped):
 
 
 def decode_image(path, name, data):
-    """One image file's bytes as a uint8 (H, W, 3) array; a damaged file is an error naming it."""
+    """One image file's bytes as a uint8 (H, W, 3) array. Refused, naming it: a damaged file, one over
+    MAX_PIXELS by its header (before decoding it), one whose mode is not of EIGHT_BIT_MODES."""
     from PIL import Image  # torchvision's own dependency
+    image = with_pil_errors(path, name, lambda: Image.open(io.BytesIO(data)))  # lazy: the header only
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"{path}: {name} is {width}x{height} pixels, over the {MAX_SIDE}x{MAX_SIDE} this "
+                         f"project decodes (a decompression bomb, or far larger than a classifier's input); "
+                         f"shrink or remove it")
+    if image.mode not in EIGHT_BIT_MODES:
+        raise ValueError(f"{path}: {name} has mode {image.mode}: only 8-bit images (modes "
+                         f"{', '.join(EIGHT_BIT_MODES)}) are read as they are, more bits would be clipped "
+                         f"at 255; convert it to 8-bit RGB, scaling its values into 0-255")
+    return np.asarray(with_pil_errors(path, name, lambda: image.convert("RGB")))
+
+
+def with_pil_errors(path, name, action):
+    """action(), PIL's errors for a damaged or hostile file turned into one line naming it."""
+    import warnings
+    from PIL import Image
     try:
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's, from 89M pixels
+            return action()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # not OSErrors: a traceback
+        raise ValueError(f"{path}: {name} is over the {MAX_SIDE}x{MAX_SIDE} pixels this project decodes "
+                         f"(PIL: {e}); shrink or remove it") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated files, bad headers
         raise ValueError(f"{path}: {name} is not a readable image ({e}); remove or replace it") from None
 
@@ -245,16 +272,25 @@ def decode_image_folder(path):
         raise FileNotFoundError(f"{path}: expected train/<class>/<image> and test/<class>/<image> with the same classes")
     if len(classes) < 2:
         raise ValueError(f"{path}: one class ({classes[0]}) only; a classifier needs at least two")
-    arrays = []
-    for split in ("train", "test"):
+    arrays, first = [], None  # first: (name, shape) of the first train image, the size of every image
+    for split in SPLITS:
         items = sorted(found[split])
-        images = [decode_image(path, f"{split}/{c}/{f}", d) for c, f, d in items]
-        for (c, f, _), image in zip(items, images):
-            if image.shape != images[0].shape:
-                raise ValueError(f"{path}: {split}/{c}/{f} is {image.shape[1]}x{image.shape[0]}, the first image "
-                                 f"{images[0].shape[1]}x{images[0].shape[0]}; every image must have one size")
+        images = []
+        for c, f, d in items:
+            image = decode_image(path, f"{split}/{c}/{f}", d)
+            first = first or (f"{split}/{c}/{f}", image.shape)
+            if image.shape != first[1]:  # across both splits: a model is tested at the size it learnt
+                raise ValueError(f"{path}: {split}/{c}/{f} is {size_of(image.shape)}, the first image "
+                                 f"{size_of(first[1])} ({first[0]}); every image of both splits must have "
+                                 f"one size")
+            images.append(image)
         arrays += [np.stack(images), np.array([classes.index(c) for c, _, _ in items], dtype=np.int64)]
     return classes, arrays
+
+
+def size_of(shape):
+    """An image's (H, W, 3) shape as its size is said: WxH."""
+    return f"{shape[1]}x{shape[0]}"
 
 
 def folder_fingerprint(path):
@@ -274,7 +310,22 @@ def folder_fingerprint(path):
 
 def load_image_folder(path, data_dir):
     """Decode once, then load the uint8 arrays from a cache in data_dir (seconds instead of a minute). A damaged
-    cache is decoded again."""
+    cache is decoded again. A train set without variation in a channel is refused (its caches too)."""
+    return varied(path, read_or_decode(path, data_dir))
+
+
+def varied(path, dataset):
+    """The dataset, refused when a channel of its train images has no variation: its std (to 4 decimals) is
+    0, which normalisation divides by, and training failed later asking for a lower --lr."""
+    flat = [channel for channel, std in zip(("red", "green", "blue"), dataset.std) if std == 0]
+    if flat:
+        channels = f"{' and '.join(flat)} channel{'s' * (len(flat) > 1)}"
+        raise ValueError(f"{path}: the train images have no variation in the {channels} (std 0), which "
+                         f"normalisation divides by; use images whose every channel varies")
+    return dataset
+
+
+def read_or_decode(path, data_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset {path!r} not found: use cifar10, cifar100 or an image folder")
     name, cache = cache_file(path, data_dir)
@@ -307,6 +358,8 @@ def read_cache(cache, name):
     if not (train_x.ndim == test_x.ndim == 4 and train_x.dtype == test_x.dtype == np.uint8 and len(train_x) ==
             len(train_y) and len(test_x) == len(test_y) and len(mean) == len(std) == 3 and classes):
         raise ValueError("arrays of the wrong shape")
+    if train_x.shape[1:] != test_x.shape[1:]:  # an earlier version's cache: decoding again names the image
+        raise ValueError("train and test images of different sizes")
     return Dataset(name, classes, *arrays, mean, std)
 
 

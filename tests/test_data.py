@@ -1,7 +1,9 @@
 """Data: the real on-disk formats (torchvision's CIFAR pickles, image folders and their archives), the real
 CIFAR-10 images, class names, splits and --subset."""
 import pickle
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import data
-from conftest import ARCHIVE, run_script
+from conftest import ARCHIVE, assert_clean_error, call, run_script
 from data import Dataset, load_dataset, make_split, resolve_class, subset_indices
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -67,7 +69,7 @@ def test_missing_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
         load_dataset("cifar10", str(tmp_path))
 
 
-def write_folder(root, sizes):
+def write_folder(root, sizes, shape=(32, 32)):
     """train/<class>/*.png and test/<class>/*.png with random pixels; returns {split: (images, labels)} in load order."""
     rng = np.random.default_rng(2)
     out = {}
@@ -76,7 +78,7 @@ def write_folder(root, sizes):
         for label, cls in enumerate(["alpha", "beta", "gamma"]):  # written out of order below
             (root / split / cls).mkdir(parents=True)
             for i in range(per_class):
-                x = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                x = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
                 Image.fromarray(x).save(root / split / cls / f"{i:03d}.png")
                 xs.append(x)
                 ys.append(label)
@@ -186,6 +188,62 @@ def test_only_image_files_are_read_and_none_over_the_byte_limit(tmp_path, monkey
     assert np.array_equal(d.train_x, expected["train"][0]) and np.array_equal(d.test_x, expected["test"][0])
     assert len(read) == 9 and all(name.endswith(".png") for name in read), read  # no dump.bin, no notes.txt
     assert "skipped 1 file(s) in class folders that are not images by name" in capsys.readouterr().err
+
+
+def png(width, height, depth, color_type, rows):
+    """A PNG file's bytes, written by hand: PIL writes neither 16-bit RGB nor a small file of many pixels.
+    rows: the image's rows, each with its filter byte."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def test_an_image_of_more_than_8_bits_a_sample_is_refused_not_clipped(tmp_path):
+    folder = tmp_path / "toy"
+    expected = write_folder(folder, {"train": 2, "test": 1})
+    deep = np.random.default_rng(0).integers(0, 65536, (32, 32), dtype=np.uint16)
+    Image.fromarray(deep).save(folder / "test" / "beta" / "000.png")  # 16-bit gray: clipped at 255 by PIL
+    r = call("data.py", "--dataset", folder, "--data-dir", tmp_path / "cache")
+    assert_clean_error(r, f"{folder}: test/beta/000.png has mode I")  # I;16 (I in older Pillows)
+    assert "only 8-bit images (modes 1, L, P, RGB" in r.stderr and "convert it to 8-bit RGB" in r.stderr
+    rgb48 = expected["test"][0][1].astype(">u2") * 257  # 16-bit RGB: PIL keeps each sample's high byte
+    rows = b"".join(b"\0" + row.tobytes() for row in rgb48)  # each with filter byte 0
+    (folder / "test" / "beta" / "000.png").write_bytes(png(32, 32, 16, 2, rows))
+    assert np.array_equal(load_dataset(str(folder), str(tmp_path / "cache")).test_x, expected["test"][0])
+
+
+def test_train_and_test_images_of_different_sizes_are_refused(tmp_path):
+    folder = tmp_path / "toy"
+    write_folder(folder, {"train": 2})
+    write_folder(folder, {"test": 1}, shape=(24, 28))  # each split of one size, but not the other's
+    with pytest.raises(ValueError, match=r"toy: test/alpha/000.png is 28x24, the first image 32x32 "
+                                         r"\(train/alpha/000.png\); every image of both splits"):
+        load_dataset(str(folder), str(tmp_path / "cache"))
+
+
+def test_a_channel_without_variation_is_refused_when_loaded(tmp_path):
+    folder = tmp_path / "toy"
+    write_folder(folder, {"train": 2, "test": 1})
+    for file in (folder / "train").glob("*/*.png"):
+        x = np.array(Image.open(file))
+        x[:, :, 2] = 7  # no blue: its std 0 divided by, training failed later asking for a lower --lr
+        Image.fromarray(x).save(file)
+    for _ in range(2):  # decoded, then from the cache
+        assert_clean_error(call("data.py", "--dataset", folder, "--data-dir", tmp_path / "cache"),
+                           f"{folder}: the train images have no variation in the blue channel (std 0)")
+
+
+@pytest.mark.parametrize("side", [5000, 10000, 20000])  # past our limit, PIL's warning, PIL's error
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path, side):
+    folder = tmp_path / "toy"
+    write_folder(folder, {"train": 2, "test": 1})
+    bomb = png(side, side, 1, 0, bytes((side // 8 + 1) * side))  # black, 1 bit a pixel: a few KB
+    (folder / "train" / "alpha" / "000.png").write_bytes(bomb)
+    said = f"{side}x{side} pixels, over the" if side == 5000 else r"over the 4096x4096 pixels .*\(PIL:"
+    with pytest.raises(ValueError, match=f"toy: train/alpha/000.png is {said}.*; shrink or remove it"):
+        load_dataset(str(folder), str(tmp_path / "cache"))
 
 
 def test_real_cifar10_images(cifar_jpeg):

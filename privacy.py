@@ -14,9 +14,9 @@ train set, `<method>/h<k>_f<j>` that model after forgetting the random forget se
 `retrain/h<k>_f<j>` the half without it; scored by U-LiRA with each half's models held out in turn.
 """
 import argparse
-import glob
 import io
 import os
+import re
 import sys
 
 import numpy as np
@@ -46,6 +46,8 @@ MIN_SHADOWS = 2  # U-LiRA: an example is attacked where at least this many shado
 GROUPS = ("forget", "retain", "test")  # the example sets of an outputs file
 KEYS = [f"{s}_{x}" for s in GROUPS for x in ("logits", "labels", "index")] + ["forget_class"]  # of every file
 HALVES_KEYS = ["train_lsc", "train_index", "half_index", "keep_half"]  # and of a halves pool's
+NUMBER = r"(0|[1-9][0-9]*)"  # no leading zeros: s01 and s1 would be one seed counted twice
+NAMES = {"seeds": re.compile(rf"s{NUMBER}\.npz"), "halves": re.compile(rf"h{NUMBER}(_f{NUMBER})?\.npz")}
 
 
 # ----------------------------------------------------------------------------- per-model outputs
@@ -111,10 +113,8 @@ def read_pool(folder):
     arrays], "forget_class", "seconds"}} from every <group>/s<k>.npz of a pool, in seed order; the examples must be
     the same in every file."""
     pool, reference = {}, None
-    for group in sorted(os.listdir(folder)):
-        files = sorted(glob.glob(os.path.join(folder, group, "s*.npz")), key=lambda p: int(os.path.basename(p)[1:-4]))
-        if not files:
-            continue
+    for group, files in model_files(folder, "seeds").items():
+        files = sorted(files, key=lambda p: int(os.path.basename(p)[1:-4]))
         outputs = []
         for path in files:
             outputs.append(read_outputs(path, KEYS))
@@ -132,9 +132,40 @@ def read_pool(folder):
     return pool
 
 
+def pool_files(folder):
+    """(kind, {group: [paths]}) of a pool's outputs files: kind "seeds" (s<k>.npz) or "halves" (h<k>.npz,
+    h<k>_f<j>.npz). Every .npz of a group folder must be named so, and a pool holds one kind: a stray
+    file of the other kind would change which scores the pool gets."""
+    found = {kind: {} for kind in NAMES}
+    for group in sorted(os.listdir(folder)):
+        path = os.path.join(folder, group)
+        names = sorted(os.listdir(path)) if os.path.isdir(path) else []
+        for name in [n for n in names if n.endswith(".npz") and n[0] != "."]:  # as glob: no dotfiles
+            kind = next((k for k, pattern in NAMES.items() if pattern.fullmatch(name)), None)
+            if kind is None:
+                raise ValueError(f"{os.path.join(path, name)}: not a model's outputs name (s<k>.npz, or "
+                                 f"h<k>.npz / h<k>_f<j>.npz, numbers without leading zeros); rename it or "
+                                 f"move it out of {folder}")
+            found[kind].setdefault(group, []).append(os.path.join(path, name))
+    if all(found.values()):
+        seed, half = (next(iter(found[kind].values()))[0] for kind in ("seeds", "halves"))
+        raise ValueError(f"{folder} mixes the two kinds of pool: {seed} is a seed pool's model, {half} a "
+                         f"halves pool's; a pool folder holds one kind (move the other to its own folder)")
+    kind = "halves" if found["halves"] else "seeds"
+    return kind, found[kind]
+
+
+def model_files(folder, kind):
+    """{group: [paths]} of a pool of `kind`, as pool_files finds them; another kind's pool is an error."""
+    found, files = pool_files(folder)
+    if found != kind:
+        raise ValueError(f"{folder} is a {found} pool, not a {kind} pool")
+    return files
+
+
 def halves_pool(folder):
     """Whether `folder` is a halves pool (its models are h<k>.npz / h<k>_f<j>.npz)."""
-    return bool(glob.glob(os.path.join(folder, "*", "h*.npz")))
+    return pool_files(folder)[0] == "halves"
 
 
 def read_halves(folder):
@@ -142,10 +173,7 @@ def read_halves(folder):
     model's forget set, or its half for a group without forget sets: the originals), "outside" (not in its half),
     "outputs", "seconds"}} from every <group>/h*.npz of a halves pool; every file must cover the same examples."""
     pool, reference = {}, None
-    for group in sorted(os.listdir(folder)):
-        files = sorted(glob.glob(os.path.join(folder, group, "h*.npz")))
-        if not files:
-            continue
+    for group, files in model_files(folder, "halves").items():
         outputs = [read_outputs(path, KEYS + HALVES_KEYS) for path in files]
         for path, o in zip(files, outputs):
             reference = reference or (path, o["train_index"])

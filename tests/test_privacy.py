@@ -15,7 +15,7 @@ import privacy
 import report
 import train
 import unlearn
-from conftest import ARCHIVE, ROOT
+from conftest import ARCHIVE, ROOT, assert_clean_error, call
 from data import make_split, subset_indices
 from test_report import make
 
@@ -320,3 +320,93 @@ def test_ulira_halves_through_make(cifar_jpeg, data_dir, tmp_path):
     assert "halves: U-LiRA on random halves" in text
     assert f"| ssd | 8 | 4 | {ssd['acc']:.1f} | {ssd['tpr_at_1%']:.1f} |" in text
     assert "| original (floor: not unlearned) | 4 | 4 | - | - | - | 0 / 0 |" in text
+
+
+# ----------------------------------------------------------------------------- what a user hands us
+
+def outputs_arrays(seed, classes=3, sizes=(4, 5, 6), halves=None):
+    """One model's outputs file as privacy.write_outputs writes it: forget / retain / test logits
+    (float32), labels and indices (int64), forget_class; for a halves pool's model `halves` = (half k, its
+    half's indices, its forget indices) adds train_lsc, train_index, half_index and keep_half over 12 train
+    examples."""
+    rng = np.random.default_rng(seed)
+    if halves is None:
+        index = np.split(np.arange(sum(sizes), dtype=np.int64), np.cumsum(sizes)[:-1])
+    else:
+        k, half, forget = halves
+        test = np.arange(sizes[2], dtype=np.int64)
+        index = [np.asarray(forget, np.int64), np.setdiff1d(half, forget), test]
+    arrays = {"forget_class": np.int64(-1)}
+    for s, idx in zip(privacy.GROUPS, index):
+        arrays.update({f"{s}_logits": rng.normal(0, 3, (len(idx), classes)).astype(np.float32),
+                       f"{s}_labels": (idx % classes).astype(np.int64), f"{s}_index": idx})
+    if halves is not None:
+        arrays.update({"train_lsc": rng.normal(size=12).astype(np.float32), "train_index": np.arange(12),
+                       "half_index": np.asarray(half, np.int64), "keep_half": np.int64(k)})
+    return arrays
+
+
+def write_seed_pool(folder, n=6, groups=("original", "retrain")):
+    """A seed pool of random outputs files, n models a group: scoring it takes a second."""
+    for g, group in enumerate(groups):
+        (folder / group).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            np.savez(folder / group / f"s{k}.npz", **outputs_arrays(10 * g + k))
+    return folder
+
+
+def write_halves_pool(folder, n=4, draws=2):
+    """A halves pool of random outputs files: original/h<k>.npz and ssd/h<k>_f<j>.npz."""
+    for group in ("original", "ssd"):
+        (folder / group).mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        half = np.sort(np.random.default_rng(k).permutation(12)[:6])
+        np.savez(folder / "original" / f"h{k}.npz", **outputs_arrays(k, halves=(k, half, half[:0])))
+        for j in range(draws):
+            forget = half[j::2]
+            arrays = outputs_arrays(10 + k * draws + j, halves=(k, half, forget))
+            np.savez(folder / "ssd" / f"h{k}_f{j}.npz", **arrays)
+    return folder
+
+
+def score(pool, *flags):
+    return call("privacy.py", "score", pool, *flags)
+
+
+def test_a_stray_file_of_the_other_kind_is_refused_naming_one_of_each(tmp_path):
+    """One h0.npz in a seed pool made it a halves pool (its scores.json replaced by a U-LiRA of that one
+    file); one s0.npz in a halves pool was ignored. Either is now an error naming a file of each kind."""
+    pool = write_seed_pool(tmp_path / "seeds")
+    assert score(pool).returncode == 0
+    before = (pool / "scores.json").read_bytes()
+    np.savez(pool / "original" / "h0.npz", **outputs_arrays(0, halves=(0, np.arange(6), np.arange(3))))
+    r = score(pool)
+    assert_clean_error(r, "mixes the two kinds of pool")
+    assert str(pool / "original" / "h0.npz") in r.stderr and "s0.npz" in r.stderr
+    assert (pool / "scores.json").read_bytes() == before
+    pool = write_halves_pool(tmp_path / "halves")
+    assert score(pool).returncode == 0
+    np.savez(pool / "ssd" / "s0.npz", **outputs_arrays(0))
+    r = score(pool)
+    assert_clean_error(r, "mixes the two kinds of pool")
+    assert str(pool / "ssd" / "s0.npz") in r.stderr and "h0" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["s01.npz", "s1.npz.npz", "S1.npz", "backup.npz"])
+def test_a_model_name_is_exactly_s_k_without_leading_zeros(tmp_path, name):
+    """s01.npz beside s1.npz counted seed 1 twice (int('01') == 1); any other .npz in a group folder is
+    refused by name too, rather than read or skipped without a word."""
+    pool = write_seed_pool(tmp_path / "pool")
+    np.savez(pool / "retrain" / name, **outputs_arrays(99))
+    r = score(pool)
+    assert_clean_error(r, "not a model's outputs name")
+    assert str(pool / "retrain" / name) in r.stderr and not (pool / "scores.json").exists()
+
+
+@pytest.mark.parametrize("name", ["h01.npz", "h1_f01.npz", "h1_f.npz", "h1_f1_f1.npz"])
+def test_a_halves_model_name_is_exactly_h_k_or_h_k_f_j(tmp_path, name):
+    pool = write_halves_pool(tmp_path / "pool")
+    np.savez(pool / "ssd" / name, **outputs_arrays(99, halves=(1, np.arange(6), np.arange(3))))
+    r = score(pool)
+    assert_clean_error(r, "not a model's outputs name")
+    assert str(pool / "ssd" / name) in r.stderr and not (pool / "scores.json").exists()

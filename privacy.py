@@ -18,6 +18,7 @@ import io
 import os
 import re
 import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -77,29 +78,91 @@ def write_outputs(path, model, data, split, device, retain_size, every=None):
             logits, labels = predict(model, Progress(loader, f"outputs on {name}"))
         else:  # an original of a halves pool forgets nothing
             logits, labels = torch.zeros(0, len(data.classes)), torch.zeros(0, dtype=torch.int64)
-        arrays.update({f"{name}_logits": logits.numpy(), f"{name}_labels": labels.numpy(),
+        arrays.update({f"{name}_logits": logits.numpy().astype(np.float32, copy=False),
+                       f"{name}_labels": labels.numpy().astype(np.int64, copy=False),
                        f"{name}_index": np.asarray(indices, dtype=np.int64)})
     if every is not None:
         train_logits, train_labels = arrays.pop("train_logits"), arrays.pop("train_labels")
         arrays.update({"train_lsc": logit_scaled_confidence(train_logits, train_labels).astype(np.float32),
-                       "half_index": split.train, "keep_half": np.int64(split.keep_half)})
+                       "half_index": split.train.astype(np.int64), "keep_half": np.int64(split.keep_half)})
+    problem = outputs_problem(arrays, halves=every is not None)
+    if problem:  # finite weights can still overflow: a file that every score would refuse is not written
+        raise ValueError(f"{path} not written: the model's {problem}")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def read_outputs(path, keys):
-    """One outputs file's arrays (no pickle), or one line naming the file when it is not one with `keys`."""
+    """One outputs file's arrays (no pickle), or one line naming the file when it is not one with `keys`, or
+    not what the format promises (outputs_problem)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # BadZipFile: a truncated .npz
         raise ValueError(f"{path}: not an outputs file of privacy.py ({e}); delete it and make it again") from None
     missing = [key for key in keys if key not in arrays]
     if missing:
         raise ValueError(f"{path}: not an outputs file of this pool's kind (no {', '.join(missing)}); delete it and "
                          f"make it again")
+    problem = outputs_problem(arrays, halves="train_lsc" in keys)
+    if problem:
+        raise ValueError(f"{path}: {problem}; delete it and make it again")
     return arrays
+
+
+def outputs_problem(a, halves=False):
+    """What is wrong with an outputs file's arrays, as a phrase, or None: each set's logits float32
+    examples x classes (the same classes), finite; its labels and index int64, one per example; labels among
+    the classes; forget_class a class or -1; retain and test sets not empty (every score reads them);
+    halves: halves_problem."""
+    classes = a["forget_logits"].shape[-1] if a["forget_logits"].ndim == 2 else 0
+    for s in GROUPS:
+        problem = set_problem(s, a[f"{s}_logits"], a[f"{s}_labels"], a[f"{s}_index"], classes)
+        if problem:
+            return problem
+    forget_class = a["forget_class"]
+    if not (forget_class.dtype == np.int64 and forget_class.shape == () and -1 <= forget_class < classes):
+        return f"forget_class is {forget_class.dtype} {forget_class.tolist()}, not an int64 class or -1"
+    empty = [s for s in ("retain", "test") if not len(a[f"{s}_index"])]
+    if empty:
+        return f"its {empty[0]} set is empty (every score reads it)"
+    return halves_problem(a) if halves else None
+
+
+def set_problem(s, logits, labels, index, classes):
+    """What is wrong with one example set's arrays of an outputs file (see outputs_problem), or None."""
+    if logits.dtype != np.float32 or logits.ndim != 2 or logits.shape[1] != classes or classes < 2:
+        return (f"{s}_logits is {logits.dtype} of shape {logits.shape}, not float32 examples x classes "
+                f"(2 or more, as many as forget_logits')")
+    for name, x in (("labels", labels), ("index", index)):
+        if x.dtype != np.int64 or x.shape != (len(logits),):
+            return f"{s}_{name} is {x.dtype} of shape {x.shape}, not int64 of shape ({len(logits)},)"
+    bad = np.count_nonzero(~np.isfinite(logits))
+    if bad:
+        return f"{s}_logits holds {bad} NaN or infinite values"
+    if len(index) and (labels.min() < 0 or labels.max() >= classes or index.min() < 0):
+        return f"{s}_labels or {s}_index hold values out of range (labels 0..{classes - 1}, indices >= 0)"
+    return None
+
+
+def halves_problem(a):
+    """What is wrong with a halves pool model's own arrays (train_lsc float32 and train_index int64 of one
+    length, half_index int64 inside train_index, keep_half an int64 >= 0, the forget set inside the half),
+    or None: they decide which examples count as forgotten or never seen."""
+    lsc, every, half, keep = a["train_lsc"], a["train_index"], a["half_index"], a["keep_half"]
+    if lsc.dtype != np.float32 or lsc.ndim != 1 or every.dtype != np.int64 or every.shape != lsc.shape:
+        return (f"train_lsc ({lsc.dtype} {lsc.shape}) and train_index ({every.dtype} {every.shape}) are not "
+                f"float32 and int64 of one length")
+    if np.count_nonzero(~np.isfinite(lsc)):
+        return f"train_lsc holds {np.count_nonzero(~np.isfinite(lsc))} NaN or infinite values"
+    if half.dtype != np.int64 or half.ndim != 1 or not len(half) or not np.isin(half, every).all():
+        return f"half_index ({half.dtype} {half.shape}) is not int64 indices among train_index"
+    if not (keep.dtype == np.int64 and keep.shape == () and keep >= 0):
+        return f"keep_half is {keep.dtype} {keep.tolist()}, not an int64 >= 0"
+    if not np.isin(a["forget_index"], half).all():
+        return "its forget set is not inside its half (half_index)"
+    return None
 
 
 def seconds_of(files):
@@ -118,9 +181,14 @@ def read_pool(folder):
         outputs = []
         for path in files:
             outputs.append(read_outputs(path, KEYS))
-            indices = [outputs[-1][f"{s}_index"] for s in GROUPS]
-            reference = reference or (path, indices)
-            if any(not np.array_equal(a, b) for a, b in zip(indices, reference[1])):
+            if not len(outputs[-1]["forget_index"]):  # the competition score is over the forget set
+                raise ValueError(f"{path}: its forget set is empty (made without --forget-class / "
+                                 f"--forget-fraction / --forget-indices); delete it and make it again with "
+                                 f"the pool's forget set")
+            examples = [outputs[-1][f"{s}_{x}"] for s in GROUPS for x in ("index", "labels")]
+            reference = reference or (path, examples, outputs[-1])
+            check_classes(path, outputs[-1], reference[0], reference[2])
+            if any(not np.array_equal(a, b) for a, b in zip(examples, reference[1])):
                 raise ValueError(f"{path} holds other examples than {reference[0]}: a pool's models must be scored on "
                                  f"the same examples (same --dataset, --subset, forget set)")
         pool[group] = {"models": [os.path.relpath(p, folder) for p in files], "seconds": seconds_of(files),
@@ -130,6 +198,14 @@ def read_pool(folder):
     if "retrain" not in pool:
         raise ValueError(f"{folder} has no retrain/s<k>.npz: a pool needs its retrained models (make pool)")
     return pool
+
+
+def check_classes(path, outputs, first, first_outputs):
+    """One line naming both files when `path`'s model has another number of classes than the first's."""
+    ours, theirs = outputs["test_logits"].shape[1], first_outputs["test_logits"].shape[1]
+    if ours != theirs:
+        raise ValueError(f"{path} has {ours} classes, {first} {theirs}: a pool's models are of one dataset; "
+                         f"delete the wrong one and make it again")
 
 
 def pool_files(folder):
@@ -176,7 +252,8 @@ def read_halves(folder):
     for group, files in model_files(folder, "halves").items():
         outputs = [read_outputs(path, KEYS + HALVES_KEYS) for path in files]
         for path, o in zip(files, outputs):
-            reference = reference or (path, o["train_index"])
+            reference = reference or (path, o["train_index"], o)
+            check_classes(path, o, reference[0], reference[2])
             if not np.array_equal(o["train_index"], reference[1]):
                 raise ValueError(f"{path} covers other train examples than {reference[0]}: a halves pool's models "
                                  f"must be scored on the same examples (same --dataset, --subset)")

@@ -410,3 +410,72 @@ def test_a_halves_model_name_is_exactly_h_k_or_h_k_f_j(tmp_path, name):
     r = score(pool)
     assert_clean_error(r, "not a model's outputs name")
     assert str(pool / "ssd" / name) in r.stderr and not (pool / "scores.json").exists()
+
+
+def put(key, index, value):
+    """A change to an outputs file's arrays: one value set."""
+    return lambda a: a[key].__setitem__(index, value)
+
+
+def replace(**changes):
+    """A change to an outputs file's arrays: each key's array replaced by changes[key](array)."""
+    return lambda a: a.update({key: f(a[key]) for key, f in changes.items()})
+
+
+def emptied(s):
+    return replace(**{f"{s}_{x}": lambda v: v[:0] for x in ("logits", "labels", "index")})
+
+
+BAD_FILES = {  # a change to one model's outputs file -> what the error says
+    "a NaN logit": (put("forget_logits", (1, 2), np.nan), "forget_logits holds 1 NaN or infinite values"),
+    "an infinite logit": (put("test_logits", (0, 0), np.inf), "test_logits holds 1 NaN"),
+    "float64 logits": (replace(retain_logits=lambda x: x.astype(np.float64)), "retain_logits is float64"),
+    "logits of one dimension": (replace(test_logits=lambda x: x[:, 0]), "test_logits is float32"),
+    "int32 labels": (replace(test_labels=lambda x: x.astype(np.int32)), "test_labels is int32"),
+    "an index short of one": (replace(forget_index=lambda x: x[:-1]), "forget_index is int64"),
+    "a label out of range": (put("retain_labels", 0, 7), "out of range"),
+    "another number of classes": (replace(**{f"{s}_logits": lambda x: np.zeros((len(x), 4), np.float32)
+                                             for s in privacy.GROUPS}), "has 4 classes"),
+    "an empty retain set": (emptied("retain"), "retain set is empty"),
+    "an empty forget set": (emptied("forget"), "forget set is empty"),
+    "a float forget_class": (replace(forget_class=np.float64), "forget_class is float64"),
+}
+
+
+@pytest.mark.parametrize("change", list(BAD_FILES))
+def test_a_bad_outputs_file_is_one_line_naming_it(tmp_path, change):
+    """A NaN in one model's logits moved every score without a word; float64 or int32 arrays, shapes that
+    disagree, another dataset's classes, an empty set crashed or were scored. Each is now one line naming the
+    file and what is wrong, and nothing is written."""
+    pool = write_seed_pool(tmp_path / "pool")
+    path = pool / "retrain" / "s3.npz"
+    arrays = outputs_arrays(13)
+    BAD_FILES[change][0](arrays)
+    np.savez(path, **arrays)
+    r = score(pool)
+    assert_clean_error(r, "make it again")
+    assert str(path) in r.stderr and BAD_FILES[change][1] in r.stderr
+    assert not (pool / "scores.json").exists()
+
+
+BAD_HALVES = {
+    "a NaN statistic": (put("train_lsc", 3, np.nan), "train_lsc holds 1 NaN"),
+    "a float16 statistic": (replace(train_lsc=lambda x: x.astype(np.float16)), "train_lsc (float16"),
+    "a half outside the train examples": (replace(half_index=lambda x: x + 100), "half_index"),
+    "a forget set outside the half": (replace(forget_index=lambda x: x + 100), "not inside its half"),
+    "keep_half of two dimensions": (replace(keep_half=lambda x: x.reshape(1, 1)), "keep_half is"),
+}
+
+
+@pytest.mark.parametrize("change", list(BAD_HALVES))
+def test_a_bad_halves_outputs_file_is_one_line_naming_it(tmp_path, change):
+    pool = write_halves_pool(tmp_path / "pool")
+    path = pool / "ssd" / "h1_f0.npz"
+    with np.load(path) as z:
+        arrays = dict(z)
+    BAD_HALVES[change][0](arrays)
+    np.savez(path, **arrays)
+    r = score(pool)
+    assert_clean_error(r, "make it again")
+    assert str(path) in r.stderr and BAD_HALVES[change][1] in r.stderr
+    assert not (pool / "scores.json").exists()

@@ -573,14 +573,33 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def forgets(args):
+    """Whether the flags name a forget set."""
+    return any(flag is not None for flag in (args.forget_class, args.forget_fraction, args.forget_indices))
+
+
+def check_outputs_flags(args):
+    """Before any work, the flags whose files `score` would crash on or refuse later."""
+    if not args.out.endswith(".npz"):
+        raise ValueError(f"--out {args.out}: give a .npz path")
+    if args.retain_sample == 0:
+        raise ValueError("--retain-sample 0 keeps no retain image, and every score reads them: give 1 or "
+                         "more (default: 1000)")
+    if not forgets(args) and args.keep_half is None:  # only a halves pool's original forgets nothing
+        raise ValueError("give the pool's forget set (--forget-class, --forget-fraction or "
+                         "--forget-indices): every model of a pool, its originals too, is scored on it")
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "outputs":
-        if not args.out.endswith(".npz"):
-            raise ValueError(f"--out {args.out}: give a .npz path")
+        check_outputs_flags(args)
         check_writable(args.out)
         data = load_dataset(args.dataset, args.data_dir)
         split = split_from_args(args, data)
+        if forgets(args) and len(split.forget) == 0:  # a --forget-fraction that rounds to no image
+            raise ValueError(f"the forget set is empty (of {len(split.train)} train images in use): give a "
+                             f"larger --forget-fraction or another forget set")
         device, _ = pick_device(args.device, "fp32")
         model = to_device(load_model(args.model, num_classes=len(data.classes)), device)
         every = None if args.keep_half is None else subset_indices(data.train_y, args.subset)

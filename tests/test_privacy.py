@@ -479,3 +479,19 @@ def test_a_bad_halves_outputs_file_is_one_line_naming_it(tmp_path, change):
     assert_clean_error(r, "make it again")
     assert str(path) in r.stderr and BAD_HALVES[change][1] in r.stderr
     assert not (pool / "scores.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--forget-class", "cat", "--retain-sample", "0"], "--retain-sample 0 keeps no retain image"),
+    ([], "give the pool's forget set"),
+    (["--forget-seed", "3"], "give the pool's forget set"),
+])
+def test_outputs_that_score_cannot_use_are_refused_before_any_work(tmp_path, flags, message):
+    """--retain-sample 0 or no forget set wrote files that crashed `score` later (after every model's outputs
+    were made): now one line at once, before the dataset or the model is even looked at (neither exists)."""
+    nothing = ["--dataset", tmp_path / "no-dataset", "--model", tmp_path / "no-model.pth"]
+    r = call("privacy.py", "outputs", *nothing, "--out", tmp_path / "s0.npz", *flags)
+    assert_clean_error(r, message)
+    assert not (tmp_path / "s0.npz").exists()
+    halves_original = call("privacy.py", "outputs", *nothing, "--out", tmp_path / "h0.npz", "--keep-half", 0)
+    assert_clean_error(halves_original, "no-dataset")  # a halves pool's original forgets nothing: goes on

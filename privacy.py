@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import atomic_write, check_writable, read_json, run, write_json
-from data import (Loader, Progress, add_data_args, device_name, load_dataset, non_negative_int, split_from_args,
-                  subset_indices)
+from cli import atomic_write, check_out, json_of_kind, read_json, run, write_json
+from data import (Loader, Progress, add_data_args, describe_split, device_name, load_dataset,
+                  non_negative_int, split_from_args, subset_indices)
 from evaluate import eval_batch_size, mia_score, pick_device, predict
-from models import input_size, load_model, sidecar_path, to_device
+from models import fetch, input_size, is_remote, load_model, sha256_file, sidecar_path, to_device
 
 # The competition's scorer (Triantafillou et al., arXiv 2406.09073; google-deepmind/unlearning_evaluation metric.py)
 DELTA = 1e-5  # delta of the (epsilon, delta) test
@@ -47,6 +47,8 @@ MIN_SHADOWS = 2  # U-LiRA: an example is attacked where at least this many shado
 GROUPS = ("forget", "retain", "test")  # the example sets of an outputs file
 KEYS = [f"{s}_{x}" for s in GROUPS for x in ("logits", "labels", "index")] + ["forget_class"]  # of every file
 HALVES_KEYS = ["train_lsc", "train_index", "half_index", "keep_half"]  # and of a halves pool's
+SCORES_KIND = "pool-scores"  # scores.json's "kind": what a rerun may replace
+STAMP_KEYS = ["source", "source_sha256", "split_sha256"]  # which model file and split (the scores skip them)
 NUMBER = r"(0|[1-9][0-9]*)"  # no leading zeros: s01 and s1 would be one seed counted twice
 NAMES = {"seeds": re.compile(rf"s{NUMBER}\.npz"), "halves": re.compile(rf"h{NUMBER}(_f{NUMBER})?\.npz")}
 
@@ -60,18 +62,31 @@ def retain_sample(split, size, seed=0):
     return np.sort(np.random.default_rng(seed).choice(split.retain, size, replace=False))
 
 
-def write_outputs(path, model, data, split, device, retain_size, every=None):
+def outputs_plan(split, retain_size, every=None):
+    """The arrays of an outputs file that the flags decide: its examples (S_index), forget_class and, for a
+    halves pool's model (`every`), train_index, half_index and keep_half."""
+    plan = {"forget_class": -1 if split.forget_class is None else split.forget_class,
+            "forget_index": split.forget, "retain_index": retain_sample(split, retain_size),
+            "test_index": split.test}
+    if every is not None:
+        plan.update(train_index=every, half_index=split.train, keep_half=split.keep_half)
+    return {key: np.asarray(value, dtype=np.int64) for key, value in plan.items()}
+
+
+def write_outputs(path, model, data, split, device, retain_size, every=None, stamp=None):
     """One model's logits on the pool's examples, as an .npz of plain arrays (np.load(path) reads it without pickle):
     for each set S of forget (the train forget set), retain (a fixed sample of the train retain set) and test
     (the test set): S_logits (examples x classes, float32), S_labels and S_index (indices into the dataset's train
     or test arrays); forget_class (-1 for sample forgetting). For a model of a halves pool, `every` (every train
     index in use, both halves) adds train_lsc (its logit-scaled confidence on each, float32: 4 bytes an example
-    whatever the number of classes), train_index (= every), half_index (the model's half) and keep_half."""
-    sets = {"forget": (split.forget, True), "retain": (retain_sample(split, retain_size), True),
-            "test": (split.test, False)}
+    whatever the number of classes), train_index (= every), half_index (the model's half) and keep_half.
+    stamp: {key: text} saved as unicode string arrays (STAMP_KEYS: which model file, which split)."""
+    plan = outputs_plan(split, retain_size, every)
+    sets = {"forget": (plan["forget_index"], True), "retain": (plan["retain_index"], True),
+            "test": (plan["test_index"], False)}
     if every is not None:
-        sets["train"] = (every, True)
-    arrays = {"forget_class": np.int64(-1 if split.forget_class is None else split.forget_class)}
+        sets["train"] = (plan["train_index"], True)
+    arrays = {"forget_class": plan["forget_class"]}
     for name, (indices, train_set) in sets.items():
         if len(indices):
             loader = Loader(data, indices, train_set, eval_batch_size(device), device, size=input_size(model))
@@ -80,17 +95,57 @@ def write_outputs(path, model, data, split, device, retain_size, every=None):
             logits, labels = torch.zeros(0, len(data.classes)), torch.zeros(0, dtype=torch.int64)
         arrays.update({f"{name}_logits": logits.numpy().astype(np.float32, copy=False),
                        f"{name}_labels": labels.numpy().astype(np.int64, copy=False),
-                       f"{name}_index": np.asarray(indices, dtype=np.int64)})
+                       f"{name}_index": indices})
     if every is not None:
         train_logits, train_labels = arrays.pop("train_logits"), arrays.pop("train_labels")
         arrays.update({"train_lsc": logit_scaled_confidence(train_logits, train_labels).astype(np.float32),
-                       "half_index": split.train.astype(np.int64), "keep_half": np.int64(split.keep_half)})
+                       "half_index": plan["half_index"], "keep_half": plan["keep_half"]})
     problem = outputs_problem(arrays, halves=every is not None)
     if problem:  # finite weights can still overflow: a file that every score would refuse is not written
         raise ValueError(f"{path} not written: the model's {problem}")
+    arrays.update({key: np.array(text, dtype=str) for key, text in (stamp or {}).items()})  # no pickle
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def read_stamp(path):
+    """The STAMP_KEYS of an outputs file as text, or None where it is not an outputs file that has them."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stamp = {key: z[key] for key in STAMP_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if not all(x.dtype.kind == "U" and x.shape == () for x in stamp.values()):
+        return None
+    return {key: str(x) for key, x in stamp.items()}
+
+
+def outputs_of(model):
+    """mine= for check_out: an outputs file of this model file (its sha256), or of an earlier version of the
+    file at this path (its outputs are stale: a rerun replaces them)."""
+    def mine(path):
+        stamp = read_stamp(path)
+        return stamp is not None and (stamp["source"] == source_name(model) or
+                                      stamp["source_sha256"] == sha256_file(fetch(model)))
+    return mine
+
+
+def source_name(model):
+    return model if is_remote(model) else os.path.realpath(model)
+
+
+def up_to_date(path, stamp, plan, classes):
+    """Whether `path` already holds these outputs: the same model file (sha256) and split, the same examples
+    and settings (plan), the same classes, and a file every score reads."""
+    try:
+        arrays = read_outputs(path, KEYS + STAMP_KEYS + (HALVES_KEYS if "keep_half" in plan else []))
+    except ValueError:
+        return False
+    return (all(str(arrays[key]) == stamp[key] for key in ("source_sha256", "split_sha256"))
+            and arrays["forget_logits"].shape[1] == classes
+            and all(arrays[key].shape == value.shape and np.array_equal(arrays[key], value)
+                    for key, value in plan.items()))
 
 
 def read_outputs(path, keys):
@@ -511,7 +566,8 @@ def score_pool(folder):
     ceiling) included as "retrain"."""
     pool = read_pool(folder)
     reference = pool["retrain"]
-    scores = {"pool": os.path.basename(os.path.abspath(folder)), "forget_class": reference["forget_class"],
+    scores = {"kind": SCORES_KIND, "pool": os.path.basename(os.path.abspath(folder)),
+              "forget_class": reference["forget_class"],
               "n": len(reference["models"]), "quantiles": QUANTILES,
               "examples": {s: len(reference[s][1]) for s in GROUPS}, "groups": {}}
     for name, group in pool.items():
@@ -523,7 +579,7 @@ def score_pool(folder):
 def score_halves(folder):
     """scores.json of a halves pool: U-LiRA (ulira_halves) and the metrics' spread for every group."""
     pool = read_halves(folder)
-    scores = {"pool": os.path.basename(os.path.abspath(folder)), "design": "halves",
+    scores = {"kind": SCORES_KIND, "pool": os.path.basename(os.path.abspath(folder)), "design": "halves",
               "examples": int(next(iter(pool.values()))["lsc"].shape[1]), "groups": {}}
     for name, group in pool.items():
         print(f"scoring {name} ({len(group['models'])} models)", file=sys.stderr, flush=True)
@@ -567,10 +623,25 @@ def parse_args(argv=None):
     outputs.add_argument("--retain-sample", type=non_negative_int, default=1000,
                          help="retain-set examples kept, a fixed seeded sample (default: 1000)")
     outputs.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    outputs.add_argument("--overwrite", action="store_true",
+                         help="replace --out even when it is not this model's outputs, and make them again")
     score = commands.add_parser("score", help="every score of a pool (or halves pool) folder -> POOL/scores.json")
     score.add_argument("pool", help="the pool folder (make pool writes one)")
     score.add_argument("--out", default=None, help="the scores' JSON (default: POOL/scores.json)")
+    score.add_argument("--overwrite", action="store_true",
+                       help="replace --out even when it is not a pool's scores")
     return parser.parse_args(argv)
+
+
+def scores_file(path):
+    """mine= for check_out: a pool's scores (kind pool-scores), or scores written before they had a kind."""
+    if json_of_kind(SCORES_KIND)(path):
+        return True
+    try:
+        old = read_json(path)
+    except (ValueError, OSError):
+        return False
+    return isinstance(old, dict) and "kind" not in old and {"pool", "groups"} <= old.keys()
 
 
 def forgets(args):
@@ -593,26 +664,40 @@ def check_outputs_flags(args):
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "outputs":
-        check_outputs_flags(args)
-        check_writable(args.out)
-        data = load_dataset(args.dataset, args.data_dir)
-        split = split_from_args(args, data)
-        if forgets(args) and len(split.forget) == 0:  # a --forget-fraction that rounds to no image
-            raise ValueError(f"the forget set is empty (of {len(split.train)} train images in use): give a "
-                             f"larger --forget-fraction or another forget set")
-        device, _ = pick_device(args.device, "fp32")
-        model = to_device(load_model(args.model, num_classes=len(data.classes)), device)
-        every = None if args.keep_half is None else subset_indices(data.train_y, args.subset)
-        write_outputs(args.out, model, data, split, device, args.retain_sample, every)
-        return print(f"wrote {args.out}")
+        return outputs_command(args)
     if not os.path.isdir(args.pool):
         raise ValueError(f"{args.pool} is not a folder: give a pool folder (make pool writes one)")
     out = args.out or os.path.join(args.pool, "scores.json")
-    check_writable(out)
+    groups = [os.path.join(args.pool, g) for g in sorted(os.listdir(args.pool))]
+    check_out(out, "--out", [g for g in groups if os.path.isdir(g)], scores_file, args.overwrite)
     scores = score_halves(args.pool) if halves_pool(args.pool) else score_pool(args.pool)
     write_json(out, scores)
     print(format_scores(scores))
     print(f"wrote {out}", file=sys.stderr)
+
+
+def outputs_command(args):
+    """privacy.py outputs: the flags and --out checked before any work; nothing done when --out already holds
+    this model file's outputs with these settings."""
+    check_outputs_flags(args)
+    inputs = [] if is_remote(args.model) else [args.model, sidecar_path(args.model)]
+    check_out(args.out, "--out", inputs, outputs_of(args.model), args.overwrite)
+    data = load_dataset(args.dataset, args.data_dir)
+    split = split_from_args(args, data)
+    if forgets(args) and len(split.forget) == 0:  # a --forget-fraction that rounds to no image
+        raise ValueError(f"the forget set is empty (of {len(split.train)} train images in use): give a "
+                         f"larger --forget-fraction or another forget set")
+    every = None if args.keep_half is None else subset_indices(data.train_y, args.subset)
+    plan = outputs_plan(split, args.retain_sample, every)
+    stamp = {"source": source_name(args.model), "source_sha256": sha256_file(fetch(args.model)),
+             "split_sha256": describe_split(split, data.classes)["sha256"]}
+    if not args.overwrite and up_to_date(args.out, stamp, plan, len(data.classes)):
+        return print(f"{args.out} already holds these outputs of {args.model}; nothing to do (--overwrite "
+                     f"makes them again)")
+    device, _ = pick_device(args.device, "fp32")
+    model = to_device(load_model(args.model, num_classes=len(data.classes)), device)
+    write_outputs(args.out, model, data, split, device, args.retain_sample, every, stamp)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 
@@ -17,6 +18,8 @@ import train
 import unlearn
 from conftest import ARCHIVE, ROOT, assert_clean_error, call
 from data import make_split, subset_indices
+from models import sha256_file
+from test_faults import write_images
 from test_report import make
 
 
@@ -495,3 +498,88 @@ def test_outputs_that_score_cannot_use_are_refused_before_any_work(tmp_path, fla
     assert not (tmp_path / "s0.npz").exists()
     halves_original = call("privacy.py", "outputs", *nothing, "--out", tmp_path / "h0.npz", "--keep-half", 0)
     assert_clean_error(halves_original, "no-dataset")  # a halves pool's original forgets nothing: goes on
+
+
+def test_score_writes_only_its_own_kind_of_file(tmp_path):
+    """score --out POOL/retrain/s0.npz replaced a model's outputs with the scores: now --out is refused
+    inside the pool's group folders, and an existing file is replaced only when it is a pool's scores (kind
+    pool-scores, or scores written before they had a kind) or with --overwrite."""
+    pool = write_seed_pool(tmp_path / "pool")
+    model_file = pool / "retrain" / "s0.npz"
+    before = model_file.read_bytes()
+    assert_clean_error(score(pool, "--out", model_file), "whose files this run reads")
+    assert_clean_error(score(pool, "--out", model_file, "--overwrite"), "whose files this run reads")
+    assert model_file.read_bytes() == before
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    assert_clean_error(score(pool, "--out", notes), "pass --overwrite")
+    assert json.loads(notes.read_text()) == {"mine": 1}
+    assert score(pool, "--out", notes, "--overwrite").returncode == 0
+    assert json.loads(notes.read_text())["kind"] == "pool-scores"
+    (pool / "scores.json").write_text(json.dumps({"pool": "pool", "groups": {}}))  # an older version's
+    assert score(pool).returncode == 0 and score(pool).returncode == 0  # replaced, then again: its own
+    assert json.loads((pool / "scores.json").read_text())["kind"] == "pool-scores"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An image folder of 3 classes (6 train, 3 test images each) and models train.py made on it (1 epoch):
+    original.pth (every image), no_beta.pth (without class beta), half1.pth (the random half 1)."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_images(root / "folder", {"train": 6, "test": 3})
+    models = {"original": [], "no_beta": ["--forget-class", "beta"], "half1": ["--keep-half", 1]}
+    for name, flags in models.items():
+        r = call("train.py", *tiny_data(root), "--arch", "resnet20", "--epochs", 1, "--batch-size", 8,
+                 "--out", root / f"{name}.pth", *flags)
+        assert r.returncode == 0, r.stderr
+    return root
+
+
+def tiny_data(root):
+    return ["--dataset", root / "folder", "--data-dir", root / "cache", "--device", "cpu"]
+
+
+def outputs(tiny, model, out, *flags):
+    return call("privacy.py", "outputs", *tiny_data(tiny), "--model", model, "--out", out, *flags)
+
+
+def test_outputs_replace_only_this_models_outputs(tiny, tmp_path, monkeypatch):
+    """--out is replaced only when it holds outputs of the same model file (its sha256 and the split's are
+    saved in it) or of an earlier file at the model's path; the same model with the same settings again is
+    nothing to do; anything else needs --overwrite."""
+    out = tmp_path / "s0.npz"
+    assert outputs(tiny, tiny / "no_beta.pth", out, "--forget-class", "beta").returncode == 0
+    with np.load(out) as z:
+        assert z["source_sha256"].dtype.kind == "U"  # a unicode string array: no pickle
+        assert str(z["source_sha256"]) == sha256_file(tiny / "no_beta.pth")
+        assert str(z["source"]) == str(tiny / "no_beta.pth") and len(str(z["split_sha256"])) == 64
+    before = out.read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(privacy, "write_outputs", lambda *args: pytest.fail("made the outputs again"))
+        again = outputs(tiny, tiny / "no_beta.pth", out, "--forget-class", "beta")
+    assert again.returncode == 0 and "nothing to do" in again.stdout and out.read_bytes() == before
+    another = outputs(tiny, tiny / "original.pth", out, "--forget-class", "beta")  # another model's file
+    assert_clean_error(another, "pass --overwrite")
+    assert out.read_bytes() == before
+    assert outputs(tiny, tiny / "original.pth", out, "--forget-class", "beta", "--overwrite").returncode == 0
+    fewer = outputs(tiny, tiny / "original.pth", out, "--forget-class", "beta", "--retain-sample", 3)
+    assert fewer.returncode == 0 and "wrote" in fewer.stdout  # its own file, other settings: made again
+    with np.load(out) as z:
+        assert str(z["source_sha256"]) == sha256_file(tiny / "original.pth") and len(z["retain_index"]) == 3
+    old = tmp_path / "old.npz"  # an outputs file without the stamp: an older privacy.py's, or anything else
+    np.savez(old, **outputs_arrays(0))
+    r = outputs(tiny, tiny / "original.pth", old, "--forget-class", "beta")
+    assert_clean_error(r, "pass --overwrite")
+    model = tmp_path / "m.pth"  # a model made again at its path: the outputs of the earlier file are stale
+    shutil.copy(tiny / "original.pth", model)
+    assert outputs(tiny, model, tmp_path / "m.npz", "--forget-class", "beta").returncode == 0
+    shutil.copy(tiny / "no_beta.pth", model)
+    assert outputs(tiny, model, tmp_path / "m.npz", "--forget-class", "beta").returncode == 0
+    with np.load(tmp_path / "m.npz") as z:
+        assert str(z["source_sha256"]) == sha256_file(tiny / "no_beta.pth")
+
+
+def test_a_forget_set_that_rounds_to_nothing_is_refused(tiny, tmp_path):
+    r = outputs(tiny, tiny / "original.pth", tmp_path / "s0.npz", "--forget-fraction", 0.01)
+    assert_clean_error(r, "the forget set is empty")
+    assert not (tmp_path / "s0.npz").exists()

@@ -14,6 +14,7 @@ train set, `<method>/h<k>_f<j>` that model after forgetting the random forget se
 `retrain/h<k>_f<j>` the half without it; scored by U-LiRA with each half's models held out in turn.
 """
 import argparse
+import dataclasses
 import io
 import os
 import re
@@ -133,6 +134,57 @@ def outputs_of(model):
 
 def source_name(model):
     return model if is_remote(model) else os.path.realpath(model)
+
+
+def check_made_with(model, sha, split, classes):
+    """The split the model was made with, as its sidecar records it (train.py, unlearn.py), against the
+    flags' split: a model trained on another half, or retrained without / unlearned another forget set, would
+    give the scores a wrong ground truth. A model without a sidecar recording a split is taken on the flags'
+    word, with a warning."""
+    sidecar = sidecar_path(model)
+    meta = read_json(sidecar) if not is_remote(model) and os.path.isfile(sidecar) else {}
+    recorded = meta.get("split") if isinstance(meta, dict) else None
+    if not isinstance(recorded, dict):
+        return print(f"warning: {model} has no sidecar that records its split ({sidecar}): that it was made "
+                     f"with these flags' half and forget set is not checked", file=sys.stderr)
+    if meta.get("sha256") not in (None, sha):  # a copied checkpoint, or a run stopped between the two files
+        raise ValueError(f"{sidecar} describes another checkpoint than {model} (another sha256); make the "
+                         f"model again, or remove the sidecar to take the model on the flags' word")
+    problem = split_problem(recorded, split, classes)
+    if problem:
+        raise ValueError(f"{model} was made {problem} (its sidecar {sidecar}): its outputs would be scored "
+                         f"against a wrong ground truth; give the flags it was made with")
+
+
+def split_problem(recorded, split, classes):
+    """How a model's recorded split (data.describe_split) differs from the flags' `split`, or None. The half
+    must be the same; a model made for a forget set (retrained without it, or unlearned) must have had this
+    one; an original (no forget set) must have been trained on every image of the flags' split. The sha256
+    covers the validation set too: a model trained with one (--val-fraction) is checked on the rest only."""
+    if "keep_half" in recorded and recorded["keep_half"] != split.keep_half:
+        return f"on {half_phrase(recorded['keep_half'])}, not {half_phrase(split.keep_half)}"
+    if recorded.get("n_forget"):  # retrained without a forget set, or unlearned one: it must be this one
+        if "forget_class_index" in recorded and recorded["forget_class_index"] != split.forget_class:
+            flags = None if split.forget_class is None else classes[split.forget_class]
+            return f"for {class_phrase(recorded.get('forget_class'))}, not {class_phrase(flags)}"
+        if recorded.get("forget_indices") not in (None, split.forget.tolist()):
+            return ("for another forget set than the flags' (--forget-fraction, --forget-seed or "
+                    "--forget-indices)")
+        expected = split
+    else:  # an original: trained on the flags' forget set as well
+        expected = dataclasses.replace(split, forget=split.forget[:0], retain=split.train)
+    digest = describe_split(expected, classes)["sha256"]
+    if not recorded.get("n_val") and recorded.get("sha256") not in (None, digest):
+        return "on other images than the flags' split (another --subset, --keep-half or forget set)"
+    return None
+
+
+def half_phrase(k):
+    return "every train image (no --keep-half)" if k is None else f"the random half {k} (--keep-half {k})"
+
+
+def class_phrase(name):
+    return "a forget set of no class" if name is None else f"the forget class {name}"
 
 
 def up_to_date(path, stamp, plan, classes):
@@ -691,6 +743,7 @@ def outputs_command(args):
     plan = outputs_plan(split, args.retain_sample, every)
     stamp = {"source": source_name(args.model), "source_sha256": sha256_file(fetch(args.model)),
              "split_sha256": describe_split(split, data.classes)["sha256"]}
+    check_made_with(args.model, stamp["source_sha256"], split, data.classes)
     if not args.overwrite and up_to_date(args.out, stamp, plan, len(data.classes)):
         return print(f"{args.out} already holds these outputs of {args.model}; nothing to do (--overwrite "
                      f"makes them again)")

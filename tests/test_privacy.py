@@ -583,3 +583,36 @@ def test_a_forget_set_that_rounds_to_nothing_is_refused(tiny, tmp_path):
     r = outputs(tiny, tiny / "original.pth", tmp_path / "s0.npz", "--forget-fraction", 0.01)
     assert_clean_error(r, "the forget set is empty")
     assert not (tmp_path / "s0.npz").exists()
+
+
+@pytest.mark.parametrize("model, flags, message", [
+    ("half1", ["--keep-half", 0], "on the random half 1 (--keep-half 1), not the random half 0"),
+    ("half1", ["--forget-class", "beta"], "not every train image"),
+    ("original", ["--keep-half", 1], "on every train image (no --keep-half), not the random half 1"),
+    ("no_beta", ["--forget-class", "gamma"], "for the forget class beta, not the forget class gamma"),
+    ("no_beta", ["--forget-fraction", 0.5], "beta, not a forget set of no class"),
+    ("original", ["--forget-class", "beta", "--subset", 3], "on other images than the flags' split"),
+])
+def test_outputs_of_a_model_made_on_other_data_are_refused(tiny, tmp_path, model, flags, message):
+    """outputs --keep-half 0 of a model trained on half 1 was accepted, and the attack's ground truth was
+    then wrong: the model's sidecar is read, its half, forget set and images must be the flags'."""
+    r = outputs(tiny, tiny / f"{model}.pth", tmp_path / "s0.npz", *flags)
+    assert_clean_error(r, message)
+    assert str(tiny / f"{model}.pth") in r.stderr.splitlines()[-1] and not (tmp_path / "s0.npz").exists()
+
+
+def test_outputs_of_a_model_made_for_these_flags_or_without_a_sidecar_are_made(tiny, tmp_path):
+    """A pool's models as make pool and make ulira make them pass (an original scored on the pool's forget
+    set, which it was trained on); a model without a sidecar is taken on the flags' word with a warning; a
+    sidecar of another checkpoint is refused."""
+    for model, flags in [("half1", ["--keep-half", 1]), ("original", ["--forget-class", "beta"]),
+                         ("no_beta", ["--forget-class", "beta"])]:
+        r = outputs(tiny, tiny / f"{model}.pth", tmp_path / f"{model}.npz", *flags)
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    shutil.copy(tiny / "half1.pth", tmp_path / "bare.pth")
+    r = outputs(tiny, tmp_path / "bare.pth", tmp_path / "bare.npz", "--keep-half", 0)
+    assert r.returncode == 0 and (tmp_path / "bare.npz").exists()
+    assert f"warning: {tmp_path / 'bare.pth'} has no sidecar" in r.stderr
+    shutil.copy(tiny / "original.json", tmp_path / "bare.json")  # the sidecar of another checkpoint
+    r = outputs(tiny, tmp_path / "bare.pth", tmp_path / "bare.npz", "--forget-class", "beta")
+    assert_clean_error(r, "describes another checkpoint")

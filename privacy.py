@@ -7,11 +7,14 @@
 
 A pool folder holds one subfolder per group of models, `retrain/` (the reference: trained without the forget set,
 seeds 0..N-1), `original/` and one per unlearning method, each model `s<k>.pth` with its outputs `s<k>.npz` (see
-`write_outputs` for the format). Every score compares a group's first N/2 models with the retrained models
-N/2..N-1; the retrained models 0..N/2-1 against the same reference give the ceiling (retrain vs retrain).
+`write_outputs` for the format; every .npz of a group folder is a model's, named exactly so, and checked
+whole by read_outputs before any score). Every score compares a group's first N/2 models with the retrained
+models N/2..N-1; the retrained models 0..N/2-1 against the same reference give the ceiling (retrain vs
+retrain).
 A halves pool (`make ulira`) is U-LiRA's own design instead: `original/h<k>` trained on the random half k of the
 train set, `<method>/h<k>_f<j>` that model after forgetting the random forget set j drawn inside its half,
-`retrain/h<k>_f<j>` the half without it; scored by U-LiRA with each half's models held out in turn.
+`retrain/h<k>_f<j>` the half without it; scored by U-LiRA with each half's models held out in turn. A pool
+holds one kind of model files; `outputs` checks the model's sidecar against its flags (check_made_with).
 """
 import argparse
 import dataclasses

@@ -552,7 +552,8 @@ def test_outputs_replace_only_this_models_outputs(tiny, tmp_path, monkeypatch):
     with np.load(out) as z:
         assert z["source_sha256"].dtype.kind == "U"  # a unicode string array: no pickle
         assert str(z["source_sha256"]) == sha256_file(tiny / "no_beta.pth")
-        assert str(z["source"]) == str(tiny / "no_beta.pth") and len(str(z["split_sha256"])) == 64
+        assert str(z["source"]) == os.path.realpath(tiny / "no_beta.pth")
+        assert len(str(z["split_sha256"])) == 64
     before = out.read_bytes()
     with monkeypatch.context() as m:
         m.setattr(privacy, "write_outputs", lambda *args: pytest.fail("made the outputs again"))

@@ -474,7 +474,7 @@ def read_indices(path):
         raise ValueError(f"--forget-indices {path}: not a list of integers ({e})") from None
     if indices.dtype.kind not in "biuf" or (indices.dtype.kind == "f" and not (
             np.isfinite(indices).all() and np.array_equal(indices, np.round(indices)))):
-        raise ValueError(f"--forget-indices {path} holds values that are not integers ({indices.dtype}); give train "
+        raise ValueError(f"--forget-indices {path} holds non-integer values ({indices.dtype}); give train "
                          f"indices, or a boolean mask over the train set")
     if indices.size == 0 or (indices.dtype.kind == "b" and not indices.any()):
         raise ValueError(f"--forget-indices {path} holds no index; give at least one train index to forget")

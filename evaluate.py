@@ -329,9 +329,16 @@ def strip_losses(metrics, keep=()):
 
 
 def evaluated_files(args):
-    """Every file an evaluation reads: the checkpoints (sidecars go with them), and a SISA manifest's folder."""
+    """Every file an evaluation reads: the checkpoints (sidecars go with them), and the members a SISA manifest
+    names (a manifest that cannot be read is refused later, when it is loaded)."""
     paths = [p for p in [args.retrained, *args.model] if p]
-    return paths + [os.path.dirname(os.path.abspath(p)) for p in paths if p.endswith(".json")]
+    for manifest in [p for p in paths if p.endswith(".json") and os.path.isfile(p)]:
+        try:
+            members = read_json(manifest).get("members") or []
+            paths += [os.path.join(os.path.dirname(manifest), m) for m in members if isinstance(m, str)]
+        except (ValueError, OSError, AttributeError):
+            pass
+    return paths
 
 
 def parse_args(argv=None):

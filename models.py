@@ -278,7 +278,9 @@ def read_checkpoint(path, name):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only met a class: a pickled model object, not a state_dict
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        raise ValueError(f"{name}: holds a pickled object{f' ({found.group(1)})' if found else ''}, not a state_dict, "
+        if not found:  # not a pickle of an object at all: garbage, or another format
+            raise ValueError(f"{name}: not a PyTorch checkpoint (UnpicklingError)") from None
+        raise ValueError(f"{name}: holds a pickled object ({found.group(1)}), not a state_dict, "
                          f"and loading it could run code; save the weights with torch.save(model.state_dict(), "
                          f"path)") from None
     except RuntimeError as e:

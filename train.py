@@ -351,7 +351,7 @@ def read_manifest(path):
     """A SISA manifest (train.py --sisa, unlearn.py --method sisa) with what unlearning reads checked: (manifest, its
     recipe's config, its SisaConfig, the slice checkpoints it names). A hand-edited or foreign file is one line."""
     manifest = read_json(path)
-    where = f"{path} (a SISA manifest)"
+    where = f"{path} is not a SISA manifest of this project as written"
     if not isinstance(manifest, dict) or manifest.get("recipe") not in RECIPES:
         raise ValueError(f"{path} is not a SISA manifest of this project (no recipe); write one with train.py --sisa")
     cfg = config_from_json(RECIPES[manifest["recipe"]], manifest.get("config"), where)

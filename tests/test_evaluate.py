@@ -61,9 +61,9 @@ def test_cli_table_json_and_gap_to_the_retrained_model(cifar_jpeg, data_dir, tra
 def test_cli_refuses_bad_checkpoints_without_writing(cifar_jpeg, data_dir, tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(b"\x00garbage")
     save_model(str(tmp_path / "c100.pth"), build_model("resnet20", 100), {})
-    (tmp_path / "out.json").write_text("keep")
+    (tmp_path / "out.json").write_text('{"kind": "evaluation", "keep": 1}')  # an earlier evaluation's: replaceable
     common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--device", "cpu", "--json", tmp_path / "out.json"]
     for model, message in [("corrupt.pth", "not a PyTorch checkpoint"), ("missing.pth", "not found"),
                            ("c100.pth", "with 100 classes, expected resnet20 with 10")]:
         assert_clean_error(run_script("evaluate.py", "--model", tmp_path / model, *common), message)
-    assert (tmp_path / "out.json").read_text() == "keep"
+    assert (tmp_path / "out.json").read_text() == '{"kind": "evaluation", "keep": 1}'

@@ -130,10 +130,10 @@ def test_forget_indices_as_a_user_writes_them(toy):
     with pytest.raises(ValueError, match="too large to be a train index"):
         data.indices_in(data.read_indices(str(tmp / "huge.txt")), n)
     np.save(tmp / "words.npy", np.array(["a", "b"]))
-    with pytest.raises(ValueError, match="not integers"):
+    with pytest.raises(ValueError, match="non-integer values"):
         data.read_indices(str(tmp / "words.npy"))
     np.save(tmp / "nan.npy", np.array([1.0, np.nan]))
-    with pytest.raises(ValueError, match="not integers"):
+    with pytest.raises(ValueError, match="non-integer values"):
         data.read_indices(str(tmp / "nan.npy"))
     with pytest.raises(ValueError, match=r"\[12\] ... are not train indices"):
         data.indices_in(np.array([3, 12]), n)

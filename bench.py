@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-from cli import check_out, json_of_kind, run, write_json
-from data import (Loader, add_data_args, color_jitter, device_name, draw_rotate_jitter, load_dataset, positive_int,
-                  rotate, split_from_args)
-from evaluate import eval_batch_size, pick_device, predict
+from cli import add_runtime_args, check_out, eval_batch_size, json_of_kind, pick_device, positive_int, run, write_json
+from data import Loader, add_data_args, color_jitter, draw_rotate_jitter, load_dataset, rotate, split_from_args
+from evaluate import predict
 from models import ARCHS, build_model, to_device
 from train import TrainConfig, train_epoch
-from unlearn import METHODS, importance_batch, importance_per_sample
+from methods import importance_batch, importance_per_sample
+from unlearn import METHODS
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -41,7 +41,7 @@ class PilDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def plain_loader(data, indices, train_set, batch_size, augment, workers, shuffle):
+def plain_loader(data, indices, *, train_set, batch_size, augment, workers, shuffle):
     x, y = (data.train_x, data.train_y) if train_set else (data.test_x, data.test_y)
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
     transform = T.Compose(steps + [T.ToTensor(), T.Normalize(data.mean, data.std)])
@@ -130,7 +130,8 @@ def method_rows(model, data, retain, forget, device, amp):
             continue
         fields = {f.name for f in dataclasses.fields(config_class)}
         cfg = config_class(**{k: v for k, v in {"epochs": 1, "max_epochs": 1}.items() if k in fields})
-        loaders = [Loader(data, idx, True, getattr(cfg, key, 128), device, name != "ssd")
+        loaders = [Loader(data, idx, train_set=True, batch_size=getattr(cfg, key, 128), device=device,
+                          shuffle=name != "ssd")
                    for idx, key in ((retain, "batch_size"), (forget, "forget_batch_size"))]
         def run_method():
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -147,9 +148,6 @@ def method_rows(model, data, retain, forget, device, amp):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="resnet18", choices=list(ARCHS), help="architecture (default: resnet18)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="our path's precision; the plain path is always fp32 (default: auto)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader workers of the plain path (default: min(8, cores))")
     parser.add_argument("--per-sample", type=positive_int, default=256,
@@ -157,6 +155,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="runs/bench.json", help="JSON results (default: runs/bench.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that bench.py did not "
                         "write (default: refuse)")
+    add_runtime_args(parser, seed=None)  # our path's precision; the plain path is always fp32
     add_data_args(parser)
     return parser.parse_args(argv)
 
@@ -174,21 +173,29 @@ def main(argv=None):
     optimizer, plain_optimizer = cfg.optimizer(model)[0], cfg.optimizer(plain_model)[0]
     n_train, n_test, few = len(split.retain), len(split.test), split.retain[:args.per_sample]
     print(f"{args.arch} on {data.name}, {device}\n\n| Measure | Images | Ours (img/s) | Plain (img/s) | Speed-up |\n|---|---|---|---|---|")
-    ours_train = Loader(data, split.retain, True, cfg.batch_size, device, True, "crop-flip")
-    ours_test = Loader(data, split.test, False, eval_batch_size(device), device)
-    plain_train = plain_loader(data, split.retain, True, cfg.batch_size, True, args.workers, True)
-    plain_test = plain_loader(data, split.test, False, cfg.batch_size, False, args.workers, False)
+    ours_train = Loader(data, split.retain, train_set=True, batch_size=cfg.batch_size, device=device, shuffle=True,
+                        augment="crop-flip")
+    ours_test = Loader(data, split.test, train_set=False, batch_size=eval_batch_size(device), device=device)
+    plain_train = plain_loader(data, split.retain, train_set=True, batch_size=cfg.batch_size, augment=True,
+                               workers=args.workers, shuffle=True)
+    plain_test = plain_loader(data, split.test, train_set=False, batch_size=cfg.batch_size, augment=False,
+                              workers=args.workers, shuffle=False)
     rows = [
         measure("train epoch", n_train, lambda: train_epoch(model, ours_train, optimizer, amp=amp),
                 lambda: plain_train_epoch(plain_model, plain_train, plain_optimizer, device), device),
         measure("evaluate test set", n_test, lambda: predict(model, ours_test, amp),
                 lambda: plain_evaluate(plain_model, plain_test, device), device),
         measure("SSD importance (batch 64)", n_train,
-                lambda: importance_batch(model.eval(), Loader(data, split.retain, True, 64, device)),
-                lambda: plain_importance(plain_model, plain_loader(data, split.retain, True, 64, False, args.workers, False), device), device),
+                lambda: importance_batch(model.eval(), Loader(data, split.retain, train_set=True, batch_size=64,
+                                                              device=device)),
+                lambda: plain_importance(plain_model, plain_loader(
+                    data, split.retain, train_set=True, batch_size=64, augment=False, workers=args.workers,
+                    shuffle=False), device), device),
         measure("SSD importance (per-sample)", len(few),
-                lambda: importance_per_sample(model.eval(), Loader(data, few, True, 64, device)),
-                lambda: plain_importance(plain_model, plain_loader(data, few, True, 1, False, 0, False), device), device),
+                lambda: importance_per_sample(model.eval(), Loader(data, few, train_set=True, batch_size=64,
+                                                                   device=device)),
+                lambda: plain_importance(plain_model, plain_loader(
+                    data, few, train_set=True, batch_size=1, augment=False, workers=0, shuffle=False), device), device),
     ]
     images = ours_test.images[:args.per_sample].float() / 255  # the recipe augments [0, 1] images before resizing
     generator = torch.Generator(device=device).manual_seed(0)

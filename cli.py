@@ -1,23 +1,26 @@
-"""What every script needs at its edges: one error boundary, files written whole, JSON read with its name, locks.
+"""Every script's edges in one place: the error boundary, files written whole, outputs checked, JSON read with its
+name, locks, flags (their types and a config's flags), the device and precision, progress on a terminal.
 
     python -c "import cli; cli.run(lambda: open('missing.pth'))"    # error: [Errno 2] ... 'missing.pth'
 
 Expected failures are bad input (ValueError, argparse's own exit), missing or unreadable files and full or
 read-only disks (OSError), running out of GPU memory, and Ctrl-C: each is one line on stderr naming the file or
 flag and what to do, with a non-zero exit (1; 130 for Ctrl-C). Anything else is a bug in this project: its
-traceback is shown, followed by a line asking to report it. The scripts raise ValueError / OSError with messages
-that name the file or flag, so that this one place can print them as they are.
+traceback is shown, followed by a line asking to report it. torch is imported only where a device is chosen, so
+that report.py, which reads JSON, starts without it.
 """
+import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import sys
 import tempfile
+import time
 import traceback
 
 import numpy as np
-import torch
 
 TEMP = ".tmp-"  # atomic_write's temp files: .tmp-<pid>-<random>
 
@@ -34,12 +37,12 @@ def run(main, interrupted="interrupted; nothing was written"):
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         sys.exit(130)
-    except torch.cuda.OutOfMemoryError:
-        sys.exit("error: out of GPU memory; run fewer jobs at once on this GPU (make's JOBS) or use another --device "
-                 "(a smaller batch size would change the published recipe)")
     except (ValueError, OSError, OutOfGPUMemory) as e:
         sys.exit(f"error: {e}")
-    except Exception:
+    except Exception as e:
+        if type(e).__name__ == "OutOfMemoryError" and type(e).__module__.startswith("torch"):  # torch, not imported
+            sys.exit("error: out of GPU memory; run fewer jobs at once on this GPU (make's JOBS) or use another "
+                     "--device (a smaller batch size would change the published recipe)")
         traceback.print_exc()
         sys.exit("error: this is a bug in this project, not in your input: please report it with the command and "
                  "the traceback above")
@@ -167,7 +170,7 @@ def read_json(path):
 
 def to_json(obj):
     """JSON for numpy scalars/arrays and tensors met in configs and metrics."""
-    if isinstance(obj, (np.ndarray, np.generic, torch.Tensor)):
+    if isinstance(obj, (np.ndarray, np.generic)) or type(obj).__module__.startswith("torch"):  # a tensor
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
@@ -202,3 +205,190 @@ def lock(path, wait=False):
     finally:
         os.unlink(lock_path)
         f.close()
+
+
+# ----------------------------------------------------------------------------- flags
+
+# The values a float flag may take, by field name (a learning rate is positive in every recipe and method); other
+# floats are finite and non-negative unless their field says otherwise. NaN and inf are refused everywhere.
+INTERVALS = {"lr": "(0, inf)", "lr_fc": "(0, inf)", "momentum": "[0, 1)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+             "val_fraction": "[0, 1)", "temperature": "(0, inf)"}
+
+
+def positive_int(text):
+    if not text.lstrip("-").isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def non_negative_int(text):
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def positive_ints(text):
+    """'8,7,6,5,4' -> (8, 7, 6, 5, 4)."""
+    return tuple(positive_int(t) for t in text.split(","))
+
+
+def float_in(interval):
+    """An argparse type: a finite float inside `interval`, written "[0, 1)" (a bracket includes the end). Finite
+    means representable in float32, the weights' type (torch cannot step with an lr of 1e39)."""
+    lo, hi = (float(end) for end in interval[1:-1].split(","))
+
+    def parse(text):
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (abs(x) <= float(np.finfo(np.float32).max) and (lo < x or (interval[0] == "[" and x == lo))
+                and (x < hi or (interval[-1] == "]" and x == hi))):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
+        return x
+    return parse
+
+
+def device_name(text):
+    """--device: auto, cpu, cuda or cuda:N (whether that CUDA device exists is checked where it is used)."""
+    kind, _, index = text.partition(":")
+    if text == "auto" or (kind in ("cpu", "cuda") and (not index or (index.isdigit() and kind == "cuda"))):
+        return text
+    raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def add_runtime_args(parser, precision="auto", seed="seed of batch order, augmentation, random draws"):
+    """--device, --precision and --seed, spelled and checked the same in every script. precision: the default
+    (auto: bf16 autocast on CUDA, fp32 on a CPU; fp32 where the published numbers are fp32), or None where the
+    script's numbers must be fp32 (verify_published.py); seed: its help, or None where the seed is a recipe's
+    field (train.py) or there is none."""
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    if precision:
+        g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=precision, help="bf16: autocast "
+                       "with fp32 weights and optimizer state; fp32: IEEE fp32 (on CUDA too, not TF32); auto: bf16 "
+                       f"on CUDA, fp32 on a CPU (default: {precision})")
+    if seed:
+        g.add_argument("--seed", type=non_negative_int, default=0, help=f"{seed} (default: 0)")
+    return parser
+
+
+def field_type(f):
+    """The argparse type of a config field: what its flag accepts (positive ints, floats in the field's interval,
+    comma-separated positive ints for a tuple, the string itself)."""
+    if isinstance(f.default, tuple):
+        return positive_ints
+    if isinstance(f.default, int):
+        return {1: positive_int, 0: non_negative_int}[f.metadata.get("minimum", 1)]
+    if isinstance(f.default, float):
+        return float_in(f.metadata.get("interval", INTERVALS.get(f.name, "[0, inf)")))
+    return type(f.default)
+
+
+def add_config_args(parser, config_class, defaults=None):
+    """One flag per field of a config dataclass, its help naming the paper's symbol and the published default.
+    defaults: {field: value} where the official code sets another value for the case at hand."""
+    group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.split(chr(10))[0].rstrip('.')}")
+    for f in dataclasses.fields(config_class):
+        meta, default = f.metadata, (defaults or {}).get(f.name, f.default)
+        kwargs = {"dest": f.name, "default": default, "help": f"{meta['help']} (default: {default})"}
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            group.add_argument(flag, type=field_type(f), choices=meta.get("choices"), **kwargs)
+
+
+def config_from_args(config_class, args):
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+
+
+def config_from_json(config_class, values, source):
+    """A config from a JSON dict (a manifest's): every field there, of its type and accepted by its flag's checks,
+    else one line naming the file and the field (a hand-edited file must not reach the training as a string)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: its {config_class.__name__} is not a JSON object; write the file again with "
+                         f"this project's scripts")
+    kwargs = {}
+    for f in dataclasses.fields(config_class):
+        value, kind = values.get(f.name), type(f.default)
+        ok = (isinstance(value, bool) if kind is bool else isinstance(value, (list, tuple)) if kind is tuple else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, kind) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{source}: {f.name} is {value!r}, not of type {kind.__name__}; write the file again "
+                             f"with this project's scripts")
+        text = ",".join(map(str, value)) if kind is tuple else str(value)
+        try:
+            kwargs[f.name] = value if kind is bool else field_type(f)(text)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise ValueError(f"{source}: {f.name} {e}") from None
+        if f.metadata.get("choices") and kwargs[f.name] not in f.metadata["choices"]:
+            raise ValueError(f"{source}: {f.name} is {value!r}; one of {', '.join(f.metadata['choices'])}")
+    return config_class(**kwargs)
+
+
+# ----------------------------------------------------------------------------- device and precision
+
+def pick_device(name="auto", precision="auto"):
+    """The one place device and precision are chosen, printed once. Returns (device, amp): amp is the autocast
+    dtype (bfloat16 on CUDA by default: fp32 weights and optimizer state, bf16 matmuls) or None for fp32, which
+    on CUDA is IEEE fp32 (cuDNN's default would be TF32 convolutions)."""
+    import torch
+    from methods import set_ieee_fp32
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), 0 to "
+                         f"{torch.cuda.device_count() - 1}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    amp = torch.bfloat16 if precision == "bf16" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the fastest kernels for each batch shape, chosen once
+        set_ieee_fp32(amp is None)
+    detail = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({detail}), {'bf16 autocast' if amp else 'fp32'}", file=sys.stderr)
+    return device, amp
+
+
+def eval_batch_size(device):
+    """Large batches fill a GPU; on a CPU, 128 keeps activations in cache (3.3x faster than 1000 for resnet20 on
+    2 cores, measured with bench.py's evaluation row)."""
+    return 1000 if device.type == "cuda" else 128
+
+
+# ----------------------------------------------------------------------------- progress
+
+class Progress:
+    """A loader's batches, and on a terminal a line on stderr saying how far the pass has gone ("label 12/352"),
+    redrawn at most twice a second. It reads no tensor, so it adds no host sync; silent when stderr is no terminal."""
+
+    def __init__(self, loader, label):
+        self.loader, self.label = loader, label
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        if not sys.stderr.isatty():
+            yield from self.loader
+            return
+        shown = 0.0
+        for i, batch in enumerate(self.loader, 1):
+            if time.monotonic() - shown > 0.5:
+                print(f"\r{self.label} {i}/{len(self.loader)}", end="", file=sys.stderr, flush=True)
+                shown = time.monotonic()
+            yield batch
+        print("\r\x1b[K", end="", file=sys.stderr, flush=True)

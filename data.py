@@ -16,7 +16,6 @@ import pickle
 import re
 import sys
 import tarfile
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from cli import atomic_write, run
+from cli import atomic_write, float_in, non_negative_int, positive_int, run
 
 # Per-channel mean and std used by the recipe's Normalize (the CIFAR-10 values are the model card's).
 STATS = {
@@ -621,12 +620,13 @@ AUGMENT = {"crop-flip": crop_flip, "rotate-jitter": rotate_jitter_crop_flip}
 
 
 class Loader:
-    """Normalised (images, labels) batches of `images[indices]`, on `device`. shuffle: a fresh permutation every
+    """Normalised (images, labels) batches of the train (train_set=True) or test images at `indices`, on `device`,
+    batch_size at a time. shuffle: a fresh permutation every
     pass; augment: None or a key of AUGMENT; size: upsample to size x size (224 for ImageNet models); shard:
     (rank, world size) under DistributedDataParallel; channels_last: batches in NHWC memory order, which cuDNN's
     fastest convolutions want (default: on CUDA). The last partial batch is kept, as in a DataLoader."""
 
-    def __init__(self, data, indices, train_set, batch_size, device="cpu", shuffle=False, augment=None, seed=0,
+    def __init__(self, data, indices, *, train_set, batch_size, device="cpu", shuffle=False, augment=None, seed=0,
                  size=None, shard=None, channels_last=None):
         x, y = (data.train_x, data.train_y) if train_set else (data.test_x, data.test_y)
         self.images = torch.from_numpy(x[indices]).permute(0, 3, 1, 2).contiguous().to(device)
@@ -656,32 +656,6 @@ class Loader:
             yield x, self.labels[idx][self.rank::self.world]
 
 
-class Progress:
-    """A loader's batches, and on a terminal a line on stderr saying how far the pass has gone ("label 12/352"),
-    redrawn at most twice a second. It reads no tensor, so it adds no host sync; silent when stderr is no terminal."""
-
-    def __init__(self, loader, label):
-        self.loader, self.label = loader, label
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
-
-    def __iter__(self):
-        if not sys.stderr.isatty():
-            yield from self.loader
-            return
-        shown = 0.0
-        for i, batch in enumerate(self.loader, 1):
-            if time.monotonic() - shown > 0.5:
-                print(f"\r{self.label} {i}/{len(self.loader)}", end="", file=sys.stderr, flush=True)
-                shown = time.monotonic()
-            yield batch
-        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- command line
 
 def add_data_args(parser):
@@ -704,45 +678,6 @@ def add_data_args(parser):
     g.add_argument("--test-subset", type=positive_int, default=None,
                    help="use the first N test images of each class (default: all)")
     return parser
-
-
-def positive_int(text):
-    if not text.lstrip("-").isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def non_negative_int(text):
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return int(text)
-
-
-def device_name(text):
-    """--device: auto, cpu, cuda or cuda:N (whether that CUDA device exists is checked where it is used)."""
-    try:
-        if text == "auto" or torch.device(text).type in ("cpu", "cuda"):
-            return text
-    except RuntimeError:
-        pass
-    raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, got {text!r}")
-
-
-def float_in(interval):
-    """An argparse type: a finite float inside `interval`, written "[0, 1)" (a bracket includes the end). Finite
-    means representable in float32, the weights' type (torch cannot step with an lr of 1e39)."""
-    lo, hi = (float(end) for end in interval[1:-1].split(","))
-
-    def parse(text):
-        try:
-            x = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (abs(x) <= float(np.finfo(np.float32).max) and (lo < x or (interval[0] == "[" and x == lo))
-                and (x < hi or (interval[-1] == "]" and x == hi))):
-            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
-        return x
-    return parse
 
 
 def split_from_args(args, data, val_fraction=None):

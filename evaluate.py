@@ -22,74 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import atomic_write, check_out, json_of_kind, read_json, run, text_of_kind, write_json
-from data import (Loader, Progress, add_data_args, describe_split, device_name, load_dataset, positive_int,
-                  split_from_args)
+from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind, pick_device,
+                 positive_int, read_json, run, text_of_kind, write_json)
+from data import Loader, add_data_args, describe_split, load_dataset, split_from_args
+from methods import ieee_fp32
 from models import Ensemble, input_size, load_model, to_device
-
-
-def pick_device(name="auto", precision="auto"):
-    """The one place device and precision are chosen, printed once. Returns (device, amp): amp is the autocast
-    dtype (bfloat16 on CUDA by default: fp32 weights and optimizer state, bf16 matmuls) or None for fp32."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), 0 to "
-                         f"{torch.cuda.device_count() - 1}")
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    amp = torch.bfloat16 if precision == "bf16" else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # the fastest kernels for each batch shape, chosen once
-        set_ieee_fp32(amp is None)  # fp32 means IEEE fp32, not cuDNN's default TF32 convolutions
-    detail = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device: {device} ({detail}), {'bf16 autocast' if amp else 'fp32'}", file=sys.stderr)
-    return device, amp
-
-
-def set_ieee_fp32(ieee):
-    """CUDA's fp32 convolutions and matmuls: IEEE fp32 (ieee=True) or TF32 (10-bit mantissa, cuDNN's default for
-    convolutions). Returns the previous settings, for restore_fp32. A CPU ignores these flags."""
-    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
-        previous = ("api", torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
-        torch.backends.cudnn.conv.fp32_precision = "ieee" if ieee else "tf32"
-        torch.backends.cuda.matmul.fp32_precision = "ieee" if ieee else "tf32"
-    else:  # torch before 2.9
-        previous = ("legacy", torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not ieee
-    return previous
-
-
-def restore_fp32(previous):
-    kind, conv, matmul = previous
-    if kind == "api":
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
-    else:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
-
-
-@contextlib.contextmanager
-def ieee_fp32():
-    """Inside: fp32 convolutions and matmuls in IEEE fp32 on CUDA; the settings before are restored after."""
-    previous = set_ieee_fp32(True)
-    try:
-        yield
-    finally:
-        restore_fp32(previous)
-
-
-def eval_batch_size(device):
-    """Large batches fill a GPU; on a CPU, 128 keeps activations in cache (3.3x faster than 1000 for resnet20 on
-    2 cores, measured with bench.py's evaluation row)."""
-    return 1000 if device.type == "cuda" else 128
+from report import CARD_HEADER, card_table, format_per_class, format_table, in_words
 
 
 @torch.no_grad()
@@ -175,19 +113,20 @@ def evaluate_model(model, data, split, device, batch_size=None, mia=False, amp=N
     train-retain summaries, per-class accuracy, confusion matrix and (optionally) the MIA.
     batch_size: eval_batch_size(device) when None; amp: autocast dtype of the forward passes, or None (fp32)."""
     batch_size = batch_size or eval_batch_size(device)
-    def run(indices, train_set, label):
-        loader = Loader(data, indices, train_set, batch_size, device, size=input_size(model))
+    def predict_set(indices, label, train_set):
+        loader = Loader(data, indices, train_set=train_set, batch_size=batch_size, device=device,
+                        size=input_size(model))
         return predict(model, Progress(loader, f"evaluating {label}"), amp)
 
-    logits, labels = run(split.test, False, "test")
+    logits, labels = predict_set(split.test, "test", train_set=False)
     in_forget = torch.from_numpy(np.isin(split.test, split.test_forget))
     confusion = confusion_matrix(logits, labels, len(data.classes))
     metrics = {
         "test": summarize(logits, labels),
         "test_forget": summarize(logits[in_forget], labels[in_forget]),
         "test_retain": summarize(logits[~in_forget], labels[~in_forget]),
-        "train_forget": summarize(*run(split.forget, True, "train forget")) if len(split.forget) else None,
-        "train_retain": summarize(*run(split.retain, True, "train retain")),
+        "train_forget": summarize(*predict_set(split.forget, "train forget", train_set=True)) if len(split.forget) else None,
+        "train_retain": summarize(*predict_set(split.retain, "train retain", train_set=True)),
         "per_class": (100 * confusion.diagonal() / np.maximum(confusion.sum(1), 1)).tolist(),
         "confusion": confusion.tolist(),
         "mia": None,
@@ -203,7 +142,8 @@ def evaluate_model(model, data, split, device, batch_size=None, mia=False, amp=N
 def member_mia(model, data, split, device, batch_size, amp=None):
     """The MIA of one ensemble member (a SISA shard model) on the same forget / non-member sets."""
     def losses(indices, train_set):
-        loader = Loader(data, indices, train_set, batch_size, device, size=input_size(model))
+        loader = Loader(data, indices, train_set=train_set, batch_size=batch_size, device=device,
+                        size=input_size(model))
         return summarize(*predict(model, loader, amp))["losses"]
     return mia_score(losses(split.forget, True), losses(split.test_forget if len(split.test_forget) else split.test, False))
 
@@ -227,99 +167,6 @@ def load_evaluable(path, num_classes, aggregate=None):
     folder = os.path.dirname(path)
     members = [load_model(os.path.join(folder, m), num_classes=num_classes) for m in manifest["members"]]
     return Ensemble(members, aggregate or manifest["aggregate"])
-
-
-def headline(metrics):
-    """The published columns: forget / retain class on the test set (class-wise), else the train forget / retain sets."""
-    if metrics["test_forget"]:
-        return metrics["test_forget"], metrics["test_retain"]
-    return metrics["train_forget"], metrics["test_retain"]
-
-
-def avg_gap(metrics, reference):
-    """Mean |difference| to the retrained model over forget acc, retain acc, test acc and MIA (x100),
-    the 'Avg. Gap' of Fan et al. (SalUn, 2024)."""
-    pairs = [(headline(metrics)[0], headline(reference)[0]), (headline(metrics)[1], headline(reference)[1]),
-             (metrics["test"], reference["test"])]
-    gaps = [abs(a["acc"] - b["acc"]) for a, b in pairs if a and b]
-    if metrics["mia"] is not None and reference["mia"] is not None:
-        gaps.append(100 * abs(metrics["mia"] - reference["mia"]))
-    return float(np.mean(gaps))
-
-
-def cell(summary):
-    return "-" if summary is None else f"{summary['acc']:.2f}% ({summary['loss']:.3f})"
-
-
-def format_table(rows, reference=None):
-    """Markdown table, one row per (name, metrics); with a reference (the retrained model), its gap."""
-    lines = ["| Model | Forget acc (loss) | Retain acc (loss) | Test top-1 | Test top-5 | Train forget acc | "
-             "Train retain acc | MIA | Avg gap | Seconds |", "|" + "---|" * 10]
-    for name, m in rows:
-        forget, retain = headline(m)
-        mia = "-" if m["mia"] is None else f"{m['mia']:.3f}"
-        if m.get("member_mia"):
-            mia += f" (shards {np.mean(m['member_mia']):.3f})"
-        gap = "-" if reference is None else f"{avg_gap(m, reference):.2f}"
-        train_forget = "-" if m["train_forget"] is None else f"{m['train_forget']['acc']:.2f}%"
-        seconds = f"{m['seconds']:.1f}" if m.get("seconds") is not None else "-"
-        lines.append(f"| {name} | {cell(forget)} | {cell(retain)} | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% "
-                     f"| {train_forget} | {m['train_retain']['acc']:.2f}% | {mia} | {gap} | {seconds} |")
-    return "\n".join(lines)
-
-
-def in_words(rows, name, retrained):
-    """The table's message in sentences: how well each model knows the forgotten class against the others, and
-    what the MIA says (0.5: its forget images look like images it never saw)."""
-    lines = [f"In words ({name} is the class to forget; accuracies on the test set):"]
-    for path, m in rows:
-        forget, retain = m["test_forget"]["acc"], m["test_retain"]["acc"]
-        role = "the retrained model (never saw it)" if path == retrained else os.path.basename(str(path))
-        verdict = ("does not recognise it: forgotten, or never learnt" if forget < max(retain / 4, 5) else
-                   "recognises it" if forget > retain / 2 else "recognises it less than the other classes")
-        mia = "" if m["mia"] is None else (f"; MIA {m['mia']:.2f} ({'about' if abs(m['mia'] - 0.5) < 0.05 else 'not'}"
-                                           f" 0.5: an attacker {'cannot' if abs(m['mia'] - 0.5) < 0.05 else 'can'}"
-                                           f" tell its {name} training images from unseen ones)")
-        lines.append(f"- {role}: {name} {forget:.1f}%, the other classes {retain:.1f}%: it {verdict}{mia}.")
-    return "\n".join(lines)
-
-
-def format_per_class(rows, classes):
-    lines = ["| Class | " + " | ".join(name for name, _ in rows) + " |", "|" + "---|" * (len(rows) + 1)]
-    lines += [f"| {c} | " + " | ".join(f"{m['per_class'][i]:.1f}%" for _, m in rows) + " |" for i, c in enumerate(classes)]
-    return "\n".join(lines)
-
-
-CARD_HEADER = "| Model | Forget Class | Forget class acc(loss) | Retain class acc(loss) | MIA |\n|---|---|---|---|---|"
-
-
-def forget_label(meta):
-    """What a sidecar's split forgot: the class name, or 'random N' for sample forgetting."""
-    return meta["split"]["forget_class"] or f"random {meta['split']['n_forget']}"
-
-
-def card_row(meta, name):
-    """One row of the model cards' table, in their layout (acc (loss), no % sign), plus the MIA, from the JSON
-    sidecar that unlearn.py writes."""
-    if not meta.get("metrics"):
-        raise ValueError(f"{name} holds no metrics (made with --no-eval?)")
-    forget, retain = headline(meta["metrics"])
-    mia = "-" if meta["metrics"]["mia"] is None else f"{meta['metrics']['mia']:.3f}"
-    return (f"| `{name}` | {forget_label(meta)} | {forget['acc']:.2f} ({forget['loss']:.3f}) | {retain['acc']:.2f} "
-            f"({retain['loss']:.3f}) | {mia} |")
-
-
-def card_table(sidecars):
-    """The model cards' per-class table (Model | Forget Class | Forget class acc(loss) | Retain class acc(loss)),
-    plus MIA, from the JSON sidecars that unlearn.py writes."""
-    rows = []
-    for path in sidecars:
-        meta = read_json(path)
-        if not isinstance(meta, dict) or "method" not in meta:
-            raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table reads those of unlearned "
-                             f"models")
-        rows.append(card_row(meta, os.path.splitext(os.path.basename(path))[0] + ".pth"))
-    return "\n".join([CARD_HEADER, *rows]) + "\n"
 
 
 def strip_losses(metrics, keep=()):
@@ -362,9 +209,7 @@ def parse_args(argv=None):
                         "test forget sets, what the MIA sees (default: off)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="evaluation batch size (default: 1000 on a GPU, 128 on a CPU)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="forward passes: fp32, as the "
-                        "published losses; bf16 autocast is faster on GPUs but rounds the losses (default: fp32)")
+    add_runtime_args(parser, precision="fp32", seed=None)  # fp32 (IEEE): the published losses are
     add_data_args(parser)
     return parser.parse_args(argv)
 

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import atomic_write, check_out, json_of_kind, read_json, run, write_json
-from data import (Loader, Progress, add_data_args, describe_split, device_name, load_dataset,
-                  non_negative_int, split_from_args, subset_indices)
-from evaluate import eval_batch_size, mia_score, pick_device, predict
+from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind,
+                 non_negative_int, pick_device, read_json, run, write_json)
+from data import Loader, add_data_args, describe_split, load_dataset, split_from_args, subset_indices
+from evaluate import mia_score, predict
 from models import fetch, input_size, is_remote, load_model, sha256_file, sidecar_path, to_device
 
 # The competition's scorer (Triantafillou et al., arXiv 2406.09073; google-deepmind/unlearning_evaluation metric.py)
@@ -77,7 +77,7 @@ def outputs_plan(split, retain_size, every=None):
     return {key: np.asarray(value, dtype=np.int64) for key, value in plan.items()}
 
 
-def write_outputs(path, model, data, split, device, retain_size, every=None, stamp=None):
+def write_outputs(path, model, data, split, device, retain_size, every=None, stamp=None, amp=None):
     """One model's logits on the pool's examples, as an .npz of plain arrays (np.load(path) reads it without pickle):
     for each set S of forget (the train forget set), retain (a fixed sample of the train retain set) and test
     (the test set): S_logits (examples x classes, float32), S_labels and S_index (indices into the dataset's train
@@ -93,8 +93,9 @@ def write_outputs(path, model, data, split, device, retain_size, every=None, sta
     arrays = {"forget_class": plan["forget_class"]}
     for name, (indices, train_set) in sets.items():
         if len(indices):
-            loader = Loader(data, indices, train_set, eval_batch_size(device), device, size=input_size(model))
-            logits, labels = predict(model, Progress(loader, f"outputs on {name}"))
+            loader = Loader(data, indices, train_set=train_set, batch_size=eval_batch_size(device), device=device,
+                            size=input_size(model))
+            logits, labels = predict(model, Progress(loader, f"outputs on {name}"), amp)
         else:  # an original of a halves pool forgets nothing
             logits, labels = torch.zeros(0, len(data.classes)), torch.zeros(0, dtype=torch.int64)
         arrays.update({f"{name}_logits": logits.numpy().astype(np.float32, copy=False),
@@ -677,7 +678,7 @@ def parse_args(argv=None):
     outputs.add_argument("--out", required=True, help="the .npz to write")
     outputs.add_argument("--retain-sample", type=non_negative_int, default=1000,
                          help="retain-set examples kept, a fixed seeded sample (default: 1000)")
-    outputs.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_runtime_args(outputs, precision="fp32", seed=None)  # the scores compare logits: fp32 unless asked
     outputs.add_argument("--overwrite", action="store_true",
                          help="replace --out even when it is not this model's outputs, and make them again")
     score = commands.add_parser("score", help="every score of a pool (or halves pool) folder -> POOL/scores.json")
@@ -750,9 +751,9 @@ def outputs_command(args):
     if not args.overwrite and up_to_date(args.out, stamp, plan, len(data.classes)):
         return print(f"{args.out} already holds these outputs of {args.model}; nothing to do (--overwrite "
                      f"makes them again)")
-    device, _ = pick_device(args.device, "fp32")
+    device, amp = pick_device(args.device, args.precision)
     model = to_device(load_model(args.model, num_classes=len(data.classes)), device)
-    write_outputs(args.out, model, data, split, device, args.retain_sample, every, stamp)
+    write_outputs(args.out, model, data, split, device, args.retain_sample, every, stamp, amp)
     print(f"wrote {args.out}")
 
 

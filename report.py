@@ -18,10 +18,12 @@ import sys
 import numpy as np
 
 from cli import atomic_write, check_out, read_json, run, text_of_kind
-from evaluate import CARD_HEADER, avg_gap, card_row, cell, forget_label, headline
 from published import (DATASET_IDS, PUBLISHED_ENSEMBLE, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_SISA,
                        PUBLISHED_UNLEARN, hub_name, published_names)
-from unlearn import METHODS
+
+# The methods in the order the report lists them: unlearn.METHODS's (a test keeps the two equal; report.py reads
+# JSON and imports no torch)
+METHOD_ORDER = ("ssd", "advneggrad", "neggrad+", "finetune", "ga", "rl", "salun", "scrub", "retrain")
 
 
 def read_log(path):
@@ -37,6 +39,104 @@ def read_log(path):
         raise ValueError(f"{path}: not a train.py log (each line a JSON object); make it again")
     return log
 
+
+# ----------------------------------------------------------------------------- result tables (evaluate.py's too)
+
+def headline(metrics):
+    """The published columns: forget / retain class on the test set (class-wise), else the train forget / retain sets."""
+    if metrics["test_forget"]:
+        return metrics["test_forget"], metrics["test_retain"]
+    return metrics["train_forget"], metrics["test_retain"]
+
+
+def avg_gap(metrics, reference):
+    """Mean |difference| to the retrained model over forget acc, retain acc, test acc and MIA (x100),
+    the 'Avg. Gap' of Fan et al. (SalUn, 2024)."""
+    pairs = [(headline(metrics)[0], headline(reference)[0]), (headline(metrics)[1], headline(reference)[1]),
+             (metrics["test"], reference["test"])]
+    gaps = [abs(a["acc"] - b["acc"]) for a, b in pairs if a and b]
+    if metrics["mia"] is not None and reference["mia"] is not None:
+        gaps.append(100 * abs(metrics["mia"] - reference["mia"]))
+    return float(np.mean(gaps))
+
+
+def cell(summary):
+    return "-" if summary is None else f"{summary['acc']:.2f}% ({summary['loss']:.3f})"
+
+
+def format_table(rows, reference=None):
+    """Markdown table, one row per (name, metrics); with a reference (the retrained model), its gap."""
+    lines = ["| Model | Forget acc (loss) | Retain acc (loss) | Test top-1 | Test top-5 | Train forget acc | "
+             "Train retain acc | MIA | Avg gap | Seconds |", "|" + "---|" * 10]
+    for name, m in rows:
+        forget, retain = headline(m)
+        mia = "-" if m["mia"] is None else f"{m['mia']:.3f}"
+        if m.get("member_mia"):
+            mia += f" (shards {np.mean(m['member_mia']):.3f})"
+        gap = "-" if reference is None else f"{avg_gap(m, reference):.2f}"
+        train_forget = "-" if m["train_forget"] is None else f"{m['train_forget']['acc']:.2f}%"
+        seconds = f"{m['seconds']:.1f}" if m.get("seconds") is not None else "-"
+        lines.append(f"| {name} | {cell(forget)} | {cell(retain)} | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% "
+                     f"| {train_forget} | {m['train_retain']['acc']:.2f}% | {mia} | {gap} | {seconds} |")
+    return "\n".join(lines)
+
+
+def in_words(rows, name, retrained):
+    """The table's message in sentences: how well each model knows the forgotten class against the others, and
+    what the MIA says (0.5: its forget images look like images it never saw)."""
+    lines = [f"In words ({name} is the class to forget; accuracies on the test set):"]
+    for path, m in rows:
+        forget, retain = m["test_forget"]["acc"], m["test_retain"]["acc"]
+        role = "the retrained model (never saw it)" if path == retrained else os.path.basename(str(path))
+        verdict = ("does not recognise it: forgotten, or never learnt" if forget < max(retain / 4, 5) else
+                   "recognises it" if forget > retain / 2 else "recognises it less than the other classes")
+        mia = "" if m["mia"] is None else (f"; MIA {m['mia']:.2f} ({'about' if abs(m['mia'] - 0.5) < 0.05 else 'not'}"
+                                           f" 0.5: an attacker {'cannot' if abs(m['mia'] - 0.5) < 0.05 else 'can'}"
+                                           f" tell its {name} training images from unseen ones)")
+        lines.append(f"- {role}: {name} {forget:.1f}%, the other classes {retain:.1f}%: it {verdict}{mia}.")
+    return "\n".join(lines)
+
+
+def format_per_class(rows, classes):
+    lines = ["| Class | " + " | ".join(name for name, _ in rows) + " |", "|" + "---|" * (len(rows) + 1)]
+    lines += [f"| {c} | " + " | ".join(f"{m['per_class'][i]:.1f}%" for _, m in rows) + " |" for i, c in enumerate(classes)]
+    return "\n".join(lines)
+
+
+CARD_HEADER = "| Model | Forget Class | Forget class acc(loss) | Retain class acc(loss) | MIA |\n|---|---|---|---|---|"
+
+
+def forget_label(meta):
+    """What a sidecar's split forgot: the class name, or 'random N' for sample forgetting."""
+    return meta["split"]["forget_class"] or f"random {meta['split']['n_forget']}"
+
+
+def card_row(meta, name):
+    """One row of the model cards' table, in their layout (acc (loss), no % sign), plus the MIA, from the JSON
+    sidecar that unlearn.py writes."""
+    if not meta.get("metrics"):
+        raise ValueError(f"{name} holds no metrics (made with --no-eval?)")
+    forget, retain = headline(meta["metrics"])
+    mia = "-" if meta["metrics"]["mia"] is None else f"{meta['metrics']['mia']:.3f}"
+    return (f"| `{name}` | {forget_label(meta)} | {forget['acc']:.2f} ({forget['loss']:.3f}) | {retain['acc']:.2f} "
+            f"({retain['loss']:.3f}) | {mia} |")
+
+
+def card_table(sidecars):
+    """The model cards' per-class table (Model | Forget Class | Forget class acc(loss) | Retain class acc(loss)),
+    plus MIA, from the JSON sidecars that unlearn.py writes."""
+    rows = []
+    for path in sidecars:
+        meta = read_json(path)
+        if not isinstance(meta, dict) or "method" not in meta:
+            raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table reads those of unlearned "
+                             f"models")
+        rows.append(card_row(meta, os.path.splitext(os.path.basename(path))[0] + ".pth"))
+    return "\n".join([CARD_HEADER, *rows]) + "\n"
+
+
+
+# ----------------------------------------------------------------------------- reading a run
 
 def read_object(path):
     """A JSON file that must hold an object (a sidecar, an evaluation, scores); anything else is one line."""
@@ -183,7 +283,7 @@ def unlearn_row(method, meta):
 
 
 def section_unlearn(run):
-    order = {name: k for k, name in enumerate(METHODS)}
+    order = {name: k for k, name in enumerate(METHOD_ORDER)}
     metas = sorted((meta for meta in run["unlearn"].values() if meta.get("metrics")),
                    key=lambda meta: (order.get(meta["method"], len(order)), forget_label(meta)))
     if not metas:

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import time
 
-from cli import atomic_write, check_writable, read_json, run, write_json
-from data import add_data_args, device_name, load_dataset, positive_int
+from cli import (add_runtime_args, atomic_write, check_out, pick_device, positive_int, read_json, run, text_of_kind,
+                 write_json)
+from data import add_data_args, load_dataset
 from published import CIFAR10, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_UNLEARN
 
 # (folder under OUT, method, its extra flags, the published card it is compared with)
@@ -41,6 +42,7 @@ CUDA_CONTEXT_GB = 1.5  # a process's CUDA context, cuDNN workspace and its data 
 def script_argv(script, args, *flags):
     """A script's command line with this run's data and device flags."""
     data = ["--dataset", args.dataset, "--data-dir", args.data_dir, "--device", args.device]
+    data += ["--precision", args.precision] if script != "evaluate.py" else []  # its fp32: the card's losses
     data += ["--subset", str(args.subset)] if args.subset else []
     data += ["--test-subset", str(args.test_subset)] if args.test_subset else []
     return [script, *data, *map(str, flags)]
@@ -99,9 +101,8 @@ def auto_jobs(args, model_path):
     most one per two CPU cores and 8; on a CPU one, run in this process."""
     import torch
     import unlearn
-    from evaluate import pick_device
     from models import load_model
-    device, amp = pick_device(args.device)
+    device, amp = pick_device(args.device, args.precision)
     if device.type != "cuda":
         return 1, None
     model = load_model(model_path)
@@ -300,8 +301,8 @@ def parse_args(argv=None):
     parser.add_argument("--classes", nargs="+", default=None, help="the classes to unlearn (default: all ten)")
     parser.add_argument("--jobs", type=positive_int, default=None, help="jobs at once (default: on CUDA as many as "
                         "the free memory holds at the methods' measured need; on a CPU 1, in this process)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--commit", default=None, help="the commit to name in the report (default: git's HEAD)")
+    add_runtime_args(parser, seed=None)  # passed to every job
     add_data_args(parser)
     return parser.parse_args(argv)
 
@@ -328,10 +329,10 @@ def main(argv=None):
     classes = sorted({resolve_class(data.classes, c) for c in args.classes or CIFAR10})
     retrain = sorted({resolve_class(data.classes, c) for c in args.retrain})
     out = args.out
-    check_writable(os.path.join(out, "cards.md"))
+    check_out(os.path.join(out, "cards.md"), "--out", [args.model] if args.model else [],
+              text_of_kind("# The model cards, reproduced"), overwrite=False)
     args.commit = args.commit or git_commit()
-    from evaluate import pick_device
-    device, _ = pick_device(args.device)
+    device, _ = pick_device(args.device, args.precision)
     args.compile = args.compile or ("inductor" if device.type == "cuda" else "off")
     args.in_process = device.type != "cuda"
     model, note = (args.model, None) if args.model else train_full(args, out)

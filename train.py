@@ -26,25 +26,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import atomic_write, lock, read_json, run, write_json
-from data import (AUGMENT, Loader, add_data_args, describe_split, device_name, float_in, load_dataset, non_negative_int,
-                  positive_int, split_from_args)
-from evaluate import eval_batch_size, pick_device, predict
+from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args, config_from_json, eval_batch_size,
+                 lock, non_negative_int, pick_device, positive_int, read_json, run, write_json)
+from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, split_from_args
+from evaluate import predict
+from methods import hp
 from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size, load_model, non_finite,
                     save_model, to_device)
-
-
-def hp(default, help, **extra):
-    """A config field whose help (the paper's symbol, the published value) shows in --help. extra: choices,
-    flag (another flag name), minimum (ints: 1 positive, the default, or 0 non-negative), interval (floats: the
-    values allowed, as "[0, 1)"; by default INTERVALS[name] or "[0, inf)")."""
-    return field(default=default, metadata={"help": help, **extra})
-
-
-# The values a float flag may take, by field name (a learning rate is positive in every recipe and method); other
-# floats are finite and non-negative unless their field says otherwise. NaN and inf are refused everywhere.
-INTERVALS = {"lr": "(0, inf)", "lr_fc": "(0, inf)", "momentum": "[0, 1)", "beta1": "[0, 1)", "beta2": "[0, 1)",
-             "val_fraction": "[0, 1)", "temperature": "(0, inf)"}
 
 
 @dataclass(frozen=True)
@@ -113,66 +101,6 @@ def on_cuda(model):
     """Fused optimizers on CUDA: one kernel for every parameter's update instead of dozens (rounding only);
     None elsewhere, torch's default (foreach), which keeps CPU runs bitwise as before."""
     return True if next(model.parameters()).is_cuda else None
-
-
-def add_config_args(parser, config_class, defaults=None):
-    """One flag per field of a config dataclass, its help naming the paper's symbol and the published default.
-    defaults: {field: value} where the official code sets another value for the case at hand."""
-    group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.split(chr(10))[0].rstrip('.')}")
-    for f in dataclasses.fields(config_class):
-        meta, default = f.metadata, (defaults or {}).get(f.name, f.default)
-        kwargs = {"dest": f.name, "default": default, "help": f"{meta['help']} (default: {default})"}
-        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
-        if isinstance(f.default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        else:
-            group.add_argument(flag, type=field_type(f), choices=meta.get("choices"), **kwargs)
-
-
-def field_type(f):
-    """The argparse type of a config field: what its flag accepts (positive ints, floats in the field's interval,
-    comma-separated positive ints for a tuple, the string itself)."""
-    if isinstance(f.default, tuple):
-        return positive_ints
-    if isinstance(f.default, int):
-        return {1: positive_int, 0: non_negative_int}[f.metadata.get("minimum", 1)]
-    if isinstance(f.default, float):
-        return float_in(f.metadata.get("interval", INTERVALS.get(f.name, "[0, inf)")))
-    return type(f.default)
-
-
-def config_from_json(config_class, values, source):
-    """A config from a JSON dict (a manifest's): every field there, of its type and accepted by its flag's checks,
-    else one line naming the file and the field (a hand-edited file must not reach the training as a string)."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{source}: its {config_class.__name__} is not a JSON object; write the file again with "
-                         f"this project's scripts")
-    kwargs = {}
-    for f in dataclasses.fields(config_class):
-        value, kind = values.get(f.name), type(f.default)
-        ok = (isinstance(value, bool) if kind is bool else isinstance(value, (list, tuple)) if kind is tuple else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-              isinstance(value, kind) and not isinstance(value, bool))
-        if not ok:
-            raise ValueError(f"{source}: {f.name} is {value!r}, not of type {kind.__name__}; write the file again with "
-                             f"this project's scripts")
-        text = ",".join(map(str, value)) if kind is tuple else str(value)
-        try:
-            kwargs[f.name] = value if kind is bool else field_type(f)(text)
-        except (argparse.ArgumentTypeError, ValueError) as e:
-            raise ValueError(f"{source}: {f.name} {e}") from None
-        if f.metadata.get("choices") and kwargs[f.name] not in f.metadata["choices"]:
-            raise ValueError(f"{source}: {f.name} is {value!r}; one of {', '.join(f.metadata['choices'])}")
-    return config_class(**kwargs)
-
-
-def config_from_args(config_class, args):
-    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
-
-
-def positive_ints(text):
-    """'8,7,6,5,4' -> (8, 7, 6, 5, 4)."""
-    return tuple(positive_int(t) for t in text.split(","))
 
 
 def train_epoch(model, loader, optimizer, label="", amp=None, compiled=None):
@@ -409,7 +337,8 @@ def train_slice(data, indices, cfg, epochs, previous, path, device, seed, num_cl
         raise ValueError(f"{path}: every image of this shard's slices so far is forgotten; use fewer shards")
     torch.manual_seed(seed)
     model = to_device(load_model(previous) if previous else build_model(cfg.arch, num_classes, pretrained=True), device)
-    loader = Loader(data, indices, True, cfg.batch_size, device, True, cfg.augment, seed, input_size(model))
+    loader = Loader(data, indices, train_set=True, batch_size=cfg.batch_size, device=device, shuffle=True,
+                    augment=cfg.augment, seed=seed, size=input_size(model))
     start = time.time()
     fit(model, loader, None, dataclasses.replace(cfg, epochs=epochs))
     save_model(path, model, {"config": dataclasses.asdict(cfg), "epochs": epochs, "n_seen": len(indices),
@@ -442,7 +371,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=list(RECIPES), default="sgd", help="sgd: the 200-epoch recipe; transfer: "
                         "ImageNet weights + Adam; ensemble: the ensemble report's member recipe (default: sgd)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<arch>_<dataset>_<full|no_CLASS>"
                         ".pth; with --sisa the folder checkpoints/sisa_<dataset>_<arch>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt when it exists (default: off)")
@@ -453,10 +381,8 @@ def parse_args(argv=None):
     parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
                         "resumable state; for splitting a run into jobs (default: run all epochs)")
     parser.add_argument("--sisa", action="store_true", help="train a SISA model set: shards x slices (default: off)")
-    parser.add_argument("--shard", type=int, default=None, help="with --sisa: train this shard only, so that shards "
+    parser.add_argument("--shard", type=non_negative_int, default=None, help="with --sisa: train this shard only, so that shards "
                         "run as parallel jobs; a run without it then reuses them and writes the manifest (default: all)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="bf16: autocast with fp32 "
-                        "weights and optimizer state; auto: bf16 on CUDA, fp32 on the CPU (default: auto)")
     parser.add_argument("--compile", nargs="?", const="inductor", default="off",
                         choices=("off", "inductor", "aot_eager"), help="torch.compile the training step: inductor "
                         "(on CUDA with CUDA graphs, mode reduce-overhead; --compile alone), or aot_eager (graph "
@@ -464,6 +390,7 @@ def parse_args(argv=None):
     parser.add_argument("--save-every", type=positive_int, default=1, help="write the resumable state every K "
                         "epochs: an interruption then loses up to K - 1 epochs; its ~90 MB write costs about a "
                         "tenth of a fast GPU epoch (default: 1)")
+    add_runtime_args(parser, seed=None)  # the seed is the recipe's (--seed below)
     add_config_args(parser, RECIPES[recipe])
     add_config_args(parser, SisaConfig)
     add_data_args(parser)
@@ -504,10 +431,12 @@ def train(args, cfg, data, split, out, identity):
     step_model = wrap_distributed(model, device) if world > 1 else model
     step_model = compile_step(step_model, device, args.compile) if args.compile != "off" else step_model
     size = input_size(model)
-    train_loader = Loader(data, split.retain, True, cfg.batch_size, device, True, cfg.augment, cfg.seed, size,
-                          (rank, world))
-    test_loader = Loader(data, split.test, False, eval_batch_size(device), device, size=size)
-    val_loader = Loader(data, split.val, True, eval_batch_size(device), device, size=size) if len(split.val) else None
+    train_loader = Loader(data, split.retain, train_set=True, batch_size=cfg.batch_size, device=device,
+                          shuffle=True, augment=cfg.augment, seed=cfg.seed, size=size, shard=(rank, world))
+    test_loader = Loader(data, split.test, train_set=False, batch_size=eval_batch_size(device), device=device,
+                         size=size)
+    val_loader = Loader(data, split.val, train_set=True, batch_size=eval_batch_size(device), device=device,
+                        size=size) if len(split.val) else None
     log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after, val_loader,
                     amp, step_model, write=rank == 0, save_every=args.save_every)
     if world > 1:

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import atomic_write, check_writable, lock, read_json, run, write_json
-from data import STATS, Loader, Progress, device_name, load_dataset, make_split, positive_int, resolve_class
-from evaluate import eval_batch_size, pick_device, predict
+from cli import (Progress, add_runtime_args, atomic_write, check_writable, eval_batch_size, lock, pick_device, positive_int,
+                 read_json, run, write_json)
+from data import STATS, Loader, load_dataset, make_split, resolve_class
+from evaluate import predict
 from models import check_output, fetch, input_size, load_model, save_model, sha256_file, to_device
 from published import CIFAR10, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_UNLEARN, published_name
 from report import table
-from unlearn import SSDConfig, make_loaders, run_method, unlearn_ssd
+from methods import SSDConfig, unlearn_ssd
+from unlearn import make_loaders, run_method
 
 # A row agrees with its card when our evaluation of the same weights on the same test set is within these: the cards
 # print accuracies to 0.01 and losses to 0.001, so anything beyond is a difference in the evaluation or the weights.
@@ -37,7 +39,8 @@ LOSS_TOLERANCE = 0.05  # relative
 
 def class_sums(model, data, split, device):
     """Per class of the test set: images, correct top-1 and summed cross-entropy (fp32), from one pass."""
-    loader = Loader(data, split.test, False, eval_batch_size(device), device, size=input_size(model))
+    loader = Loader(data, split.test, train_set=False, batch_size=eval_batch_size(device), device=device,
+                    size=input_size(model))
     logits, labels = predict(model, Progress(loader, "evaluating test"))
     correct = (logits.argmax(1) == labels).double()
     losses = F.cross_entropy(logits, labels, reduction="none").double()
@@ -220,11 +223,11 @@ def parse_args(argv=None):
     parser.add_argument("--full-set", default=SSDConfig.full_set, choices=("retain+forget", "retain"),
                         help="our SSD's D of I_D (default: retain+forget, the official scripts'); running both "
                         "shows which one the published SSD models were made with")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--out", default="runs/verify-published", help="folder of the evaluations, our SSD models "
                         "and report.md (default: runs/verify-published)")
     parser.add_argument("--overwrite", action="store_true", help="replace our SSD models made with other settings "
                         "(default: off)")
+    add_runtime_args(parser, precision=None, seed=None)  # fp32 always: the cards' losses
     return parser.parse_args(argv)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cli
-import evaluate
+import methods
 
 from data import Loader, load_dataset, make_split
 from train import TrainConfig, fit
@@ -42,8 +42,9 @@ def trained(cifar_jpeg, tmp_path_factory):
     model = build_model("resnet20", 10)
     split = make_split(cifar_jpeg, subset=SUBSET, test_subset=TEST_SUBSET)
     cfg = TrainConfig(arch="resnet20", epochs=4, batch_size=64)
-    train_loader = Loader(cifar_jpeg, split.retain, True, cfg.batch_size, shuffle=True, augment="crop-flip")
-    log, _ = fit(model, train_loader, Loader(cifar_jpeg, split.test, False, 1000), cfg)
+    train_loader = Loader(cifar_jpeg, split.retain, train_set=True, batch_size=cfg.batch_size, shuffle=True,
+                          augment="crop-flip")
+    log, _ = fit(model, train_loader, Loader(cifar_jpeg, split.test, train_set=False, batch_size=1000), cfg)
     path = str(tmp_path_factory.mktemp("ckpt") / "resnet20_full.pth")
     save_model(path, model, {"arch": "resnet20"})
     return path, model, log
@@ -83,8 +84,8 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200 (stand-in)")
-    previous = evaluate.set_ieee_fp32(False)
+    previous = methods.set_ieee_fp32(False)
     benchmark = torch.backends.cudnn.benchmark
     yield
-    evaluate.restore_fp32(previous)
+    methods.restore_fp32(previous)
     torch.backends.cudnn.benchmark = benchmark

@@ -60,7 +60,7 @@ def toy_dataset(n=10):
 
 def test_padding_is_zero_before_normalisation():
     d = toy_dataset(200)
-    x, _ = next(iter(Loader(d, np.arange(200), True, 200, augment="crop-flip")))
+    x, _ = next(iter(Loader(d, np.arange(200), train_set=True, batch_size=200, augment="crop-flip")))
     mean, std = torch.tensor(d.mean).view(3, 1), torch.tensor(d.std).view(3, 1)
     values = x.transpose(0, 1).reshape(3, -1)
     white, pad = (1 - mean) / std, (0 - mean) / std
@@ -74,16 +74,16 @@ def test_loader_batches_are_seeded_complete_and_keep_the_last_partial_batch():
                 d.train_y, d.test_x, d.test_y, d.mean, d.std)
 
     def epoch(seed):
-        loader = Loader(d, np.arange(10), True, 4, shuffle=True, augment="crop-flip", seed=seed)
+        loader = Loader(d, np.arange(10), train_set=True, batch_size=4, shuffle=True, augment="crop-flip", seed=seed)
         return [x for x, _ in loader], loader
 
     a, loader = epoch(0)
     assert [len(x) for x in a] == [4, 4, 2] and len(loader) == 3
     assert all(torch.equal(x, y) for x, y in zip(a, epoch(0)[0]))
     assert not all(torch.equal(x, y) for x, y in zip(a, epoch(1)[0]))
-    plain = Loader(d, np.arange(10), True, 3, shuffle=True, seed=0)
+    plain = Loader(d, np.arange(10), train_set=True, batch_size=3, shuffle=True, seed=0)
     sums = sorted(float(x.sum()) for batch, _ in plain for x in batch)
-    whole, _ = next(iter(Loader(d, np.arange(10), True, 10)))
+    whole, _ = next(iter(Loader(d, np.arange(10), train_set=True, batch_size=10)))
     assert np.allclose(sums, sorted(float(x.sum()) for x in whole))  # every image exactly once per pass
 
 
@@ -97,7 +97,8 @@ def test_channels_last_batches_and_model_give_the_same_training_step():
         model = build_model("resnet20", 2)
         model = model.to(memory_format=torch.channels_last) if channels_last else model
         optimizer, _ = TrainConfig(lr=0.01).optimizer(model)
-        loader = Loader(d, np.arange(16), True, 8, shuffle=True, augment="crop-flip", channels_last=channels_last)
+        loader = Loader(d, np.arange(16), train_set=True, batch_size=8, shuffle=True, augment="crop-flip",
+                        channels_last=channels_last)
         batches = list(loader)
         assert all(x.is_contiguous(memory_format=torch.channels_last) == channels_last for x, _ in batches)
         train_epoch(model, batches, optimizer)

@@ -22,8 +22,9 @@ def test_fast_and_plain_paths_end_with_the_same_weights(cifar_jpeg):
     ours, plain = copy.deepcopy(model), copy.deepcopy(model)
     opt_ours, _ = TrainConfig().optimizer(ours)
     opt_plain, _ = TrainConfig().optimizer(plain)
-    train_epoch(ours, Loader(cifar_jpeg, indices, True, 32), opt_ours)
-    plain_train_epoch(plain, plain_loader(cifar_jpeg, indices, True, 32, False, 0, False), opt_plain, torch.device("cpu"))
+    train_epoch(ours, Loader(cifar_jpeg, indices, train_set=True, batch_size=32), opt_ours)
+    plain_train_epoch(plain, plain_loader(cifar_jpeg, indices, train_set=True, batch_size=32, augment=False, workers=0,
+                                   shuffle=False), opt_plain, torch.device("cpu"))
     for (name, a), b in zip(ours.state_dict().items(), plain.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
     assert not torch.equal(ours.fc.weight, model.fc.weight)  # it did train

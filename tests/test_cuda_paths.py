@@ -11,6 +11,7 @@ import torch
 
 import cli
 import evaluate
+import methods
 import unlearn
 from conftest import assert_clean_error, call
 from data import Dataset, Loader
@@ -36,7 +37,7 @@ def train_twice(step_model_of, epochs=2):
     for make in (lambda m: None, step_model_of):
         torch.manual_seed(0)
         model = build_model("resnet20", 7)
-        loader = Loader(data, np.arange(70), True, 32, shuffle=True, augment="crop-flip", seed=1)
+        loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, augment="crop-flip", seed=1)
         log, _ = fit(model, loader, None, TrainConfig(arch="resnet20", epochs=epochs, batch_size=32), step_model=make(model))
         runs.append((log, model))
     return runs
@@ -75,7 +76,7 @@ def test_the_resumable_state_is_written_every_k_epochs_and_at_stop_after(tmp_pat
     for stop_after, expected in ((None, [2, 4]), (3, [2, 3])):
         writes.clear()
         model = build_model("resnet20", 7)
-        loader = Loader(data, np.arange(70), True, 32, shuffle=True, seed=1)
+        loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, seed=1)
         fit(model, loader, None, TrainConfig(arch="resnet20", epochs=5, batch_size=32), prefix=str(tmp_path / "m"),
             stop_after=stop_after, save_every=2)
         assert writes == expected
@@ -153,9 +154,9 @@ def tensor_float_32_allowed():
 
 
 def test_fp32_on_cuda_means_ieee_and_bf16_keeps_tf32(fake_cuda):
-    device, amp = evaluate.pick_device("cuda", "fp32")
+    device, amp = cli.pick_device("cuda", "fp32")
     assert device.type == "cuda" and amp is None and not tensor_float_32_allowed() and torch.backends.cudnn.benchmark
-    device, amp = evaluate.pick_device("cuda", "auto")
+    device, amp = cli.pick_device("cuda", "auto")
     assert amp == torch.bfloat16 and tensor_float_32_allowed()
 
 
@@ -163,7 +164,7 @@ def test_fp32_prediction_is_ieee_and_restores_the_flags(fake_cuda):
     seen = []
     model = build_model("resnet20", 7)
     model.conv1.register_forward_hook(lambda *a: seen.append(tensor_float_32_allowed()))
-    evaluate.predict(model, Loader(tiny_data(), np.arange(8), True, 4))
+    evaluate.predict(model, Loader(tiny_data(), np.arange(8), train_set=True, batch_size=4))
     assert seen == [False, False] and tensor_float_32_allowed()  # IEEE inside; TF32 (set by the fixture) after
 
 

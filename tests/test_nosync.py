@@ -57,8 +57,8 @@ def tiny_data(n=32, classes=4):
 
 
 def loader(data, batches, batch_size=4, augment=None, shuffle=True, size=None):
-    return Loader(data, torch.arange(batches * batch_size).numpy(), True, batch_size, shuffle=shuffle,
-                  augment=augment, size=size)
+    return Loader(data, torch.arange(batches * batch_size).numpy(), train_set=True, batch_size=batch_size,
+                  shuffle=shuffle, augment=augment, size=size)
 
 
 def reads(monkeypatch, run):

@@ -199,7 +199,7 @@ def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg,
 
     card_data = dataclasses.replace(cifar_jpeg, mean=STATS["cifar10"][0], std=STATS["cifar10"][1])  # card's Normalize
     split = make_split(card_data, test_subset=100)
-    logits, labels = predict(trained[1], Loader(card_data, split.test, False, 500))
+    logits, labels = predict(trained[1], Loader(card_data, split.test, train_set=False, batch_size=500))
     top1 = 100 * (logits.argmax(1) == labels).double().mean().item()
     cat = (labels == 3).numpy()
     loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().numpy()

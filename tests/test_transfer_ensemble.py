@@ -28,7 +28,8 @@ def test_pretrained_weights_load_and_a_step_trains_at_224(cifar_jpeg, imagenet_f
     ours = model.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in imagenet_file.items() if not k.startswith("fc."))
     assert ours["fc.weight"].shape == (10, 512) and input_size(model) == 224
-    loader = Loader(cifar_jpeg, np.arange(4), True, 4, shuffle=True, augment="crop-flip", size=input_size(model))
+    loader = Loader(cifar_jpeg, np.arange(4), train_set=True, batch_size=4, shuffle=True, augment="crop-flip",
+                    size=input_size(model))
     x, _ = next(iter(loader))
     assert x.shape == (4, 3, 224, 224)
     assert torch.equal(x[:, :, ::7, ::7].repeat_interleave(7, 2).repeat_interleave(7, 3), x)  # nearest upsampling
@@ -83,8 +84,8 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best_weights(c
     split = make_split(cifar_jpeg, subset=3, val_fraction=0.2)
     cfg = TrainConfig(arch="resnet20", epochs=6, batch_size=8, patience=2)
     model = build_model("resnet20", 10)
-    loader = Loader(cifar_jpeg, split.retain, True, 8, shuffle=True, augment="crop-flip")
-    log, done = fit(model, loader, None, cfg, val_loader=Loader(cifar_jpeg, split.val, True, 8))
+    loader = Loader(cifar_jpeg, split.retain, train_set=True, batch_size=8, shuffle=True, augment="crop-flip")
+    log, done = fit(model, loader, None, cfg, val_loader=Loader(cifar_jpeg, split.val, train_set=True, batch_size=8))
     assert done and [r["epoch"] for r in log] == [1, 2, 3, 4]
     assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
     assert len(split.val) == 6 and not np.isin(split.val, split.retain).any()
@@ -93,7 +94,8 @@ def test_early_stopping_stops_at_the_right_epoch_and_restores_the_best_weights(c
 def test_ensemble_recipe_defaults_and_augmentation(cifar_jpeg):
     cfg = EnsembleConfig()
     assert (cfg.batch_size, cfg.patience, cfg.val_fraction, cfg.arch, cfg.augment) == (512, 50, 0.1, "resnet18-imagenet", "rotate-jitter")
-    batches = [next(iter(Loader(cifar_jpeg, np.arange(6), True, 6, shuffle=True, augment="rotate-jitter", seed=s, size=224)))[0]
+    batches = [next(iter(Loader(cifar_jpeg, np.arange(6), train_set=True, batch_size=6, shuffle=True,
+                                augment="rotate-jitter", seed=s, size=224)))[0]
                for s in (1, 1, 2)]
     assert batches[0].shape == (6, 3, 224, 224)
     assert torch.equal(batches[0], batches[1]) and not torch.equal(batches[0], batches[2])

@@ -36,7 +36,7 @@ def test_per_sample_importance_is_the_mean_squared_example_gradient_whatever_the
     model = copy.deepcopy(model).double()  # float64, so that only the math can differ, not the summation order
 
     def batches(indices, batch_size):
-        return [(x.double(), y) for x, y in Loader(cifar_jpeg, indices, True, batch_size)]
+        return [(x.double(), y) for x, y in Loader(cifar_jpeg, indices, train_set=True, batch_size=batch_size)]
     order = np.random.default_rng(0).permutation(split.train)
     a = importance_per_sample(model, batches(split.train, 5))
     b = importance_per_sample(model, batches(order, 16))

@@ -8,6 +8,7 @@ A dataset is held as uint8 arrays (N, H, W, 3); `Loader` turns index arrays into
 device, with the recipe's RandomCrop(32, padding=4) + RandomHorizontalFlip done in batched tensor ops.
 """
 import argparse
+import dataclasses
 import hashlib
 import io
 import math
@@ -82,6 +83,7 @@ class Split:
     test_retain: np.ndarray
     val: np.ndarray  # held out of the retain set for model selection (empty unless val_fraction)
     keep_half: int | None = None  # train is the seeded random half number keep_half of the train set in use
+    forget_positions: tuple | None = None  # (a, b): the forget set is positions a..b-1 of sisa_order(train, seed)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -362,6 +364,27 @@ def read_cache(cache, name):
     return Dataset(name, classes, *arrays, mean, std)
 
 
+def with_normalization(data, stats, source):
+    """The dataset normalised as a model was trained (stats: its (mean, std), models.normalization_of), not with
+    the dataset's own statistics: a model fed other statistics loses accuracy without a word."""
+    if stats is None or (tuple(stats[0]), tuple(stats[1])) == (tuple(data.mean), tuple(data.std)):
+        return data
+    print(f"normalising as {source} was trained: mean {tuple(stats[0])}, std {tuple(stats[1])} (the dataset's own: "
+          f"{tuple(data.mean)}, {tuple(data.std)})", file=sys.stderr)
+    return dataclasses.replace(data, mean=tuple(stats[0]), std=tuple(stats[1]))
+
+
+def common_normalization(named):
+    """The one (mean, std) of several models, {name: stats or None} (None: not recorded); models trained with
+    different ones cannot share one evaluation: one line naming two of them."""
+    known = [(name, (tuple(stats[0]), tuple(stats[1]))) for name, stats in named.items() if stats is not None]
+    for name, stats in known[1:]:
+        if stats != known[0][1]:
+            raise ValueError(f"{known[0][0]} was trained with mean, std {known[0][1]}, {name} with {stats}: "
+                             f"evaluate them in separate runs")
+    return known[0][1] if known else None
+
+
 def load_dataset(dataset, data_dir="./data"):
     """`dataset` is cifar10, cifar100, or the path of an image folder (or a .tar/.tar.gz of one). Loaded once per
     process while its files are unchanged: several runs in one process (reproduce_cards.py, the tests) share it."""
@@ -412,13 +435,21 @@ def random_half(train, keep_half):
     return np.sort(train[perm[:len(train) // 2]])
 
 
+def sisa_order(train, seed):
+    """The seeded order of the train indices that SISA cuts into shards and slices (train.shard_slices) and that
+    --forget-positions counts in (the CIFAR-100 report's design: one random order; the forget set and the shards
+    are runs of positions in it). The stream is (seed, 1), not seed: a random forget set (--forget-fraction) draws
+    from default_rng(forget_seed), and with the same stream a random 20% would be exactly the start of shard 0."""
+    return np.random.default_rng([seed, 1]).permutation(train)
+
+
 def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, subset=None, test_subset=None,
-               forget_indices=None, val_fraction=None, val_seed=0, keep_half=None):
+               forget_indices=None, val_fraction=None, val_seed=0, keep_half=None, forget_positions=None):
     """Class-wise (every train image of forget_class), random (a seeded fraction of the train set) or given
     (forget_indices) forgetting; val_fraction holds a seeded part of the retain set out for model selection;
     keep_half restricts the train set to a seeded random half of it, the forget set drawn inside it."""
-    if sum(x is not None for x in (forget_class, forget_fraction, forget_indices)) > 1:
-        raise ValueError("give one of --forget-class, --forget-fraction, --forget-indices")
+    if sum(x is not None for x in (forget_class, forget_fraction, forget_indices, forget_positions)) > 1:
+        raise ValueError("give one of --forget-class, --forget-fraction, --forget-indices, --forget-positions")
     for name, f in (("--forget-fraction", forget_fraction), ("--val-fraction", val_fraction)):
         if f is not None and not 0 < f < 1:
             raise ValueError(f"{name} must be in (0, 1), got {f}")
@@ -437,6 +468,12 @@ def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, sub
         if len(forget) == 0:  # a "retrain" that forgot nothing would be saved as one
             raise ValueError(f"--forget-fraction {forget_fraction:g} of {len(train)} train images forgets none; give "
                              f"at least {1 / len(train):.2g}")
+    elif forget_positions is not None:  # positions a..b-1 of the order SISA's shards use with seed forget_seed
+        a, b = forget_positions
+        if not 0 <= a < b <= len(train):
+            raise ValueError(f"--forget-positions {a}:{b}: give A:B with 0 <= A < B <= {len(train)}, the train images "
+                             f"in use")
+        forget = np.sort(sisa_order(train, forget_seed)[a:b])
     elif forget_indices is not None:
         forget = indices_in(forget_indices, len(data.train_y))
         if not np.isin(forget, train).all():
@@ -453,7 +490,7 @@ def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, sub
                              f"{len(val)} for validation and {len(retain)} to train on; both need at least one")
     test_retain = np.setdiff1d(test, test_forget)
     return Split(forget_class, forget_fraction, forget_seed, train, forget, retain, test, test_forget, test_retain, val,
-                 keep_half)
+                 keep_half, forget_positions)
 
 
 def read_indices(path):
@@ -502,6 +539,7 @@ def describe_split(split, classes):
         "forget_class": None if split.forget_class is None else classes[split.forget_class],
         "forget_class_index": split.forget_class, "forget_fraction": split.forget_fraction,
         "forget_seed": split.forget_seed, "keep_half": split.keep_half, "n_train": len(split.train),
+        "forget_positions": list(split.forget_positions) if split.forget_positions else None,
         "n_forget": len(split.forget), "n_retain": len(split.retain), "n_val": len(split.val),
         "n_test": len(split.test), "sha256": digest.hexdigest(),
         "forget_indices": split.forget.tolist() if split.forget_class is None else None,
@@ -670,6 +708,10 @@ def add_data_args(parser):
     g.add_argument("--forget-seed", type=non_negative_int, default=0, help="seed of the random forget set (default: 0)")
     g.add_argument("--forget-indices", default=None,
                    help="forget these train indices instead: a .npy file or a text file of integers (default: none)")
+    g.add_argument("--forget-positions", type=positions, default=None,
+                   help="forget positions A:B (A included, B not) of the seeded order of the train set that SISA's "
+                        "shards take with --seed = --forget-seed, e.g. 20000:30000, the CIFAR-100 report's forget "
+                        "set (default: none)")
     g.add_argument("--keep-half", type=non_negative_int, default=None,
                    help="train on the seeded random half K of the train set, the forget set drawn inside it: a "
                         "U-LiRA shadow model (default: the whole set)")
@@ -684,7 +726,16 @@ def split_from_args(args, data, val_fraction=None):
     forget_class = None if args.forget_class is None else resolve_class(data.classes, args.forget_class)
     forget_indices = None if args.forget_indices is None else read_indices(args.forget_indices)
     return make_split(data, forget_class, args.forget_fraction, args.forget_seed, args.subset, args.test_subset,
-                      forget_indices, val_fraction, keep_half=args.keep_half)
+                      forget_indices, val_fraction, keep_half=args.keep_half,
+                      forget_positions=getattr(args, "forget_positions", None))
+
+
+def positions(text):
+    """--forget-positions A:B -> (A, B)."""
+    a, colon, b = text.partition(":")
+    if not (colon and a.isdigit() and b.isdigit() and int(a) < int(b)):
+        raise argparse.ArgumentTypeError(f"give A:B with A < B (the positions A..B-1), got {text!r}")
+    return int(a), int(b)
 
 
 def parse_args(argv=None):

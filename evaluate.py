@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind, pick_device,
                  positive_int, read_json, run, text_of_kind, write_json)
-from data import Loader, add_data_args, describe_split, load_dataset, split_from_args
+from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
+                  with_normalization)
 from methods import ieee_fp32
-from models import Ensemble, input_size, load_model, to_device
+from models import Ensemble, input_size, load_model, normalization_of, to_device
 from report import CARD_HEADER, card_table, format_per_class, format_table, in_words
 
 
@@ -227,8 +228,9 @@ def main(argv=None):
     if args.json:
         check_out(args.json, "--json", evaluated_files(args), json_of_kind("evaluation"), args.overwrite)
     data = load_dataset(args.dataset, args.data_dir)
-    split = split_from_args(args, data)
     paths = ([args.retrained] if args.retrained else []) + args.model
+    data = with_normalization(data, common_normalization({p: normalization_of(p) for p in paths}), paths[0])
+    split = split_from_args(args, data)
     models = [load_evaluable(p, len(data.classes), args.aggregate) for p in paths]  # fail on a bad file before any work
     if args.ensemble:
         paths, models = paths + ["ensemble"], models + [Ensemble(models[int(bool(args.retrained)):],

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import torchvision
 
 from cli import atomic_writes, check_writable, json_bytes, read_json, run, to_json
+from published import CIFAR_MODELS, cifar_model_stats, cifar_model_url
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")  # dicts that hold a state_dict
@@ -92,6 +93,49 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class ProjectionBlock(nn.Module):
+    """The CIFAR block of chenyaofo/pytorch-cifar-models (torchvision's BasicBlock): where a stage narrows the
+    image or widens the channels, the shortcut is option B, a 1x1 stride-2 convolution + BatchNorm (downsample.0,
+    downsample.1); elsewhere the identity."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class CifarResNetB(CifarResNet):
+    """He et al.'s CIFAR ResNet-(6n+2) with option-B shortcuts, as chenyaofo/pytorch-cifar-models builds it (the
+    CIFAR-100 report's starting weights): convolutions Kaiming-normal (fan_out, relu), BatchNorm 1 / 0, the
+    classifier PyTorch's default. Its state_dict: option A's keys and layer2.0 / layer3.0's downsample.{0,1}."""
+
+    def __init__(self, depth, num_classes=10):
+        nn.Module.__init__(self)
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        widths = [(16, 16, 1), (16, 32, 2), (32, 64, 2)]
+        self.layer1, self.layer2, self.layer3 = (
+            nn.Sequential(*[ProjectionBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+            for cin, cout, stride in widths)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 def imagenet_resnet(builder, num_classes):
     """torchvision's ImageNet ResNet (7x7 stem, max-pool, 224x224 input) with a new classifier."""
     model = builder(weights=None)
@@ -107,6 +151,10 @@ ARCHS = {
     "resnet32": lambda num_classes=10: CifarResNet(32, num_classes),
     "resnet44": lambda num_classes=10: CifarResNet(44, num_classes),
     "resnet56": lambda num_classes=10: CifarResNet(56, num_classes),
+    "resnet20b": lambda num_classes=10: CifarResNetB(20, num_classes),
+    "resnet32b": lambda num_classes=10: CifarResNetB(32, num_classes),
+    "resnet44b": lambda num_classes=10: CifarResNetB(44, num_classes),
+    "resnet56b": lambda num_classes=10: CifarResNetB(56, num_classes),
 }
 
 
@@ -193,8 +241,8 @@ def infer_arch(state):
         raise ValueError("not a ResNet state_dict (no conv1.weight / fc.weight)")
     blocks = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
     stem = state["conv1.weight"].shape[-1]
-    if "layer4.0.conv1.weight" not in state:
-        arch = f"resnet{6 * blocks + 2}"
+    if "layer4.0.conv1.weight" not in state:  # a CIFAR ResNet: option B has projection shortcuts
+        arch = f"resnet{6 * blocks + 2}" + ("b" if "layer2.0.downsample.0.weight" in state else "")
     elif "layer1.0.conv3.weight" in state:
         arch = "a bottleneck ResNet (50 or deeper)"
     else:
@@ -206,7 +254,21 @@ def infer_arch(state):
 
 
 def is_remote(name):
-    return name.startswith(REMOTE)
+    return name.startswith(REMOTE) or name.startswith(CIFAR_MODELS)
+
+
+def normalization_of(name):
+    """The (mean, std) a model was trained with: a published model's (published.py), or what its sidecar records
+    (train.py and unlearn.py write it); None when neither says (an older sidecar, a foreign file)."""
+    if name.startswith(CIFAR_MODELS):
+        return cifar_model_stats(name)
+    sidecar = sidecar_path(name)
+    if not is_remote(name) and os.path.isfile(sidecar):
+        meta = read_json(sidecar)
+        stats = meta.get("normalization") if isinstance(meta, dict) else None
+        if isinstance(stats, dict) and all(isinstance(stats.get(k), list) and len(stats[k]) == 3 for k in ("mean", "std")):
+            return tuple(stats["mean"]), tuple(stats["std"])
+    return None
 
 
 def file_url(name):
@@ -247,13 +309,15 @@ def fetch(name):
     checked on every use: a cached copy that differs is downloaded again, a download that differs is removed."""
     if not is_remote(name):
         return name
-    url, _, fragment = name.partition("#")
+    url, _, fragment = (cifar_model_url(name) if name.startswith(CIFAR_MODELS) else name).partition("#")
     if fragment and not fragment.startswith("sha256="):
         raise ValueError(f"{name}: the only suffix understood is #sha256=<64 hex digits>")
     expected = fragment[len("sha256="):].lower() or None
     url = file_url(url)
+    prefix = re.fullmatch(r".+-([0-9a-f]{8,64})\.pth?", os.path.basename(url))  # torch.hub's name-<sha256 start>.pt
+    prefix = prefix.group(1) if prefix else ""
     cached = cache_path(url)
-    if os.path.isfile(cached) and expected in (None, sha256_file(cached)):
+    if os.path.isfile(cached) and expected in (None, sha256_file(cached)) and sha256_file(cached).startswith(prefix):
         return cached
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     print(f"downloading {url} -> {cached}", file=sys.stderr, flush=True)
@@ -265,10 +329,11 @@ def fetch(name):
                           f"folder that takes files") from None
         raise OSError(f"could not download {url} ({getattr(e, 'reason', None) or e}). Without network access, download "
                       f"it elsewhere and place it at {cached}, or pass the file's local path") from None
-    if expected and sha256_file(cached) != expected:
-        found = sha256_file(cached)
+    found = sha256_file(cached)
+    if (expected and found != expected) or not found.startswith(prefix):
         os.remove(cached)
-        raise ValueError(f"{url}: the downloaded file's sha256 is {found}, not {expected} as {name} asks; removed it")
+        raise ValueError(f"{url}: the downloaded file's sha256 is {found}, not {expected or prefix + '...'} as "
+                         f"{'its name says' if not expected else name + ' asks'}; removed it")
     return cached
 
 

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind,
                  non_negative_int, pick_device, read_json, run, write_json)
-from data import Loader, add_data_args, describe_split, load_dataset, split_from_args, subset_indices
+from data import (Loader, add_data_args, describe_split, load_dataset, split_from_args, subset_indices,
+                  with_normalization)
 from evaluate import mia_score, predict
-from models import fetch, input_size, is_remote, load_model, sha256_file, sidecar_path, to_device
+from models import fetch, input_size, is_remote, load_model, normalization_of, sha256_file, sidecar_path, to_device
 
 # The competition's scorer (Triantafillou et al., arXiv 2406.09073; google-deepmind/unlearning_evaluation metric.py)
 DELTA = 1e-5  # delta of the (epsilon, delta) test
@@ -702,7 +703,8 @@ def scores_file(path):
 
 def forgets(args):
     """Whether the flags name a forget set."""
-    return any(flag is not None for flag in (args.forget_class, args.forget_fraction, args.forget_indices))
+    return any(flag is not None for flag in (args.forget_class, args.forget_fraction, args.forget_indices,
+                                             args.forget_positions))
 
 
 def check_outputs_flags(args):
@@ -738,7 +740,7 @@ def outputs_command(args):
     check_outputs_flags(args)
     inputs = [] if is_remote(args.model) else [args.model, sidecar_path(args.model)]
     check_out(args.out, "--out", inputs, outputs_of(args.model), args.overwrite)
-    data = load_dataset(args.dataset, args.data_dir)
+    data = with_normalization(load_dataset(args.dataset, args.data_dir), normalization_of(args.model), args.model)
     split = split_from_args(args, data)
     if forgets(args) and len(split.forget) == 0:  # a --forget-fraction that rounds to no image
         raise ValueError(f"the forget set is empty (of {len(split.train)} train images in use): give a "

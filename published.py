@@ -1,6 +1,6 @@
 """The published numbers and checkpoints this project reproduces: the Hugging Face model cards of ResNet18 on
 CIFAR-10 (the original, the retrains, SSD, AdvNegGrad), the CIFAR-100 report's SISA and the ensemble report.
-No torch: report.py, verify_published.py and reproduce_cards.py read it.
+No torch: report.py, verify_published.py, reproduce_cards.py and models.py (the short names below) read it.
 
     python -c "import published; print(published.published_name('ssd', 3))"
 """
@@ -56,3 +56,39 @@ def hub_name(source):
     if source.startswith("hf://"):
         return source.split("#")[0]
     return published_names().get(os.path.basename(source), os.path.basename(source))
+
+
+# chenyaofo/pytorch-cifar-models (torch.hub's cifar100_resnet32 and kin): option-B CIFAR ResNets (models.py's
+# resnet20b ... resnet56b), the CIFAR-100 report's starting weights for its fine-tuning. Release files, plain
+# state_dicts, whose name ends in the start of their sha256 (torch.hub's convention, checked on every use); their
+# published top-1 where the issue that added them gave it; the normalisation they were trained with (that
+# repository's training configuration, chenyaofo/image-classification-codebase): the CIFAR-100 values differ
+# from torchvision's folklore ones in the fourth decimal.
+CIFAR_MODELS = "chenyaofo/pytorch-cifar-models:"  # the prefix of their short names: --model <prefix>cifar100_resnet32
+CIFAR_MODELS_URL = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download/resnet"  # $CIFAR_MODELS_URL
+CIFAR_MODELS_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                      "cifar100": ((0.5070, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761))}
+PUBLISHED_CIFAR_MODELS = {  # name: (release file, published test top-1 or None)
+    "cifar100_resnet20": ("cifar100_resnet20-23dac2f1.pt", None),
+    "cifar100_resnet32": ("cifar100_resnet32-84213ce6.pt", 70.16),
+    "cifar100_resnet44": ("cifar100_resnet44-ffe32858.pt", None),
+    "cifar100_resnet56": ("cifar100_resnet56-f2eff4c8.pt", 72.63),
+    "cifar10_resnet20": ("cifar10_resnet20-4118986f.pt", None),
+    "cifar10_resnet32": ("cifar10_resnet32-ef93fc4d.pt", None),
+    "cifar10_resnet44": ("cifar10_resnet44-2a3cabcb.pt", None),
+    "cifar10_resnet56": ("cifar10_resnet56-187c023a.pt", None),
+}
+
+
+def cifar_model_url(name):
+    """The release URL of a short name chenyaofo/pytorch-cifar-models:<model>; $CIFAR_MODELS_URL points at a mirror."""
+    model = name[len(CIFAR_MODELS):]
+    if model not in PUBLISHED_CIFAR_MODELS:
+        raise ValueError(f"{name}: unknown; the published ones are {', '.join(CIFAR_MODELS + m for m in PUBLISHED_CIFAR_MODELS)}")
+    base = os.environ.get("CIFAR_MODELS_URL", CIFAR_MODELS_URL).rstrip("/")
+    return f"{base}/{PUBLISHED_CIFAR_MODELS[model][0]}"
+
+
+def cifar_model_stats(name):
+    """(mean, std) a published CIFAR model was trained with, by its short name."""
+    return CIFAR_MODELS_STATS[name[len(CIFAR_MODELS):].split("_")[0]]

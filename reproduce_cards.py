@@ -318,7 +318,7 @@ def git_commit():
 def main(argv=None):
     started = time.time()
     args = parse_args(argv)
-    for flag in ("forget_class", "forget_fraction", "forget_indices", "keep_half"):
+    for flag in ("forget_class", "forget_fraction", "forget_indices", "forget_positions", "keep_half"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')}: the cards forget every class in turn; use --classes")
     data = load_dataset(args.dataset, args.data_dir)  # decoded once here, before any job reads the cache

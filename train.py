@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args, config_from_json, eval_batch_size,
                  lock, non_negative_int, pick_device, positive_int, read_json, run, write_json)
-from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, split_from_args
+from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, sisa_order, split_from_args
 from evaluate import predict
 from methods import hp
 from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size, load_model, non_finite,
@@ -239,11 +239,9 @@ class SisaConfig:
 
 
 def shard_slices(train_indices, shards, slices, seed):
-    """A seeded permutation of the train indices cut into `shards` disjoint shards of `slices` slices each. The
-    stream is (seed, 1), not seed: make_split draws a random forget set from default_rng(forget_seed), and with the
-    same stream (both seeds default to 0) a random 20% would be exactly the start of shard 0."""
-    perm = np.random.default_rng([seed, 1]).permutation(train_indices)
-    return [np.array_split(shard, slices) for shard in np.array_split(perm, shards)]
+    """The seeded order of the train indices (data.sisa_order: --forget-positions counts in it) cut into `shards`
+    disjoint shards of `slices` slices each, runs of consecutive positions."""
+    return [np.array_split(shard, slices) for shard in np.array_split(sisa_order(train_indices, seed), shards)]
 
 
 def slice_hash(previous, seen, epochs, identity):
@@ -270,7 +268,7 @@ def train_sisa(data, split, cfg, sisa, folder, device, only=None):
     if only is not None:
         return None
     return {"kind": "sisa-manifest", "sisa": dataclasses.asdict(sisa), "config": dataclasses.asdict(cfg),
-            "dataset": data.name,
+            "dataset": data.name, "normalization": normalization(data),
             "classes": data.classes, "aggregate": sisa.aggregate, "split": describe_split(split, data.classes),
             "members": [s["checkpoints"][-1] for s in shards], "shards": shards}
 
@@ -299,48 +297,60 @@ def read_manifest(path):
     return manifest, cfg, sisa, [os.path.join(folder, c) for s in shards for c in s["checkpoints"]]
 
 
+def normalization(data):
+    """What a model's sidecar records of the normalisation it was trained with (models.normalization_of reads it)."""
+    return {"mean": list(data.mean), "std": list(data.std)}
+
+
 def check_plan(plan, forgotten):
-    """Before any shard trains: every slice holds an image, and every shard's first slice one not forgotten (a
-    shard with nothing to train on would fail after all the others had trained)."""
+    """Before any shard trains: every slice holds an image, and no shard is forgotten whole (it would have nothing
+    to train on, found after all the others had trained)."""
     n = sum(len(part) for slices in plan for part in slices)
     if min(len(part) for slices in plan for part in slices) == 0:
         raise ValueError(f"{len(plan)} shards x {len(plan[0])} slices for {n} train images leave a slice empty; use "
                          f"fewer --shards or --slices")
     for shard, slices in enumerate(plan):
-        if all(i in forgotten for i in slices[0]):
-            raise ValueError(f"every image of shard {shard}'s first slice is forgotten, so it has nothing to start "
-                             f"from; use fewer --shards or --slices")
+        if all(i in forgotten for part in slices for i in part):
+            raise ValueError(f"every image of shard {shard} is forgotten, so it has nothing to train on; use fewer "
+                             f"--shards, or retrain without SISA")
 
 
 def train_shard(data, slices, forgotten, cfg, sisa, identity, folder, device, shard):
     """One shard: for slice k, train on slices 1..k (forgotten indices dropped) for sisa.slice_epochs[k-1] epochs,
-    starting from slice k-1's checkpoint; a checkpoint whose hash exists is reused, not trained."""
+    starting from slice k-1's checkpoint; a checkpoint whose hash exists is reused, not trained. A slice whose own
+    images are all forgotten adds nothing: its checkpoint is the previous one carried over (the shard's fresh
+    initialisation for a first slice), so that a shard whose last slices are forgotten goes back to its last
+    checkpoint, and one whose first slices are forgotten starts afresh at its first slice with images left."""
     seen, digest, previous = np.zeros(0, np.int64), slice_hash(None, [], 0, identity | {"shard": shard}), None
-    checkpoints, trained, seconds = [], [], []
+    checkpoints, trained, carried, seconds = [], [], [], []
     for k, (part, epochs) in enumerate(zip(slices, sisa.slice_epochs), 1):
-        seen = np.concatenate([seen, [i for i in part if i not in forgotten]]).astype(np.int64)
+        new = [i for i in part if i not in forgotten]
+        seen, epochs = np.concatenate([seen, new]).astype(np.int64), epochs if new else 0
         digest = slice_hash(digest, seen, epochs, identity)
         path = os.path.join(folder, f"shard{shard}_slice{k}_{digest}.pth")
         if not finished(path):  # absent, or left unfinished by a fault between the checkpoint and its sidecar
             with lock(path):
                 train_slice(data, seen, cfg, epochs, previous, path, device, cfg.seed * 1000 + shard, len(data.classes))
-            trained.append(k)
+            (trained if epochs else carried).append(k)
         seconds.append(read_json(os.path.splitext(path)[0] + ".json")["seconds"])
         checkpoints.append(os.path.basename(path))  # relative to the manifest's folder
         previous = path
-    print(f"shard {shard}: trained slices {trained or 'none (all reused)'}", flush=True)
-    return {"checkpoints": checkpoints, "trained": trained, "seconds": seconds}
+    print(f"shard {shard}: trained slices {trained or 'none (all reused)'}"
+          + (f"; slices {carried} hold only forgotten images: the model before them carried over" if carried else ""),
+          flush=True)
+    return {"checkpoints": checkpoints, "trained": trained, "carried": carried, "seconds": seconds}
 
 
 def train_slice(data, indices, cfg, epochs, previous, path, device, seed, num_classes):
-    if len(indices) == 0:
-        raise ValueError(f"{path}: every image of this shard's slices so far is forgotten; use fewer shards")
+    """Slice checkpoint `path`: the previous one (or a fresh model) trained `epochs` on `indices`; with 0 epochs
+    (the slice's own images all forgotten), the previous model (or the fresh one) as it is."""
     torch.manual_seed(seed)
     model = to_device(load_model(previous) if previous else build_model(cfg.arch, num_classes, pretrained=True), device)
-    loader = Loader(data, indices, train_set=True, batch_size=cfg.batch_size, device=device, shuffle=True,
-                    augment=cfg.augment, seed=seed, size=input_size(model))
     start = time.time()
-    fit(model, loader, None, dataclasses.replace(cfg, epochs=epochs))
+    if epochs:
+        loader = Loader(data, indices, train_set=True, batch_size=cfg.batch_size, device=device, shuffle=True,
+                        augment=cfg.augment, seed=seed, size=input_size(model))
+        fit(model, loader, None, dataclasses.replace(cfg, epochs=epochs))
     save_model(path, model, {"config": dataclasses.asdict(cfg), "epochs": epochs, "n_seen": len(indices),
                              "seconds": time.time() - start, "device": str(device)})
 
@@ -353,6 +363,8 @@ def forget_name(data, split):
         return f"no_{data.classes[split.forget_class]}"
     if split.forget_fraction is not None:
         return f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
+    if split.forget_positions is not None:
+        return "forget{}-{}_seed{}".format(*split.forget_positions, split.forget_seed)
     return f"forget{len(split.forget)}" if len(split.forget) else "full"
 
 
@@ -447,7 +459,8 @@ def train(args, cfg, data, split, out, identity):
         print(f"stopped after epoch {len(log)}; continue with --resume", file=sys.stderr)
         return
     save_model(out, model, {"recipe": args.recipe, "config": dataclasses.asdict(cfg), "arch": cfg.arch,
-                            "dataset": data.name, "classes": data.classes, "split": describe_split(split, data.classes),
+                            "dataset": data.name, "classes": data.classes, "normalization": normalization(data),
+                            "split": describe_split(split, data.classes),
                             "device": str(device), "precision": "bf16" if amp else "fp32", "compile": args.compile,
                             "seconds": sum(r["seconds"] for r in log), **runtime_stats(log, device),
                             "metrics": log[-1], "log": os.path.basename(prefix + ".log.jsonl"), "world_size": world,

@@ -26,11 +26,12 @@ from methods import (IMPORTANCE, AdvNegGradConfig, FinetuneConfig, GAConfig, Neg
 
 from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out, config_from_args,
                  json_of_kind, lock, pick_device, read_json, run, write_json)
-from data import Loader, add_data_args, describe_split, load_dataset, split_from_args
+from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
+                  with_normalization)
 from evaluate import evaluate_model, format_table, load_evaluable, strip_losses
-from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, save_model,
-                    sidecar_path, to_device)
-from train import TrainConfig, fit, read_manifest, train_sisa
+from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
+                    save_model, sidecar_path, to_device)
+from train import TrainConfig, fit, normalization, read_manifest, train_sisa
 
 
 # ----------------------------------------------------------------------------- retraining (the gold standard)
@@ -82,6 +83,8 @@ def default_out(data, arch, display, split, subset):
         target = str(split.forget_class)
     elif split.forget_fraction is not None:
         target = f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
+    elif split.forget_positions is not None:
+        target = "forget{}-{}_seed{}".format(*split.forget_positions, split.forget_seed)
     else:
         target = f"forget{len(split.forget)}"
     target += f"_subset{subset}" if subset else ""
@@ -94,9 +97,10 @@ def parse_args(argv=None):
     first.add_argument("--method", choices=list(METHODS) + ["sisa"])
     first.add_argument("--forget-fraction", default=None)
     first.add_argument("--forget-indices", default=None)
+    first.add_argument("--forget-positions", default=None)
     known = first.parse_known_args(argv)[0]
     method = known.method
-    classwise = not (known.forget_fraction or known.forget_indices)
+    classwise = not (known.forget_fraction or known.forget_indices or known.forget_positions)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", required=True, choices=list(METHODS) + ["sisa"],
                         help="unlearning method; `--method X --help` lists X's flags and defaults; sisa retrains "
@@ -191,9 +195,12 @@ def main(argv=None):
     if not is_remote(args.model) and not os.path.isfile(args.model):  # before the data: the model is the first need
         raise FileNotFoundError(f"--model {args.model} not found: train one (make train, or python train.py), or "
                                 f"give a checkpoint's path or hf:// name")
-    if args.forget_class is None and args.forget_fraction is None and args.forget_indices is None:
-        raise ValueError("the forget set is empty: give --forget-class, --forget-fraction or --forget-indices")
+    if all(f is None for f in (args.forget_class, args.forget_fraction, args.forget_indices, args.forget_positions)):
+        raise ValueError("the forget set is empty: give --forget-class, --forget-fraction, --forget-indices or "
+                         "--forget-positions")
     data = load_dataset(args.dataset, args.data_dir)
+    data = with_normalization(data, common_normalization({n: normalization_of(n) for n in (args.model, args.retrained)
+                                                          if n}), args.model)
     split = split_from_args(args, data)
     if len(split.forget) == 0:
         raise ValueError("the forget set is empty: give --forget-class, --forget-fraction or --forget-indices")
@@ -233,6 +240,7 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
     changed = changed_weights(before, model)
     meta = {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
             "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
+            "normalization": normalization(data),
             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
             "precision": "fp32" if amp is None or args.method == "ssd" else "bf16",  # SSD: IEEE fp32 passes only
             "changed_weights": changed, "weights": sum(p.numel() for p in before.values()),
@@ -285,7 +293,9 @@ def main_sisa(args, data, split):
     new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}
     seconds = time.time() - start
     for shard, info in enumerate(new["shards"]):
-        print(f"shard {shard}: " + (f"retrained slices {info['trained']}" if info["trained"] else "untouched"))
+        print(f"shard {shard}: " + (f"retrained slices {info['trained']}" if info["trained"] else "untouched")
+              + (f" (slices {info['carried']}: only forgotten images, the model before them carried over)"
+                 if info.get("carried") else ""))
     print(f"unlearning took {seconds:.1f}s; a full retrain of all shards would take about {full:.1f}s "
           f"(their original training time)")
     write_json(out, {**new, "seconds": seconds, "source": args.model})

@@ -122,3 +122,41 @@ def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
     assert "(shards " in e.stdout  # the per-shard MIA mean beside the aggregate's
     bad = run_script("train.py", "--sisa", "--arch", "resnet20", "--slices", 3, "--slice-epochs", "1,1", *common)
     assert bad.returncode != 0 and "gives 2 values for 3 slices" in bad.stderr
+
+
+def test_the_reports_forget_positions_are_its_slices_and_sisa_redoes_what_the_report_says(tmp_path, monkeypatch):
+    # The CIFAR-100 report: one random order of the 50,000 train indices; the forget set is positions [20000, 30000)
+    # of it; 4 shards of 12,500 positions, each 5 slices of 2,500. So the forget set is slices 4-5 of shard 1 and
+    # slices 1-2 of shard 2, written here from that description, not from our code
+    data = Dataset("c100", tuple(f"c{k}" for k in range(100)), np.zeros((50000, 1, 1, 3), np.uint8),
+                   np.arange(50000) % 100, np.zeros((100, 1, 1, 3), np.uint8), np.arange(100) % 100, (0.5,) * 3,
+                   (0.2,) * 3)
+    split = make_split(data, forget_positions=(20000, 30000), forget_seed=0)
+    order = np.random.default_rng([0, 1]).permutation(np.arange(50000))  # the seeded order SISA uses
+    slices = lambda s: [order[12500 * s + 2500 * k:12500 * s + 2500 * (k + 1)] for k in range(5)]
+    expected = np.sort(np.concatenate([slices(1)[3], slices(1)[4], slices(2)[0], slices(2)[1]]))
+    assert np.array_equal(split.forget, expected) and len(split.retain) == 40000
+    plan = shard_slices(split.train, 4, 5, 0)
+    assert all(np.array_equal(plan[s][k], slices(s)[k]) for s in range(4) for k in range(5))
+
+    # the same design at a CPU's scale: 200 images, 4 shards x 5 slices of 10, forget positions [80, 120)
+    small = Dataset("toy", ("a", "b"), np.random.default_rng(0).integers(0, 256, (200, 8, 8, 3), np.uint8),
+                    np.arange(200) % 2, np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2, (0.5,) * 3, (0.2,) * 3)
+    sisa = SisaConfig(shards=4, slices=5, slice_epochs=(1, 1, 1, 1, 1))
+    cfg = TrainConfig(arch="resnet20", epochs=1, batch_size=32)
+    first = train_sisa(small, make_split(small), cfg, sisa, str(tmp_path), CPU)
+    calls, real = [], train.train_slice
+    monkeypatch.setattr(train, "train_slice", lambda data, indices, cfg, epochs, *rest: calls.append(
+        (np.sort(indices).tolist(), epochs)) or real(data, indices, cfg, epochs, *rest))
+    after = train_sisa(small, make_split(small, forget_positions=(80, 120)), cfg, sisa, str(tmp_path), CPU)
+    assert [s["trained"] for s in after["shards"]] == [[], [], [3, 4, 5], []]
+    assert [s["carried"] for s in after["shards"]] == [[], [4, 5], [1, 2], []]
+    assert after["members"][0] == first["members"][0] and after["members"][3] == first["members"][3]  # untouched
+    slice3, final = (torch.load(tmp_path / after["shards"][1]["checkpoints"][k], weights_only=True) for k in (2, 4))
+    assert after["shards"][1]["checkpoints"][2] == first["shards"][1]["checkpoints"][2]  # shard 1: its slice 3 ...
+    assert all(torch.equal(slice3[k], final[k]) for k in slice3)  # ... is its final model
+    order = np.random.default_rng([0, 1]).permutation(np.arange(200))
+    kept = lambda s, *ks: np.sort(np.concatenate([order[50 * s + 10 * (k - 1):50 * s + 10 * k] for k in ks])).tolist()
+    assert calls == [(kept(1, 1, 2, 3), 0), (kept(1, 1, 2, 3), 0),  # shard 1's slices 4, 5: carried, not trained
+                     ([], 0), ([], 0),  # shard 2's slices 1, 2: the fresh model
+                     (kept(2, 3), 1), (kept(2, 3, 4), 1), (kept(2, 3, 4, 5), 1)]  # shard 2 on its slices 3-5 only

@@ -1,0 +1,138 @@
+"""The CIFAR-100 report's starting point, offline: option-B CIFAR ResNets (chenyaofo/pytorch-cifar-models' layout),
+its published weights by short name from a stand-in release folder (the sha256 prefix of the file name checked),
+and the normalisation a model was trained with used by every script."""
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+import published
+from conftest import assert_clean_error, call
+from models import build_model, infer_arch, load_model, save_model
+from test_inputs import write_classes
+
+
+def reference_forward(state, x, n):
+    """ResNet-(6n+2) for CIFAR as the description goes, written out with functional ops: a 3x3 stem (16 channels)
+    + BN + ReLU; three stages of n basic blocks (16, 32, 64 channels; the first block of stages 2 and 3 with stride
+    2 and a projection shortcut, a 1x1 stride-2 convolution + BN, named downsample.0 / downsample.1); global average
+    pooling; a linear classifier. BatchNorm in eval mode (running statistics)."""
+    def bn(h, name):
+        return F.batch_norm(h, state[f"{name}.running_mean"], state[f"{name}.running_var"], state[f"{name}.weight"],
+                            state[f"{name}.bias"], training=False, eps=1e-5)
+    h = F.relu(bn(F.conv2d(x, state["conv1.weight"], padding=1), "bn1"))
+    for stage in (1, 2, 3):
+        for i in range(n):
+            p = f"layer{stage}.{i}"
+            stride = 2 if stage > 1 and i == 0 else 1
+            out = F.relu(bn(F.conv2d(h, state[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+            out = bn(F.conv2d(out, state[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            shortcut = h if stride == 1 else bn(F.conv2d(h, state[f"{p}.downsample.0.weight"], stride=2),
+                                                f"{p}.downsample.1")
+            h = F.relu(out + shortcut)
+    return F.linear(h.mean((2, 3)), state["fc.weight"], state["fc.bias"])
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56])
+def test_option_b_resnets_are_the_described_network(depth):
+    torch.manual_seed(0)
+    model = build_model(f"resnet{depth}b", 100).eval()
+    with torch.no_grad():  # statistics and affine parameters away from their defaults, so that each one matters
+        for name, buffer in model.named_buffers():
+            if "running" in name:
+                buffer.uniform_(0.5, 1.5) if "var" in name else buffer.normal_(0, 0.1)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    state = model.state_dict()
+    n = (depth - 2) // 6
+    # option A's entries (stem 6, each block 12, fc 2) and two projections of 6 (conv, and BN's 5): 200 for n = 5
+    assert len(state) == 6 + 12 * 3 * n + 2 + 12 and (depth != 32 or len(state) == 200)
+    assert [k for k in state if "downsample" in k][0] == "layer2.0.downsample.0.weight"
+    assert infer_arch(state) == (f"resnet{depth}b", 100)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference_forward(state, x, n), atol=1e-5)
+
+
+def test_option_b_initialisation_is_chenyaofos():
+    # convolutions Kaiming-normal (fan_out, relu): std sqrt(2 / (out_channels * k * k)); BatchNorm 1 and 0
+    torch.manual_seed(0)
+    model = build_model("resnet56b", 100)
+    convs = [(name, p) for name, p in model.named_parameters() if p.dim() == 4]
+    for name, w in convs:
+        fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+        assert abs(w.std().item() / (2 / fan_out) ** 0.5 - 1) < (0.35 if w.numel() < 500 else 0.1), name
+    assert all((m.weight == 1).all() and (m.bias == 0).all() for m in model.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.fixture
+def release(tmp_path, monkeypatch):
+    """A stand-in for chenyaofo/pytorch-cifar-models' release folder ($CIFAR_MODELS_URL), holding a resnet32b of
+    100 classes under the published file name, and an empty torch hub cache."""
+    folder = tmp_path / "release"
+    folder.mkdir()
+    monkeypatch.setenv("CIFAR_MODELS_URL", folder.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(0)
+    torch.save(build_model("resnet32b", 100).state_dict(), tmp_path / "m.pt")
+    return folder, tmp_path / "m.pt"
+
+
+def publish(folder, source, name):
+    """Copies `source` under the published file name, whose sha256 prefix it will not match (a stand-in cannot),
+    and returns the name to use: the published one with the prefix replaced by the stand-in's own."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    file = published.PUBLISHED_CIFAR_MODELS[name][0]
+    shutil.copy(source, folder / file.replace(file.rsplit("-", 1)[1].split(".")[0], digest[:8]))
+    return digest[:8]
+
+
+def test_a_published_name_downloads_once_checks_its_sha256_prefix_and_carries_its_normalisation(release,
+                                                                                                monkeypatch):
+    folder, source = release
+    name = published.CIFAR_MODELS + "cifar100_resnet32"
+    file = published.PUBLISHED_CIFAR_MODELS["cifar100_resnet32"][0]
+    shutil.copy(source, folder / file)  # the published file name with a sha256 prefix this file does not have
+    with pytest.raises(ValueError, match=r"sha256 is [0-9a-f]{64}, not 84213ce6\.\.\. as its name says"):
+        load_model(name)
+    prefix = publish(folder, source, "cifar100_resnet32")
+    monkeypatch.setitem(published.PUBLISHED_CIFAR_MODELS, "cifar100_resnet32", (f"cifar100_resnet32-{prefix}.pt", 70.16))
+    model = load_model(name)
+    assert infer_arch(model.state_dict()) == ("resnet32b", 100)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 torch.load(source, weights_only=True).values()))
+    assert models.normalization_of(name) == ((0.5070, 0.4865, 0.4409), (0.2673, 0.2564, 0.2761))
+    (folder / f"cifar100_resnet32-{prefix}.pt").unlink()
+    assert load_model(name) is not None  # the cached copy serves, offline
+    with pytest.raises(ValueError, match="unknown; the published ones are"):
+        models.fetch(published.CIFAR_MODELS + "cifar100_resnet99")
+
+
+def test_every_script_normalises_as_the_model_was_trained(tmp_path):
+    write_classes(tmp_path / "toy", ["alpha", "beta", "gamma"], per_class=4)
+    flags = ["--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache", "--device", "cpu"]
+    r = call("train.py", "--arch", "resnet20b", "--epochs", "1", "--batch-size", "8", "--out", tmp_path / "m.pth",
+             *flags)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "m.json").read_text())
+    own = meta["normalization"]
+    assert meta["arch"] == "resnet20b" and len(own["mean"]) == 3  # the dataset's own statistics, recorded
+    meta["normalization"] = {"mean": [0.25, 0.5, 0.75], "std": [0.5, 0.5, 0.5]}  # as if trained with others
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    r = call("evaluate.py", "--model", tmp_path / "m.pth", "--json", tmp_path / "e.json", *flags)
+    assert r.returncode == 0 and "normalising as" in r.stderr and "mean (0.25, 0.5, 0.75)" in r.stderr
+    r = call("unlearn.py", "--method", "ga", "--epochs", "1", "--model", tmp_path / "m.pth", "--forget-class",
+             "alpha", "--out", tmp_path / "u.pth", "--no-eval", *flags)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "u.json").read_text())["normalization"]["mean"] == [0.25, 0.5, 0.75]
+    save_model(str(tmp_path / "other.pth"), build_model("resnet20b", 3),
+               {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    assert_clean_error(call("evaluate.py", "--model", tmp_path / "m.pth", "--model", tmp_path / "other.pth", *flags),
+                       "evaluate them in separate runs")

@@ -41,7 +41,7 @@ DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 -
 
 .PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench
 .PHONY: reproduce reproduce-small reproduce-steps report verify-published verify-published-small clean-demo
-.PHONY: reproduce-cards reproduce-cards-small
+.PHONY: reproduce-cards reproduce-cards-small reproduce-c100 reproduce-c100-small
 .PHONY: pool pool-unlearn pool-score pool-jobs pool-unlearn-jobs pool-small reproduce-pool
 .PHONY: ulira ulira-retrain ulira-jobs ulira-unlearn-jobs ulira-small
 
@@ -154,6 +154,18 @@ reproduce-cards: $(INSTALL)  ## the SSD and AdvNegGrad cards from one ResNet18 (
 reproduce-cards-small: $(INSTALL)  ## the same on a CPU (resnet20, 20 images a class, 2 epochs): a pipeline check
 	$(PY) reproduce_cards.py --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device cpu --arch resnet20 --epochs 2 \
 	  --subset 20 --test-subset 20 --train-flags "--batch-size 32" --out $(CARDS_DIR)-small $(CARDS_FLAGS)
+
+# ----------------------------------------------------------------------------- the CIFAR-100 report
+# Fine-tuning from the report's published ResNet32 / ResNet56 (chenyaofo/pytorch-cifar-models), SISA 4 x 5, its forget
+# set (positions 20000-29999 of the order SISA's shards cut): C100_DIR/c100.md beside the report's numbers.
+C100_DIR ?= runs/c100
+reproduce-c100: $(INSTALL)  ## the CIFAR-100 report: fine-tuning from its published ResNets, SISA (GPU; network once)
+	$(PY) reproduce_c100.py --data-dir '$(DATA_DIR)' --device $(DEVICE) --out $(C100_DIR) $(EXTRA)
+
+reproduce-c100-small: $(INSTALL)  ## the same on a CPU: 5 images a class, 1 epoch, SISA with a resnet20
+	$(PY) reproduce_c100.py --data-dir '$(DATA_DIR)' --device cpu --out $(C100_DIR)-small --subset 5 --test-subset 5 \
+	  --forget-positions 200:300 --epochs 1 --sisa-flags "--arch resnet20 --batch-size 32 --slice-epochs 1,1,1,1,1" \
+	  $(EXTRA)
 
 # ----------------------------------------------------------------------------- every published result
 # Each step is a file under RUNDIR, so an interrupted run resumes where it stopped and finished models are reused.

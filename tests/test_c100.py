@@ -136,3 +136,60 @@ def test_every_script_normalises_as_the_model_was_trained(tmp_path):
                {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
     assert_clean_error(call("evaluate.py", "--model", tmp_path / "m.pth", "--model", tmp_path / "other.pth", *flags),
                        "evaluate them in separate runs")
+
+
+def write_cifar100(root, train_per_class=7, test_per_class=3):
+    """A synthetic CIFAR-100 in torchvision's extracted format, every class present in both splits."""
+    import numpy as np
+    from test_data import planes_to_rows, write_pickle
+    rng = np.random.default_rng(1)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for file, per_class in (("train", train_per_class), ("test", test_per_class)):
+        n = 100 * per_class
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        write_pickle(folder / file, {"data": planes_to_rows(x), "fine_labels": (np.arange(n) % 100).tolist(),
+                                     "coarse_labels": [0] * n, "filenames": [f"{i}.png" for i in range(n)]})
+    write_pickle(folder / "meta", {"fine_label_names": [f"c{i:02d}" for i in range(100)], "coarse_label_names": ["x"]})
+
+
+def test_reproduce_c100_small_end_to_end(release, tmp_path, monkeypatch):
+    import shlex
+    import subprocess
+    import sys
+    from conftest import ROOT
+    folder, _ = release
+    write_cifar100(tmp_path / "data")
+    for name, depth in (("cifar100_resnet32", 32),):  # a stand-in in the release layout
+        torch.manual_seed(depth)
+        torch.save(build_model(f"resnet{depth}b", 100).state_dict(), tmp_path / f"{name}.pt")
+        prefix = publish(folder, tmp_path / f"{name}.pt", name)
+        monkeypatch.setitem(published.PUBLISHED_CIFAR_MODELS, name,
+                            (f"{name}-{prefix}.pt", published.PUBLISHED_CIFAR_MODELS[name][1]))
+    # make's own command line, run in this process (the stand-ins' names live in the patched table above)
+    dry = subprocess.run(["make", "-C", ROOT, "-n", "--no-print-directory", "INSTALL=", f"PY={sys.executable}",
+                          "reproduce-c100-small", f"DATA_DIR={tmp_path / 'data'}", f"C100_DIR={tmp_path / 'c100'}",
+                          "EXTRA=--models cifar100_resnet32"],  # one model: the second adds time, not checks
+                         capture_output=True, text=True)
+    argv = shlex.split(dry.stdout.replace("\\\n", " "))
+    assert argv[1].endswith("reproduce_c100.py"), dry.stdout
+    r = call("reproduce_c100.py", *argv[2:])
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = (tmp_path / "c100-small" / "c100.md").read_text()
+    results = json.loads((tmp_path / "c100-small" / "c100.json").read_text())
+    assert results["n_forget"] == 100 and "positions 200:300" in report
+    assert list(results["models"]) == ["cifar100_resnet32"]
+    for name in ("cifar100_resnet32",):
+        model = results["models"][name]
+        sidecar = json.loads((tmp_path / "c100-small" / "finetune" / f"{name}.json").read_text())
+        assert sidecar["normalization"]["mean"] == [0.5070, 0.4865, 0.4409]  # the weights' own, not the dataset's
+        assert sidecar["split"]["forget_positions"] == [200, 300] and sidecar["config"]["epochs"] == 1
+        assert model["after"]["test"]["acc"] == sidecar["metrics"]["test"]["acc"]
+        assert set(model["preprocessing"]) == {"their CIFAR-100 statistics", "CIFAR-10 statistics",
+                                               "ImageNet statistics", "mean and std 0.5", "none (ToTensor only)"}
+        assert f"| {name} | before | " in report and f"| {name} | after | " in report
+    shard_mia = results["sisa"]["after"]["shard_mia"]
+    assert len(shard_mia) == 4 and "0.494 / 0.523 / 0.584 / 0.506" in report  # ours beside the report's per shard
+    manifest = json.loads((tmp_path / "c100-small" / "sisa" / "unlearned.json").read_text())
+    assert [s["trained"] for s in manifest["shards"]] == [[], [], [3, 4, 5], []]  # the report's design, as it says
+    assert [s["carried"] for s in manifest["shards"]] == [[], [4, 5], [1, 2], []]

@@ -92,5 +92,6 @@ def test_other_architectures_and_class_counts_are_refused(tmp_path):
         load_model(str(tmp_path / "r20.pth"), num_classes=10)
     with pytest.raises(ValueError, match="expected resnet18"):
         load_model(str(tmp_path / "r20.pth"), arch="resnet18")
-    assert set(ARCHS) == {"resnet18", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18-imagenet",
-                          "resnet34-imagenet"}
+    assert set(ARCHS) == {"resnet18", "resnet20", "resnet32", "resnet44", "resnet56",
+                          "resnet20b", "resnet32b", "resnet44b", "resnet56b",
+                          "resnet18-imagenet", "resnet34-imagenet"}

@@ -62,12 +62,15 @@ def call(script, *args):
     (returncode, stdout, stderr). run_script is for what needs a process: signals, terminals, resource limits."""
     module = importlib.import_module(os.path.splitext(script)[0])
     out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, [os.path.join(ROOT, script), *map(str, args)]  # what a sidecar records as argv
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             cli.run(lambda: module.main([str(a) for a in args]))
             code = 0
         except SystemExit as e:  # the interpreter would print a message given to sys.exit and exit with 1
             code = e.code if isinstance(e.code, int) or e.code is None else print(e.code, file=sys.stderr) or 1
+        finally:
+            sys.argv = argv
     return subprocess.CompletedProcess([script, *args], code or 0, out.getvalue(), err.getvalue())
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import data
-from conftest import ARCHIVE, assert_clean_error, call, run_script
+from conftest import ARCHIVE, assert_clean_error, call
 from data import Dataset, load_dataset, make_split, resolve_class, subset_indices
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -321,6 +321,6 @@ def test_subset_takes_the_first_n_of_each_class_deterministically():
 
 
 def test_cli_lists_classes_and_split(cifar_jpeg, data_dir):
-    r = run_script("data.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--forget-class", "cat")
+    r = call("data.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--forget-class", "cat")
     assert r.returncode == 0, r.stderr
     assert "classes: " + " ".join(CIFAR10_NAMES) in r.stdout and "5000 forget, 45000 retain" in r.stdout

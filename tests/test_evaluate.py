@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conftest import ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, run_script
+from conftest import ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, call
 from data import make_split
 from evaluate import evaluate_model, mia_score
 from models import build_model, save_model
@@ -44,7 +44,7 @@ def test_metrics_equal_an_independent_computation(cifar_jpeg, trained):
 
 def test_cli_table_json_and_gap_to_the_retrained_model(cifar_jpeg, data_dir, trained, tmp_path):
     path, _, _ = trained
-    r = run_script("evaluate.py", "--model", path, "--retrained", path, "--dataset", ARCHIVE, "--data-dir", data_dir,
+    r = call("evaluate.py", "--model", path, "--retrained", path, "--dataset", ARCHIVE, "--data-dir", data_dir,
                    "--subset", 50, "--test-subset", 50, "--forget-class", "cat", "--mia", "--device", "cpu",
                    "--json", tmp_path / "out.json")
     assert r.returncode == 0, r.stderr
@@ -65,5 +65,5 @@ def test_cli_refuses_bad_checkpoints_without_writing(cifar_jpeg, data_dir, tmp_p
     common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--device", "cpu", "--json", tmp_path / "out.json"]
     for model, message in [("corrupt.pth", "not a PyTorch checkpoint"), ("missing.pth", "not found"),
                            ("c100.pth", "with 100 classes, expected resnet20 with 10")]:
-        assert_clean_error(run_script("evaluate.py", "--model", tmp_path / model, *common), message)
+        assert_clean_error(call("evaluate.py", "--model", tmp_path / model, *common), message)
     assert (tmp_path / "out.json").read_text() == '{"kind": "evaluation", "keep": 1}'

@@ -2,6 +2,7 @@
 stated constants, its plots real PNG files (or absent, with the report still written), its model cards complete."""
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 
 import published
 import report
-from conftest import ARCHIVE, ROOT, assert_clean_error, run_script
+from conftest import ARCHIVE, ROOT, assert_clean_error, call, run_script
 
 # The reproduce targets at a toy scale: 2 classes, 2 per-class methods, 1 one-class method, SISA 4 x 5 with one
 # epoch per slice, an ensemble of 2. 10 train images per class so that a random 20% leaves every SISA slice some.
@@ -25,12 +26,28 @@ def make(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def make_commands(*args):
+    """The script commands `make -n` lists for a target, in an order that runs them (argv lists without the
+    interpreter); the recursive make lines make runs under -n are left out."""
+    dry = make("-n", *args)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    words = [shlex.split(line) for line in dry.stdout.replace("\\\n", " ").splitlines() if line.strip()]
+    return [w[1:] for w in words if w[0] == sys.executable]
+
+
 @pytest.fixture(scope="module")
 def rundir(cifar_jpeg, data_dir, tmp_path_factory):
+    """make reproduce-steps at the toy scale: make's own commands (make -n), each script run in this process in
+    make's order (the commands make runs, without a new interpreter for each)."""
     folder = tmp_path_factory.mktemp("reproduce") / "run"
-    r = make("-j2", "reproduce-steps", f"RUNDIR={folder}", f"DATASET={ARCHIVE}", f"SISA_DATASET={ARCHIVE}",
-             f"DATA_DIR={data_dir}", *TINY)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    commands = make_commands("reproduce-steps", f"RUNDIR={folder}", f"DATASET={ARCHIVE}", f"SISA_DATASET={ARCHIVE}",
+                             f"DATA_DIR={data_dir}", *TINY)
+    # 3 models, 2 x 2 + 1 unlearned, their evaluation; SISA trained, unlearned, evaluated; 2 members, the ensemble
+    assert [c[0] for c in commands] == ["train.py"] * 2 + ["unlearn.py"] * 2 + ["train.py"] + ["unlearn.py"] * 3 + [
+        "evaluate.py", "train.py", "unlearn.py", "evaluate.py", "train.py", "train.py", "evaluate.py"], commands
+    for command in commands:
+        r = call(*command)
+        assert r.returncode == 0, (command, r.stdout[-3000:] + r.stderr[-3000:])
     return folder
 
 
@@ -47,7 +64,7 @@ def row(text, *cells):
 
 
 def test_the_report_shows_the_sidecars_numbers_beside_the_published_ones(rundir):
-    r = run_script("report.py", rundir)
+    r = run_script("report.py", rundir)  # report.py's one run in its own interpreter, as make report runs it
     assert r.returncode == 0, r.stderr
     text = (rundir / "report.md").read_text()
     full = read(rundir / "full.json")
@@ -89,7 +106,7 @@ def test_published_constants_are_the_cards_numbers():
 
 def test_plots_are_png_files_listed_in_the_report(rundir):
     pytest.importorskip("matplotlib")
-    assert run_script("report.py", rundir).returncode == 0
+    assert call("report.py", rundir).returncode == 0
     names = sorted(os.listdir(rundir / "plots"))
     assert names == ["confusion_cat.png", "curves.png", "losses_cat.png", "per_class_cat.png", "seconds.png"]
     text = (rundir / "report.md").read_text()
@@ -108,7 +125,7 @@ def test_without_matplotlib_the_report_is_written_without_plots(rundir, tmp_path
 
 
 def test_every_checkpoint_gets_a_model_card_in_the_published_layout(rundir):
-    assert run_script("report.py", rundir).returncode == 0
+    assert call("report.py", rundir).returncode == 0
     cards = sorted(os.listdir(rundir / "cards"))
     assert cards == sorted(["full.md", "no_airplane.md", "no_cat.md", "unlearn_ssd_airplane.md", "unlearn_ssd_cat.md",
                             "unlearn_advneggrad_airplane.md", "unlearn_advneggrad_cat.md", "unlearn_ga_cat.md",
@@ -129,16 +146,16 @@ def test_every_checkpoint_gets_a_model_card_in_the_published_layout(rundir):
 def test_a_card_for_one_checkpoint(rundir, tmp_path):
     shutil.copy(rundir / "no_cat.pth", tmp_path / "m.pth")
     shutil.copy(rundir / "no_cat.json", tmp_path / "m.json")
-    r = run_script("report.py", "--card", tmp_path / "m.pth", "--license", "apache-2.0")
+    r = call("report.py", "--card", tmp_path / "m.pth", "--license", "apache-2.0")
     assert r.returncode == 0, r.stderr
     card = (tmp_path / "m.md").read_text()
     assert "license: apache-2.0" in card and "- **Excluded Class**: cat" in card and "- **lr**: 0.1" in card
 
 
 def test_bad_input_is_refused(tmp_path):
-    assert_clean_error(run_script("report.py", tmp_path / "missing"), "give a run folder")
+    assert_clean_error(call("report.py", tmp_path / "missing"), "give a run folder")
     (tmp_path / "m.pth").write_bytes(b"x")
-    assert_clean_error(run_script("report.py", "--card", tmp_path / "m.pth"), "m.json not found")
+    assert_clean_error(call("report.py", "--card", tmp_path / "m.pth"), "m.json not found")
 
 
 def test_reproduce_on_a_cpu_wants_yes(tmp_path):

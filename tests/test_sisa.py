@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import train
-from conftest import ARCHIVE, assert_clean_error, run_script
+from conftest import ARCHIVE, assert_clean_error, call
 from data import Dataset, make_split
 from models import Ensemble
 from train import SisaConfig, TrainConfig, shard_slices, train_sisa
@@ -100,14 +100,14 @@ def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
     common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 4, "--test-subset", 2, "--device", "cpu"]
     sisa = ["--sisa", "--arch", "resnet20", "--batch-size", 16, "--shards", 2, "--slices", 2, "--slice-epochs", "1,1",
             "--out", tmp_path / "sisa", *common]
-    one = run_script("train.py", *sisa, "--shard", 1)  # a shard as its own job, as `make -j sisa` runs them
+    one = call("train.py", *sisa, "--shard", 1)  # a shard as its own job, as `make -j sisa` runs them
     assert one.returncode == 0 and not (tmp_path / "sisa" / "manifest_full.json").exists(), one.stderr
-    r = run_script("train.py", *sisa)
+    r = call("train.py", *sisa)
     assert r.returncode == 0, r.stderr
     assert "shard 0: trained slices [1, 2]" in r.stdout and "shard 1: trained slices none (all reused)" in r.stdout
-    assert_clean_error(run_script("train.py", *sisa, "--shard", 2), "--shard must be in 0..1")
+    assert_clean_error(call("train.py", *sisa, "--shard", 2), "--shard must be in 0..1")
     manifest = tmp_path / "sisa" / "manifest_full.json"
-    u = run_script("unlearn.py", "--method", "sisa", "--model", manifest, "--forget-class", "cat", *common)
+    u = call("unlearn.py", "--method", "sisa", "--model", manifest, "--forget-class", "cat", *common)
     assert u.returncode == 0, u.stderr
     split = make_split(cifar_jpeg, forget_class=3, subset=4)
     for shard, slices in enumerate(shard_slices(split.train, 2, 2, 0)):
@@ -117,10 +117,10 @@ def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
     assert "a full retrain of all shards" in u.stdout
     out = tmp_path / "sisa" / "cifar10-jpeg_resnet20_SISA_3.json"
     assert len(json.load(open(out))["members"]) == 2
-    e = run_script("evaluate.py", "--model", out, "--forget-class", "cat", "--mia", *common)
+    e = call("evaluate.py", "--model", out, "--forget-class", "cat", "--mia", *common)
     assert e.returncode == 0, e.stderr
     assert "(shards " in e.stdout  # the per-shard MIA mean beside the aggregate's
-    bad = run_script("train.py", "--sisa", "--arch", "resnet20", "--slices", 3, "--slice-epochs", "1,1", *common)
+    bad = call("train.py", "--sisa", "--arch", "resnet20", "--slices", 3, "--slice-epochs", "1,1", *common)
     assert bad.returncode != 0 and "gives 2 values for 3 slices" in bad.stderr
 
 

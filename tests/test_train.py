@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ARCHIVE, ROOT, assert_clean_error, run_script
+from conftest import ARCHIVE, ROOT, assert_clean_error, call
 from test_data import write_folder
 
 TINY = ["--arch", "resnet20", "--subset", "20", "--test-subset", "10", "--batch-size", "32", "--device", "cpu"]
@@ -23,13 +23,13 @@ def test_training_learns(trained):
 
 def test_resume_ends_with_the_same_weights_bitwise(cifar_jpeg, data_dir, tmp_path):
     common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--epochs", "3", *TINY]
-    straight = run_script("train.py", *common, "--out", tmp_path / "a.pth")
+    straight = call("train.py", *common, "--out", tmp_path / "a.pth")
     assert straight.returncode == 0, straight.stderr
-    first = run_script("train.py", *common, "--out", tmp_path / "b.pth", "--stop-after", "1")
+    first = call("train.py", *common, "--out", tmp_path / "b.pth", "--stop-after", "1")
     assert first.returncode == 0 and not (tmp_path / "b.pth").exists() and (tmp_path / "b.state.pt").exists()
-    other = run_script("train.py", *common, "--out", tmp_path / "b.pth", "--resume", "--lr", "0.05")
+    other = call("train.py", *common, "--out", tmp_path / "b.pth", "--resume", "--lr", "0.05")
     assert_clean_error(other, "other settings")
-    resumed = run_script("train.py", *common, "--out", tmp_path / "b.pth", "--resume")
+    resumed = call("train.py", *common, "--out", tmp_path / "b.pth", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr and "epoch 1/3" not in resumed.stdout
     a, b = (torch.load(tmp_path / f"{n}.pth", weights_only=True) for n in "ab")
@@ -39,9 +39,10 @@ def test_resume_ends_with_the_same_weights_bitwise(cifar_jpeg, data_dir, tmp_pat
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
-def test_retrain_without_a_class_uses_the_published_name_and_saves_the_split(cifar_jpeg, data_dir, tmp_path):
-    r = run_script("train.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--epochs", "1", "--forget-class", "cat",
-                   *TINY, cwd=tmp_path)
+def test_retrain_without_a_class_uses_the_published_name_and_saves_the_split(cifar_jpeg, data_dir, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = call("train.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--epochs", "1", "--forget-class", "cat", *TINY)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "checkpoints" / "resnet20_cifar10-jpeg_no_cat_subset20.pth"
     meta = json.load(open(out.with_suffix(".json")))
@@ -50,7 +51,7 @@ def test_retrain_without_a_class_uses_the_published_name_and_saves_the_split(cif
 
 
 def test_help_shows_the_published_defaults():
-    r = run_script("train.py", "--help")
+    r = call("train.py", "--help")
     for text in ["(default: 200)", "(default: 128)", "(default: 0.1)", "(default: 0.9)", "(default: 0.0005)",
                  "(default: True)"]:
         assert text in r.stdout, text
@@ -66,7 +67,7 @@ def test_help_shows_the_published_defaults():
 def test_bad_input_is_refused_and_nothing_is_overwritten(cifar_jpeg, data_dir, tmp_path, args, message):
     out = tmp_path / "existing.pth"
     out.write_bytes(b"precious")
-    r = run_script("train.py", "--dataset", ARCHIVE, "--data-dir", data_dir, *TINY, "--out", out, *args)
+    r = call("train.py", "--dataset", ARCHIVE, "--data-dir", data_dir, *TINY, "--out", out, *args)
     assert_clean_error(r, message)
     assert out.read_bytes() == b"precious" and sorted(os.listdir(tmp_path)) == ["existing.pth"]
 

@@ -6,7 +6,7 @@ import torchvision
 
 import models
 import train
-from conftest import ARCHIVE, assert_clean_error, run_script
+from conftest import ARCHIVE, assert_clean_error, call, run_script
 from data import Loader, make_split
 from models import Ensemble, build_model, input_size
 from train import EnsembleConfig, TrainConfig, TransferConfig, fit, train_epoch
@@ -104,7 +104,7 @@ def test_ensemble_recipe_defaults_and_augmentation(cifar_jpeg):
 def test_ensemble_cli_reports_members_and_the_ensemble(cifar_jpeg, data_dir, trained, tmp_path):
     torch.manual_seed(1)
     models.save_model(str(tmp_path / "other.pth"), build_model("resnet20", 10), {})
-    r = run_script("evaluate.py", "--ensemble", "--model", trained[0], "--model", tmp_path / "other.pth",
+    r = call("evaluate.py", "--ensemble", "--model", trained[0], "--model", tmp_path / "other.pth",
                    "--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 10, "--test-subset", 10,
                    "--forget-class", "cat", "--mia", "--device", "cpu")
     assert r.returncode == 0, r.stderr

@@ -172,7 +172,8 @@ reproduce-c100-small: $(INSTALL)  ## the same on a CPU: 5 images a class, 1 epoc
 # EVERY_CLASS methods run for every class (the model cards' tables), ONE_CLASS methods for CLASS only.
 RUNDIR ?= runs/reproduce
 EVERY_CLASS ?= ssd advneggrad finetune
-ONE_CLASS ?= neggrad+ ga rl salun scrub
+ONE_CLASS ?= neggrad+ ga rl salun scrub lfssd ct msg bad-teacher unsir amnesiac l1-sparse boundary-shrink \
+	boundary-expand
 SISA_DATASET ?= cifar100
 SISA_RECIPE ?= --recipe transfer --arch resnet34-imagenet
 ENSEMBLE_RECIPE ?= --recipe ensemble

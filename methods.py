@@ -15,6 +15,7 @@ Retraining, which needs the training recipe, is unlearn.py's.
 import contextlib
 import copy
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -197,6 +198,151 @@ class SCRUBConfig(Shuffled):
     augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not augment)")
 
 
+@dataclass(frozen=True)
+class LFSSDConfig(SSDConfig):
+    """Loss-free SSD (Foster et al., 2024, arXiv 2402.19308): SSD with the importance of the batch mean of the squared
+    l2 norm of the logits, accumulated as |gradient| (the SSD repository's README diff); no labels needed."""
+    importance: str = hp("label-free", "the README diff's importance: |grad of mean ||logits||^2| per batch, averaged "
+                         "over batches", choices=("label-free",))
+
+
+@dataclass(frozen=True)
+class CTConfig(Shuffled):
+    """Convolution Transpose (NeurIPS 2023 competition; xcadet/deepunlearn munl/unlearning/kgltop5.py): every
+    convolution kernel transposed, then fine-tuning on the retain set; the forget set is never read."""
+    lr: float = hp(1e-3, "SGD learning rate (ORIGINAL_LR)")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay (on every parameter)")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(3, "epochs = cosine T_max, stepped per epoch (ORIGINAL_NUM_EPOCHS)")
+    batch_size: int = hp(64, "batch size (ORIGINAL_BATCH_SIZE)")
+    augment: bool = hp(False, "augment like training (the pipeline's loaders do not)")
+
+
+@dataclass(frozen=True)
+class MSGConfig(Shuffled):
+    """Masked Small Gradients (NeurIPS 2023 competition; xcadet/deepunlearn munl/unlearning/kgltop2.py): the
+    gradient of CE on a retain sample as large as the forget set minus CE on the forget set; in each convolution
+    the init_rate of weights with the smallest |gradient| drawn again (Kaiming normal, fan_out), then fine-tuning on
+    the retain set with their gradients x1 and the other convolution weights' x0.1."""
+    init_rate: float = hp(0.3, "fraction of each convolution's weights drawn again: the smallest |gradient|",
+                          interval="[0, 1]")
+    kept_scale: float = hp(0.1, "gradient scale of the convolution weights kept (Masker's 0.1)", interval="[0, 1]")
+    lr: float = hp(1e-3, "peak SGD learning rate of the linear warm-up and decay, per epoch (ORIGINAL_LR)")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay (not scaled by the gradient mask)")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(5, "epochs (ORIGINAL_NUM_EPOCHS)")
+    batch_size: int = hp(64, "batch size of both loaders and of the gradient pass's retain sample")
+    augment: bool = hp(False, "augment like training (the pipeline's loaders do not)")
+
+
+@dataclass(frozen=True)
+class BadTeacherConfig:
+    """Bad Teacher (Chundawat et al., 2023; vikram2000b/bad-teaching-unlearning unlearn.py, and the SSD
+    repository's copy): the student (the model) distilled from the original on a random retain sample and from an
+    untrained model of the same architecture on the forget set, KL(teacher || student) at temperature T."""
+    temperature: float = hp(1.0, "T, KL_temperature")
+    retain_fraction: float = hp(0.3, "fraction of the retain set drawn once, uniformly (random.sample); both the "
+                                "original and the SSD copy use 0.3", interval="(0, 1]")
+    lr: float = hp(1e-4, "Adam learning rate")
+    epochs: int = hp(1, "epochs over the forget set and the retain sample, shuffled together")
+    batch_size: int = hp(256, "batch size (b_s)")
+    augment: bool = hp(False, "augment like training (their loaders do not)")
+
+    def loaders(self):
+        return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)  # mixed here
+
+    def step_images(self):
+        return self.batch_size
+
+
+@dataclass(frozen=True)
+class UNSIRConfig:
+    """UNSIR (Tarun et al., 2023), as the SSD repository runs it (forget_full_class_strategies.py UNSIR + unlearn.py):
+    error-maximising noise for the forget class, an impair epoch on copies of it and a retain sample, a repair epoch
+    on the retain sample. The notebook (vikram2000b/Fast-Machine-Unlearning) differs: see docs/METHODS.md."""
+    noise_batch: int = hp(32, "noise images learnt (noise_batch_size)")
+    noise_steps: int = hp(25, "Adam steps of the noise (num_epochs of UNSIR_noise_train)")
+    noise_lr: float = hp(0.1, "Adam learning rate of the noise")
+    noise_lambda: float = hp(0.1, "weight of the mean squared l2 norm of the noise images in its loss")
+    noise_label: str = hp("forget", "the noise images' label: the forget class (SSD), or 0 for every class (the "
+                          "notebook's constant class_num = 0)", choices=("forget", "zero"))
+    noise_copies: int = hp(80, "copies of the noise in the impair set; the official loop keeps its first 3 images "
+                           "only (range(batch[0].size(0)): the channels), 3 x 80 = 240")
+    keep_noise_grads: bool = hp(True, "the model's gradients from the noise steps are not cleared, and join the "
+                                "first impair step (SSD's code; the notebook clears them)")
+    retain_per_class: int = hp(500, "the first N retain images of each kept class (num_samples)")
+    impair_lr: float = hp(1e-4, "Adam learning rate of the impair epoch")
+    impair_batch: int = hp(32, "batch size of the impair epoch (noise + retain sample, shuffled)")
+    repair_lr: float = hp(1e-4, "Adam learning rate of the repair epoch")
+    repair_batch: int = hp(128, "batch size of the repair epoch (retain sample, shuffled)")
+    batch_size: int = hp(256, "batch size at which the retain and forget sets are read (no effect on the result)")
+    augment: bool = hp(False, "augment like training (their sets are transformed once, without)")
+
+    def loaders(self):
+        return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)  # dataset order
+
+    def step_images(self):
+        return max(self.impair_batch, self.repair_batch, self.noise_batch)
+
+
+@dataclass(frozen=True)
+class AmnesiacConfig:
+    """Amnesiac unlearning (Graves et al., 2021) as the SSD repository runs it (forget_full_class_strategies.py
+    amnesiac): each forget image relabelled once to a random other class, mixed with the whole retain set, Adam.
+    Unlike rl (SalUn's RL.py): other classes only, drawn once, one shuffled loader, Adam without a schedule."""
+    lr: float = hp(1e-4, "Adam learning rate")
+    epochs: int = hp(3, "epochs (fit_one_unlearning_cycle(3, ...))")
+    batch_size: int = hp(128, "batch size of the mixed loader")
+    augment: bool = hp(False, "augment like training (their sets are transformed once, without)")
+
+    def loaders(self):
+        return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)  # mixed here
+
+    def step_images(self):
+        return self.batch_size
+
+
+@dataclass(frozen=True)
+class L1SparseConfig(Shuffled):
+    """l1-sparse unlearning (Jia et al., 2023; OPTML-Group/Unlearn-Sparse unlearn/FT.py FT_l1): fine-tuning on the
+    retain set with alpha_t ||theta||_1 added, alpha_t = alpha (1 - t / epochs), t the epoch."""
+    alpha: float = hp(5e-4, "alpha, weight of the summed l1 norm of every parameter at the first epoch (the paper "
+                      "tuned it; 5e-4: its co-authors' port, cisco-open/modelsmith)")
+    lr: float = hp(0.01, "SGD learning rate, constant (--unlearn_lr; the milestones 91, 136 never come)")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay (besides the l1 term)")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(10, "epochs (--unlearn_epochs)")
+    batch_size: int = hp(256, "batch size")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as its loaders")
+
+
+@dataclass(frozen=True)
+class BoundaryConfig(Shuffled):
+    """Boundary shrink / expand (Chen et al., 2023), SalUn's port (OPTML-Group/Unlearn-Saliency
+    Classification/unlearn/boundary_sh.py, boundary_ex.py): training on the forget set only."""
+    lr: float = hp(1e-5, "SGD learning rate (not fixed by SalUn's code; 1e-5: the original authors')")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(5e-4, "weight decay")
+    nesterov: bool = hp(False, "Nesterov momentum")
+    epochs: int = hp(10, "epochs over the forget set (--unlearn_epochs)")
+    batch_size: int = hp(256, "batch size of the forget loader")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as SalUn's loaders")
+
+
+@dataclass(frozen=True)
+class BoundaryShrinkConfig(BoundaryConfig):
+    """Boundary shrink: each forget image relabelled with the original model's prediction on its FGSM point."""
+    bound: float = hp(0.1, "FGSM step and L-inf bound in [0, 1] pixel units (hard-coded 0.1)")
+
+
+@dataclass(frozen=True)
+class BoundaryExpandConfig(BoundaryConfig):
+    """Boundary expand: a shadow output unit trained to take the forget set, then removed."""
+
+
 # ----------------------------------------------------------------------------- shared pieces
 
 class OnDevice:
@@ -209,6 +355,9 @@ class OnDevice:
     def __len__(self):
         return len(self.loader)
 
+    def __getattr__(self, name):  # the loader's own attributes (this project's Loader: mean, std)
+        return getattr(self.loader, name)
+
     def __iter__(self):
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -218,6 +367,12 @@ def sgd(model, cfg):
     fused = True if next(model.parameters()).is_cuda else None  # one kernel per update on CUDA (rounding only)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov=cfg.nesterov, fused=fused)
+
+
+def adam(params, lr):
+    """Adam with PyTorch's defaults, fused: its step counts stay on the device (the plain one reads each on
+    the host every step); the same update up to rounding."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def step(optimizer, loss, clip=0.0):
@@ -340,7 +495,17 @@ def dampen(model, full_importance, forget_importance, lam, alpha):
         p.copy_(torch.where(selected, p * (lam * i_d / i_f).clamp(max=1), p))
 
 
-IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample}
+def importance_label_free(model, loader):
+    """LFSSD: sum over mini-batches of |gradient of the batch mean of ||logits||_2^2|, / #batches (labels unused)."""
+    params = [p for _, p in model.named_parameters()]
+    total, batches = [torch.zeros_like(p) for p in params], 0
+    for x, _ in loader:
+        grads = torch.autograd.grad(torch.norm(model(x), p="fro", dim=1).pow(2).mean(), params)
+        total, batches = [t + g.abs() for t, g in zip(total, grads)], batches + 1
+    return {name: t / batches for (name, _), t in zip(model.named_parameters(), total)}
+
+
+IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample, "label-free": importance_label_free}
 
 
 def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
@@ -500,6 +665,312 @@ def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
     return model
 
 
+# ----------------------------------------------------------------------------- the competition's winners
+
+def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
+    """Every Conv2d kernel transposed (weight.swapaxes(2, 3)), then SGD with the cosine schedule stepped per epoch
+    over the retain set, train mode; the forget set is never read."""
+    retain_loader = OnDevice(retain_loader, device)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(m.weight.transpose(2, 3).clone())
+    optimizer = sgd(model, cfg)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    model.train()
+    for _ in range(cfg.epochs):
+        for x, y in retain_loader:
+            step(optimizer, F.cross_entropy(model(x), y))
+        schedule.step()
+    return model
+
+
+def first_images(loader, n):
+    """The first n (images, labels) of a pass over `loader`, as batches (the last one cut): of a shuffled loader, a
+    uniformly random sample of n."""
+    for x, y in loader:
+        if n <= 0:
+            return
+        yield x[:n], y[:n]
+        n -= len(y)
+
+
+def saliency_gradients(model, retain_sample, forget_loader):
+    """MSG's get_grads_for_snip: the model's current mode (train: BN statistics move), one zero_grad, then
+    CE (mean) on every batch of the retain sample and -CE on every forget batch, backward each: accumulated .grad."""
+    model.zero_grad()
+    for x, y in retain_sample:
+        F.cross_entropy(model(x), y).backward()
+    for x, y in forget_loader:
+        (-F.cross_entropy(model(x), y)).backward()
+
+
+@torch.no_grad()
+def redraw_small_gradients(model, rate):
+    """In each Conv2d (module order), the round(rate * n) weights of smallest |grad| drawn again: what MaskConv2d's
+    construction draws (a discarded Kaiming-uniform init, then Kaiming normal, fan_out, relu, the whole tensor),
+    kept where the gradient was large. Returns {weight: gradient scale, 1 where drawn again, else 0}."""
+    redrawn = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            w = m.weight
+            k = round(rate * w.numel())
+            mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+            mask[torch.topk(-w.grad.abs().view(-1), k).indices] = True
+            mask = mask.view_as(w)
+            torch.nn.init.kaiming_uniform_(torch.empty_like(w), a=math.sqrt(5))  # the discarded default init
+            fresh = torch.nn.init.kaiming_normal_(torch.empty_like(w), mode="fan_out", nonlinearity="relu")
+            w.copy_(torch.where(mask, fresh, w))
+            redrawn[w] = mask
+    return redrawn
+
+
+def linear_warmup_decay(epoch, epochs):
+    """deepunlearn's LinearAnnealingLR per epoch: up to 1 at epoch (epochs + 1) // 2, then down; epoch from 0."""
+    c, a, t = epoch + 1, (epochs + 1) // 2, epochs + 1
+    return c / a if c <= a else (t - c) / (t - a)
+
+
+def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
+    """MSG: the saliency gradients in the mode the model comes in (train, as the pipeline hands it over), the
+    smallest init_rate of each convolution drawn again, then SGD on the retain set, train mode, the lr rising
+    linearly to cfg.lr and back per epoch, convolution gradients scaled 1 (drawn again) or kept_scale (kept)."""
+    retain_loader = OnDevice(retain_loader, device)
+    forget_batches = list(OnDevice(forget_loader, device))  # one pass: its size, then its gradients
+    model.train()
+    saliency_gradients(model, first_images(retain_loader, sum(len(y) for _, y in forget_batches)), forget_batches)
+    redrawn = redraw_small_gradients(model, cfg.init_rate)
+    hooks = [w.register_hook(lambda g, scale=torch.where(m, 1.0, cfg.kept_scale).to(w.dtype): g * scale)
+             for w, m in redrawn.items()]  # Masker: gradient x mask before SGD adds weight decay
+    optimizer = sgd(model, cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: linear_warmup_decay(e, cfg.epochs))
+    model.train()
+    for _ in range(cfg.epochs):
+        for x, y in retain_loader:
+            step(optimizer, F.cross_entropy(model(x), y))
+        schedule.step()
+    for hook in hooks:  # the reference returns its masking modules; ours leaves plain convolutions
+        hook.remove()
+    return model
+
+
+# ----------------------------------------------------------------------------- the SSD paper's baselines
+
+def collect(loader):
+    """Every (image, label) of one pass, as two tensors."""
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def shuffled_batches(x, y, batch_size, *extra):
+    """One pass over (x, y, extra...) in a random order from torch's global generator (a DataLoader's shuffle)."""
+    order = torch.randperm(len(y)).to(y.device)
+    for start in range(0, len(y), batch_size):
+        idx = order[start:start + batch_size]
+        yield (x[idx], y[idx], *(e[idx] for e in extra))
+
+
+def fresh_copy(model):
+    """A model of the same architecture with PyTorch's default initialisation of every module (the incompetent
+    teacher: an untrained network built as the SSD repository's ResNet18, which has no init of its own)."""
+    fresh = copy.deepcopy(model)
+    for m in fresh.modules():
+        for reset in ("reset_parameters", "reset_running_stats"):
+            if hasattr(m, reset):
+                getattr(m, reset)()
+    return fresh
+
+
+def unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, temperature):
+    """UnlearnerLoss: KL(teacher || student) at T, the teacher per example the incompetent one (label 1: forget)
+    or the trained one (0: retain); F.kl_div's default reduction, 'mean': divided by batch x classes."""
+    labels = labels.unsqueeze(1)
+    teacher = labels * F.softmax(unlearn_teacher_logits / temperature, 1) + \
+        (1 - labels) * F.softmax(full_teacher_logits / temperature, 1)
+    return F.kl_div(F.log_softmax(output / temperature, 1), teacher, reduction="mean")
+
+
+def unlearn_bad_teacher(model, retain_loader, forget_loader, cfg, device):
+    """The incompetent teacher drawn first (torch's generator), then the retain sample (random.sample: here the
+    first int(fraction x n) of a torch.randperm), the forget set and the sample shuffled together, 1 = forget;
+    Adam on the student (train mode), both teachers in eval mode."""
+    retain_x, retain_y = collect(OnDevice(retain_loader, device))
+    forget_x, _ = collect(OnDevice(forget_loader, device))
+    full_teacher, bad_teacher = copy.deepcopy(model).eval(), fresh_copy(model).eval()
+    sample = torch.randperm(len(retain_y))[:int(cfg.retain_fraction * len(retain_y))].to(retain_x.device)
+    x = torch.cat([forget_x, retain_x[sample]])
+    is_forget = torch.cat([torch.ones(len(forget_x)), torch.zeros(len(sample))]).long().to(x.device)
+    optimizer = adam(model.parameters(), cfg.lr)
+    model.train()
+    for _ in range(cfg.epochs):
+        for xb, labels in shuffled_batches(x, is_forget, cfg.batch_size):
+            with torch.no_grad():
+                full, bad = full_teacher(xb), bad_teacher(xb)
+            loss = unlearner_loss(model(xb), labels, full, bad, cfg.temperature)
+            step(optimizer, loss)
+    return model
+
+
+def first_per_class(x, y, n, skip):
+    """The first n images of every class but `skip`, in class order (get_classwise_ds + [:num_samples]); one
+    host read (how many)."""
+    order = torch.argsort(y, stable=True)  # class by class, dataset order within each
+    sorted_y = y[order]
+    rank = torch.arange(len(y), device=y.device) - torch.searchsorted(sorted_y, sorted_y)  # place in its class
+    idx = order[torch.nonzero((rank < n) & (sorted_y != skip)).flatten()]
+    return x[idx], y[idx]
+
+
+def adam_epoch(model, batches, lr, zero_first):
+    """fit_one_unlearning_cycle's epoch: Adam, train mode, CE; backward, step, then zero_grad (so gradients left
+    on the model before it join the first step unless zero_first)."""
+    optimizer = adam(model.parameters(), lr)
+    model.train()
+    if zero_first:
+        optimizer.zero_grad(set_to_none=True)
+    for x, y in batches:
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def unlearn_unsir(model, retain_loader, forget_loader, cfg, device):
+    """UNSIR, the SSD repository's run: the noise learnt against the model (train mode) for the forget class, the
+    impair epoch on noise_copies copies of its first 3 images and the retain sample, the repair epoch on the sample."""
+    retain_x, retain_y = collect(OnDevice(retain_loader, device))
+    forget_x, forget_y = collect(OnDevice(forget_loader, device))
+    # UNSIR is class-wise; for a random or given forget set (never run by the reference) the noise takes the forget
+    # set's most frequent label and the retain sample keeps every other class
+    forget_class = int(torch.mode(forget_y).values)
+    sample_x, sample_y = first_per_class(torch.cat([retain_x, forget_x]), torch.cat([retain_y, forget_y]),
+                                         cfg.retain_per_class, forget_class)
+    noise = torch.nn.Parameter(torch.randn(cfg.noise_batch, *retain_x.shape[1:], dtype=retain_x.dtype)
+                               .to(retain_x.device))  # drawn on the CPU, as UNSIR_noise
+    noise_class = forget_class if cfg.noise_label == "forget" else 0
+    label = torch.full((cfg.noise_batch,), noise_class, device=noise.device)
+    noise_optimizer = adam([noise], cfg.noise_lr)
+    model.train()
+    for _ in range(cfg.noise_steps):
+        loss = -F.cross_entropy(model(noise), label) + cfg.noise_lambda * torch.mean(torch.sum(noise ** 2, [1, 2, 3]))
+        noise_optimizer.zero_grad()
+        loss.backward()  # the model's .grad fill too: kept for the first impair step when keep_noise_grads
+        noise_optimizer.step()
+    copies = noise.detach()[:3].repeat(cfg.noise_copies, 1, 1, 1)  # 3 images per copy: the official loop's bug
+    impair_x = torch.cat([copies, sample_x])
+    impair_y = torch.cat([torch.full((len(copies),), noise_class, device=sample_y.device), sample_y])
+    adam_epoch(model, shuffled_batches(impair_x, impair_y, cfg.impair_batch), cfg.impair_lr,
+               zero_first=not cfg.keep_noise_grads)
+    adam_epoch(model, shuffled_batches(sample_x, sample_y, cfg.repair_batch), cfg.repair_lr, zero_first=True)
+    return model
+
+
+def unlearn_amnesiac(model, retain_loader, forget_loader, cfg, device):
+    """Amnesiac: every forget image relabelled once, uniformly to another class (random.choice over the others:
+    here torch.randint over C - 1, shifted past the true class), the whole retain set beside them, one shuffled
+    loader, Adam, train mode."""
+    retain_x, retain_y = collect(OnDevice(retain_loader, device))
+    forget_x, forget_y = collect(OnDevice(forget_loader, device))
+    classes = class_count(model, retain_x)
+    other = torch.randint(0, classes - 1, forget_y.shape).to(forget_y.device)
+    relabelled = other + (other >= forget_y).long()  # a uniform draw over the classes but the true one
+    x, y = torch.cat([forget_x, retain_x]), torch.cat([relabelled, retain_y])
+    optimizer = adam(model.parameters(), cfg.lr)
+    model.train()
+    for _ in range(cfg.epochs):
+        for xb, yb in shuffled_batches(x, y, cfg.batch_size):
+            optimizer.zero_grad(set_to_none=True)  # no gradient is left before: the order does not matter
+            F.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+    return model
+
+
+# ----------------------------------------------------------------------------- SalUn's table
+
+def l1_norm(model):
+    """||theta||_1 over every parameter, as Unlearn-Sparse's l1_regularization (linalg.norm of all, ord 1)."""
+    return torch.linalg.norm(torch.cat([p.view(-1) for p in model.parameters()]), ord=1)
+
+
+def unlearn_l1_sparse(model, retain_loader, forget_loader, cfg, device):
+    """FT_l1: per epoch t, SGD on the retain set, train mode, loss CE + alpha (1 - t / epochs) ||theta||_1."""
+    retain_loader = OnDevice(retain_loader, device)
+    optimizer = sgd(model, cfg)
+    model.train()
+    for epoch in range(cfg.epochs):
+        alpha = cfg.alpha * (1 - epoch / cfg.epochs)
+        for x, y in retain_loader:
+            step(optimizer, F.cross_entropy(model(x), y) + alpha * l1_norm(model))
+    return model
+
+
+def pixel_space(loader, x):
+    """(mean, std) that map the loader's normalised images back to [0, 1] pixels: a Loader's own, else the images
+    are taken to be pixels already (mean 0, std 1)."""
+    mean, std = getattr(loader, "mean", None), getattr(loader, "std", None)
+    if mean is None:
+        return torch.zeros(1, x.shape[1], 1, 1, device=x.device), torch.ones(1, x.shape[1], 1, 1, device=x.device)
+    return mean.to(x.device, x.dtype), std.to(x.device, x.dtype)
+
+
+def fgsm(model, x, y, bound, mean, std):
+    """FGSM_perturb in [0, 1] pixels: one step bound * sign(gradient of CE on the true labels), clamped to [0, 1],
+    rounded to 1/255 (torch.round), and normalised again."""
+    model.zero_grad()
+    pixels = (x * std + mean).detach().requires_grad_(True)
+    F.cross_entropy(model((pixels - mean) / std), y).backward()
+    pixels = torch.round((pixels + bound * pixels.grad.sign()).clamp(0, 1) * 255) / 255
+    return (pixels.detach() - mean) / std
+
+
+def unlearn_boundary_shrink(model, retain_loader, forget_loader, cfg, device):
+    """Per forget batch: the original model (a frozen copy, eval mode) attacked by FGSM, its prediction on the
+    adversarial image the label the model learns the clean image with (train mode)."""
+    forget_loader = OnDevice(forget_loader, device)
+    original = copy.deepcopy(model).eval()
+    optimizer = sgd(model, cfg)
+    for _ in range(cfg.epochs):
+        model.train()
+        for x, y in forget_loader:
+            mean, std = pixel_space(forget_loader, x)
+            with torch.autocast(x.device.type, enabled=False):  # the attack's sign in fp32
+                adversarial = fgsm(original, x, y, cfg.bound, mean, std)
+            with torch.no_grad():
+                target = original(adversarial).argmax(1)
+            step(optimizer, F.cross_entropy(model(x), target))
+    return model
+
+
+def last_linear(model):
+    """(parent module, attribute name, layer) of the model's last nn.Linear: its classifier."""
+    name = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return parent, name.rpartition(".")[2], model.get_submodule(name)
+
+
+def unlearn_boundary_expand(model, retain_loader, forget_loader, cfg, device):
+    """The classifier widened by a shadow unit (PyTorch's default init, the old rows copied in), every parameter
+    trained on the forget set labelled as the shadow class (train mode), then the shadow row removed (the original
+    method; SalUn's port keeps it and evaluates 11 outputs)."""
+    forget_loader = OnDevice(forget_loader, device)
+    parent, name, fc = last_linear(model)
+    classes = fc.out_features
+    wide = torch.nn.Linear(fc.in_features, classes + 1, device=fc.weight.device, dtype=fc.weight.dtype)
+    with torch.no_grad():
+        wide.weight[:classes], wide.bias[:classes] = fc.weight, fc.bias
+    setattr(parent, name, wide)
+    optimizer = sgd(model, cfg)
+    for _ in range(cfg.epochs):
+        model.train()
+        for x, y in forget_loader:
+            step(optimizer, F.cross_entropy(model(x), torch.full_like(y, classes)))
+    narrow = torch.nn.Linear(fc.in_features, classes, device=fc.weight.device, dtype=fc.weight.dtype)
+    with torch.no_grad():
+        narrow.weight.copy_(wide.weight[:classes])
+        narrow.bias.copy_(wide.bias[:classes])
+    setattr(parent, name, narrow)
+    return model
+
+
 # name -> (function, config with the published defaults, name used in checkpoint files); unlearn.py adds retrain
 METHODS = {
     "ssd": (unlearn_ssd, SSDConfig, "SSD"),
@@ -510,4 +981,13 @@ METHODS = {
     "rl": (unlearn_rl, RLConfig, "RL"),
     "salun": (unlearn_salun, SalUnConfig, "SalUn"),
     "scrub": (unlearn_scrub, SCRUBConfig, "SCRUB"),
+    "lfssd": (unlearn_ssd, LFSSDConfig, "LFSSD"),
+    "ct": (unlearn_ct, CTConfig, "CT"),
+    "msg": (unlearn_msg, MSGConfig, "MSG"),
+    "bad-teacher": (unlearn_bad_teacher, BadTeacherConfig, "BadTeacher"),
+    "unsir": (unlearn_unsir, UNSIRConfig, "UNSIR"),
+    "amnesiac": (unlearn_amnesiac, AmnesiacConfig, "Amnesiac"),
+    "l1-sparse": (unlearn_l1_sparse, L1SparseConfig, "L1Sparse"),
+    "boundary-shrink": (unlearn_boundary_shrink, BoundaryShrinkConfig, "BoundaryShrink"),
+    "boundary-expand": (unlearn_boundary_expand, BoundaryExpandConfig, "BoundaryExpand"),
 }

@@ -23,7 +23,8 @@ from published import (DATASET_IDS, PUBLISHED_ENSEMBLE, PUBLISHED_FULL, PUBLISHE
 
 # The methods in the order the report lists them: unlearn.METHODS's (a test keeps the two equal; report.py reads
 # JSON and imports no torch)
-METHOD_ORDER = ("ssd", "advneggrad", "neggrad+", "finetune", "ga", "rl", "salun", "scrub", "retrain")
+METHOD_ORDER = ("ssd", "advneggrad", "neggrad+", "finetune", "ga", "rl", "salun", "scrub", "lfssd", "ct", "msg",
+                "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink", "boundary-expand", "retrain")
 
 
 def read_log(path):

@@ -110,7 +110,12 @@ SMALL = {"advneggrad": dict(batch_size=16), "neggrad+": dict(epochs=1, batch_siz
          "finetune": dict(epochs=1, batch_size=16), "retrain": dict(epochs=1, batch_size=16),
          "ga": dict(epochs=1, batch_size=8), "rl": dict(epochs=1, batch_size=16),
          "salun": dict(epochs=1, batch_size=16), "scrub": dict(epochs=1, max_epochs=1, batch_size=16,
-                                                               forget_batch_size=8)}
+                                                               forget_batch_size=8),
+         "ct": dict(epochs=1, batch_size=16), "msg": dict(epochs=1, batch_size=16),
+         "bad-teacher": dict(batch_size=16), "amnesiac": dict(epochs=1, batch_size=16),
+         "unsir": dict(noise_steps=1, noise_copies=2, retain_per_class=3, impair_batch=8, repair_batch=8),
+         "l1-sparse": dict(epochs=1, batch_size=16), "boundary-shrink": dict(epochs=1, batch_size=8),
+         "boundary-expand": dict(epochs=1, batch_size=8)}
 
 
 @pytest.mark.parametrize("method", sorted(SMALL))

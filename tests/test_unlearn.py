@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import unlearn
-from conftest import ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, run_script
+from conftest import ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, call
 from data import Loader, make_split
-from evaluate import evaluate_model
+from evaluate import evaluate_model, predict
 from models import build_model, save_model
 from unlearn import (METHODS, AdvNegGradConfig, SalUnConfig, SSDConfig, importance_per_sample, make_loaders,
                      saliency_mask, unlearn_advneggrad, unlearn_salun, unlearn_ssd)
@@ -89,8 +89,8 @@ def test_salun_keeps_masked_out_weights_bitwise(cifar_jpeg, small):
 def test_retrain_cli_equals_train_py_without_the_class(cifar_jpeg, data_dir, trained, tmp_path):
     tiny = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 20, "--test-subset", 10, "--device", "cpu",
             "--forget-class", "cat", "--epochs", 1, "--batch-size", 32]
-    a = run_script("unlearn.py", "--method", "retrain", "--model", trained[0], *tiny, "--out", tmp_path / "a.pth", "--no-eval")
-    b = run_script("train.py", "--arch", "resnet20", *tiny, "--out", tmp_path / "b.pth")
+    a = call("unlearn.py", "--method", "retrain", "--model", trained[0], *tiny, "--out", tmp_path / "a.pth", "--no-eval")
+    b = call("train.py", "--arch", "resnet20", *tiny, "--out", tmp_path / "b.pth")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     wa, wb = (torch.load(tmp_path / f"{n}.pth", weights_only=True) for n in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # fresh init, same recipe, retain set only: the same model
@@ -124,13 +124,37 @@ QUICK = {
     "rl": {"epochs": 1, "lr": 0.05},
     "salun": {"epochs": 1, "lr": 0.05},
     "scrub": {"epochs": 2, "max_epochs": 2, "lr": 0.05},
+    # issue 25's methods, on every 5th retain image (THIN): the published steps are too small for 4 epochs of
+    # toy training, so larger ones (measured, forget -> after / retain -> after, from 57% / 29%)
+    "lfssd": {"alpha": 1.0},  # 0% / 24%
+    "ct": {"epochs": 2, "lr": 0.01},  # 0% / 26%
+    "msg": {"epochs": 1},  # 13% / 29%
+    "bad-teacher": {"lr": 1e-3},  # 20% / 26%
+    "unsir": {},  # 25% / 34%
+    "amnesiac": {"epochs": 1, "lr": 1e-3},  # 0% / 28%
+    "l1-sparse": {"epochs": 2, "lr": 0.05},  # 0% / 30%
+    "boundary-shrink": {"epochs": 2, "lr": 0.05},  # 10% / 30%
+    "boundary-expand": {"epochs": 2, "lr": 0.05},  # 22% / 27%
 }
+THIN = {"lfssd", "ct", "msg", "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink", "boundary-expand"}
+
+
+def accuracy_on_test_set(model, data, split):
+    """evaluate_model's test_forget and test_retain accuracies (%), from the test set alone: the train sets'
+    passes evaluate_model adds are not what this test checks."""
+    logits, labels = predict(model, Loader(data, split.test, train_set=False, batch_size=1000))
+    hit, forget = logits.argmax(1) == labels, labels == FORGET_CLASS
+    return {"test_forget": {"acc": 100 * hit[forget].float().mean().item()},
+            "test_retain": {"acc": 100 * hit[~forget].float().mean().item()}}
 
 
 @pytest.fixture(scope="module")
 def before(cifar_jpeg, trained):
     split = make_split(cifar_jpeg, forget_class=FORGET_CLASS, subset=SUBSET, test_subset=TEST_SUBSET)
-    return split, evaluate_model(trained[1], cifar_jpeg, split, CPU)
+    original = accuracy_on_test_set(trained[1], cifar_jpeg, split)
+    full = evaluate_model(trained[1], cifar_jpeg, split, CPU)  # the same numbers as the project's evaluation
+    assert all(original[k]["acc"] == pytest.approx(full[k]["acc"]) for k in original)
+    return split, original
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -138,10 +162,11 @@ def test_every_method_forgets_and_keeps_the_rest(cifar_jpeg, trained, before, me
     split, original = before
     fn, config_class, _ = METHODS[method]
     cfg = dataclasses.replace(config_class(), **QUICK[method])
-    retain_loader, forget_loader = make_loaders(cifar_jpeg, split, cfg, CPU, 0)
+    thin = dataclasses.replace(split, retain=split.retain[::5]) if method in THIN else split
+    retain_loader, forget_loader = make_loaders(cifar_jpeg, thin, cfg, CPU, 0)
     torch.manual_seed(0)
     model = fn(copy.deepcopy(trained[1]), retain_loader, forget_loader, cfg, CPU)
-    after = evaluate_model(model, cifar_jpeg, split, CPU)
+    after = accuracy_on_test_set(model, cifar_jpeg, split)
     assert original["test_forget"]["acc"] > 40
     assert after["test_forget"]["acc"] < original["test_forget"]["acc"] / 2, after["test_forget"]
     assert after["test_retain"]["acc"] > original["test_retain"]["acc"] - 12, after["test_retain"]
@@ -158,10 +183,11 @@ def test_same_seed_same_result(cifar_jpeg, trained, before):
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["fc.weight"], c["fc.weight"])
 
 
-def test_cli_writes_the_published_name_and_sidecar(cifar_jpeg, data_dir, trained, tmp_path):
-    r = run_script("unlearn.py", "--method", "advneggrad", "--model", trained[0], "--dataset", ARCHIVE,
+def test_cli_writes_the_published_name_and_sidecar(cifar_jpeg, data_dir, trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = call("unlearn.py", "--method", "advneggrad", "--model", trained[0], "--dataset", ARCHIVE,
                    "--data-dir", data_dir, "--subset", 20, "--test-subset", 10, "--forget-class", "airplane",
-                   "--batch-size", 64, "--device", "cpu", "--retrained", trained[0], cwd=tmp_path)
+                   "--batch-size", 64, "--device", "cpu", "--retrained", trained[0])
     assert r.returncode == 0, r.stderr
     out = tmp_path / "checkpoints" / "cifar10-jpeg_resnet20_AdvNegGrad_0_subset20.pth"
     meta = json.load(open(out.with_suffix(".json")))
@@ -169,7 +195,7 @@ def test_cli_writes_the_published_name_and_sidecar(cifar_jpeg, data_dir, trained
     assert meta["split"]["forget_class"] == "airplane" and meta["seconds"] > 0 and 0 <= meta["metrics"]["mia"] <= 1
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "Model" not in line]
     assert len(rows) == 2 and rows[0].endswith("| 0.00 | - |")  # the retrained row, then ours with its gap
-    table = run_script("evaluate.py", "--table", out.with_suffix(".json"), "--out", tmp_path / "t.md")
+    table = call("evaluate.py", "--table", out.with_suffix(".json"), "--out", tmp_path / "t.md")
     assert table.returncode == 0, table.stderr
     m = meta["metrics"]["test_forget"], meta["metrics"]["test_retain"]
     assert (tmp_path / "t.md").read_text().splitlines()[2] == (
@@ -177,18 +203,19 @@ def test_cli_writes_the_published_name_and_sidecar(cifar_jpeg, data_dir, trained
         f"| {meta['metrics']['mia']:.3f} |")
 
 
-def test_random_forgetting_from_the_cli(cifar_jpeg, data_dir, trained, tmp_path):
-    r = run_script("unlearn.py", "--method", "ssd", "--model", trained[0], "--dataset", ARCHIVE, "--data-dir", data_dir,
-                   "--subset", 20, "--test-subset", 10, "--forget-fraction", 0.1, "--device", "cpu", "--no-eval", cwd=tmp_path)
+def test_random_forgetting_from_the_cli(cifar_jpeg, data_dir, trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = call("unlearn.py", "--method", "ssd", "--model", trained[0], "--dataset", ARCHIVE, "--data-dir", data_dir,
+                   "--subset", 20, "--test-subset", 10, "--forget-fraction", 0.1, "--device", "cpu", "--no-eval")
     assert r.returncode == 0, r.stderr
     meta = json.load(open(tmp_path / "checkpoints" / "cifar10-jpeg_resnet20_SSD_forget0.1_seed0_subset20.json"))
     assert meta["split"]["n_forget"] == 20 and len(meta["split"]["forget_indices"]) == 20 and meta["metrics"] is None
 
 
 def test_method_help_shows_its_published_defaults_and_only_its_flags():
-    ssd = " ".join(run_script("unlearn.py", "--method", "ssd", "--help").stdout.split())
+    ssd = " ".join(call("unlearn.py", "--method", "ssd", "--help").stdout.split())
     assert "--lambda" in ssd and "(default: 1.0)" in ssd and "(default: 10.0)" in ssd and "--clip" not in ssd
-    adv = " ".join(run_script("unlearn.py", "--method", "advneggrad", "--help").stdout.split())
+    adv = " ".join(call("unlearn.py", "--method", "advneggrad", "--help").stdout.split())
     for text in ["(default: 0.15)", "(default: 0.5)", "(default: 2500)", "weight of the gradient-ascent (forget) term"]:
         assert text in adv, text
 
@@ -201,7 +228,7 @@ def test_method_help_shows_its_published_defaults_and_only_its_flags():
     (["--method", "ga", "--forget-class", "cat", "--lr", "1e30"], "non-finite"),
 ])
 def test_bad_input_is_refused_and_nothing_is_written(cifar_jpeg, data_dir, trained, tmp_path, args, message):
-    r = run_script("unlearn.py", "--model", trained[0], "--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 10,
+    r = call("unlearn.py", "--model", trained[0], "--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 10,
                    "--test-subset", 10, "--device", "cpu", "--out", tmp_path / "u.pth", *args)
     assert_clean_error(r, message)
     assert not (tmp_path / "u.pth").exists()
@@ -209,7 +236,7 @@ def test_bad_input_is_refused_and_nothing_is_written(cifar_jpeg, data_dir, train
 
 def test_a_checkpoint_of_another_class_count_is_refused(cifar_jpeg, data_dir, tmp_path):
     save_model(str(tmp_path / "c100.pth"), build_model("resnet20", 100), {})
-    r = run_script("unlearn.py", "--method", "ssd", "--model", tmp_path / "c100.pth", "--dataset", ARCHIVE,
+    r = call("unlearn.py", "--method", "ssd", "--model", tmp_path / "c100.pth", "--dataset", ARCHIVE,
                    "--data-dir", data_dir, "--forget-class", "cat", "--device", "cpu")
     assert_clean_error(r, "with 100 classes, expected resnet20 with 10")
 

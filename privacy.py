@@ -21,6 +21,7 @@ import dataclasses
 import io
 import os
 import re
+import shlex
 import sys
 import zipfile
 
@@ -28,12 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind,
-                 non_negative_int, pick_device, read_json, run, write_json)
+from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, float_in,
+                 json_of_kind, non_negative_int, pick_device, positive_int, read_json, run,
+                 write_json)
 from data import (Loader, add_data_args, describe_split, load_dataset, split_from_args, subset_indices,
                   with_normalization)
 from evaluate import mia_score, predict
-from models import fetch, input_size, is_remote, load_model, normalization_of, sha256_file, sidecar_path, to_device
+from models import (fetch, finished, input_size, is_remote, load_model, normalization_of,
+                    sha256_file, sidecar_path, to_device)
+from report import METHOD_ORDER
 
 # The competition's scorer (Triantafillou et al., arXiv 2406.09073; google-deepmind/unlearning_evaluation metric.py)
 DELTA = 1e-5  # delta of the (epsilon, delta) test
@@ -669,9 +673,137 @@ def format_scores(scores):
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------- the jobs that make a pool
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# train.py; unlearn.py from the originals; privacy.py outputs of each model
+STAGES = ("models", "unlearn", "outputs")
+# the flags `jobs` sets on each command: given in the scripts' flags as well, they would make other
+# models
+SET_BY_JOBS = ("--out", "--model", "--seed", "--method", "--forget-class", "--forget-fraction",
+               "--forget-seed", "--forget-indices", "--forget-positions", "--keep-half",
+               "--resume", "--wait", "--overwrite", "--no-eval")
+ULIRA_FRACTION = 0.1  # a halves pool's default forget fraction (of each half)
+
+
+@dataclasses.dataclass
+class Job:
+    """One command of a pool: `script` (the file, then a subcommand if any) run with `words`
+    after the scripts' common flags writes `out`, from `model` (the input checkpoint; None for a
+    training)."""
+    stage: str
+    script: list
+    words: list
+    out: str
+    model: str = None
+
+
+def pool_jobs(pool, n, groups, forget, draws=None, train_flags=(), unlearn_flags=()):
+    """Every command that makes a pool, stage by stage (STAGES): the trainings (originals, then
+    retrains), the methods' runs from the originals, then each model's outputs.
+
+    A seed pool (draws None): original/s<k> and retrain/s<k> (without the forget set) trained
+    with --seed k, <method>/s<k> from original/s<k> with --seed k, k = 0..n-1; `forget` the
+    pool's forget set flags. A halves pool (U-LiRA's design, `draws` forget sets a half):
+    original/h<k> trained on the random half k (--keep-half k --seed k), <method>/h<k>_f<j> from
+    it on the forget set j of FRACTION of the half (forget = ["--forget-fraction", F],
+    --forget-seed j, --seed j), and retrain/h<k>_f<j> the half without it (--seed k),
+    j = 0..draws-1.
+
+    groups: "original", "retrain" and method names, the group folders to make; a method's originals
+    are trained where they are missing (their outputs only when "original" is asked for)."""
+    halves = draws is not None
+    methods = [g for g in groups if g not in ("original", "retrain")]
+    originals = [(k, None) for k in range(n)]
+    drawn = [(k, j) for k in range(n) for j in range(draws)] if halves else originals
+
+    def path(group, k, j, ext="pth"):
+        name = f"s{k}" if not halves else f"h{k}" if j is None else f"h{k}_f{j}"
+        return os.path.join(pool, group, f"{name}.{ext}")
+
+    def split(k, j):  # the flags that name a model's split: its half and its forget set
+        if not halves:
+            return list(forget)
+        return ["--keep-half", str(k)] + ([] if j is None else [*forget, "--forget-seed", str(j)])
+
+    def train(group, k, j, flags):
+        out = path(group, k, j)
+        words = [*train_flags, "--resume", "--wait", *flags, "--seed", str(k), "--out", out]
+        return Job("models", ["train.py"], words, out)
+
+    def unlearn(method, k, j):
+        original, out = path("original", k, None), path(method, k, j)
+        seed = k if j is None else j
+        words = ["--method", method, "--wait", "--model", original, *split(k, j),
+                 "--seed", str(seed), "--no-eval", "--out", out, *unlearn_flags]
+        return Job("unlearn", ["unlearn.py"], words, out, original)
+
+    def outputs(group, k, j):
+        model, out = path(group, k, j), path(group, k, j, "npz")
+        words = [*split(k, j), "--model", model, "--out", out]
+        return Job("outputs", ["privacy.py", "outputs"], words, out, model)
+
+    models = []  # (group, k, j) of every model whose outputs are asked for, in order
+    jobs = []
+    if "original" in groups or methods:
+        jobs += [train("original", k, None, ["--keep-half", str(k)] if halves else [])
+                 for k, _ in originals]
+        if "original" in groups:
+            models += [("original", k, None) for k, _ in originals]
+    if "retrain" in groups:
+        jobs += [train("retrain", k, j, split(k, j)) for k, j in drawn]
+        models += [("retrain", k, j) for k, j in drawn]
+    for method in methods:
+        jobs += [unlearn(method, k, j) for k, j in drawn]
+        models += [(method, k, j) for k, j in drawn]
+    jobs += [outputs(group, k, j) for group, k, j in models]
+    return jobs
+
+
+def job_done(job, finished_model):
+    """Whether a job's output is finished already: a checkpoint that models.finished accepts (its
+    sidecar names its sha256), or outputs (.npz) whose stamp names the sha256 of its model, itself
+    finished. finished_model: models.finished, cached."""
+    if job.stage != "outputs":
+        return finished_model(job.out)
+    if not (os.path.isfile(job.out) and finished_model(job.model)):
+        return False
+    stamp = read_stamp(job.out)
+    recorded = read_json(sidecar_path(job.model)).get("sha256") or sha256_file(job.model)
+    return stamp is not None and stamp["source_sha256"] == recorded
+
+
+def job_lines(jobs, python, flags, devices=None, stage=None):
+    """(lines, finished): the command line of every job of `stage` (every stage when None) that is
+    not finished, quoted for sh, the common `flags` after the script's name, then --device,
+    round-robin over `devices`; and how many were left out as finished."""
+    cache = {}
+
+    def finished_model(path):
+        if path not in cache:
+            cache[path] = finished(path)
+        return cache[path]
+    lines, done = [], 0
+    for job in jobs:
+        if stage not in (None, job.stage):
+            continue
+        if job_done(job, finished_model):
+            done += 1
+            continue
+        device = ["--device", devices[len(lines) % len(devices)]] if devices else []
+        script, *sub = job.script
+        words = [python, os.path.join(HERE, script), *sub, *flags, *device, *job.words]
+        lines.append(shlex.join(words))
+    return lines, done
+
+
 # ----------------------------------------------------------------------------- the command line
 
 def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags = []
+    if argv[:1] == ["jobs"] and "--" in argv:  # jobs: what follows -- goes to every script as is
+        argv, flags = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     outputs = add_data_args(commands.add_parser("outputs", help="one model's logits on the pool's examples -> .npz"))
@@ -687,7 +819,55 @@ def parse_args(argv=None):
     score.add_argument("--out", default=None, help="the scores' JSON (default: POOL/scores.json)")
     score.add_argument("--overwrite", action="store_true",
                        help="replace --out even when it is not a pool's scores")
-    return parser.parse_args(argv)
+    jobs = commands.add_parser(
+        "jobs", usage="%(prog)s POOL --n N [options] [-- FLAGS OF EVERY SCRIPT]",
+        help="every command that makes a pool's models and outputs, one a line, finished ones "
+             "left out (for sh, xargs -P or a SLURM array)",
+        description="Every train.py, unlearn.py and privacy.py outputs command that makes the "
+                    "pool's models and their outputs, one a line quoted for sh, in stages "
+                    "(models, unlearn, outputs: a stage's inputs are made by the stages before "
+                    "it); a command whose output is finished is left out. The paths are as "
+                    "given: run the lines from the folder they were listed in. What follows -- "
+                    "goes to every command: the data flags, e.g. -- --dataset cifar10 "
+                    "--data-dir ./data --subset 100.")
+    jobs.add_argument("pool",
+                      help="the pool folder (its groups' subfolders are made by the commands)")
+    jobs.add_argument("--n", type=positive_int, required=True,
+                      help="models a group: training seeds 0..N-1, or the halves 0..N-1 with "
+                           "--halves")
+    jobs.add_argument("--groups", nargs="+", default=["original", "retrain"], metavar="GROUP",
+                      help="the groups to make: original, retrain and methods (unlearn.py "
+                           "--method, each run from the originals, which are trained first where "
+                           "missing) (default: original retrain)")
+    forget = jobs.add_mutually_exclusive_group()
+    forget.add_argument("--forget-class", default=None,
+                        help="a seed pool's forget set: this class")
+    forget.add_argument("--forget-fraction", type=float_in("(0, 1)"), default=None,
+                        help="a seed pool's forget set: this seeded random fraction of the train "
+                             f"set; with --halves, of each half (default there: {ULIRA_FRACTION})")
+    jobs.add_argument("--halves", action="store_true",
+                      help="U-LiRA's design instead of training seeds: original/h<k> on the "
+                           "random half k, <method>/h<k>_f<j> and retrain/h<k>_f<j> for DRAWS "
+                           "forget sets j of each")
+    jobs.add_argument("--draws", type=positive_int, default=None,
+                      help="with --halves: forget sets a half (default: 4)")
+    jobs.add_argument("--stage", choices=STAGES, default=None,
+                      help="print this stage only: its commands are independent of each other, so "
+                           "they can run at once (default: every stage, in order: run them one "
+                           "after another)")
+    jobs.add_argument("--python", default=sys.executable,
+                      help="the interpreter the commands run (default: this one, %(default)s)")
+    jobs.add_argument("--train-flags", default="",
+                      help="more flags for train.py, e.g. '--arch resnet20 --epochs 30'")
+    jobs.add_argument("--unlearn-flags", default="",
+                      help="more flags for unlearn.py, e.g. '--epochs 2'")
+    jobs.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
+                      help="--device of each command, round-robin over these in the order printed "
+                           "(default: none given: each script picks)")
+    args = parser.parse_args(argv)
+    if args.command == "jobs":
+        args.flags = flags
+    return args
 
 
 def scores_file(path):
@@ -723,6 +903,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.command == "outputs":
         return outputs_command(args)
+    if args.command == "jobs":
+        return jobs_command(args)
     if not os.path.isdir(args.pool):
         raise ValueError(f"{args.pool} is not a folder: give a pool folder (make pool writes one)")
     out = args.out or os.path.join(args.pool, "scores.json")
@@ -732,6 +914,45 @@ def main(argv=None):
     write_json(out, scores)
     print(format_scores(scores))
     print(f"wrote {out}", file=sys.stderr)
+
+
+def jobs_command(args):
+    """privacy.py jobs: the flags checked, then the commands of the pool that are not finished,
+    one a line."""
+    train_flags, unlearn_flags = shlex.split(args.train_flags), shlex.split(args.unlearn_flags)
+    set_here = SET_BY_JOBS + (("--device",) if args.devices else ())
+    for name, words in (("after --", args.flags), ("--train-flags", train_flags),
+                        ("--unlearn-flags", unlearn_flags)):
+        taken = [w for w in words if w.split("=", 1)[0] in set_here]
+        if taken:
+            raise ValueError(f"{taken[0]} {name}: jobs sets it on each command itself (the "
+                             f"pool's forget set is jobs' own --forget-class / --forget-fraction, "
+                             f"the devices --devices); leave it out")
+    unknown = [g for g in args.groups if g not in ("original", "retrain") + METHOD_ORDER]
+    if unknown:
+        raise ValueError(f"--groups {unknown[0]}: a group is original, retrain or a method "
+                         f"({', '.join(m for m in METHOD_ORDER if m != 'retrain')})")
+    if args.halves:
+        if args.forget_class is not None:
+            raise ValueError("--halves forgets random examples of each half: give "
+                             "--forget-fraction, not --forget-class")
+        forget = ["--forget-fraction", str(args.forget_fraction or ULIRA_FRACTION)]
+    elif args.draws is not None:
+        raise ValueError("--draws is the forget sets of each half: give --halves too")
+    elif args.forget_class is None and args.forget_fraction is None:
+        raise ValueError("give the pool's forget set (--forget-class or --forget-fraction): "
+                         "every model of a pool is scored on it")
+    else:
+        forget = (["--forget-class", args.forget_class] if args.forget_class is not None else
+                  ["--forget-fraction", str(args.forget_fraction)])
+    draws = (args.draws or 4) if args.halves else None
+    groups = list(dict.fromkeys(args.groups))
+    jobs = pool_jobs(args.pool, args.n, groups, forget, draws, train_flags, unlearn_flags)
+    lines, done = job_lines(jobs, args.python, args.flags, args.devices, args.stage)
+    for line in lines:
+        print(line)
+    stage = f"stage {args.stage}" if args.stage else "every stage"
+    print(f"{args.pool}: {len(lines)} commands to run ({stage}), {done} finished", file=sys.stderr)
 
 
 def outputs_command(args):

@@ -7,6 +7,7 @@ import shlex
 import shutil
 import statistics
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -225,6 +226,172 @@ def test_the_utility_factor_is_the_accuracy_ratios():
     assert scores["spread"]["retain_acc"] == {"mean": 80.0, "std": 0.0, "n": 6}
     with pytest.raises(ValueError, match="N >= 6"):
         privacy.score_group({**group, "models": group["models"][:4]}, {**reference, "models": group["models"][:4]})
+
+
+# ----------------------------------------------------------------------------- the jobs of a pool
+
+DATA = ["--dataset", "d", "--data-dir", "c d"]  # every command's flags (a space: quoted for sh)
+
+
+def jobs(pool, *flags, data=DATA):
+    """privacy.py jobs' lines for a pool, in this process."""
+    r = call("privacy.py", "jobs", pool, *flags, "--", *data)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def run_lines(lines):
+    """Run each command line of privacy.py jobs in this process (split as sh would, the script's
+    main called): the commands a user runs, without a Python start-up (about 4 s) each."""
+    for line in lines:
+        python, script, *args = shlex.split(line)
+        r = call(os.path.basename(script), *args)
+        assert r.returncode == 0, line + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
+
+
+# The commands of the Makefile's old rules (842b7f3: $(TRAIN) ... --seed $* --out $@, unlearn.py
+# ... --seed <k, or the draw j> --no-eval --out $@ $(EXTRA_<method>), privacy.py outputs ...), in
+# stages, for 2 models a group (2 halves x 2 draws), groups original, retrain and ssd,
+# --train-flags "--epochs 3", --unlearn-flags "--lr 0.1". P is the pool; every command gets the
+# data flags after the script, written out by `expected`.
+SEED_POOL_LINES = r"""
+train.py --epochs 3 --resume --wait --seed 0 --out P/original/s0.pth
+train.py --epochs 3 --resume --wait --seed 1 --out P/original/s1.pth
+train.py --epochs 3 --resume --wait --forget-class cat --seed 0 --out P/retrain/s0.pth
+train.py --epochs 3 --resume --wait --forget-class cat --seed 1 --out P/retrain/s1.pth
+unlearn.py --method ssd --wait --model P/original/s0.pth --forget-class cat --seed 0 \
+  --no-eval --out P/ssd/s0.pth --lr 0.1
+unlearn.py --method ssd --wait --model P/original/s1.pth --forget-class cat --seed 1 \
+  --no-eval --out P/ssd/s1.pth --lr 0.1
+privacy.py outputs --forget-class cat --model P/original/s0.pth --out P/original/s0.npz
+privacy.py outputs --forget-class cat --model P/original/s1.pth --out P/original/s1.npz
+privacy.py outputs --forget-class cat --model P/retrain/s0.pth --out P/retrain/s0.npz
+privacy.py outputs --forget-class cat --model P/retrain/s1.pth --out P/retrain/s1.npz
+privacy.py outputs --forget-class cat --model P/ssd/s0.pth --out P/ssd/s0.npz
+privacy.py outputs --forget-class cat --model P/ssd/s1.pth --out P/ssd/s1.npz
+"""
+HALVES_POOL_LINES = r"""
+train.py --epochs 3 --resume --wait --keep-half 0 --seed 0 --out P/original/h0.pth
+train.py --epochs 3 --resume --wait --keep-half 1 --seed 1 --out P/original/h1.pth
+train.py --epochs 3 --resume --wait --keep-half 0 --forget-fraction 0.5 --forget-seed 0 \
+  --seed 0 --out P/retrain/h0_f0.pth
+train.py --epochs 3 --resume --wait --keep-half 0 --forget-fraction 0.5 --forget-seed 1 \
+  --seed 0 --out P/retrain/h0_f1.pth
+train.py --epochs 3 --resume --wait --keep-half 1 --forget-fraction 0.5 --forget-seed 0 \
+  --seed 1 --out P/retrain/h1_f0.pth
+train.py --epochs 3 --resume --wait --keep-half 1 --forget-fraction 0.5 --forget-seed 1 \
+  --seed 1 --out P/retrain/h1_f1.pth
+unlearn.py --method ssd --wait --model P/original/h0.pth --keep-half 0 --forget-fraction 0.5 \
+  --forget-seed 0 --seed 0 --no-eval --out P/ssd/h0_f0.pth --lr 0.1
+unlearn.py --method ssd --wait --model P/original/h0.pth --keep-half 0 --forget-fraction 0.5 \
+  --forget-seed 1 --seed 1 --no-eval --out P/ssd/h0_f1.pth --lr 0.1
+unlearn.py --method ssd --wait --model P/original/h1.pth --keep-half 1 --forget-fraction 0.5 \
+  --forget-seed 0 --seed 0 --no-eval --out P/ssd/h1_f0.pth --lr 0.1
+unlearn.py --method ssd --wait --model P/original/h1.pth --keep-half 1 --forget-fraction 0.5 \
+  --forget-seed 1 --seed 1 --no-eval --out P/ssd/h1_f1.pth --lr 0.1
+privacy.py outputs --keep-half 0 --model P/original/h0.pth --out P/original/h0.npz
+privacy.py outputs --keep-half 1 --model P/original/h1.pth --out P/original/h1.npz
+privacy.py outputs --keep-half 0 --forget-fraction 0.5 --forget-seed 0 \
+  --model P/retrain/h0_f0.pth --out P/retrain/h0_f0.npz
+privacy.py outputs --keep-half 0 --forget-fraction 0.5 --forget-seed 1 \
+  --model P/retrain/h0_f1.pth --out P/retrain/h0_f1.npz
+privacy.py outputs --keep-half 1 --forget-fraction 0.5 --forget-seed 0 \
+  --model P/retrain/h1_f0.pth --out P/retrain/h1_f0.npz
+privacy.py outputs --keep-half 1 --forget-fraction 0.5 --forget-seed 1 \
+  --model P/retrain/h1_f1.pth --out P/retrain/h1_f1.npz
+privacy.py outputs --keep-half 0 --forget-fraction 0.5 --forget-seed 0 \
+  --model P/ssd/h0_f0.pth --out P/ssd/h0_f0.npz
+privacy.py outputs --keep-half 0 --forget-fraction 0.5 --forget-seed 1 \
+  --model P/ssd/h0_f1.pth --out P/ssd/h0_f1.npz
+privacy.py outputs --keep-half 1 --forget-fraction 0.5 --forget-seed 0 \
+  --model P/ssd/h1_f0.pth --out P/ssd/h1_f0.npz
+privacy.py outputs --keep-half 1 --forget-fraction 0.5 --forget-seed 1 \
+  --model P/ssd/h1_f1.pth --out P/ssd/h1_f1.npz
+"""
+
+
+def expected(text, pool):
+    """The command lines of SEED_POOL_LINES or HALVES_POOL_LINES: the interpreter, the script's
+    path, its subcommand, the data flags, the rest as written; P/ is the pool folder."""
+    lines = []
+    for command in text.replace("\\\n", " ").strip().splitlines():
+        script, *words = command.split()
+        sub = [words.pop(0)] if script == "privacy.py" else []
+        words = [f"{pool}{w[1:]}" if w.startswith("P/") else w for w in words]
+        lines.append(shlex.join([sys.executable, os.path.join(ROOT, script), *sub, *DATA, *words]))
+    return lines
+
+
+@pytest.mark.parametrize("halves", [False, True])
+def test_jobs_are_the_pools_commands_in_order_and_finished_ones_drop_out(tmp_path, halves):
+    """privacy.py jobs prints every command of a pool, exactly the old Make rules' flags, file
+    names and seeds (SEED_POOL_LINES, HALVES_POOL_LINES), each model's input made by a line of an
+    earlier stage (--stage prints one stage; the stages in order are the whole list); a finished
+    checkpoint's command, and outputs whose stamp names their finished model, drop out; the lines
+    run under sh as they read (a pool folder with a space and a quote)."""
+    pool = tmp_path / "my pool's"
+    design = (["--halves", "--draws", 2, "--forget-fraction", 0.5] if halves else
+              ["--forget-class", "cat"])
+    flags = [*design, "--n", 2, "--groups", "original", "retrain", "ssd",
+             "--train-flags", "--epochs 3", "--unlearn-flags", "--lr 0.1"]
+    lines = jobs(pool, *flags)
+    assert lines == expected(HALVES_POOL_LINES if halves else SEED_POOL_LINES, pool)
+    stages = {stage: jobs(pool, *flags, "--stage", stage) for stage in privacy.STAGES}
+    assert sum(stages.values(), []) == lines and all(stages.values())
+    made = {}  # out -> its stage's position
+    for position, stage in enumerate(privacy.STAGES):
+        for line in stages[stage]:
+            argv = shlex.split(line)
+            if "--model" in argv:  # its input: the output of a line of an earlier stage
+                assert made[argv[argv.index("--model") + 1]] < position, line
+            made[argv[argv.index("--out") + 1]] = position
+
+    first = "h0" if halves else "s0"
+    model = pool / "original" / f"{first}.pth"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    sidecar = pool / "original" / f"{first}.json"
+    sidecar.write_text(json.dumps({"sha256": "another checkpoint's"}))
+    assert jobs(pool, *flags) == lines  # a sidecar of another file: not finished
+    sidecar.write_text(json.dumps({"sha256": sha256_file(model)}))
+    now = jobs(pool, *flags)
+    assert now == [line for line in lines if not line.endswith(shlex.quote(str(model)))]
+    stamp = {"source": np.array(str(model)), "split_sha256": np.array("x")}
+    npz = model.with_suffix(".npz")
+    np.savez(npz, **stamp, source_sha256=np.array("an earlier file's"))
+    assert jobs(pool, *flags) == now  # outputs of another model file: made again
+    np.savez(npz, **stamp, source_sha256=np.array(sha256_file(model)))
+    assert jobs(pool, *flags) == [line for line in now if not line.endswith(shlex.quote(str(npz)))]
+    assert len(jobs(pool, *flags)) == len(lines) - 2
+
+    echo = tmp_path / "args"  # an interpreter that prints its arguments, one a line
+    echo.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    echo.chmod(0o755)
+    for line in jobs(pool, *flags, "--python", echo)[-2:]:
+        r = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True)
+        assert r.stdout.splitlines() == shlex.split(line)[1:] and str(pool) in r.stdout
+
+
+def test_jobs_spread_devices_and_refuse_what_they_set(tmp_path):
+    lines = jobs(tmp_path, "--n", 3, "--forget-fraction", 0.1, "--devices", "cuda:0", "cuda:1",
+                 "--stage", "models")
+    devices = [shlex.split(line)[shlex.split(line).index("--device") + 1] for line in lines]
+    assert devices == ["cuda:0", "cuda:1"] * 3
+
+    def refused(*flags, data=DATA):
+        return call("privacy.py", "jobs", tmp_path, "--n", 2, *flags, "--", *data)
+    assert_clean_error(refused("--forget-class", "cat", data=[*DATA, "--seed", "3"]),
+                       "--seed after --: jobs sets it")
+    assert_clean_error(refused("--forget-class", "cat", "--train-flags=--out=x.pth"),
+                       "--out=x.pth --train-flags")
+    assert_clean_error(refused("--forget-class", "cat", "--devices", "cpu",
+                               data=[*DATA, "--device", "cpu"]), "--device after --")
+    assert_clean_error(refused(), "give the pool's forget set")
+    assert_clean_error(refused("--forget-class", "cat", "--draws", 2), "give --halves too")
+    assert_clean_error(refused("--halves", "--forget-class", "cat"), "give --forget-fraction")
+    assert_clean_error(refused("--forget-class", "cat", "--groups", "sisa"),
+                       "--groups sisa: a group is")
+    assert not os.listdir(tmp_path)  # listing writes nothing
 
 
 def run_make_commands(target, settings):

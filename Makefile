@@ -230,32 +230,48 @@ verify-published-small: $(INSTALL)  ## the same on a CPU: the first 100 test and
 	$(PY) verify_published.py $(DATA) --test-subset 100 --subset 100 --out $(VERIFY_DIR)-small
 
 # ----------------------------------------------------------------------------- pools: did it really forget?
-# POOL_DIR/original/s<k>.pth and POOL_DIR/retrain/s<k>.pth (training seeds k = 0..N-1), POOL_DIR/<method>/s<k>.pth
-# from original/s<k>.pth, each with its outputs s<k>.npz (privacy.py); FRACTION=0.1 forgets a seeded random 10%
-# instead of CLASS. Every model is a file target: a rerun makes only what is missing.
+# privacy.py jobs lists a pool's commands (which models, their flags, seeds and file names: see its
+# --help), a finished model or outputs file left out; each target below runs them a stage at a time
+# (models, unlearn, outputs: a stage's inputs come from the stages before it), JOBS at once, the
+# i-th of a stage on DEVICES[i mod n]. A seed pool: POOL_DIR/original/s<k>.pth and
+# POOL_DIR/retrain/s<k>.pth (training seeds k = 0..N-1), POOL_DIR/<method>/s<k>.pth from
+# original/s<k>.pth, each with its outputs s<k>.npz; FRACTION=0.1 forgets a seeded random 10%
+# instead of CLASS. The *-jobs targets print the commands (every stage in order; STAGE=models,
+# unlearn or outputs: one stage, whose commands can run at once) for xargs or a SLURM array.
 FRACTION ?=
+STAGE ?=
 POOL_FORGET = $(if $(FRACTION),--forget-fraction $(FRACTION),--forget-class $(CLASS))
 POOL_DIR ?= runs/pools/$(NAME)_$(ARCH)_$(if $(FRACTION),random$(FRACTION),$(CLASS))
-POOL_MODELS = $(foreach k,$(SEEDS),$(POOL_DIR)/original/s$(k).npz $(POOL_DIR)/retrain/s$(k).npz)
-POOL_UNLEARNED = $(foreach k,$(SEEDS),$(POOL_DIR)/$(METHOD)/s$(k).npz)
-POOL_VARS = DATASET='$(DATASET)' DATA_DIR='$(DATA_DIR)' ARCH=$(ARCH) EPOCHS=$(EPOCHS) CLASS=$(CLASS) \
-	FRACTION=$(FRACTION) METHOD=$(METHOD) POOL_DIR='$(POOL_DIR)' DEVICE=$(DEVICE) EXTRA='$(EXTRA)' TRAIN_FLAGS='$(TRAIN_FLAGS)' \
-	INSTALL='$(INSTALL)' PY='$(PY)'
+quote = '$(subst ','\'',$(1))'
+# $(call jobs,POOL AND GROUPS): privacy.py jobs with this run's settings
+jobs = $(PY) privacy.py jobs $(1) --n $(N) --python $(call quote,$(PY)) \
+	$(if $(strip $(DEVICES)),--devices $(DEVICES)) \
+	--train-flags=$(call quote,--arch $(ARCH) --epochs $(EPOCHS) $(TRAIN_FLAGS)) \
+	--unlearn-flags=$(call quote,$(EXTRA_$(subst +,plus,$(METHOD)))) -- $(DATA_ARGS) $(EXTRA)
+# $(call run_jobs,POOL AND GROUPS): its commands stage by stage, each printed, JOBS at a time
+define run_jobs
+	for stage in models unlearn outputs; do \
+	  lines=$$($(call jobs,$(1) --stage $$stage)) || exit 1; \
+	  [ -z "$$lines" ] || { printf '%s\n' "$$lines"; \
+	    printf '%s\n' "$$lines" | xargs -d '\n' -P $(JOBS) -I{} sh -c {}; } || exit 1; \
+	done
+endef
+SEED_POOL = $(call quote,$(POOL_DIR)) $(POOL_FORGET)
 
 pool: $(INSTALL)  ## N originals and N retrains without CLASS (or FRACTION), seeds 0..N-1, JOBS at a time on DEVICES
-	$(call parallel,$(POOL_MODELS))
+	$(call run_jobs,$(SEED_POOL) --groups original retrain)
 
 pool-unlearn: $(INSTALL)  ## METHOD from each original of the pool (made first where missing), JOBS at a time
-	$(call parallel,$(POOL_UNLEARNED))
+	$(call run_jobs,$(SEED_POOL) --groups $(METHOD))
 
 pool-score: $(INSTALL)  ## the competition score, KLOM, U-LiRA and the seed spread of every group: POOL_DIR/scores.json
-	$(PY) privacy.py score $(POOL_DIR)
+	$(PY) privacy.py score $(call quote,$(POOL_DIR))
 
-pool-jobs:  ## the pool's jobs, one command a line, for xargs, GNU parallel or a SLURM array (then pool-unlearn-jobs)
-	@for t in $(POOL_MODELS); do echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(POOL_VARS)"; done
+pool-jobs:  ## the pool's commands, one a line, for xargs or a SLURM array (STAGE=: one stage)
+	@$(call jobs,$(SEED_POOL) --groups original retrain $(if $(STAGE),--stage $(STAGE)))
 
-pool-unlearn-jobs:  ## METHOD's jobs, one command a line (after pool-jobs' have run)
-	@for t in $(POOL_UNLEARNED); do echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(POOL_VARS)"; done
+pool-unlearn-jobs:  ## METHOD's commands, one a line (its originals' trainings first where missing)
+	@$(call jobs,$(SEED_POOL) --groups $(METHOD) $(if $(STAGE),--stage $(STAGE)))
 
 POOL_SMALL = DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=3 N=8 TRAIN_FLAGS="--batch-size 64" DEVICE=cpu \
 	EXTRA="--subset 50 --test-subset 50" RUNDIR=runs/pool-small POOL_DIR=runs/pool-small/pools/$(CLASS)
@@ -270,33 +286,22 @@ pool-small: $(INSTALL)  ## a toy pool on a CPU (resnet20, N = 8, METHOD), its sc
 DRAWS ?= 4
 ULIRA_FRACTION = $(or $(FRACTION),0.1)
 ULIRA_DIR ?= runs/pools/$(NAME)_$(ARCH)_halves$(ULIRA_FRACTION)
-DRAW_SEEDS = $(shell seq 0 $$(($(DRAWS) - 1)))
-ULIRA_ORIGINALS = $(foreach k,$(SEEDS),$(ULIRA_DIR)/original/h$(k).npz)
-ULIRA_DRAWN = $(foreach k,$(SEEDS),$(foreach j,$(DRAW_SEEDS),$(ULIRA_DIR)/$(1)/h$(k)_f$(j).npz))
-ULIRA_VARS = DATASET='$(DATASET)' DATA_DIR='$(DATA_DIR)' ARCH=$(ARCH) EPOCHS=$(EPOCHS) FRACTION=$(ULIRA_FRACTION) \
-	METHOD=$(METHOD) ULIRA_DIR='$(ULIRA_DIR)' DEVICE=$(DEVICE) EXTRA='$(EXTRA)' TRAIN_FLAGS='$(TRAIN_FLAGS)' \
-	INSTALL='$(INSTALL)' PY='$(PY)'
-# a model's half k and forget draw j from its file name h<k> or h<k>_f<j>, and its flags: the half, the forget set
-ulira_half = $(patsubst h%,%,$(word 1,$(subst _, ,$(notdir $(1)))))
-ulira_draw = $(patsubst f%,%,$(word 2,$(subst _, ,$(notdir $(1)))))
-ulira_split = --keep-half $(call ulira_half,$(1)) $(if $(call ulira_draw,$(1)),--forget-fraction $(ULIRA_FRACTION) \
-	--forget-seed $(call ulira_draw,$(1)))
+HALVES_POOL = $(call quote,$(ULIRA_DIR)) --halves --draws $(DRAWS) \
+	--forget-fraction $(ULIRA_FRACTION)
 
 ulira: $(INSTALL)  ## U-LiRA: N originals on random halves, METHOD on DRAWS forget sets of each, scored (JOBS, DEVICES)
-	$(call parallel,$(ULIRA_ORIGINALS))
-	$(call parallel,$(call ULIRA_DRAWN,$(METHOD)))
-	$(PY) privacy.py score $(ULIRA_DIR)
+	$(call run_jobs,$(HALVES_POOL) --groups original $(METHOD))
+	$(PY) privacy.py score $(call quote,$(ULIRA_DIR))
 
 ulira-retrain: $(INSTALL)  ## the ceiling of `make ulira`: each half retrained without each forget set (N x DRAWS)
-	$(call parallel,$(call ULIRA_DRAWN,retrain))
-	$(PY) privacy.py score $(ULIRA_DIR)
+	$(call run_jobs,$(HALVES_POOL) --groups retrain)
+	$(PY) privacy.py score $(call quote,$(ULIRA_DIR))
 
-ulira-jobs:  ## `make ulira`'s training jobs, one command a line, with the ceiling's (then ulira-unlearn-jobs)
-	@for t in $(ULIRA_ORIGINALS) $(call ULIRA_DRAWN,retrain); do \
-	  echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(ULIRA_VARS)"; done
+ulira-jobs:  ## `make ulira`'s originals and the ceiling's retrains, one command a line (STAGE=)
+	@$(call jobs,$(HALVES_POOL) --groups original retrain $(if $(STAGE),--stage $(STAGE)))
 
-ulira-unlearn-jobs:  ## METHOD's jobs of `make ulira`, one command a line (after ulira-jobs' originals have run)
-	@for t in $(call ULIRA_DRAWN,$(METHOD)); do echo "$(MAKE) -C $(CURDIR) --no-print-directory $$t $(ULIRA_VARS)"; done
+ulira-unlearn-jobs:  ## METHOD's commands of `make ulira`, one a line (its originals first)
+	@$(call jobs,$(HALVES_POOL) --groups $(METHOD) $(if $(STAGE),--stage $(STAGE)))
 
 # the toy's models must remember their images for a membership test to see anything: 50 images, 30 epochs
 ULIRA_SMALL = DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=30 N=8 DRAWS=2 FRACTION=0.5 \
@@ -305,36 +310,6 @@ ULIRA_SMALL = DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=30 N=8 DRAWS=2 FRACTI
 ulira-small: $(INSTALL)  ## a toy U-LiRA on a CPU (resnet20, 8 halves x 2 forget sets of half of each), with its ceiling
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory ulira ulira-retrain JOBS=$$(nproc) $(ULIRA_SMALL)
 	$(MAKE) --no-print-directory report RUNDIR=runs/pool-small
-
-.PRECIOUS: $(ULIRA_DIR)/original/h%.pth $(ULIRA_DIR)/retrain/%.pth $(ULIRA_DIR)/%.pth  # models are not intermediate
-
-$(ULIRA_DIR)/original/h%.pth: | $(INSTALL)
-	$(TRAIN) --keep-half $* --seed $* --out $@
-
-$(ULIRA_DIR)/retrain/%.pth: | $(INSTALL)
-	$(TRAIN) $(call ulira_split,$*) --seed $(call ulira_half,$*) --out $@
-
-$(ULIRA_DIR)/%.pth: $(ULIRA_DIR)/original/h$$(call ulira_half,$$*).pth
-	$(PY) unlearn.py $(DATA) --method $(*D) --wait --model $< $(call ulira_split,$*) --seed $(call ulira_draw,$*) --no-eval \
-	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
-
-$(ULIRA_DIR)/%.npz: $(ULIRA_DIR)/%.pth
-	$(PY) privacy.py outputs $(DATA) $(call ulira_split,$*) --model $< --out $@
-
-.PRECIOUS: $(POOL_DIR)/original/s%.pth $(POOL_DIR)/retrain/s%.pth $(POOL_DIR)/%.pth  # models are not intermediate files
-
-$(POOL_DIR)/original/s%.pth: | $(INSTALL)
-	$(TRAIN) --seed $* --out $@
-
-$(POOL_DIR)/retrain/s%.pth: | $(INSTALL)
-	$(TRAIN) $(POOL_FORGET) --seed $* --out $@
-
-$(POOL_DIR)/%.pth: $(POOL_DIR)/original/$$(notdir $$*).pth
-	$(PY) unlearn.py $(DATA) --method $(*D) --wait --model $< $(POOL_FORGET) --seed $(patsubst s%,%,$(*F)) --no-eval \
-	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
-
-$(POOL_DIR)/%.npz: $(POOL_DIR)/%.pth
-	$(PY) privacy.py outputs $(DATA) $(POOL_FORGET) --model $< --out $@
 
 $(R)/full.pth: | $(INSTALL)
 	$(TRAIN) --out $@

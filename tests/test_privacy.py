@@ -15,8 +15,6 @@ import torch
 
 import privacy
 import report
-import train
-import unlearn
 from conftest import ARCHIVE, ROOT, assert_clean_error, call
 from data import make_split, subset_indices
 from models import sha256_file
@@ -394,41 +392,65 @@ def test_jobs_spread_devices_and_refuse_what_they_set(tmp_path):
     assert not os.listdir(tmp_path)  # listing writes nothing
 
 
-def run_make_commands(target, settings):
-    """Run in this process the script commands `make -n TARGET` prints: the Makefile's own commands, without a
-    Python start-up (about 4 s) per model."""
-    r = make("-n", target, *settings)
+def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
+    """pool-jobs, pool-unlearn-jobs, ulira-jobs and ulira-unlearn-jobs print what privacy.py jobs
+    prints for the variables users pass (N, CLASS, FRACTION, METHOD, DRAWS, the folders, ARCH,
+    EPOCHS, TRAIN_FLAGS, EXTRA, EXTRA_<method>, DEVICES); STAGE= prints one stage."""
+    settings = ["N=2", "DRAWS=3", "CLASS=dog", "METHOD=neggrad+", "ARCH=resnet20", "EPOCHS=7",
+                "TRAIN_FLAGS=--batch-size 16 --lr '0.05'", "EXTRA=--subset 10",
+                "EXTRA_neggradplus=--epochs 2", "DATASET=d", "DATA_DIR=c",
+                f"POOL_DIR={tmp_path}/p", f"ULIRA_DIR={tmp_path}/u", "DEVICES=cpu cuda:1"]
+    r = make("pool-jobs", "pool-unlearn-jobs", "ulira-jobs", "ulira-unlearn-jobs", *settings)
     assert r.returncode == 0, r.stderr
-    scripts = {"train.py": train.main, "unlearn.py": unlearn.main, "privacy.py": privacy.main}
-    for line in r.stdout.replace("\\\n", " ").splitlines():  # a rule's continued lines are one command
-        argv = shlex.split(line)
-        scripts[os.path.basename(argv[1])](argv[2:])
+    common = ["--n", 2, "--python", sys.executable,
+              "--train-flags=--arch resnet20 --epochs 7 --batch-size 16 --lr 0.05",
+              "--unlearn-flags=--epochs 2", "--devices", "cpu", "cuda:1"]
+    data = ["--dataset", "d", "--data-dir", "c", "--subset", "10"]
+    seeds = [tmp_path / "p", "--forget-class", "dog"]
+    halves = [tmp_path / "u", "--halves", "--draws", 3, "--forget-fraction", 0.1]
+    expected = [*jobs(*seeds, *common, "--groups", "original", "retrain", data=data),
+                *jobs(*seeds, *common, "--groups", "neggrad+", data=data),
+                *jobs(*halves, *common, "--groups", "original", "retrain", data=data),
+                *jobs(*halves, *common, "--groups", "neggrad+", data=data)]
+    assert r.stdout.splitlines() == expected and len(expected) == 8 + 6 + 16 + 14
+    assert "--lr 0.05" in expected[0] and "--forget-fraction 0.1" in expected[-1]
+    assert all("--epochs 2" in line for line in expected if "unlearn.py" in line)
+    dry = make("-n", "pool-jobs", "ulira-unlearn-jobs", "STAGE=unlearn", *settings)
+    dry = dry.stdout.splitlines()
+    assert len(dry) == 2 and all("privacy.py jobs" in x and "--stage unlearn" in x for x in dry)
 
 
 def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
-    """N = 6 resnet20s trained with and without cat (30 images a class, 5 epochs: enough to tell cats seen from
-    cats never seen), SSD from each original: the jobs listed by make pool-jobs run through xargs, SSD's listed by
-    pool-unlearn-jobs (their commands run in this process), a rerun makes nothing, and the scores put
-    retrain-vs-retrain well above original-vs-retrain."""
+    """N = 6 resnet20s trained with and without cat (30 images a class, 5 epochs: enough to tell
+    cats seen from cats never seen), SSD from each original: privacy.py jobs' commands for seeds
+    0..4 (and retrain 5) run in this process, then make pool-unlearn N=6 makes original 5 (its
+    models stage), SSD from it and SSD's outputs through xargs, the finished models untouched; jobs
+    then lists only what pool-unlearn leaves (the new original's outputs), then nothing; the scores
+    put retrain-vs-retrain well above original-vs-retrain."""
     pool = tmp_path / "pool"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    settings = ["N=6", "ARCH=resnet20", "EPOCHS=5", "TRAIN_FLAGS=--batch-size 32", "DEVICE=cpu", f"DATASET={ARCHIVE}",
-                f"DATA_DIR={data_dir}", "EXTRA=--subset 30 --test-subset 20", "CLASS=cat", "METHOD=ssd", f"POOL_DIR={pool}"]
-    jobs = make("pool-jobs", *settings)
-    assert jobs.returncode == 0 and len(jobs.stdout.splitlines()) == 12, jobs.stderr  # originals and retrains
-    r = subprocess.run(["xargs", "-d", "\n", "-P", "2", "-I{}", "sh", "-c", "{}"], input=jobs.stdout, text=True,
-                       capture_output=True, env=env, cwd=ROOT, timeout=900)
+    design = ["--forget-class", "cat",
+              "--train-flags", "--arch resnet20 --epochs 5 --batch-size 32"]
+    data = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--device", "cpu",
+            "--subset", 30, "--test-subset", 20]
+    groups = ["--groups", "original", "retrain", "ssd"]
+    lines = jobs(pool, *design, "--n", 5, *groups, data=data)
+    assert len(lines) == 10 + 5 + 15  # trainings, SSD, outputs
+    assert not any("/s5." in line for line in lines)
+    run_lines(lines + jobs(pool, *design, "--n", 6, "--groups", "retrain", data=data))
+    before = {path: path.stat().st_mtime_ns for path in pool.glob("*/s*")}
+    settings = ["N=6", "ARCH=resnet20", "EPOCHS=5", "TRAIN_FLAGS=--batch-size 32", "DEVICE=cpu",
+                f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "EXTRA=--subset 30 --test-subset 20",
+                "CLASS=cat", "METHOD=ssd", f"POOL_DIR={pool}", "JOBS=2"]
+    r = make("pool-unlearn", *settings)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    jobs = make("pool-unlearn-jobs", *settings).stdout.splitlines()
-    assert [shlex.split(line)[4] for line in jobs] == [str(pool / "ssd" / f"s{k}.npz") for k in range(6)], jobs
-    for k in range(6):
-        run_make_commands(pool / "ssd" / f"s{k}.npz", settings)
+    assert {path: path.stat().st_mtime_ns for path in before} == before  # finished: untouched
+    left = jobs(pool, *design, "--n", 6, *groups, data=data)
+    assert len(left) == 1 and left[0].endswith(str(pool / "original" / "s5.npz")), left
+    run_lines(left)
+    assert jobs(pool, *design, "--n", 6, *groups, data=data) == []
     for group in ("original", "retrain", "ssd"):
         assert sorted(os.listdir(pool / group)) == sorted(f"s{k}.{ext}" for k in range(6) for ext in ("pth", "npz",
                                                           "json") + (("log.jsonl",) if group != "ssd" else ()))
-    again = make("pool", "pool-unlearn", *settings)
-    assert again.returncode == 0 and "train.py" not in again.stdout and "unlearn.py" not in again.stdout, again.stdout
-
     ssd = [torch.load(pool / "ssd" / f"s{k}.pth", weights_only=True)["fc.weight"] for k in range(6)]
     assert all(not torch.equal(ssd[0], w) for w in ssd[1:])  # a deterministic method from 6 originals: 6 models
 
@@ -447,22 +469,27 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
         assert z["retain_index"].shape == (270,) and int(z["forget_class"]) == 3
 
 
-def test_ulira_halves_through_make(cifar_jpeg, data_dir, tmp_path):
-    """make ulira's commands for 4 random halves x 2 forget draws (resnet20, 1 epoch, 10 images a class): every
-    model's file on its half and its forget set inside it, then make ulira makes nothing but the scores, the jobs
-    are listed, and the scores equal the attack written out (reference_ulira_halves) on the masks rebuilt from the
+def test_ulira_halves_through_jobs_and_make(cifar_jpeg, data_dir, tmp_path):
+    """U-LiRA's design for 4 random halves x 2 forget draws (resnet20, 1 epoch, 10 images a
+    class): privacy.py jobs' commands for halves 0..2 run in this process, then make ulira N=4
+    makes half 3 (its original, SSD on both draws, their outputs) through xargs, and the scores;
+    every model's file is on its half with its forget set inside it, jobs then lists nothing, and
+    the scores equal the attack written out (reference_ulira_halves) on the masks rebuilt from the
     dataset and the seeds alone."""
     pool = tmp_path / "run" / "pools" / "halves"
+    design = ["--halves", "--draws", 2, "--forget-fraction", 0.5, "--groups", "original", "ssd",
+              "--train-flags", "--arch resnet20 --epochs 1 --batch-size 32"]
+    data = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--device", "cpu",
+            "--subset", 10, "--test-subset", 5]
+    lines = jobs(pool, *design, "--n", 3, data=data)
+    assert len(lines) == 3 + 6 + 3 + 6  # originals, SSD on 2 draws of each, their outputs
+    run_lines(lines)
     settings = ["N=4", "DRAWS=2", "FRACTION=0.5", "ARCH=resnet20", "EPOCHS=1", "TRAIN_FLAGS=--batch-size 32",
                 "DEVICE=cpu", f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "EXTRA=--subset 10 --test-subset 5",
-                "METHOD=ssd", f"ULIRA_DIR={pool}"]
-    for target in [f"original/h{k}.npz" for k in range(4)] + [f"ssd/h{k}_f{j}.npz" for k in range(4) for j in range(2)]:
-        run_make_commands(pool / target, settings)
+                "METHOD=ssd", f"ULIRA_DIR={pool}", "JOBS=2"]
     r = make("ulira", *settings)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "privacy.py score" in r.stdout and not any(s in r.stdout for s in ("train.py", "unlearn.py", "outputs"))
-    assert len(make("ulira-jobs", *settings).stdout.splitlines()) == 4 + 8  # originals, then the ceiling's retrains
-    assert len(make("ulira-unlearn-jobs", *settings).stdout.splitlines()) == 8
+    assert "ssd: U-LiRA acc" in r.stdout and jobs(pool, *design, "--n", 4, data=data) == []
 
     every = subset_indices(cifar_jpeg.train_y, 10)
     stat, inside, outside = [], [], []

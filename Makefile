@@ -14,6 +14,7 @@ EPOCHS ?= 200
 DEVICE ?= auto
 CLASS ?= cat
 METHOD ?= ssd
+METHODS ?= $(METHOD)  # pool-unlearn, pool-small: several methods, e.g. METHODS="ssd ct msg"
 N ?= 5
 CHECKPOINTS ?= checkpoints
 SHARDS ?= 4
@@ -32,6 +33,7 @@ unsafe = $(strip $(if $(filter-out 1,$(words x$(1)x)),space) $(foreach c,$(UNSAF
 $(foreach v,DATASET DATA_DIR CLASS METHOD ARCH CHECKPOINTS,$(if $(call unsafe,$($(v))),$(error $(v)=$($(v)) holds \
 	a space or a shell character ($(call unsafe,$($(v)))): make cannot pass it safely; rename it, or run the scripts \
 	directly (python train.py --help))))
+$(foreach m,$(METHODS),$(if $(call unsafe,$(m)),$(error METHODS holds $(m): a shell character)))
 TRAIN_FLAGS ?=
 TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume --wait $(TRAIN_FLAGS)
 # The demo uses the real CIFAR-10 images where this project's machines keep them, else downloads CIFAR-10.
@@ -261,8 +263,10 @@ SEED_POOL = $(call quote,$(POOL_DIR)) $(POOL_FORGET)
 pool: $(INSTALL)  ## N originals and N retrains without CLASS (or FRACTION), seeds 0..N-1, JOBS at a time on DEVICES
 	$(call run_jobs,$(SEED_POOL) --groups original retrain)
 
-pool-unlearn: $(INSTALL)  ## METHOD from each original of the pool (made first where missing), JOBS at a time
-	$(call run_jobs,$(SEED_POOL) --groups $(METHOD))
+pool-unlearn: $(INSTALL)  ## METHOD (or METHODS="ssd ct ...") from each original of the pool, JOBS at a time
+	$(if $(word 2,$(METHODS)),for m in $(METHODS); do \
+	  $(MAKE) --no-print-directory pool-unlearn METHODS=$$m METHOD=$$m || exit 1; done,$(call \
+	  run_jobs,$(SEED_POOL) --groups $(METHODS)))
 
 pool-score: $(INSTALL)  ## the competition score, KLOM, U-LiRA and the seed spread of every group: POOL_DIR/scores.json
 	$(PY) privacy.py score $(call quote,$(POOL_DIR))
@@ -275,7 +279,7 @@ pool-unlearn-jobs:  ## METHOD's commands, one a line (its originals' trainings f
 
 POOL_SMALL = DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=3 N=8 TRAIN_FLAGS="--batch-size 64" DEVICE=cpu \
 	EXTRA="--subset 50 --test-subset 50" RUNDIR=runs/pool-small POOL_DIR=runs/pool-small/pools/$(CLASS)
-pool-small: $(INSTALL)  ## a toy pool on a CPU (resnet20, N = 8, METHOD), its scores and report, in minutes
+pool-small: $(INSTALL)  ## a toy pool on a CPU (resnet20, N = 8, METHOD or METHODS), its scores and report
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory pool pool-unlearn JOBS=$$(nproc) $(POOL_SMALL)
 	$(MAKE) --no-print-directory pool-score report $(POOL_SMALL)
 

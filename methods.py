@@ -266,8 +266,9 @@ class UNSIRConfig:
     noise_steps: int = hp(25, "Adam steps of the noise (num_epochs of UNSIR_noise_train)")
     noise_lr: float = hp(0.1, "Adam learning rate of the noise")
     noise_lambda: float = hp(0.1, "weight of the mean squared l2 norm of the noise images in its loss")
-    noise_label: str = hp("forget", "the noise images' label: the forget class (SSD), or 0 for every class (the "
-                          "notebook's constant class_num = 0)", choices=("forget", "zero"))
+    noise_label: str = hp("forget", "the label of the noise copies in the impair set: the forget class (SSD), or 0 "
+                          "for every class (the notebook's class_num = 0; its noise is learnt against the forget "
+                          "class in both)", choices=("forget", "zero"))
     noise_copies: int = hp(80, "copies of the noise in the impair set; the official loop keeps its first 3 images "
                            "only (range(batch[0].size(0)): the channels), 3 x 80 = 240")
     keep_noise_grads: bool = hp(True, "the model's gradients from the noise steps are not cleared, and join the "
@@ -740,8 +741,8 @@ def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
     model.train()
     saliency_gradients(model, first_images(retain_loader, sum(len(y) for _, y in forget_batches)), forget_batches)
     redrawn = redraw_small_gradients(model, cfg.init_rate)
-    hooks = [w.register_hook(lambda g, scale=torch.where(m, 1.0, cfg.kept_scale).to(w.dtype): g * scale)
-             for w, m in redrawn.items()]  # Masker: gradient x mask before SGD adds weight decay
+    hooks = [w.register_hook(lambda g, scale=(m.float() + (~m).float() * cfg.kept_scale).to(w.dtype): g * scale)
+             for w, m in redrawn.items()]  # Masker: gradient x mask (float32, as kgltop2's) before weight decay
     optimizer = sgd(model, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: linear_warmup_decay(e, cfg.epochs))
     model.train()
@@ -846,8 +847,8 @@ def unlearn_unsir(model, retain_loader, forget_loader, cfg, device):
                                          cfg.retain_per_class, forget_class)
     noise = torch.nn.Parameter(torch.randn(cfg.noise_batch, *retain_x.shape[1:], dtype=retain_x.dtype)
                                .to(retain_x.device))  # drawn on the CPU, as UNSIR_noise
-    noise_class = forget_class if cfg.noise_label == "forget" else 0
-    label = torch.full((cfg.noise_batch,), noise_class, device=noise.device)
+    label = torch.full((cfg.noise_batch,), forget_class, device=noise.device)  # the noise is learnt against it
+    copies_class = forget_class if cfg.noise_label == "forget" else 0  # the notebook labels the copies 0
     noise_optimizer = adam([noise], cfg.noise_lr)
     model.train()
     for _ in range(cfg.noise_steps):
@@ -857,7 +858,7 @@ def unlearn_unsir(model, retain_loader, forget_loader, cfg, device):
         noise_optimizer.step()
     copies = noise.detach()[:3].repeat(cfg.noise_copies, 1, 1, 1)  # 3 images per copy: the official loop's bug
     impair_x = torch.cat([copies, sample_x])
-    impair_y = torch.cat([torch.full((len(copies),), noise_class, device=sample_y.device), sample_y])
+    impair_y = torch.cat([torch.full((len(copies),), copies_class, device=sample_y.device), sample_y])
     adam_epoch(model, shuffled_batches(impair_x, impair_y, cfg.impair_batch), cfg.impair_lr,
                zero_first=not cfg.keep_noise_grads)
     adam_epoch(model, shuffled_batches(sample_x, sample_y, cfg.repair_batch), cfg.repair_lr, zero_first=True)
@@ -916,7 +917,8 @@ def fgsm(model, x, y, bound, mean, std):
     """FGSM_perturb in [0, 1] pixels: one step bound * sign(gradient of CE on the true labels), clamped to [0, 1],
     rounded to 1/255 (torch.round), and normalised again."""
     model.zero_grad()
-    pixels = (x * std + mean).detach().requires_grad_(True)
+    pixels = torch.round((x * std + mean) * 255) / 255  # back on the 8-bit grid: +-0.1 lands on ties, as theirs
+    pixels = pixels.detach().requires_grad_(True)
     F.cross_entropy(model((pixels - mean) / std), y).backward()
     pixels = torch.round((pixels + bound * pixels.grad.sign()).clamp(0, 1) * 255) / 255
     return (pixels.detach() - mean) / std

@@ -119,16 +119,28 @@ SMALL = {"advneggrad": dict(batch_size=16), "neggrad+": dict(epochs=1, batch_siz
 
 
 @pytest.mark.parametrize("method", sorted(SMALL))
-def test_bf16_reaches_every_training_step_of_every_method(method, conv_dtypes):
+def test_bf16_reaches_every_training_step_of_every_method(method, monkeypatch):
+    """Every training forward of the model returned runs in bf16; copies of it (teachers, boundary-shrink's frozen
+    original, whose FGSM sign is computed in fp32 on purpose) are not what is trained."""
     from data import make_split
     data = tiny_data(n=42)
     split = make_split(data, forget_class=0)
     fn, config_class, _ = unlearn.METHODS[method]
     cfg = config_class(**SMALL[method])
     retain, forget = unlearn.make_loaders(data, split, cfg, CPU, 0)
-    torch.manual_seed(0)
-    unlearn.run_method(fn, build_model("resnet20", 7), retain, forget, cfg, CPU, torch.bfloat16)
-    assert conv_dtypes and set(conv_dtypes) == {torch.bfloat16}, method
+    seen = []
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():
+            seen.append((module, output.dtype))
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        torch.manual_seed(0)
+        model, _ = unlearn.run_method(fn, build_model("resnet20", 7), retain, forget, cfg, CPU, torch.bfloat16)
+    finally:
+        handle.remove()
+    own = set(model.modules())
+    assert {dtype for module, dtype in seen if module in own} == {torch.bfloat16}, method
 
 
 def test_ssd_importances_are_ieee_fp32_under_bf16(conv_dtypes, monkeypatch):

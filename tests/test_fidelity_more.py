@@ -112,8 +112,8 @@ def test_msg_equals_kgltop2(model64, sets):
                 mask = torch.zeros(m.weight.numel(), dtype=torch.bool)
                 mask[torch.topk(-m.weight.grad.abs().view(-1), k).indices] = True
                 mask = mask.view_as(m.weight)
-                grad_mask = mask.double()
-                grad_mask[grad_mask == 0] = 0.1
+                grad_mask = mask.clone().float()  # float32, whatever the model's dtype
+                grad_mask[grad_mask == 0] += 0.1
                 new = MaskConv2d(grad_mask, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                                  bias=False, dtype=torch.float64)
                 nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
@@ -129,7 +129,7 @@ def test_msg_equals_kgltop2(model64, sets):
             F.cross_entropy(net(x), y).backward()
             optimizer.step()
         scheduler.step()
-    assert_same_weights(ours, net, atol=1e-7)  # measured 1e-8 (a running_var of ~2) in float64: hook vs Function
+    assert_same_weights(ours, net, atol=0)  # bitwise: the mask's 0.1 is float32's on both sides
 
 
 def test_msgs_schedule_rises_and_falls_as_linear_annealing():
@@ -190,15 +190,17 @@ def test_the_incompetent_teacher_is_an_untrained_network_of_the_same_architectur
             assert (t.weight == 1).all() and (t.bias == 0).all() and (t.running_var == 1).all()
 
 
-def test_unsir_equals_the_ssd_repositorys_unsir(model64, sets):
+@pytest.mark.parametrize("noise_label", ["forget", "zero"])
+def test_unsir_equals_the_ssd_repositorys_unsir(model64, sets, noise_label):
     """forget_full_class_strategies.py UNSIR + unlearn.py UNSIR_noise_train / UNSIR_create_noisy_loader /
     fit_one_unlearning_cycle: the first N per retained class of ConcatDataset(retain, forget); noise
     torch.randn(32, 3, 32, 32), Adam 0.1, the model in train mode: loss = -CE(model(noise), forget class) +
     0.1 mean(sum(noise^2)), the noise's zero_grad only; 80 copies of noise images 0-2 labelled the forget class,
     then the retain sample, shuffled, batch 32; impair: Adam 1e-4, train mode, backward, step, zero_grad (the
     noise steps' model gradients join the first step); repair: the sample, batch 128, a new Adam. Smaller numbers
-    here (4 noise steps, 3 copies, N = 4), and lr 0.01 for the model (1e-4 published)."""
-    cfg = UNSIRConfig(noise_steps=4, noise_copies=3, retain_per_class=4, impair_lr=0.01, repair_lr=0.01,
+    here (4 noise steps, 3 copies, N = 4), and lr 0.01 for the model (1e-4 published). noise_label "zero": the
+    notebook's copies labelled class_num = 0 (cell 26), the noise still learnt against the forget class (cell 24)."""
+    cfg = UNSIRConfig(noise_label=noise_label, noise_steps=4, noise_copies=3, retain_per_class=4, impair_lr=0.01, repair_lr=0.01,
                       impair_batch=8, repair_batch=16)
     torch.manual_seed(13)
     ours = methods.unlearn_unsir(copy.deepcopy(model64), *loaders(sets), cfg, CPU)
@@ -224,7 +226,7 @@ def test_unsir_equals_the_ssd_repositorys_unsir(model64, sets):
     for _ in range(3):
         batch = noise.detach()
         for i in range(batch[0].size(0)):  # range(3): the channels of image 0
-            noisy.append((batch[i], torch.tensor(FORGET_CLASS)))
+            noisy.append((batch[i], torch.tensor(FORGET_CLASS if noise_label == "forget" else 0)))
     noisy += retain_samples
 
     def cycle(data, batch_size, lr):
@@ -240,7 +242,7 @@ def test_unsir_equals_the_ssd_repositorys_unsir(model64, sets):
             optimizer.zero_grad()
     cycle(noisy, 8, 0.01)
     cycle(retain_samples, 16, 0.01)
-    assert_same_weights(ours, model)
+    assert_same_weights(ours, model, atol=1e-8)  # fused Adam's rounding: 2e-10 measured on a running_var of 17
 
 
 def test_amnesiac_equals_the_ssd_repositorys_amnesiac(model64, sets):

@@ -55,6 +55,16 @@ class Shuffled:
         return max(self.batch_size, getattr(self, "forget_batch_size", self.batch_size))
 
 
+class ReadOnce:
+    """Methods whose official code reads both sets once, in order, and shuffles what it builds from them."""
+
+    def loaders(self):
+        return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)
+
+    def step_images(self):
+        return self.batch_size
+
+
 # ----------------------------------------------------------------------------- configs (published defaults)
 
 @dataclass(frozen=True)
@@ -238,7 +248,7 @@ class MSGConfig(Shuffled):
 
 
 @dataclass(frozen=True)
-class BadTeacherConfig:
+class BadTeacherConfig(ReadOnce):
     """Bad Teacher (Chundawat et al., 2023; vikram2000b/bad-teaching-unlearning unlearn.py, and the SSD
     repository's copy): the student (the model) distilled from the original on a random retain sample and from an
     untrained model of the same architecture on the forget set, KL(teacher || student) at temperature T."""
@@ -250,15 +260,9 @@ class BadTeacherConfig:
     batch_size: int = hp(256, "batch size (b_s)")
     augment: bool = hp(False, "augment like training (their loaders do not)")
 
-    def loaders(self):
-        return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)  # mixed here
-
-    def step_images(self):
-        return self.batch_size
-
 
 @dataclass(frozen=True)
-class UNSIRConfig:
+class UNSIRConfig(ReadOnce):
     """UNSIR (Tarun et al., 2023), as the SSD repository runs it (forget_full_class_strategies.py UNSIR + unlearn.py):
     error-maximising noise for the forget class, an impair epoch on copies of it and a retain sample, a repair epoch
     on the retain sample. The notebook (vikram2000b/Fast-Machine-Unlearning) differs: see docs/METHODS.md."""
@@ -281,15 +285,12 @@ class UNSIRConfig:
     batch_size: int = hp(256, "batch size at which the retain and forget sets are read (no effect on the result)")
     augment: bool = hp(False, "augment like training (their sets are transformed once, without)")
 
-    def loaders(self):
-        return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)  # dataset order
-
     def step_images(self):
         return max(self.impair_batch, self.repair_batch, self.noise_batch)
 
 
 @dataclass(frozen=True)
-class AmnesiacConfig:
+class AmnesiacConfig(ReadOnce):
     """Amnesiac unlearning (Graves et al., 2021) as the SSD repository runs it (forget_full_class_strategies.py
     amnesiac): each forget image relabelled once to a random other class, mixed with the whole retain set, Adam.
     Unlike rl (SalUn's RL.py): other classes only, drawn once, one shuffled loader, Adam without a schedule."""
@@ -297,12 +298,6 @@ class AmnesiacConfig:
     epochs: int = hp(3, "epochs (fit_one_unlearning_cycle(3, ...))")
     batch_size: int = hp(128, "batch size of the mixed loader")
     augment: bool = hp(False, "augment like training (their sets are transformed once, without)")
-
-    def loaders(self):
-        return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)  # mixed here
-
-    def step_images(self):
-        return self.batch_size
 
 
 @dataclass(frozen=True)

@@ -166,18 +166,19 @@ IMAGENET_WEIGHTS = {
 
 
 def build_model(arch, num_classes, pretrained=False):
-    """A fresh model; pretrained=True loads the ImageNet weights of a *-imagenet architecture (all but fc)."""
+    """A fresh model. pretrained: the starting weights of a *-imagenet architecture, all but
+    fc (load_pretrained): True or "torchvision" for torchvision's ImageNet-1K weights, else a
+    state_dict's path, URL or hf:// name."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
     model = ARCHS[arch](num_classes)
     if pretrained and arch in IMAGENET_WEIGHTS:
-        state = imagenet_state_dict(IMAGENET_WEIGHTS[arch])
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+        load_pretrained(model, arch, "torchvision" if pretrained is True else pretrained)
     return model
 
 
-def imagenet_state_dict(weights):
-    """torchvision's weight file from its download cache (TORCH_HOME); fetched once when online."""
+def imagenet_file(weights):
+    """torchvision's weight file in its download cache (TORCH_HOME); fetched once when online."""
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     if not os.path.exists(path):
         try:
@@ -185,7 +186,55 @@ def imagenet_state_dict(weights):
         except Exception:  # offline: URLError, socket errors, ...
             raise FileNotFoundError(f"ImageNet weights not found and not downloadable: put {weights.url} "
                                     f"at {path}") from None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return path
+
+
+def load_pretrained(model, arch, name="torchvision"):
+    """Starting weights into a fresh `model` of `arch`, all but its classifier fc, which stays as
+    initialised. name: "torchvision" (torchvision's IMAGENET1K_V1 weights of arch), or a
+    state_dict by path, URL or hf:// name (fetch), as torch.save (read with weights_only=True) or
+    safetensors wrote it, checked as load_model checks a checkpoint.
+
+    timm's ResNet18/34 keys are torchvision's (conv1, bn1, layer1-4 with downsample.0/.1, fc: timm's
+    resnet.py), so its files load as they are, with no renaming. BatchNorm's num_batches_tracked,
+    which some files leave out, is then the model's own 0. Every other key of the model must be in
+    the file with its shape, and the file may hold no key the model lacks (a deep-stem resnet18d, a
+    resnet34): else one line names the file and the first key that does not fit.
+    Returns what a sidecar records: {"name", "file", "sha256"}."""
+    if name == "torchvision":
+        if arch not in IMAGENET_WEIGHTS:
+            raise ValueError(f"--pretrained torchvision: torchvision has no weights of {arch}; "
+                             f"valid: {', '.join(IMAGENET_WEIGHTS)}")
+        path = imagenet_file(IMAGENET_WEIGHTS[arch])
+    else:
+        try:
+            path = fetch(name)
+        except OSError as e:
+            raise OSError(f"--pretrained {name}: {e} (--pretrained torchvision starts from "
+                          f"torchvision's ImageNet weights instead)") from None
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--pretrained {name}: no such file; give a state_dict's "
+                                    f"path, URL or hf://OWNER/REPO/FILE, or torchvision")
+    state = as_state_dict(read_checkpoint(path, name), name)
+    if non_finite(state):
+        raise ValueError(f"{name}: {non_finite(state)} of {len(state)} tensors hold NaN or inf; "
+                         f"not loaded")
+    ours = model.state_dict()
+    kept = [k for k in ours if not k.startswith("fc.")]
+    for key in kept:
+        if key not in state and not key.endswith(".num_batches_tracked"):
+            raise ValueError(f"{name}: does not fit {arch}: it has no {key} (the first key "
+                             f"missing); give a {arch} state_dict under torchvision's (= timm's) "
+                             f"names")
+        if key in state and state[key].shape != ours[key].shape:
+            raise ValueError(f"{name}: does not fit {arch}: {key} is "
+                             f"{tuple(state[key].shape)} there, {tuple(ours[key].shape)} in {arch}")
+    extra = [k for k in state if k not in ours]
+    if extra:
+        raise ValueError(f"{name}: does not fit {arch}: it holds {extra[0]}, which {arch} has not "
+                         f"({len(extra)} such keys)")
+    model.load_state_dict({k: state[k] for k in kept if k in state}, strict=False)
+    return {"name": name, "file": os.path.basename(path), "sha256": sha256_file(path)}
 
 
 def input_size(model):
@@ -338,7 +387,10 @@ def fetch(name):
 
 
 def read_checkpoint(path, name):
-    """torch.load(weights_only=True): no code runs. Each way a file can fail is one line saying what it is."""
+    """torch.load(weights_only=True), or read_safetensors for a .safetensors file: no code runs.
+    Each way a file can fail is one line saying what it is."""
+    if path.endswith(".safetensors"):
+        return read_safetensors(path, name)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only met a class: a pickled model object, not a state_dict
@@ -359,6 +411,80 @@ def read_checkpoint(path, name):
         raise ValueError(f"{name}: not a PyTorch checkpoint ({type(e).__name__})") from None
 
 
+# The dtypes of a .safetensors file that a checkpoint of ours may hold (as_state_dict).
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64}
+
+
+def read_safetensors(path, name):
+    """A .safetensors file without the safetensors package: an 8-byte little-endian header size,
+    a JSON header giving each tensor's dtype, shape and data_offsets (a byte range of the data
+    after it), then the raw little-endian bytes. Nothing in it runs. Checked: the header fits the
+    file; every entry has a dtype of SAFETENSORS_DTYPES, a shape of whole numbers and a range of
+    exactly its bytes; the ranges cover the data back to back. {name: tensor}, or one line."""
+    def bad(why):
+        return ValueError(f"{name}: not a valid .safetensors file ({why}); download it again, "
+                          f"or use the repository's pytorch_model.bin")
+
+    def whole(values):
+        return isinstance(values, list) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in values)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        if not 2 <= length <= min(size - 8, 100 << 20):
+            raise bad("its header size does not fit the file")
+        try:
+            header = json.loads(f.read(length).decode("utf-8"))
+        except ValueError:  # not UTF-8, not JSON
+            raise bad("its header is not JSON") from None
+        data = bytearray(f.read())
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    spans, state = [], {}
+    for key, entry in header.items():
+        entry = entry if isinstance(entry, dict) else {}
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise bad(f"{key} has dtype {dtype!r}, not one of {', '.join(SAFETENSORS_DTYPES)}")
+        if not (whole(shape) and whole(offsets) and len(offsets) == 2):
+            raise bad(f"{key}: shape {shape!r} and data_offsets {offsets!r} are not whole numbers")
+        (begin, end), dtype = offsets, SAFETENSORS_DTYPES[dtype]
+        if not begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
+            raise bad(f"{key}: bytes {begin}-{end} of {len(data)} are not a {dtype} tensor of "
+                      f"shape {shape}")
+        spans.append((begin, end))
+        state[key] = (torch.frombuffer(data[begin:end], dtype=dtype) if end > begin
+                      else torch.zeros(0, dtype=dtype)).reshape(shape)
+    spans.sort()
+    starts, ends = [b for b, _ in spans], [e for _, e in spans]
+    if starts != [0] + ends[:-1] or (ends[-1] if ends else 0) != len(data):
+        raise bad("its tensors' byte ranges overlap or leave gaps")
+    return state
+
+
+def as_state_dict(loaded, name):
+    """The state_dict a loaded file holds (bare, or under one of WRAPPER_KEYS) as plain CPU tensors
+    under torchvision's keys (clean_state_dict); one line naming the file when it holds none, or
+    holds tensors no model of ours holds."""
+    state = loaded
+    for key in WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                              for k, v in state.items()):
+        raise ValueError(f"{name}: holds no state_dict (a dict of named tensors)")
+    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_complex() or v.is_meta
+           or not (v.is_floating_point() or v.dtype == torch.int64)]
+    if odd:  # sparse, complex, meta or other tensors no model of ours holds
+        found = state[odd[0]]
+        raise ValueError(f"{name}: {odd[0]} is a {found.layout} {found.dtype} tensor"
+                         f"{' on meta' if found.is_meta else ''}; a checkpoint holds dense real "
+                         f"tensors")
+    return clean_state_dict(state)
+
+
 def load_model(name, arch=None, num_classes=None):
     """Load a checkpoint (bare state_dict or a dict holding one) with weights_only=True, from a path or a
     downloaded name (see fetch); infer its architecture and class count, and check them against `arch` /
@@ -366,17 +492,7 @@ def load_model(name, arch=None, num_classes=None):
     path = fetch(name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
-    state = read_checkpoint(path, name)
-    for key in WRAPPER_KEYS:
-        state = state[key] if isinstance(state, dict) and isinstance(state.get(key), dict) else state
-    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise ValueError(f"{name}: holds no state_dict (a dict of named tensors)")
-    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_complex() or v.is_meta or
-           not (v.is_floating_point() or v.dtype == torch.int64)]
-    if odd:  # sparse, complex, meta or other tensors no model of ours holds
-        raise ValueError(f"{name}: {odd[0]} is a {state[odd[0]].layout} {state[odd[0]].dtype} tensor"
-                         f"{' on meta' if state[odd[0]].is_meta else ''}; a checkpoint holds dense real tensors")
-    state = clean_state_dict(state)
+    state = as_state_dict(read_checkpoint(path, name), name)
     try:
         found_arch, found_classes = infer_arch(state)
     except ValueError as e:

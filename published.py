@@ -35,6 +35,12 @@ PUBLISHED_CHECKPOINTS = {
     "ssd": ("Yurim0507/Selective_Synapse_Dampening", "cifar10_resnet18_SSD_{k}.pth"),
     "advneggrad": ("Yurim0507/AdvNegGrad", "cifar10_resnet18_AdvNegGrad_{k}.pth"),
 }
+# The ensemble report's starting weights ("a model pretrained on more data"): timm's ResNet18,
+# semi-weakly supervised on Instagram-1B hashtags, fine-tuned on ImageNet-1k. Its keys are
+# torchvision's, so the file loads into resnet18-imagenet as it is (models.load_pretrained).
+PUBLISHED_PRETRAINED = {
+    "ensemble": ("timm/resnet18.fb_swsl_ig1b_ft_in1k", "pytorch_model.bin"),
+}
 DATASET_IDS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100", "cifar10-jpeg": "uoft-cs/cifar10"}
 
 
@@ -42,6 +48,11 @@ def published_name(role, k=None):
     """The hf:// name of a published checkpoint: the full model (k None), or the one without / unlearning class k."""
     repo, file = PUBLISHED_CHECKPOINTS[role]
     return f"hf://{repo}/{file.format(c=CIFAR10[k] if k is not None else '', k=k)}"
+
+
+def pretrained_name(role="ensemble"):
+    """The hf:// name of published starting weights: pretrained_name() is the ensemble report's."""
+    return "hf://{}/{}".format(*PUBLISHED_PRETRAINED[role])
 
 
 def published_names():

@@ -32,7 +32,8 @@ from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, s
 from evaluate import predict
 from methods import hp
 from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size, load_model, non_finite,
-                    save_model, to_device)
+                    load_pretrained, save_model, to_device)
+from published import pretrained_name
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class TransferConfig:
     """The CIFAR-100 report's transfer recipe: ImageNet-1K weights, images upsampled to 224x224 (nearest), Adam
     with a 10x larger learning rate for the new classifier, cosine schedule, cross-entropy."""
     arch: str = hp("resnet18-imagenet", "architecture (an ImageNet one)", choices=tuple(IMAGENET_WEIGHTS))
+    pretrained: str = hp("torchvision", "starting weights: torchvision (its IMAGENET1K_V1), or "
+                         "a state_dict of arch by path, URL or hf://OWNER/REPO/FILE (.safetensors "
+                         "too); fc is new either way")
     epochs: int = hp(10, "epochs = cosine T_max (not published; SISA's slices use 9 - k)")
     batch_size: int = hp(128, "batch size (not published)")
     lr: float = hp(1e-4, "Adam learning rate of the pretrained layers")
@@ -86,7 +90,12 @@ class TransferConfig:
 class EnsembleConfig(TransferConfig):
     """The ensemble report's recipe per member: ImageNet ResNet18 at 224x224 (Resize 256 + RandomCrop 224),
     RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1), batch 512, early stopping with patience 50 keeping the
-    best model, selected on a held-out 10% of the train set (the report selected on the test set)."""
+    best model, selected on a held-out 10% of the train set (the report selected on the test set).
+    Members start from the report's weights, timm's ResNet18 pretrained on Instagram-1B
+    (published.PUBLISHED_PRETRAINED); --pretrained torchvision starts them from torchvision's."""
+    pretrained: str = hp(pretrained_name(), "starting weights: the report's (timm's Instagram-1B "
+                         "ResNet18), torchvision (its IMAGENET1K_V1), or a state_dict of arch by "
+                         "path, URL or hf:// name; fc is new either way")
     epochs: int = hp(200, "maximum epochs = cosine T_max (early stopping ends sooner)")
     batch_size: int = hp(512, "batch size")
     augment: str = hp("rotate-jitter", "train augmentation", choices=tuple(AUGMENT))
@@ -95,6 +104,25 @@ class EnsembleConfig(TransferConfig):
 
 
 RECIPES = {"sgd": TrainConfig, "transfer": TransferConfig, "ensemble": EnsembleConfig}
+
+
+def recipe_identity(cfg):
+    """A recipe's settings as an output's identity: dataclasses.asdict, less pretrained where it is
+    torchvision, the only starting point before --pretrained, so that what was trained then is
+    still found (and SISA's slices keep their hashes)."""
+    settings = dataclasses.asdict(cfg)
+    if settings.get("pretrained") == "torchvision":
+        del settings["pretrained"]
+    return settings
+
+
+def starting_weights(model, cfg):
+    """The recipe's starting weights (--pretrained; models.load_pretrained) loaded into a fresh
+    `model` of an ImageNet architecture: what a sidecar records of them (name, file, sha256), or
+    None (a CIFAR architecture starts fresh)."""
+    if cfg.arch not in IMAGENET_WEIGHTS:
+        return None
+    return load_pretrained(model, cfg.arch, getattr(cfg, "pretrained", "torchvision"))
 
 
 def on_cuda(model):
@@ -262,7 +290,7 @@ def train_sisa(data, split, cfg, sisa, folder, device, only=None):
     plan = shard_slices(split.train, sisa.shards, sisa.slices, cfg.seed)
     kept = np.isin(split.train, split.retain)
     check_plan(plan, set(split.train[~kept].tolist()))
-    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "classes": len(data.classes)}
+    identity = {"cfg": recipe_identity(cfg), "dataset": data.name, "classes": len(data.classes)}
     shards = [train_shard(data, slices, set(split.train[~kept].tolist()), cfg, sisa, identity, folder, device, s)
               for s, slices in enumerate(plan) if only in (None, s)]
     if only is not None:
@@ -280,7 +308,10 @@ def read_manifest(path):
     where = f"{path} is not a SISA manifest of this project as written"
     if not isinstance(manifest, dict) or manifest.get("recipe") not in RECIPES:
         raise ValueError(f"{path} is not a SISA manifest of this project (no recipe); write one with train.py --sisa")
-    cfg = config_from_json(RECIPES[manifest["recipe"]], manifest.get("config"), where)
+    config = manifest.get("config")
+    if isinstance(config, dict) and manifest["recipe"] != "sgd":  # older: torchvision's
+        config = {"pretrained": "torchvision", **config}
+    cfg = config_from_json(RECIPES[manifest["recipe"]], config, where)
     sisa = config_from_json(SisaConfig, manifest.get("sisa"), where)
     shards = manifest.get("shards")
     if not (isinstance(shards, list) and len(shards) == sisa.shards and all(
@@ -345,14 +376,17 @@ def train_slice(data, indices, cfg, epochs, previous, path, device, seed, num_cl
     """Slice checkpoint `path`: the previous one (or a fresh model) trained `epochs` on `indices`; with 0 epochs
     (the slice's own images all forgotten), the previous model (or the fresh one) as it is."""
     torch.manual_seed(seed)
-    model = to_device(load_model(previous) if previous else build_model(cfg.arch, num_classes, pretrained=True), device)
+    model = load_model(previous) if previous else build_model(cfg.arch, num_classes)
+    pretrained = None if previous else starting_weights(model, cfg)
+    model = to_device(model, device)
     start = time.time()
     if epochs:
         loader = Loader(data, indices, train_set=True, batch_size=cfg.batch_size, device=device, shuffle=True,
                         augment=cfg.augment, seed=seed, size=input_size(model))
         fit(model, loader, None, dataclasses.replace(cfg, epochs=epochs))
     save_model(path, model, {"config": dataclasses.asdict(cfg), "epochs": epochs, "n_seen": len(indices),
-                             "seconds": time.time() - start, "device": str(device)})
+                             "seconds": time.time() - start, "device": str(device),
+                             "pretrained": pretrained})
 
 
 # ----------------------------------------------------------------------------- command line
@@ -417,7 +451,7 @@ def main(argv=None):
     if args.sisa:
         return main_sisa(args, cfg, data, split)
     out = args.out or default_out(cfg.arch, data, split, args.subset)
-    identity = {"cfg": dataclasses.asdict(cfg), "dataset": data.name, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+    identity = {"cfg": recipe_identity(cfg), "dataset": data.name, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
                 "split": describe_split(split, data.classes)["sha256"]}
     if check_output(out, identity, args.overwrite):
         print(f"{out} is already trained with these settings; nothing to do (--overwrite trains it again)")
@@ -435,7 +469,8 @@ def train(args, cfg, data, split, out, identity):
     """The recipe on the split's retain set, resumable from <out>.state.pt, saved at `out` with its sidecar."""
     prefix = os.path.splitext(out)[0]
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, len(data.classes), pretrained=True)  # fails (offline, no weights) before any work
+    model = build_model(cfg.arch, len(data.classes))
+    pretrained = starting_weights(model, cfg)  # fails (offline, no weights) before any work
     rank, world = init_distributed(args)
     device, amp = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if world > 1 and torch.cuda.is_available()
                               and args.device != "cpu" else args.device, args.precision)
@@ -460,7 +495,7 @@ def train(args, cfg, data, split, out, identity):
         return
     save_model(out, model, {"recipe": args.recipe, "config": dataclasses.asdict(cfg), "arch": cfg.arch,
                             "dataset": data.name, "classes": data.classes, "normalization": normalization(data),
-                            "split": describe_split(split, data.classes),
+                            "pretrained": pretrained, "split": describe_split(split, data.classes),
                             "device": str(device), "precision": "bf16" if amp else "fp32", "compile": args.compile,
                             "seconds": sum(r["seconds"] for r in log), **runtime_stats(log, device),
                             "metrics": log[-1], "log": os.path.basename(prefix + ".log.jsonl"), "world_size": world,

@@ -2,6 +2,8 @@
 # Variables: DATASET (cifar10 | cifar100 | image folder), DATA_DIR, ARCH, EPOCHS, DEVICE, CLASS, MODEL, METHOD,
 # EXTRA (more flags for the scripts, e.g. EXTRA="--subset 100"); JOBS, DEVICES: many models at once (below);
 # CHECKPOINTS: the folder of train, retrain, retrain-all and ensemble (default: checkpoints).
+# PRETRAINED: the ensemble members' starting weights: torchvision, a path, URL or hf:// name
+# (default: the report's, timm's Instagram-1B ResNet18).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,6 +25,8 @@ DEVICES ?= $(DEVICE)
 NAME := $(firstword $(subst ., ,$(notdir $(DATASET))))
 MODEL ?= $(CHECKPOINTS)/$(ARCH)_$(NAME)_full.pth
 EXTRA ?=
+PRETRAINED ?=
+PRETRAINED_FLAG = $(if $(PRETRAINED),--pretrained '$(PRETRAINED)')
 VERIFY_DIR ?= runs/verify-published
 DATA_ARGS = --dataset '$(DATASET)' --data-dir '$(DATA_DIR)'
 DATA = $(DATA_ARGS) --device $(DEVICE) $(EXTRA)
@@ -30,7 +34,8 @@ DATA = $(DATA_ARGS) --device $(DEVICE) $(EXTRA)
 # (class names read from the data are checked by data.py --for-make)
 UNSAFE := ; & | ` ' " ( ) < > * ? [ ] { } ! \ $$ \#
 unsafe = $(strip $(if $(filter-out 1,$(words x$(1)x)),space) $(foreach c,$(UNSAFE),$(findstring $(c),$(1))))
-$(foreach v,DATASET DATA_DIR CLASS METHOD ARCH CHECKPOINTS,$(if $(call unsafe,$($(v))),$(error $(v)=$($(v)) holds \
+$(foreach v,DATASET DATA_DIR CLASS METHOD ARCH CHECKPOINTS PRETRAINED,$(if $(call unsafe,$($(v))),$(error \
+	$(v)=$($(v)) holds \
 	a space or a shell character ($(call unsafe,$($(v)))): make cannot pass it safely; rename it, or run the scripts \
 	directly (python train.py --help))))
 $(foreach m,$(METHODS),$(if $(call unsafe,$(m)),$(error METHODS holds $(m): a shell character)))
@@ -123,7 +128,8 @@ ensemble: $(INSTALL)  ## N members (seeds 0..N-1), JOBS at a time on DEVICES, th
 	$(PY) evaluate.py $(DATA) --ensemble $$(seq -f "--model $(CHECKPOINTS)/ensemble/$(NAME)_seed%g.pth" 0 $$(($(N) - 1)))
 
 $(CHECKPOINTS)/ensemble/$(NAME)_seed%.pth: | $(INSTALL)
-	$(PY) train.py $(DATA) --recipe ensemble --epochs $(EPOCHS) --seed $* --out $@ --resume
+	$(PY) train.py $(DATA) --recipe ensemble $(PRETRAINED_FLAG) --epochs $(EPOCHS) --seed $* \
+	  --out $@ --resume
 
 SISA = $(PY) train.py $(DATA) --sisa --recipe transfer --arch resnet34-imagenet --shards $(SHARDS)
 sisa: $(INSTALL)  ## SISA 4 shards x 5 slices, ImageNet ResNet34 transfer; shards JOBS at a time on DEVICES
@@ -178,7 +184,7 @@ ONE_CLASS ?= neggrad+ ga rl salun scrub lfssd ct msg bad-teacher unsir amnesiac 
 	boundary-expand
 SISA_DATASET ?= cifar100
 SISA_RECIPE ?= --recipe transfer --arch resnet34-imagenet
-ENSEMBLE_RECIPE ?= --recipe ensemble
+ENSEMBLE_RECIPE ?= --recipe ensemble $(PRETRAINED_FLAG)
 FORGET_FRACTION ?= 0.2
 CLASSES = $(shell $(PY) data.py --for-make $(DATA_ARGS) | sed -n 's/^classes: //p')
 SEEDS = $(shell seq 0 $$(($(N) - 1)))

@@ -70,7 +70,7 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed  ## create .venv and install requirements.txt
 
-test: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## run the test suite (CPU only, about 10 minutes on 2 cores)
+test: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## run the test suite (CPU only, about 9 minutes on 2 cores)
 	$(PY) -m pytest
 
 # matplotlib is optional (report.py's plots); the tests install it so that the plots are tested too

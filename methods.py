@@ -783,7 +783,8 @@ def unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, 
     labels = labels.unsqueeze(1)
     teacher = labels * F.softmax(unlearn_teacher_logits / temperature, 1) + \
         (1 - labels) * F.softmax(full_teacher_logits / temperature, 1)
-    return F.kl_div(F.log_softmax(output / temperature, 1), teacher, reduction="mean")
+    kl = F.kl_div(F.log_softmax(output / temperature, 1), teacher, reduction="sum")
+    return kl / teacher.numel()  # kl_div's "mean", spelt out: torch plans to make "mean" mean "batchmean"
 
 
 def unlearn_bad_teacher(model, retain_loader, forget_loader, cfg, device):

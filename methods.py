@@ -4,12 +4,13 @@ into your own code and call a method on any model and any loaders of (images, la
     import methods
     model = methods.unlearn_ssd(model, retain_loader, forget_loader, methods.SSDConfig(), torch.device("cuda"))
 
-Every method is a function unlearn_<name>(model, retain_loader, forget_loader, cfg, device) -> model with a frozen
-config dataclass of published defaults (the paper's symbols; the official file each default comes from), chosen
-from the literal METHODS dict. A method moves each batch to `device`, needs no particular last layer, and computes
-no metric. Its config also says which loaders its official code builds (cfg.loaders(): batch sizes, shuffled or
-not, augmented like training or not, the order of an unshuffled pass): build yours the same way, because the
-result depends on it (SSD's importances on class-grouped batches select other weights than on shuffled ones).
+Every method is a function unlearn_<name>(model, retain_loader, forget_loader, cfg, device) -> model with a
+frozen config dataclass of published defaults (the paper's symbols; the official file each default comes from),
+chosen from the literal METHODS dict. A method moves each batch to `device`, needs no particular last layer, and
+computes no metric. Its config also says which loaders its official code builds (cfg.loaders(): batch sizes,
+shuffled or not, augmented like training or not, the order of an unshuffled pass): build yours the same way,
+because the result depends on it (SSD's importances on class-grouped batches select other weights than on
+shuffled ones).
 Retraining, which needs the training recipe, is unlearn.py's.
 """
 import contextlib

@@ -72,6 +72,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 images: 3 stages of n blocks with 16/32/64 channels (He et al. 2016, sec. 4.2)."""
+    block = BasicBlock
 
     def __init__(self, depth, num_classes=10):
         super().__init__()
@@ -80,9 +81,12 @@ class CifarResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(16)
         widths = [(16, 16, 1), (16, 32, 2), (32, 64, 2)]
         self.layer1, self.layer2, self.layer3 = (
-            nn.Sequential(*[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+            nn.Sequential(*[self.block(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
             for cin, cout, stride in widths)
         self.fc = nn.Linear(64, num_classes)
+        self.init_weights()
+
+    def init_weights(self):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -117,17 +121,9 @@ class CifarResNetB(CifarResNet):
     """He et al.'s CIFAR ResNet-(6n+2) with option-B shortcuts, as chenyaofo/pytorch-cifar-models builds it (the
     CIFAR-100 report's starting weights): convolutions Kaiming-normal (fan_out, relu), BatchNorm 1 / 0, the
     classifier PyTorch's default. Its state_dict: option A's keys and layer2.0 / layer3.0's downsample.{0,1}."""
+    block = ProjectionBlock
 
-    def __init__(self, depth, num_classes=10):
-        nn.Module.__init__(self)
-        n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        widths = [(16, 16, 1), (16, 32, 2), (32, 64, 2)]
-        self.layer1, self.layer2, self.layer3 = (
-            nn.Sequential(*[ProjectionBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
-            for cin, cout, stride in widths)
-        self.fc = nn.Linear(64, num_classes)
+    def init_weights(self):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import methods
 import unlearn
 from data import make_split
+from models import build_model
 from methods import (AmnesiacConfig, BadTeacherConfig, BoundaryExpandConfig, BoundaryShrinkConfig, CTConfig,
                      L1SparseConfig, LFSSDConfig, MSGConfig, UNSIRConfig)
 from test_fidelity import (FORGET_CLASS, Batches, assert_same_weights, images, interleaved, loaders,  # noqa: F401
@@ -335,6 +336,24 @@ def test_boundary_shrink_equals_boundary_sh(model64, sets, interleaved):
             loss.backward()
             optimizer.step()
     assert_same_weights(ours, model, atol=1e-8)
+
+
+def test_fgsm_points_are_boundary_shs_pixel_for_pixel(interleaved):
+    """FGSM_perturb on the [0, 1] pixels ToTensor gives (k / 255), where +-0.1 lands on ties between two 8-bit
+    levels: ours, from the normalised images, gives the same adversarial pixels in fp32 (it rounds them back to the
+    grid first; without, 7-9% of them fell one level apart in the one-off run against the official code)."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10).eval()
+    raw = torch.tensor(interleaved.train_x[:64]).permute(0, 3, 1, 2).float() / 255
+    y = torch.tensor(interleaved.train_y[:64]).long()
+    mean = torch.tensor(interleaved.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(interleaved.std, dtype=torch.float32).view(1, 3, 1, 1)
+    ours = methods.fgsm(model, (raw - mean) / std, y, 0.1, mean, std)
+    model.zero_grad()
+    x_adv = raw.clone().requires_grad_(True)
+    F.cross_entropy(model((x_adv - mean) / std), y).backward()
+    theirs = torch.round(torch.clamp(raw + 0.1 * x_adv.grad.sign(), 0, 1) * 255) / 255
+    assert torch.equal(torch.round((ours * std + mean) * 255), torch.round(theirs * 255))
 
 
 def test_boundary_expand_equals_boundary_ex_then_the_shadow_unit_removed(model64, sets):

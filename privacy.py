@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import sys
+import unicodedata
 import zipfile
 
 import numpy as np
@@ -684,6 +685,10 @@ SET_BY_JOBS = ("--out", "--model", "--seed", "--method", "--forget-class", "--fo
                "--forget-seed", "--forget-indices", "--forget-positions", "--keep-half",
                "--resume", "--wait", "--overwrite", "--no-eval")
 ULIRA_FRACTION = 0.1  # a halves pool's default forget fraction (of each half)
+# characters no word of a jobs line may hold: control characters (newline, carriage return, tab,
+# escape, NEL...), surrogates (a name's bytes that are not UTF-8) and the line and paragraph
+# separators; shlex.join keeps them inside its quotes, so a line would be cut there (J02)
+LINE_BREAKING = ("Cc", "Cs", "Zl", "Zp")
 
 
 @dataclasses.dataclass
@@ -773,6 +778,20 @@ def job_done(job, finished_model):
     return stamp is not None and stamp["source_sha256"] == recorded
 
 
+def check_one_line(word, where):
+    """One command a line, whatever a user names: make's run_jobs (xargs -d '\\n' ... sh -c) and a
+    SLURM array read the lines one by one, so a newline kept inside shlex.join's quotes would cut a
+    command in two and run its second half as a command of its own. A word holding a line break,
+    another control character or a byte that is not UTF-8 is refused, naming where it came from."""
+    bad = next((c for c in word if unicodedata.category(c) in LINE_BREAKING), None)
+    if bad is not None:
+        what = ("a byte that is not UTF-8" if unicodedata.category(bad) == "Cs" else
+                "a line break or control character")
+        raise ValueError(f"{where} {word!r} holds {bad!r} ({what}): privacy.py jobs prints one "
+                         f"command a line, which it would split; rename it, or run the scripts "
+                         f"directly")
+
+
 def job_lines(jobs, python, flags, devices=None, stage=None):
     """(lines, finished): the command line of every job of `stage` (every stage when None) that is
     not finished, quoted for sh, the common `flags` after the script's name, then --device,
@@ -793,6 +812,8 @@ def job_lines(jobs, python, flags, devices=None, stage=None):
         device = ["--device", devices[len(lines) % len(devices)]] if devices else []
         script, *sub = job.script
         words = [python, os.path.join(HERE, script), *sub, *flags, *device, *job.words]
+        for word in words:  # the flags are checked where they are read; this catches the rest
+            check_one_line(word, "a word of the command")
         lines.append(shlex.join(words))
     return lines, done
 
@@ -919,6 +940,13 @@ def main(argv=None):
 def jobs_command(args):
     """privacy.py jobs: the flags checked, then the commands of the pool that are not finished,
     one a line."""
+    named = [("the pool folder", args.pool), ("--python", args.python),
+             ("--forget-class", args.forget_class), ("--train-flags", args.train_flags),
+             ("--unlearn-flags", args.unlearn_flags), *(("--groups", g) for g in args.groups),
+             *(("--devices", d) for d in args.devices or ()), *(("after --", w) for w in args.flags)]
+    for where, word in named:  # before anything else: an error message must not print them raw
+        if word is not None:
+            check_one_line(word, where)
     train_flags, unlearn_flags = shlex.split(args.train_flags), shlex.split(args.unlearn_flags)
     set_here = SET_BY_JOBS + (("--device",) if args.devices else ())
     for name, words in (("after --", args.flags), ("--train-flags", train_flags),

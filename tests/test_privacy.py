@@ -392,6 +392,55 @@ def test_jobs_spread_devices_and_refuse_what_they_set(tmp_path):
     assert not os.listdir(tmp_path)  # listing writes nothing
 
 
+POOL_CASE = ("--n", 1, "--forget-class", "cat", "--python", "/bin/true")  # J02's flags
+X = ["--dataset", "x"]
+
+
+@pytest.mark.parametrize("where, pool, flags, data", [
+    ("the pool folder", "p\nid>PWNED #", [], X),  # J02 itself
+    ("the pool folder", "p\x85id>PWNED", [], X),  # NEL: a line break to str.splitlines
+    ("--python", "p", ["--python", "/bin/true\nid>PWNED #"], X),
+    ("--forget-class", "p", ["--forget-class", "cat\rid>PWNED #"], X),
+    ("--train-flags", "p", ["--train-flags", "--lr '0.1\nid>PWNED #'"], X),
+    ("--unlearn-flags", "p", ["--groups", "ssd", "--unlearn-flags", "--lr '1\u2028id>PWNED'"], X),
+    ("--devices", "p", ["--devices", "cpu\x0bid>PWNED"], X),
+    ("after --", "p", [], ["--dataset", "x\nid>PWNED #"]),
+    ("after --", "p", [], ["--dataset", "x\x1b[2Aid>PWNED"]),  # an escape sequence
+])
+def test_a_word_with_a_line_break_never_becomes_a_command(tmp_path, monkeypatch, where, pool,
+                                                          flags, data):
+    """J02: a newline (or any control character or line separator) in any word of a jobs line is
+    refused in one line naming the flag, and nothing is printed: run as make's run_jobs runs the
+    lines (xargs -d '\\n' -I{} sh -c {}), nothing runs. Before, shlex.join kept the newline
+    inside its quotes and xargs ran the second half: `id>PWNED`."""
+    monkeypatch.chdir(tmp_path)
+    r = call("privacy.py", "jobs", pool, *POOL_CASE, *flags, "--", *data)
+    assert_clean_error(r, where)
+    assert "line break or control character" in r.stderr and len(r.stderr.splitlines()) == 1
+    (tmp_path / "lines").write_text(r.stdout)
+    with open(tmp_path / "lines") as lines:
+        subprocess.run(["xargs", "-d", "\n", "-I{}", "sh", "-c", "{}"], stdin=lines,
+                       capture_output=True, cwd=tmp_path)
+    assert r.stdout == "" and not [f for f in os.listdir(tmp_path) if f.startswith("PWNED")]
+
+
+def test_every_jobs_line_is_one_whole_command(tmp_path):
+    """Quotes, spaces, $() and non-ASCII letters in the words are kept, each line read back by
+    shlex is one command (interpreter, script, one --out) and the lines are as many as the
+    commands counted."""
+    pool = tmp_path / "my pool's $(id) `x` é"
+    r = call("privacy.py", "jobs", pool, "--n", 2, "--forget-class", "ça va", "--groups",
+             "original", "retrain", "ssd", "--train-flags", "--lr '0.1 x'", "--",
+             "--dataset", "d\"a t'a")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 12 and f": {len(lines)} commands to run" in r.stderr
+    for line in lines:
+        words = shlex.split(line)
+        assert words[:2] == [sys.executable, os.path.join(ROOT, words[1])] and words.count("--out") == 1
+        assert words[words.index("--out") + 1].startswith(str(pool)) and "d\"a t'a" in words
+
+
 def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
     """pool-jobs, pool-unlearn-jobs, ulira-jobs and ulira-unlearn-jobs print what privacy.py jobs
     prints for the variables users pass (N, CLASS, FRACTION, METHOD, DRAWS, the folders, ARCH,

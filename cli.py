@@ -215,6 +215,17 @@ INTERVALS = {"lr": "(0, inf)", "lr_fc": "(0, inf)", "momentum": "[0, 1)", "beta1
              "val_fraction": "[0, 1)", "temperature": "(0, inf)"}
 
 
+def glue_values(argv, options):
+    """argv with each of `options` and the word after it written as one, OPTION=VALUE: the options
+    whose value is other flags ('--unlearn-flags --no-augment'), which argparse would otherwise
+    take for a flag of its own and stop with "expected one argument"."""
+    glued, rest = [], list(argv)
+    while rest:
+        word = rest.pop(0)
+        glued.append(f"{word}={rest.pop(0)}" if word in options and rest else word)
+    return glued
+
+
 def positive_int(text):
     if not text.lstrip("-").isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")

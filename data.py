@@ -739,7 +739,8 @@ def positions(text):
 
 
 def parse_args(argv=None):
-    parser = add_data_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser = add_data_args(argparse.ArgumentParser(allow_abbrev=False,
+                                                   description=__doc__.split("\n")[0]))
     parser.add_argument("--for-make", action="store_true", help="refuse class names that the Makefile cannot pass "
                         "safely to a shell: what `make retrain-all` and `make reproduce` read (default: off)")
     return parser.parse_args(argv)

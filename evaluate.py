@@ -190,7 +190,7 @@ def evaluated_files(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", default=[], help="checkpoint to evaluate: a path, an https:// "
                         "URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it; repeat for several")
     parser.add_argument("--table", nargs="+", default=None, help="instead: build the model cards' per-class table "

@@ -574,7 +574,7 @@ def check_output(path, identity, overwrite=False, inputs=()):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="a checkpoint to describe: a path, an https:// URL "
                         "or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it (default: list the "
                         "architectures)")

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, float_in,
-                 json_of_kind, non_negative_int, pick_device, positive_int, read_json, run,
-                 write_json)
+                 glue_values, json_of_kind, non_negative_int, pick_device, positive_int, read_json,
+                 run, write_json)
 from data import (Loader, add_data_args, describe_split, load_dataset, split_from_args, subset_indices,
                   with_normalization)
 from evaluate import mia_score, predict
@@ -825,9 +825,12 @@ def parse_args(argv=None):
     flags = []
     if argv[:1] == ["jobs"] and "--" in argv:  # jobs: what follows -- goes to every script as is
         argv, flags = argv[:argv.index("--")], argv[argv.index("--") + 1:]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    if argv[:1] == ["jobs"]:  # --unlearn-flags '--no-augment': a value that starts with a dash
+        argv = glue_values(argv, ("--train-flags", "--unlearn-flags"))
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    outputs = add_data_args(commands.add_parser("outputs", help="one model's logits on the pool's examples -> .npz"))
+    outputs = add_data_args(commands.add_parser(
+        "outputs", allow_abbrev=False, help="one model's logits on the pool's examples -> .npz"))
     outputs.add_argument("--model", required=True, help="the checkpoint (a path, an https:// URL or an hf:// name)")
     outputs.add_argument("--out", required=True, help="the .npz to write")
     outputs.add_argument("--retain-sample", type=non_negative_int, default=1000,
@@ -835,13 +838,14 @@ def parse_args(argv=None):
     add_runtime_args(outputs, precision="fp32", seed=None)  # the scores compare logits: fp32 unless asked
     outputs.add_argument("--overwrite", action="store_true",
                          help="replace --out even when it is not this model's outputs, and make them again")
-    score = commands.add_parser("score", help="every score of a pool (or halves pool) folder -> POOL/scores.json")
+    score = commands.add_parser("score", allow_abbrev=False,
+                                help="every score of a pool (or halves pool) folder -> POOL/scores.json")
     score.add_argument("pool", help="the pool folder (make pool writes one)")
     score.add_argument("--out", default=None, help="the scores' JSON (default: POOL/scores.json)")
     score.add_argument("--overwrite", action="store_true",
                        help="replace --out even when it is not a pool's scores")
     jobs = commands.add_parser(
-        "jobs", usage="%(prog)s POOL --n N [options] [-- FLAGS OF EVERY SCRIPT]",
+        "jobs", allow_abbrev=False, usage="%(prog)s POOL --n N [options] [-- FLAGS OF EVERY SCRIPT]",
         help="every command that makes a pool's models and outputs, one a line, finished ones "
              "left out (for sh, xargs -P or a SLURM array)",
         description="Every train.py, unlearn.py and privacy.py outputs command that makes the "
@@ -937,6 +941,19 @@ def main(argv=None):
     print(f"wrote {out}", file=sys.stderr)
 
 
+def check_not_set_by_jobs(word, where, set_here):
+    """One line naming `word` where it is a flag that jobs sets on each command (set_here), given
+    whole or abbreviated (--forget-cl, --ou: the scripts refuse abbreviations, but only when the
+    command runs, long after the list was made)."""
+    flag = word.split("=", 1)[0]
+    full = [f for f in set_here if f == flag or (len(flag) > 2 and f.startswith(flag))]
+    if flag.startswith("--") and full:
+        what = "" if flag == full[0] else f"an abbreviation of {' or '.join(full)}: "
+        raise ValueError(f"{word} {where}: {what}jobs sets it on each command itself (the pool's "
+                         f"forget set is jobs' own --forget-class / --forget-fraction, the devices "
+                         f"--devices); leave it out")
+
+
 def jobs_command(args):
     """privacy.py jobs: the flags checked, then the commands of the pool that are not finished,
     one a line."""
@@ -951,11 +968,8 @@ def jobs_command(args):
     set_here = SET_BY_JOBS + (("--device",) if args.devices else ())
     for name, words in (("after --", args.flags), ("--train-flags", train_flags),
                         ("--unlearn-flags", unlearn_flags)):
-        taken = [w for w in words if w.split("=", 1)[0] in set_here]
-        if taken:
-            raise ValueError(f"{taken[0]} {name}: jobs sets it on each command itself (the "
-                             f"pool's forget set is jobs' own --forget-class / --forget-fraction, "
-                             f"the devices --devices); leave it out")
+        for word in words:
+            check_not_set_by_jobs(word, name, set_here)
     unknown = [g for g in args.groups if g not in ("original", "retrain") + METHOD_ORDER]
     if unknown:
         raise ValueError(f"--groups {unknown[0]}: a group is original, retrain or a method "

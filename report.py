@@ -555,7 +555,7 @@ def build_report(rundir, run, plots, cards):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("rundir", nargs="?", default=None, help="a run folder of make reproduce / reproduce-small")
     parser.add_argument("--out", default=None, help="the report's path (default: RUNDIR/report.md)")
     parser.add_argument("--card", default=None, help="instead: write the model card of this checkpoint beside it, "

@@ -168,7 +168,7 @@ def verdict(models, comparable):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/c100", help="the run's folder (default: runs/c100)")
     parser.add_argument("--epochs", type=positive_int, default=20, help="fine-tuning epochs (default: 20, the report's)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[m for m in PUBLISHED_CIFAR_MODELS

@@ -284,7 +284,7 @@ def write_report(args, out, classes, jobs, need, note, started):
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/cards", help="the run's folder (default: runs/cards)")
     parser.add_argument("--model", default=None, help="the original model: a path, URL or hf:// name (default: "
                         "train one with the 200-epoch recipe at OUT/full.pth)")

@@ -411,10 +411,10 @@ def default_out(arch, data, split, subset):
 
 
 def parse_args(argv=None):
-    first = argparse.ArgumentParser(add_help=False)
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--recipe", choices=list(RECIPES), default="sgd")
     recipe = first.parse_known_args(argv)[0].recipe
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=list(RECIPES), default="sgd", help="sgd: the 200-epoch recipe; transfer: "
                         "ImageNet weights + Adam; ensemble: the ensemble report's member recipe (default: sgd)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<arch>_<dataset>_<full|no_CLASS>"

@@ -93,7 +93,7 @@ def default_out(data, arch, display, split, subset):
 
 
 def parse_args(argv=None):
-    first = argparse.ArgumentParser(add_help=False)
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--method", choices=list(METHODS) + ["sisa"])
     first.add_argument("--forget-fraction", default=None)
     first.add_argument("--forget-indices", default=None)
@@ -101,7 +101,7 @@ def parse_args(argv=None):
     known = first.parse_known_args(argv)[0]
     method = known.method
     classwise = not (known.forget_fraction or known.forget_indices or known.forget_positions)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--method", required=True, choices=list(METHODS) + ["sisa"],
                         help="unlearning method; `--method X --help` lists X's flags and defaults; sisa retrains "
                         "the affected slices of a SISA model set (its settings are the manifest's)")

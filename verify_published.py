@@ -207,7 +207,7 @@ def build_report(args, data, evals, comparisons, ours, classes):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="cifar10", help="cifar10, or an image folder / .tar.gz of CIFAR-10 with "
                         "its class names (default: cifar10)")
     parser.add_argument("--data-dir", default="./data", help="where datasets are downloaded and cached "

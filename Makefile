@@ -30,15 +30,56 @@ PRETRAINED_FLAG = $(if $(PRETRAINED),--pretrained '$(PRETRAINED)')
 VERIFY_DIR ?= runs/verify-published
 DATA_ARGS = --dataset '$(DATASET)' --data-dir '$(DATA_DIR)'
 DATA = $(DATA_ARGS) --device $(DEVICE) $(EXTRA)
-# Values that become shell words and make targets: a space, quote or shell character would split or run as a command
-# (class names read from the data are checked by data.py --for-make)
+# Values typed by users that become shell words, paths and make targets: a space (or line
+# break), quote or shell character would split or run as a command, a leading - would read as a
+# flag, a colon would end a make target. Each is checked here, before make reads a rule (class
+# names read from the data: data.py --for-make); a default set below is this file's own. EXTRA,
+# TRAIN_FLAGS, EXTRA_<method>, SISA_RECIPE and ENSEMBLE_RECIPE are flags, given to the shell as
+# written; PY and PYTHON are commands.
 UNSAFE := ; & | ` ' " ( ) < > * ? [ ] { } ! \ $$ \#
-unsafe = $(strip $(if $(filter-out 1,$(words x$(1)x)),space) $(foreach c,$(UNSAFE),$(findstring $(c),$(1))))
-$(foreach v,DATASET DATA_DIR CLASS METHOD ARCH CHECKPOINTS PRETRAINED,$(if $(call unsafe,$($(v))),$(error \
-	$(v)=$($(v)) holds \
-	a space or a shell character ($(call unsafe,$($(v)))): make cannot pass it safely; rename it, or run the scripts \
-	directly (python train.py --help))))
-$(foreach m,$(METHODS),$(if $(call unsafe,$(m)),$(error METHODS holds $(m): a shell character)))
+HASH := \#
+, := ,
+WORDS := DATASET DATA_DIR CLASS METHOD ARCH CHECKPOINTS MODEL DEVICE RUNDIR SMALL_RUNDIR \
+	CARDS_DIR C100_DIR POOL_DIR ULIRA_DIR VERIFY_DIR SISA_DATASET DEMO_DATASET FRACTION \
+	FORGET_FRACTION STAGE COMMIT YES
+LISTS := METHODS DEVICES EVERY_CLASS ONE_CLASS RETRAIN  # each word checked as one of WORDS
+NUMBERS := N SHARDS JOBS EPOCHS DRAWS POOL  # whole numbers from 1: shell arithmetic, flags
+IN_TARGETS := CHECKPOINTS RUNDIR SMALL_RUNDIR ARCH CLASS EVERY_CLASS ONE_CLASS  # no colon
+# $(call unsafe,VALUE[,ALLOWED]): what keeps VALUE from being one shell word (empty: nothing);
+# ALLOWED: characters let through
+unsafe = $(strip $(if $(filter-out 1,$(words x$(1)x)),space) \
+	$(if $(filter -%,$(1)),leading-dash) \
+	$(foreach c,$(filter-out $(2),$(UNSAFE)),$(findstring $(c),$(1))))
+define NEWLINE
+
+
+endef
+shown = $(subst $(NEWLINE),\n,$(1))
+nondigits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst \
+	6,,$(subst 7,,$(subst 8,,$(subst 9,,$(1)))))))))))
+# $(call refuse,WHAT,WHY): stop with one line
+refuse = $(error $(call shown,$(1)) $(2): make cannot pass it safely; rename it, or run the \
+	scripts directly (python train.py --help))
+UNSAFE_WHY = holds a space$(,) a shell character or a leading dash
+$(foreach v,$(WORDS),$(if $(call unsafe,$($(v))),$(call \
+	refuse,$(v)=$($(v)),$(UNSAFE_WHY) ($(call unsafe,$($(v)))))))
+# PRETRAINED may hold the # of its #sha256= pin: it is single-quoted in the recipe, and make
+# keeps a # given on its command line or in the environment (only a makefile's own lines lose
+# what follows a #)
+$(if $(call unsafe,$(PRETRAINED),$(HASH)),$(call \
+	refuse,PRETRAINED=$(PRETRAINED),$(UNSAFE_WHY) ($(call unsafe,$(PRETRAINED),$(HASH)))))
+$(foreach v,$(LISTS),$(foreach w,$($(v)),$(if $(call unsafe,$(w)),$(call refuse,$(v) holds \
+	$(w),with a shell character or a leading dash ($(call unsafe,$(w)))))))
+not_number = $(or $(filter-out 1,$(words x$(1)x)),$(filter 0%,$(1)),$(call \
+	nondigits,$(1)),$(if $(1),,empty))
+# a number given (N= too; a default set below is this file's)
+$(foreach v,$(NUMBERS),$(if $(filter-out undefined,$(origin $(v))),$(if $(call \
+	not_number,$($(v))),$(error $(call shown,$(v)=$($(v))) is not a whole number from 1: \
+	give one$(,) such as $(v)=4))))
+$(foreach v,$(IN_TARGETS),$(foreach w,$($(v)),$(if $(findstring :,$(w)),$(call \
+	refuse,$(v)=$($(v)),holds a colon (it would end a make target)))))
+$(if $(findstring :,$(NAME)),$(call refuse,DATASET=$(DATASET),names make targets $(NAME) and \
+	holds a colon (it would end one)))
 TRAIN_FLAGS ?=
 TRAIN = $(PY) train.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --resume --wait $(TRAIN_FLAGS)
 # The demo uses the real CIFAR-10 images where this project's machines keep them, else downloads CIFAR-10.
@@ -269,10 +310,12 @@ SEED_POOL = $(call quote,$(POOL_DIR)) $(POOL_FORGET)
 pool: $(INSTALL)  ## N originals and N retrains without CLASS (or FRACTION), seeds 0..N-1, JOBS at a time on DEVICES
 	$(call run_jobs,$(SEED_POOL) --groups original retrain)
 
+# each method in turn; a variable, so that the recipe line does not name $(MAKE): make runs
+# such a line under -n, and the line's other branch would run the jobs of a dry run
+EACH_METHOD = for m in $(METHODS); do \
+	$(MAKE) --no-print-directory pool-unlearn METHODS=$$m METHOD=$$m || exit 1; done
 pool-unlearn: $(INSTALL)  ## METHOD (or METHODS="ssd ct ...") from each original of the pool, JOBS at a time
-	$(if $(word 2,$(METHODS)),for m in $(METHODS); do \
-	  $(MAKE) --no-print-directory pool-unlearn METHODS=$$m METHOD=$$m || exit 1; done,$(call \
-	  run_jobs,$(SEED_POOL) --groups $(METHODS)))
+	$(if $(word 2,$(METHODS)),$(EACH_METHOD),$(call run_jobs,$(SEED_POOL) --groups $(METHODS)))
 
 pool-score: $(INSTALL)  ## the competition score, KLOM, U-LiRA and the seed spread of every group: POOL_DIR/scores.json
 	$(PY) privacy.py score $(call quote,$(POOL_DIR))

@@ -839,13 +839,15 @@ def parse_args(argv=None):
     outputs.add_argument("--overwrite", action="store_true",
                          help="replace --out even when it is not this model's outputs, and make them again")
     score = commands.add_parser("score", allow_abbrev=False,
-                                help="every score of a pool (or halves pool) folder -> POOL/scores.json")
+                                help="every score of a pool (or halves pool) folder -> "
+                                     "POOL/scores.json")
     score.add_argument("pool", help="the pool folder (make pool writes one)")
     score.add_argument("--out", default=None, help="the scores' JSON (default: POOL/scores.json)")
     score.add_argument("--overwrite", action="store_true",
                        help="replace --out even when it is not a pool's scores")
     jobs = commands.add_parser(
-        "jobs", allow_abbrev=False, usage="%(prog)s POOL --n N [options] [-- FLAGS OF EVERY SCRIPT]",
+        "jobs", allow_abbrev=False,
+        usage="%(prog)s POOL --n N [options] [-- FLAGS OF EVERY SCRIPT]",
         help="every command that makes a pool's models and outputs, one a line, finished ones "
              "left out (for sh, xargs -P or a SLURM array)",
         description="Every train.py, unlearn.py and privacy.py outputs command that makes the "
@@ -949,9 +951,9 @@ def check_not_set_by_jobs(word, where, set_here):
     full = [f for f in set_here if f == flag or (len(flag) > 2 and f.startswith(flag))]
     if flag.startswith("--") and full:
         what = "" if flag == full[0] else f"an abbreviation of {' or '.join(full)}: "
-        raise ValueError(f"{word} {where}: {what}jobs sets it on each command itself (the pool's "
-                         f"forget set is jobs' own --forget-class / --forget-fraction, the devices "
-                         f"--devices); leave it out")
+        raise ValueError(f"{word} {where}: {what}jobs sets it on each command itself (the "
+                         f"pool's forget set is jobs' own --forget-class / --forget-fraction, "
+                         f"the devices --devices); leave it out")
 
 
 def jobs_command(args):
@@ -960,7 +962,8 @@ def jobs_command(args):
     named = [("the pool folder", args.pool), ("--python", args.python),
              ("--forget-class", args.forget_class), ("--train-flags", args.train_flags),
              ("--unlearn-flags", args.unlearn_flags), *(("--groups", g) for g in args.groups),
-             *(("--devices", d) for d in args.devices or ()), *(("after --", w) for w in args.flags)]
+             *(("--devices", d) for d in args.devices or ()),
+             *(("after --", w) for w in args.flags)]
     for where, word in named:  # before anything else: an error message must not print them raw
         if word is not None:
             check_one_line(word, where)

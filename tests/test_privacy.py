@@ -437,7 +437,8 @@ def test_every_jobs_line_is_one_whole_command(tmp_path):
     assert len(lines) == 12 and f": {len(lines)} commands to run" in r.stderr
     for line in lines:
         words = shlex.split(line)
-        assert words[:2] == [sys.executable, os.path.join(ROOT, words[1])] and words.count("--out") == 1
+        assert words[:2] == [sys.executable, os.path.join(ROOT, words[1])]
+        assert words.count("--out") == 1
         assert words[words.index("--out") + 1].startswith(str(pool)) and "d\"a t'a" in words
 
 

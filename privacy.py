@@ -493,13 +493,20 @@ def forget_quality(unlearned, retrained):
 
 def binned_kl(p, q):
     """KL(p || q) of two samples over 20 equal bins spanning both (after clipping to [-100, 100]); a value equal to
-    the top edge falls outside every bin, as numpy.digitize puts it (the reference code's binning)."""
+    the top edge falls outside every bin, as numpy.digitize puts it (the reference code's binning).
+    Undefined (NaN) where p's histogram is empty: every value of p on the top edge (clipped at
+    100, or all equal to the largest of both samples). The reference (data-unlearning-bench,
+    unlearning_bench/eval.py, compute_binned_KL_div) returns scipy.stats.entropy of that all-zero
+    histogram: NaN. A 0 there (EasyDUB's port, easydub/eval.py) would be the best score where
+    nothing was measured."""
     p, q = np.clip(p, -KLOM_CLIP, KLOM_CLIP), np.clip(q, -KLOM_CLIP, KLOM_CLIP)
     low, high = min(p.min(), q.min()), max(p.max(), q.max())
     edges = np.linspace(low, high if high > low else low + 1, KLOM_BINS + 1)
     hp = np.bincount(np.digitize(p, edges), minlength=KLOM_BINS + 2)[1:KLOM_BINS + 1].astype(np.float64)
     hq = np.bincount(np.digitize(q, edges), minlength=KLOM_BINS + 2)[1:KLOM_BINS + 1].astype(np.float64)
-    hp, hq = hp / max(hp.sum(), 1), hq / max(hq.sum(), 1)
+    if not hp.sum():  # nothing of p in any bin: undefined, as the reference's
+        return float("nan")
+    hp, hq = hp / hp.sum(), hq / max(hq.sum(), 1)
     hq = np.where(hp > 0, np.maximum(hq, KLOM_EPS), hq)
     hq = hq / hq.sum()
     nonzero = hp > 0
@@ -507,8 +514,19 @@ def binned_kl(p, q):
 
 
 def klom(unlearned, retrained):
-    """KLOM per example: KL(margins under the unlearned models || under the retrained ones)."""
+    """KLOM per example: KL(margins under the unlearned models || under the retrained ones); NaN
+    where it is undefined (binned_kl)."""
     return np.array([binned_kl(unlearned[:, i], retrained[:, i]) for i in range(unlearned.shape[1])])
+
+
+def klom_summary(values, index):
+    """(quantiles, undefined): the quantiles of an example set's KLOM over its defined examples
+    (None where none is), and the dataset indices of the undefined ones (NaN): counted and
+    named, never averaged in as a number."""
+    undefined = np.isnan(values)
+    if undefined.all():
+        return None, index.tolist()
+    return np.quantile(values[~undefined], QUANTILES).tolist(), index[undefined].tolist()
 
 
 def gaussian_logpdf(x, mean, std):
@@ -616,9 +634,12 @@ def score_group(group, reference):
     quality, eps = forget_quality(logit_scaled_confidence(*ours["forget"]), logit_scaled_confidence(*theirs["forget"]))
     ratio = ((accuracy(*ours["retain"]).mean() / accuracy(*theirs["retain"]).mean()) *
              (accuracy(*ours["test"]).mean() / accuracy(*theirs["test"]).mean()))
-    kloms = {s: np.quantile(klom(margins(*ours[s]), margins(*theirs[s])), QUANTILES).tolist() for s in GROUPS}
+    index = {s: group["outputs"][0][f"{s}_index"] for s in GROUPS}  # a pool's examples are one
+    kloms = {s: klom_summary(klom(margins(*ours[s]), margins(*theirs[s])), index[s])
+             for s in GROUPS}
     return {"models": half, "forget_quality": quality, "utility": float(ratio), "score": float(quality * ratio),
-            "epsilons": eps.tolist(), "klom_quantiles": kloms,
+            "epsilons": eps.tolist(), "klom_quantiles": {s: kloms[s][0] for s in GROUPS},
+            "klom_undefined": {s: kloms[s][1] for s in GROUPS},
             "ulira": ulira(logit_scaled_confidence(*group["forget"]), logit_scaled_confidence(*reference["forget"])),
             "spread": group_metrics(group["outputs"]), "seconds": spread(group["seconds"])}
 
@@ -667,11 +688,23 @@ def format_scores(scores):
     mid = QUANTILES.index(0.5)
     lines = []
     for name, g in scores["groups"].items():
-        klom_medians = " / ".join(f"{g['klom_quantiles'][s][mid]:.3f}" for s in GROUPS)
+        quantiles = g["klom_quantiles"]
+        klom_medians = " / ".join("-" if quantiles[s] is None else f"{quantiles[s][mid]:.3f}"
+                                  for s in GROUPS)
         lines.append(f"{name:>12}: F {g['forget_quality']:.3f}, score {g['score']:.3f}, KLOM median forget / retain / "
-                     f"test {klom_medians}, U-LiRA acc {g['ulira']['acc']:.1f}%, forget acc "
+                     f"test {klom_medians}{undefined_phrase(g)}, "
+                     f"U-LiRA acc {g['ulira']['acc']:.1f}%, forget acc "
                      f"{g['spread']['forget_acc']['mean']:.2f} +- {g['spread']['forget_acc']['std']:.2f}")
     return "\n".join(lines)
+
+
+def undefined_phrase(g):
+    """' (KLOM undefined for 3 forget examples, left out: ...)', or '' where every example's is
+    defined (or the scores predate klom_undefined)."""
+    undefined = g.get("klom_undefined", {})
+    counts = [f"{len(undefined[s])} {s}" for s in GROUPS if undefined.get(s)]
+    return (f" (KLOM undefined for {', '.join(counts)} examples, left out: every unlearned margin "
+            f"at the top bin edge)") if counts else ""
 
 
 # --------------------------------------------------------------------- the jobs that make a pool

@@ -214,12 +214,19 @@ def spread_cells(g):
             mean_std(g["seconds"], 1, 1)]
 
 
+def klom_cell(g, s):
+    """An example set's KLOM: median [25%, 75%] over the examples where it is defined, and how
+    many are not."""
+    q, undefined = g["klom_quantiles"][s], len(g.get("klom_undefined", {}).get(s, []))
+    mid = len(q) // 2 if q else 0  # the median of the stored quantiles
+    cell = "-" if q is None else f"{q[mid]:.2f} [{q[1]:.2f}, {q[-2]:.2f}]"
+    return cell + (f" ({undefined} undefined)" if undefined else "")
+
+
 def pool_row(name, g):
-    q = g["klom_quantiles"]
-    mid = len(q["forget"]) // 2  # the median of the stored quantiles
     return [name if name != "retrain" else "retrain (ceiling)", g["models"], f"{g['forget_quality']:.3f}",
             f"{g['utility']:.3f}", f"{g['score']:.3f}",
-            *[f"{q[s][mid]:.2f} [{q[s][1]:.2f}, {q[s][-2]:.2f}]" for s in ("forget", "retain", "test")],
+            *[klom_cell(g, s) for s in ("forget", "retain", "test")],
             f"{g['ulira']['acc']:.1f}", f"{g['ulira']['tpr_at_1%']:.1f}", *spread_cells(g)]
 
 
@@ -255,8 +262,10 @@ def section_pools(run):
              "(`privacy.py`): F, the NeurIPS 2023 competition's forgetting quality (1 = indistinguishable from "
              "retraining, per example, at delta 1e-5), times the utility factor (retain and test accuracy over the "
              "retrained models'), is the score; KLOM median [25%, 75%] per example set (0 = the same margin "
-             "distributions); U-LiRA accuracy (50 = chance) and TPR at 1% FPR; the other columns: mean +- std over "
-             "training seeds. The retrained models' own first half is the ceiling."]
+             "distributions) over the examples where it is defined, the others counted "
+             "(\"undefined\": every unlearned margin at the top bin edge); U-LiRA accuracy (50 = "
+             "chance) and TPR at 1% FPR; the other columns: mean +- std over training seeds. The "
+             "retrained models' own first half is the ceiling."]
     header = ["Group", "Models a side", "F", "Utility", "Score", "KLOM forget", "KLOM retain", "KLOM test",
               "U-LiRA acc", "U-LiRA TPR@1%", "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
     for path, scores in run["pools"].items():
@@ -432,7 +441,7 @@ def plot_pool(scores, path):
     left.legend(fontsize=7)
     sets = ("forget", "retain", "test")
     for k, (name, g) in enumerate(groups.items()):
-        q = g["klom_quantiles"]
+        q = {s: g["klom_quantiles"][s] or [np.nan] * 5 for s in sets}  # None: no point to draw
         x = np.arange(len(sets)) + (k - len(groups) / 2) * 0.8 / len(groups)
         mid = len(q["forget"]) // 2
         right.errorbar(x, [q[s][mid] for s in sets], fmt="o", label=name,

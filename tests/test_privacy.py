@@ -113,6 +113,112 @@ def test_klom_by_hand():
     assert kl == pytest.approx(0.5 * math.log(0.5 / q[0]) + 0.5 * math.log(0.5 / q[-1]), rel=1e-12)
 
 
+def reference_binned_kl(p_arr, q_arr, bin_count=20, eps=1e-5, min_val=-100, max_val=100):
+    """KLOM of one example the way data-unlearning-bench's unlearning_bench/eval.py computes it
+    (compute_binned_KL_div), step by step; scipy.stats.entropy(pk, qk) written out as scipy
+    defines it: pk and qk divided by their sums, then the sum of rel_entr(x, y) = x log(x / y)
+    for x, y > 0, 0 for x = 0, NaN for a NaN (an all-zero pk divided by its sum)."""
+    p_arr, q_arr = np.clip(p_arr, min_val, max_val), np.clip(q_arr, min_val, max_val)
+    bins_start, bins_end = min(p_arr.min(), q_arr.min()), max(p_arr.max(), q_arr.max())
+    if bins_start >= bins_end:
+        bins_end = bins_start + 1
+    bins = np.linspace(bins_start, bins_end, bin_count + 1)
+    p_binned, q_binned = np.digitize(p_arr, bins), np.digitize(q_arr, bins)
+    p_counts = np.array([np.sum(p_binned == i) for i in range(1, bin_count + 1)])
+    q_counts = np.array([np.sum(q_binned == i) for i in range(1, bin_count + 1)])
+    p_total, q_total = p_counts.sum(), q_counts.sum()
+    p_probs = p_counts / p_total if p_total > 0 else np.zeros(bin_count)
+    q_probs = q_counts / q_total if q_total > 0 else np.zeros(bin_count)
+    q_safe = np.where(p_probs > 0, np.maximum(q_probs, eps), q_probs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pk, qk = p_probs / p_probs.sum(), q_safe / q_safe.sum()
+    total = 0.0
+    for x, y in zip(pk, qk):  # scipy.special.rel_entr
+        if math.isnan(x) or math.isnan(y):
+            total += math.nan
+        elif x > 0 and y > 0:
+            total += x * math.log(x / y)
+        elif x != 0 or y < 0:
+            total += math.inf
+    return total
+
+
+def klom_margins(models=3, seed=0):
+    """(unlearned, retrained): models x examples margins, with the cases at the clip edge: margins
+    beyond +-100 (clipped), every unlearned margin past the top edge or equal to the largest of
+    both (the unlearned histogram is empty: examples 30 and 31), some unlearned margins at the
+    top edge (left out of the bins) with others below, all equal (one bin of width 1), every
+    retrained margin at the top edge (its histogram empty: floored at 1e-5)."""
+    rng = np.random.default_rng(seed)
+    cases = [(rng.normal(0, 80, models), rng.normal(0, 80, models)) for _ in range(30)]
+    q = rng.normal(0, 5, models)
+    cases += [(rng.uniform(100, 300, models), rng.normal(0, 5, models)),  # undefined
+              (np.full(models, q.max() + 3), q),  # undefined
+              (np.r_[150.0, rng.normal(0, 5, models - 1)], rng.normal(0, 5, models)),
+              (np.full(models, 2.0), np.full(models, 2.0)),
+              (rng.normal(0, 5, models), np.full(models, 120.0)),
+              (rng.uniform(-300, -100, models), rng.normal(-99, 2, models)),
+              (rng.normal(100, 1, models), rng.normal(100, 1, models))]
+    return np.stack([u for u, _ in cases], 1), np.stack([r for _, r in cases], 1)
+
+
+def test_klom_equals_the_reference_and_is_undefined_where_it_is():
+    """Equal to the reference's construction on every defined example, the clip edge included; an
+    example whose unlearned histogram is empty is NaN there (scipy's entropy of an all-zero pk)
+    and NaN here: before, our KL was 0, the best score, where nothing was measured."""
+    unlearned, retrained = klom_margins()
+    ours = privacy.klom(unlearned, retrained)
+    reference = np.array([reference_binned_kl(unlearned[:, i], retrained[:, i])
+                          for i in range(unlearned.shape[1])])
+    assert np.flatnonzero(np.isnan(reference)).tolist() == [30, 31]
+    assert np.array_equal(np.isnan(ours), np.isnan(reference))
+    defined = ~np.isnan(reference)
+    assert ours[defined] == pytest.approx(reference[defined], rel=1e-12, abs=1e-15)
+    assert (reference[defined] > 0).sum() > 30  # the cases are not all trivial
+
+
+def margin_logits(margin):
+    """Two-class logits whose margin (KLOM's statistic) is `margin`, labels 0."""
+    logits = np.stack([margin, np.zeros_like(margin)], -1).astype(np.float32)
+    return logits, np.zeros(margin.shape[-1], dtype=np.int64)
+
+
+def test_the_scores_count_and_name_the_undefined_examples_and_leave_them_out():
+    """score_group: the KLOM quantiles of the forget set are over its defined examples (as the
+    reference's, NaN removed), the undefined ones are named by their dataset index and counted in
+    the summary and the report; a set where none is defined has no quantiles, never a NaN or 0."""
+    unlearned, retrained = klom_margins()
+    examples = unlearned.shape[1]
+    rng = np.random.default_rng(1)
+    forget = np.concatenate([unlearned, retrained, retrained])  # ours: models 0-2; theirs: 3-5
+    everything_undefined = np.concatenate([np.full((3, 4), 200.0), rng.normal(0, 1, (6, 4))])
+    sets = {"forget": margin_logits(forget), "retain": margin_logits(rng.normal(3, 1, (9, 5))),
+            "test": margin_logits(everything_undefined)}
+    index = {"forget": 1000 + np.arange(examples), "retain": np.arange(5),
+             "test": 7 + np.arange(4)}
+    outputs = [{"forget_class": np.int64(-1), **{f"{s}_logits": sets[s][0][m] for s in sets},
+                **{f"{s}_labels": sets[s][1] for s in sets},
+                **{f"{s}_index": index[s] for s in sets}} for m in range(9)]
+    group = {"models": [f"s{m}" for m in range(3)], "seconds": [1.0] * 3, "forget_class": -1,
+             "outputs": outputs[:3], **{s: (sets[s][0][:3], sets[s][1]) for s in sets}}
+    reference = {"models": [f"s{m}" for m in range(6)],
+                 **{s: (sets[s][0][3:], sets[s][1]) for s in sets}}
+    scores = privacy.score_group(group, reference)
+    kl = np.array([reference_binned_kl(unlearned[:, i], retrained[:, i]) for i in range(examples)])
+    assert scores["klom_undefined"] == {"forget": [1030, 1031], "retain": [],
+                                        "test": [7, 8, 9, 10]}
+    assert scores["klom_quantiles"]["forget"] == pytest.approx(
+        np.quantile(kl[~np.isnan(kl)], privacy.QUANTILES).tolist(), rel=1e-12)
+    assert scores["klom_quantiles"]["test"] is None
+    assert len(scores["klom_quantiles"]["retain"]) == 5
+    json.dumps(scores, allow_nan=False)  # no NaN reaches scores.json
+    line = privacy.format_scores({"groups": {"ssd": scores}})
+    assert "KLOM median forget / retain / test" in line and " / -" in line
+    assert "KLOM undefined for 2 forget, 4 test examples, left out" in line
+    assert report.klom_cell(scores, "forget").endswith(" (2 undefined)")
+    assert report.klom_cell(scores, "test") == "- (4 undefined)"
+
+
 @pytest.mark.parametrize("shift", [0.0, 2.0])
 def test_ulira_on_gaussians_with_a_known_shift(shift):
     # equal-variance Gaussians d apart: the likelihood-ratio test's accuracy is Phi(d / 2), its TPR at FPR f is
@@ -217,7 +323,9 @@ def test_the_utility_factor_is_the_accuracy_ratios():
              "forget": logits_with_accuracy(6, 10, 5), "retain": logits_with_accuracy(6, 10, 8),
              "test": logits_with_accuracy(6, 10, 5)}
     group["outputs"] = [{"forget_class": np.int64(-1), **{f"{s}_logits": group[s][0][m] for s in privacy.GROUPS},
-                         **{f"{s}_labels": group[s][1] for s in privacy.GROUPS}} for m in range(6)]
+                         **{f"{s}_labels": group[s][1] for s in privacy.GROUPS},
+                         **{f"{s}_index": np.arange(10) for s in privacy.GROUPS}}
+                        for m in range(6)]
     reference = {**group, "retain": logits_with_accuracy(6, 10, 10), "test": logits_with_accuracy(6, 10, 10)}
     scores = privacy.score_group(group, reference)
     assert scores["utility"] == pytest.approx(0.8 * 0.5) and scores["score"] == pytest.approx(0.4 * scores["forget_quality"])

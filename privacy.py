@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, float_in,
-                 glue_values, json_of_kind, non_negative_int, pick_device, positive_int, read_json,
-                 run, write_json)
+                 glue_values, json_of_kind, lock, non_negative_int, pick_device, positive_int,
+                 read_json, run, write_json)
 from data import (Loader, add_data_args, describe_split, load_dataset, split_from_args, subset_indices,
                   with_normalization)
 from evaluate import mia_score, predict
@@ -1039,6 +1039,12 @@ def outputs_command(args):
     check_outputs_flags(args)
     inputs = [] if is_remote(args.model) else [args.model, sidecar_path(args.model)]
     check_out(args.out, "--out", inputs, outputs_of(args.model), args.overwrite)
+    with lock(args.out):  # a second run on this --out stops at once: both would say "wrote" (CC04)
+        make_outputs(args)
+
+
+def make_outputs(args):
+    """The outputs of --model at --out, unless --out holds them already."""
     data = with_normalization(load_dataset(args.dataset, args.data_dir), normalization_of(args.model), args.model)
     split = split_from_args(args, data)
     if forgets(args) and len(split.forget) == 0:  # a --forget-fraction that rounds to no image

@@ -938,6 +938,25 @@ def test_a_forget_set_that_rounds_to_nothing_is_refused(tiny, tmp_path):
     assert not (tmp_path / "s0.npz").exists()
 
 
+def test_two_outputs_runs_on_one_out_never_both_write(tiny, tmp_path, monkeypatch):
+    """CC04: a second privacy.py outputs on the same --out, started while the first makes its
+    outputs, stops at once in one line (cli.lock) and the file holds the first's: before, both
+    printed 'wrote' and one model's outputs were lost without a word."""
+    out, write, second = tmp_path / "cc04.npz", privacy.write_outputs, []
+
+    def first_writing(*args, **kwargs):  # the first run is writing when the second starts
+        if not second:
+            second.append(None)  # the second run's own write is a plain one
+            second[0] = outputs(tiny, tiny / "no_beta.pth", out, "--forget-class", "beta")
+        return write(*args, **kwargs)
+    monkeypatch.setattr(privacy, "write_outputs", first_writing)
+    first = outputs(tiny, tiny / "original.pth", out, "--forget-class", "beta")
+    assert first.returncode == 0 and "wrote" in first.stdout
+    assert_clean_error(second[0], f"another run is writing {out} now")
+    with np.load(out) as z:
+        assert str(z["source_sha256"]) == sha256_file(tiny / "original.pth")
+
+
 @pytest.mark.parametrize("model, flags, message", [
     ("half1", ["--keep-half", 0], "on the random half 1 (--keep-half 1), not the random half 0"),
     ("half1", ["--forget-class", "beta"], "not every train image"),

@@ -17,6 +17,7 @@ import pickle
 import re
 import sys
 import tarfile
+import unicodedata
 import zlib
 from dataclasses import dataclass
 
@@ -746,17 +747,31 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-SAFE_NAME = re.compile(r"[\w.+-]+")  # letters (any script), digits, _ . + -: no space, quote or shell character
+SAFE_CHAR = re.compile(r"[\w.+-]")  # a letter (any script), digit, _ . + -: no shell character
 
 
 def check_names_for_make(classes, dataset):
-    """Class names become make targets and shell words in the Makefile's recipes: one that holds a space, a quote or
-    a shell character (a;id>x) would split or run as a command, so it is refused with one line."""
-    for name in classes:
-        if not SAFE_NAME.fullmatch(name) or name.startswith("-"):
-            raise ValueError(f"{dataset}: the class name {name!r} cannot be passed through make safely (a space, "
-                             f"quote or shell character); rename the folder, or run the scripts directly with "
-                             f"--forget-class {list(classes).index(name)}")
+    """Class names become make targets and shell words in the Makefile's recipes: one that holds a
+    space, a quote or a shell character (a;id>x) would split or run as a command, and one that
+    starts with - would read as a flag, so it is refused with one line saying which."""
+    for index, name in enumerate(classes):
+        why = make_unsafe(name)
+        if why:
+            raise ValueError(f"{dataset}: the class name {name!r} cannot be passed through "
+                             f"make safely ({why}); rename the folder, or run the scripts "
+                             f"directly with --forget-class {index}")
+
+
+def make_unsafe(name):
+    """Why make cannot carry a class name, or None. Checked in NFC: an accent written as a letter
+    and a combining mark (NFD, as macOS names folders) is a letter, as its precomposed form is;
+    the name itself is kept as it is."""
+    if name.startswith("-"):
+        return "it starts with -, which a script would read as a flag"
+    bad = [c for c in unicodedata.normalize("NFC", name) if not SAFE_CHAR.fullmatch(c)]
+    if bad:
+        return f"it holds {ascii(bad[0])}, which is not a letter, a digit or one of . _ + -"
+    return None
 
 
 def main(argv=None):

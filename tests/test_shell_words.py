@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, assert_clean_error, call
+from test_inputs import write_classes
 
 # an abbreviation of one of each script's flags, after the flags the script requires
 ABBREVIATED = [
@@ -177,3 +178,34 @@ def test_a_dry_run_of_pool_unlearn_runs_nothing(tmp_path):
         assert r.returncode == 0, r.stderr
         assert ("privacy.py jobs" if methods == "ssd" else "pool-unlearn METHODS=$m") in r.stdout
     assert not log.exists()
+
+
+# ----------------------------------------------------------------------------- class names through make
+
+@pytest.mark.parametrize("name, reason", [
+    ("-x", "it starts with -, which a script would read as a flag"),  # MA05
+    ("a b", "it holds ' ', which is not a letter, a digit or one of . _ + -"),
+    ("q\u0301", "it holds '\\u0301', which is not a letter"),  # no precomposed q-acute: a mark
+])
+def test_a_class_name_make_cannot_carry_is_refused_for_its_own_reason(tmp_path, name, reason):
+    """MA05: '-x' was refused as holding 'a space, quote or shell character'; each name now gets
+    its own reason, naming the character."""
+    write_classes(tmp_path / "d", ["cat", name])
+    r = call("data.py", "--for-make", "--dataset", tmp_path / "d", "--data-dir", tmp_path / "c")
+    assert_clean_error(r, f"cannot be passed through make safely ({reason}")
+    assert f"--forget-class {sorted(['cat', name]).index(name)}" in r.stderr  # classes: sorted
+
+
+def test_a_class_name_with_a_decomposed_accent_goes_through_make(tmp_path):
+    """MA03: 'café' written as e + U+0301 (NFD, as macOS names folders) holds no space, quote or
+    shell character and was refused as if it did; it is checked in NFC now and goes through make
+    as the folder spells it (make -n reproduce-steps lists its retrain and unlearned models)."""
+    nfd = "cafe\u0301"
+    write_classes(tmp_path / "d", ["cat", nfd])
+    r = call("data.py", "--for-make", "--dataset", tmp_path / "d", "--data-dir", tmp_path / "c")
+    assert r.returncode == 0 and f"classes: {nfd} cat" in r.stdout, r.stderr
+    r = make("-n", "reproduce-steps", f"DATASET={tmp_path / 'd'}", f"DATA_DIR={tmp_path / 'c'}",
+             f"RUNDIR={tmp_path / 'r'}", f"CLASS={nfd}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"--forget-class '{nfd}' --out {tmp_path}/r/no_{nfd}.pth" in r.stdout
+    assert f"--out {tmp_path}/r/unlearn/ssd/{nfd}.pth" in r.stdout

@@ -168,6 +168,95 @@ def read_json(path):
         raise ValueError(f"{path}: not a JSON (text) file") from None
 
 
+# -------------------------------------------------------------------- run files read back, checked
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A leaf of a JSON file's layout (see checked): what a value must be, and the test of it."""
+    what: str
+    test: object  # value -> bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Maybe:
+    """A field that may be absent or null (checked sets an absent one to null), else as `spec`."""
+    spec: object
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOf:
+    """A JSON list of at least `least` values, each as `spec` says."""
+    spec: object
+    least: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Each:
+    """A JSON object of any keys (paths, group names), at least `least` values, each as `spec`."""
+    spec: object
+    least: int = 1
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # true is no number
+
+
+def number(lo=-float("inf"), hi=float("inf"), nan=False):
+    """A Kind: a finite number in [lo, hi] (within a float's range: a larger int cannot be
+    formatted); NaN too with `nan`."""
+    bounds = f" in [{lo:g}, {hi:g}]" if hi < float("inf") else f" >= {lo:g}" if lo > -hi else ""
+    return Kind(f"a finite number{bounds}" + " (or NaN)" * nan, lambda v: is_number(v) and (
+        (lo <= v <= hi and abs(v) <= sys.float_info.max) or (nan and v != v)))
+
+
+TEXT = Kind("a string", lambda v: isinstance(v, str))
+COUNT = Kind("a whole number >= 0",
+             lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 63)
+OBJECT = Kind("a JSON object", lambda v: isinstance(v, dict))
+ANY = Kind("present", lambda v: True)
+# a name that becomes part of a file name (a class's plots, a pool's): no folder in it
+FILE_PART = Kind("a name without / or \\ (it names a file)", lambda v: isinstance(v, str)
+                 and v not in ("", ".", "..") and not any(c in v for c in "/\\\0"))
+MISSING = object()  # a field the file lacks
+REMAKE = "make the file again with this project's scripts"
+
+
+def checked(value, spec, source, field=""):
+    """`value`, read from the JSON file `source`, held against `spec`: a dict {key: spec} (an
+    object holding those keys; others are not read), Maybe, ListOf, Each or a Kind. Run files are
+    read back by code that formats and plots every field: one of another type or out of range was
+    a traceback far from the file (a string where a number goes: "Unknown format code 'f'").
+    Returns `value` (an absent Maybe field set to None); else one line naming the file and the
+    field, such as metrics.test_acc or models["a.pth"].mia."""
+    if isinstance(spec, Maybe):
+        return None if value in (None, MISSING) else checked(value, spec.spec, source, field)
+    if value is MISSING:
+        raise ValueError(f"{source}: lacks the field {field}; {REMAKE}")
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            bad(source, field, value, "a JSON object")
+        for key, sub in spec.items():
+            name = f"{field}.{key}" if field else key
+            value[key] = checked(value.get(key, MISSING), sub, source, name)
+    elif isinstance(spec, (ListOf, Each)):
+        kind = list if isinstance(spec, ListOf) else dict
+        if not isinstance(value, kind) or len(value) < spec.least:
+            plural = "s" * (spec.least > 1)
+            at_least = f" of at least {spec.least} value{plural}" if spec.least else ""
+            bad(source, field, value, f"a JSON {'list' if kind is list else 'object'}{at_least}")
+        for key, item in enumerate(value) if kind is list else value.items():
+            checked(item, spec.spec, source, f"{field}[{json.dumps(key)}]")
+    elif not spec.test(value):
+        bad(source, field, value, spec.what)
+    return value
+
+
+def bad(source, field, value, what):
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ValueError(f"{source}: {field or 'the file'} is {shown}, not {what}; {REMAKE}")
+
+
 def to_json(obj):
     """JSON for numpy scalars/arrays and tensors met in configs and metrics."""
     if isinstance(obj, (np.ndarray, np.generic)) or type(obj).__module__.startswith("torch"):  # a tensor

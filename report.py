@@ -17,7 +17,8 @@ import sys
 
 import numpy as np
 
-from cli import atomic_write, check_out, read_json, run, text_of_kind
+from cli import (ANY, COUNT, FILE_PART, OBJECT, REMAKE, TEXT, Each, ListOf, Maybe, atomic_write,
+                 check_out, checked, number, read_json, run, text_of_kind)
 from published import (DATASET_IDS, PUBLISHED_ENSEMBLE, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_SISA,
                        PUBLISHED_UNLEARN, hub_name, published_names)
 
@@ -27,8 +28,49 @@ METHOD_ORDER = ("ssd", "advneggrad", "neggrad+", "finetune", "ga", "rl", "salun"
                 "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink", "boundary-expand", "retrain")
 
 
+# ----------------------------------------------------------------- a run's files, checked as read
+
+# What this script (and evaluate.py --table) reads of each file, with the types and ranges its
+# tables and plots need: cli.checked makes a field of another type or out of range one line naming
+# the file and the field.
+PERCENT, FRACTION, SECONDS = number(0, 100), number(0, 1), number(0)
+SUMMARY = {"acc": PERCENT, "loss": number(0)}  # one set's (evaluate.summarize), without its losses
+METRICS = {"test": {**SUMMARY, "top5": PERCENT}, "test_forget": Maybe(SUMMARY),  # evaluate_model's
+           "test_retain": SUMMARY, "train_forget": Maybe(SUMMARY), "train_retain": SUMMARY,
+           "mia": Maybe(FRACTION), "member_mia": Maybe(ListOf(FRACTION))}
+SPLIT = {"forget_class": Maybe(TEXT), "n_forget": COUNT, "n_train": COUNT, "n_test": COUNT}
+SIDECAR = {"arch": TEXT, "dataset": TEXT, "device": TEXT, "seconds": SECONDS, "config": OBJECT,
+           "split": SPLIT, "argv": Maybe(ListOf(TEXT)), "versions": Maybe(OBJECT),
+           "source": Maybe(TEXT), "recipe": Maybe(TEXT)}
+TRAINED = {**SIDECAR, "metrics": {"test_acc": PERCENT}}  # train.py's: its last epoch's log line
+FULL = {**TRAINED, "config": {"epochs": COUNT}}
+UNLEARNED = {**SIDECAR, "method": TEXT, "metrics": Maybe(METRICS),
+             "retrained_metrics": Maybe(METRICS)}
+LOG_LINE = {"epoch": COUNT, "loss": number(0), "train_acc": PERCENT, "test_acc": PERCENT}
+WITH_LOSSES = {**SUMMARY, "losses": ListOf(number(0), least=1)}  # evaluate.py --losses keeps them
+EVALUATED = {**METRICS, "train_forget": WITH_LOSSES, "test_forget": WITH_LOSSES,
+             "per_class": ListOf(PERCENT), "confusion": ListOf(ListOf(COUNT))}
+EVALUATION = {"classes": ListOf(TEXT, least=1), "retrained": Maybe(TEXT),
+              "split": {"forget_class": FILE_PART}, "models": Each(EVALUATED)}
+SISA_EVALUATION = {"models": Each({**METRICS, "mia": FRACTION})}  # evaluated with --mia
+ENSEMBLE_EVALUATION = {"models": Each({"test": {"acc": PERCENT}})}
+STAT = Maybe({"mean": number(), "std": number(0)})  # privacy.spread's
+GROUP = {"models": COUNT, "seconds": STAT,
+         "spread": {k: STAT for k in ("forget_acc", "retain_acc", "test_acc", "mia")}}
+SEEDS_GROUP = {**GROUP, "forget_quality": FRACTION, "utility": number(0), "score": number(0),
+               "epsilons": ListOf(number(0), least=1),
+               "ulira": {"acc": PERCENT, "tpr_at_1%": PERCENT},
+               "klom_quantiles": {s: ListOf(number(nan=True), least=3)  # NaN: an undefined example
+                                  for s in ("forget", "retain", "test")}}
+HALVES_GROUP = {**GROUP, "ulira": {"acc": Maybe(PERCENT), "tpr_at_1%": Maybe(PERCENT),
+                                   "tpr_at_0.1%": Maybe(PERCENT), "halves": COUNT,
+                                   "pairs": ListOf(COUNT, least=2), "skipped": COUNT}}
+SCORES = {"pool": FILE_PART, "examples": ANY, "n": COUNT, "groups": Each(SEEDS_GROUP)}
+HALVES_SCORES = {"pool": FILE_PART, "examples": ANY, "groups": Each(HALVES_GROUP)}
+
+
 def read_log(path):
-    """A train.py .log.jsonl: one dict per epoch; [] when absent."""
+    """A train.py .log.jsonl: one dict per epoch, checked (LOG_LINE); [] when absent."""
     if not os.path.exists(path):
         return []
     try:
@@ -36,9 +78,53 @@ def read_log(path):
             log = [json.loads(line) for line in f if line.strip()]
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a train.py log ({e}); make it again") from None
-    if not all(isinstance(r, dict) for r in log):
-        raise ValueError(f"{path}: not a train.py log (each line a JSON object); make it again")
-    return log
+    return [checked(line, LOG_LINE, f"{path} line {k}") for k, line in enumerate(log, 1)]
+
+
+def read_object(path):
+    """A JSON file that must hold an object (a sidecar, an evaluation, scores); anything else is
+    one line."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a JSON {type(obj).__name__}, not the object this "
+                         f"project's scripts write; make it again")
+    return obj
+
+
+def read_checked(path, spec):
+    """A run file holding a JSON object, checked whole against `spec` (cli.checked)."""
+    return checked(read_object(path), spec, path)
+
+
+def read_sidecar(path):
+    """A checkpoint's sidecar, checked as train.py's (TRAINED) or, with a method, unlearn.py's."""
+    meta = read_object(path)
+    return checked(meta, UNLEARNED if "method" in meta else TRAINED, path)
+
+
+def read_evaluation(path):
+    """An evaluate.py --json --losses file of class-wise forgetting, as the plots read it: every
+    model's per-class accuracies and confusion matrix over its classes."""
+    evaluation = read_checked(path, EVALUATION)
+    n = len(evaluation["classes"])
+    for name, m in evaluation["models"].items():
+        if {len(m["per_class"]), len(m["confusion"]), *map(len, m["confusion"])} != {n}:
+            raise ValueError(f"{path}: models[{json.dumps(name)}] has per_class or confusion of "
+                             f"another size than its {n} classes; {REMAKE}")
+    return evaluation
+
+
+def read_scores(path):
+    """A pool's scores.json (privacy.py score), as its design: seeds (SCORES) or HALVES_SCORES."""
+    scores = read_object(path)
+    if scores.get("design") == "halves":
+        return checked(scores, HALVES_SCORES, path)
+    checked(scores, SCORES, path)
+    for name, g in scores["groups"].items():  # the report takes one median index for every set
+        if len({len(q) for q in g["klom_quantiles"].values()}) > 1:
+            raise ValueError(f"{path}: groups[{json.dumps(name)}].klom_quantiles: the example "
+                             f"sets have different numbers of quantiles; {REMAKE}")
+    return scores
 
 
 # ----------------------------------------------------------------------------- result tables (evaluate.py's too)
@@ -132,6 +218,7 @@ def card_table(sidecars):
         if not isinstance(meta, dict) or "method" not in meta:
             raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table reads those of unlearned "
                              f"models")
+        checked(meta, UNLEARNED, path)
         rows.append(card_row(meta, os.path.splitext(os.path.basename(path))[0] + ".pth"))
     return "\n".join([CARD_HEADER, *rows]) + "\n"
 
@@ -139,26 +226,24 @@ def card_table(sidecars):
 
 # ----------------------------------------------------------------------------- reading a run
 
-def read_object(path):
-    """A JSON file that must hold an object (a sidecar, an evaluation, scores); anything else is one line."""
-    obj = read_json(path)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: holds a JSON {type(obj).__name__}, not the object this project's scripts write; "
-                         f"make it again")
-    return obj
-
-
 def read_run(rundir):
-    """Every sidecar of a run folder, by role; a part that was not run is None or empty."""
-    def one(name):
+    """Every sidecar of a run folder, by role, each checked as read (its layout above); a part that
+    was not run is None or empty."""
+    def one(name, spec):
         path = os.path.join(rundir, name)
-        return read_object(path) if os.path.exists(path) else None
+        return read_checked(path, spec) if os.path.exists(path) else None
 
-    def many(pattern):
-        return {os.path.relpath(p, rundir): read_object(p) for p in sorted(glob.glob(os.path.join(rundir, pattern)))}
-    return {"full": one("full.json"), "log": read_log(os.path.join(rundir, "full.log.jsonl")),
-            "retrains": many("no_*.json"), "unlearn": many("unlearn/*/*.json"), "evals": many("eval_*.json"),
-            "sisa": one("sisa/eval.json"), "ensemble": one("ensemble/eval.json"), "pools": many("pools/*/scores.json")}
+    def many(pattern, read):
+        paths = sorted(glob.glob(os.path.join(rundir, pattern)))
+        return {os.path.relpath(p, rundir): read(p) for p in paths}
+    return {"full": one("full.json", FULL),
+            "log": read_log(os.path.join(rundir, "full.log.jsonl")),
+            "retrains": many("no_*.json", lambda p: read_checked(p, TRAINED)),
+            "unlearn": many("unlearn/*/*.json", lambda p: read_checked(p, UNLEARNED)),
+            "evals": many("eval_*.json", read_evaluation),
+            "sisa": one("sisa/eval.json", SISA_EVALUATION),
+            "ensemble": one("ensemble/eval.json", ENSEMBLE_EVALUATION),
+            "pools": many("pools/*/scores.json", read_scores)}
 
 
 def diff(ours, published):
@@ -361,7 +446,9 @@ def labelled(evaluation):
     def label(path):
         if path == evaluation["retrained"]:
             return "retrained"
-        return path.split("/")[-2] if "unlearn" in path else os.path.splitext(os.path.basename(path))[0]
+        parts = path.split("/")  # <run>/unlearn/<method>/<class>.pth: the method; else the name
+        unlearned = len(parts) >= 3 and parts[-3] == "unlearn"
+        return parts[-2] if unlearned else os.path.splitext(parts[-1])[0]
     return {label(p): m for p, m in evaluation["models"].items()}
 
 
@@ -531,9 +618,9 @@ def write_cards(rundir):
         sidecar = os.path.splitext(pth)[0] + ".json"
         if not os.path.exists(sidecar):
             continue
-        meta = read_json(sidecar)
-        if "split" not in meta or os.path.relpath(pth, rundir).startswith("pools"):  # SISA slices, pools' models
-            continue
+        if "split" not in read_object(sidecar) or os.path.relpath(pth, rundir).startswith("pools"):
+            continue  # SISA slices, pools' models
+        meta = read_sidecar(sidecar)
         name = os.path.relpath(os.path.splitext(pth)[0], rundir).replace(os.sep, "_")
         card = model_card(meta, os.path.basename(pth))
         atomic_write(os.path.join(rundir, "cards", name + ".md"), lambda f: f.write(card.encode()))
@@ -584,7 +671,7 @@ def main(argv=None):
             raise ValueError(f"{sidecar} not found: a card is built from the JSON sidecar the scripts write")
         out = os.path.splitext(args.card)[0] + ".md"
         check_out(out, "--card", [args.card], text_of_kind("---"), args.overwrite)
-        card = model_card(read_json(sidecar), os.path.basename(args.card), args.license)
+        card = model_card(read_sidecar(sidecar), os.path.basename(args.card), args.license)
         atomic_write(out, lambda f: f.write(card.encode()))
         return print(f"wrote {out}")
     if not args.rundir or not os.path.isdir(args.rundir):

@@ -139,11 +139,12 @@ def json_of_kind(kind):
 
 
 def text_of_kind(prefix):
-    """mine= for check_out: a text file whose first line starts with `prefix` (what the script writes first)."""
+    """mine= for check_out: a text file that starts with `prefix`, what the script writes first (it
+    may span lines: a card's front matter and the marker only our cards carry)."""
     def mine(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                return f.readline().startswith(prefix)
+            with open(path, encoding="utf-8", newline="") as f:
+                return f.read(len(prefix)) == prefix
         except (OSError, UnicodeDecodeError):
             return False
     return mine

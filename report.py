@@ -568,11 +568,20 @@ def write_plots(run, folder):
 
 # ----------------------------------------------------------------------------- model cards
 
+# A YAML comment only our cards carry, first in their front matter: --card replaces a file that
+# starts with it, never a note of the user's that merely starts with front matter (Jekyll, Hugo and
+# Obsidian write those).
+CARD_MARK = "# model card written by report.py of unlearning-recipes: it writes this file again"
+CARD_START = f"---\n{CARD_MARK}\n"
+
+
 def card_front_matter(meta, license):
-    """The published cards' YAML front matter: license, dataset, metrics, base model, tags."""
+    """The published cards' YAML front matter (license, dataset, metrics, base model, tags), after
+    CARD_MARK."""
     method = meta.get("method")
-    lines = ["---", f"license: {license}", "datasets:", f"- {DATASET_IDS.get(meta['dataset'], meta['dataset'])}",
-             "metrics:", "- accuracy"]
+    dataset = DATASET_IDS.get(meta["dataset"], meta["dataset"])
+    lines = ["---", CARD_MARK, f"license: {license}", "datasets:", f"- {dataset}", "metrics:",
+             "- accuracy"]
     if meta.get("source"):  # a published source by its Hub repository, as the published cards name theirs
         source = hub_name(meta["source"])
         repository = source[len("hf://"):].rsplit("/", 1)[0].split("@")[0] if source.startswith("hf://") else source
@@ -670,7 +679,7 @@ def main(argv=None):
         if not os.path.exists(sidecar):
             raise ValueError(f"{sidecar} not found: a card is built from the JSON sidecar the scripts write")
         out = os.path.splitext(args.card)[0] + ".md"
-        check_out(out, "--card", [args.card], text_of_kind("---"), args.overwrite)
+        check_out(out, "--card", [args.card], text_of_kind(CARD_START), args.overwrite)
         card = model_card(read_sidecar(sidecar), os.path.basename(args.card), args.license)
         atomic_write(out, lambda f: f.write(card.encode()))
         return print(f"wrote {out}")
@@ -680,6 +689,11 @@ def main(argv=None):
     read = [p for pattern in ("**/*.json", "**/*.jsonl", "**/*.pth") for p in
             glob.glob(os.path.join(args.rundir, pattern), recursive=True)]
     check_out(out, "--out", read, text_of_kind("# Report: "), args.overwrite)
+    for folder in ("cards", "plots"):  # written after this check: the report would replace a card
+        inside = os.path.join(os.path.realpath(args.rundir), folder)
+        if os.path.realpath(out).startswith(inside + os.sep):
+            raise ValueError(f"--out {out} is inside {os.path.join(args.rundir, folder)}, where "
+                             f"report.py writes the run's {folder}; write the report elsewhere")
     try:
         run = read_run(args.rundir)
         plots = write_plots(run, os.path.join(args.rundir, "plots"))

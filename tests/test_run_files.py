@@ -184,3 +184,26 @@ def test_table_reads_sidecars_through_the_same_checks(run):
     edit(path, lambda c: c["metrics"]["test_forget"].update(loss="6"))
     assert_clean_error(call("evaluate.py", "--table", path),
                        f"{path}: metrics.test_forget.loss is \"6\"")
+
+
+# ----------------------------------------------------------------- what the report and cards write
+
+def test_a_card_never_replaces_a_note_that_starts_with_front_matter(run):
+    note = "---\ntitle: my notes on this model\n---\nThree weeks of observations.\n"
+    (run / "full.md").write_text(note)
+    assert_clean_error(call("report.py", "--card", run / "full.pth"), "--card")
+    assert (run / "full.md").read_text() == note
+    (run / "full.md").unlink()
+    assert call("report.py", "--card", run / "full.pth").returncode == 0
+    edit(run / "full.json", lambda c: c.update(seconds=99.0))
+    r = call("report.py", "--card", run / "full.pth")  # our own card: a rerun replaces it
+    assert r.returncode == 0, r.stderr
+    assert "- **Seconds**: 99.0 on cpu" in (run / "full.md").read_text()
+
+
+def test_the_report_is_never_written_over_a_card_it_links_to(run):
+    assert call("report.py", run).returncode == 0
+    card = (run / "cards" / "full.md").read_text()
+    r = call("report.py", run, "--out", run / "cards" / "full.md", "--overwrite")
+    assert_clean_error(r, "--out")
+    assert (run / "cards" / "full.md").read_text() == card

@@ -17,6 +17,7 @@ import pickle
 import re
 import sys
 import tarfile
+import tempfile
 import unicodedata
 import zlib
 from dataclasses import dataclass
@@ -336,6 +337,7 @@ def read_or_decode(path, data_dir):
             return read_cache(cache, name)
         except Exception as e:  # any failure to read it back (truncated zip, wrong arrays) means: decode again
             print(f"{cache} is damaged ({type(e).__name__}); decoding {path} again", file=sys.stderr)
+    check_cache_folder(data_dir)
     print(f"decoding {path} once; cache: {cache}", file=sys.stderr)
     classes, (train_x, train_y, test_x, test_y) = decode_image_folder(path)
     pixels = train_x.reshape(-1, 3) / 255.0  # the folder's own per-channel statistics
@@ -345,6 +347,17 @@ def read_or_decode(path, data_dir):
     return read_cache(cache, name)
 
 
+def check_cache_folder(data_dir):
+    """Before decoding (seconds to minutes of work): --data-dir takes files, or one line naming it
+    (a read-only disk was found when the cache was written, naming a temp file)."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=data_dir).close()
+    except OSError as e:
+        raise ValueError(f"--data-dir {data_dir}: cannot write the decoded dataset's cache there "
+                         f"({e.strerror}); give a --data-dir that takes files") from None
+
+
 def cache_file(path, data_dir):
     """(the dataset's name, its decoded cache in data_dir): the name changes when the files do."""
     name = os.path.basename(os.path.normpath(path)).split(".")[0]
@@ -352,17 +365,31 @@ def cache_file(path, data_dir):
 
 
 def read_cache(cache, name):
-    """The Dataset a cache holds, checked whole (no pickled objects: np.load refuses them)."""
+    """The Dataset a cache holds, checked whole (no pickled objects: np.load refuses them): every
+    array and field used, of its shape, type and range (a label out of range was an IndexError in
+    the first training step). ValueError: damaged, to be decoded again."""
     with np.load(cache) as z:
         arrays = [z[k] for k in ("train_x", "train_y", "test_x", "test_y")]
-        classes, mean, std = tuple(str(c) for c in z["classes"]), tuple(z["mean"].tolist()), tuple(z["std"].tolist())
+        classes, mean, std = z["classes"], z["mean"], z["std"]
     (train_x, train_y, test_x, test_y) = arrays
-    if not (train_x.ndim == test_x.ndim == 4 and train_x.dtype == test_x.dtype == np.uint8 and len(train_x) ==
-            len(train_y) and len(test_x) == len(test_y) and len(mean) == len(std) == 3 and classes):
+    if not (train_x.ndim == test_x.ndim == 4 and train_x.dtype == test_x.dtype == np.uint8 and
+            train_x.shape[-1] == 3 and len(train_x) == len(train_y) and
+            len(test_x) == len(test_y)):
         raise ValueError("arrays of the wrong shape")
-    if train_x.shape[1:] != test_x.shape[1:]:  # an earlier version's cache: decoding again names the image
+    if train_x.shape[1:] != test_x.shape[1:]:  # an earlier version's: decoding names the image
         raise ValueError("train and test images of different sizes")
-    return Dataset(name, classes, *arrays, mean, std)
+    if not (classes.ndim == 1 and classes.dtype.kind == "U" and len(set(classes.tolist())) ==
+            len(classes) >= 2):
+        raise ValueError("class names that are not distinct strings")
+    for y in (train_y, test_y):
+        if not (y.ndim == 1 and y.dtype == np.int64 and ((0 <= y) & (y < len(classes))).all()):
+            raise ValueError(f"labels out of 0..{len(classes) - 1}")
+    for stat in (mean, std):
+        if not (stat.shape == (3,) and stat.dtype.kind == "f" and (0 <= stat).all() and
+                (stat <= 1).all()):
+            raise ValueError("channel statistics that are not 3 numbers in [0, 1]")
+    return Dataset(name, tuple(classes.tolist()), *arrays, tuple(mean.tolist()),
+                   tuple(std.tolist()))
 
 
 def with_normalization(data, stats, source):

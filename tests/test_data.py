@@ -1,5 +1,7 @@
 """Data: the real on-disk formats (torchvision's CIFAR pickles, image folders and their archives), the real
 CIFAR-10 images, class names, splits and --subset."""
+import errno
+import os
 import pickle
 import struct
 import tarfile
@@ -324,3 +326,40 @@ def test_cli_lists_classes_and_split(cifar_jpeg, data_dir):
     r = call("data.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--forget-class", "cat")
     assert r.returncode == 0, r.stderr
     assert "classes: " + " ".join(CIFAR10_NAMES) in r.stdout and "5000 forget, 45000 retain" in r.stdout
+
+
+# ----------------------------------------------------------------- files a user hands us (issue 32)
+
+def test_a_cache_holding_a_label_out_of_range_is_decoded_again(tmp_path):
+    """TB09: a cache in --data-dir with a label 99 of 3 classes was served, then IndexError in the
+    first training step; the docs say a damaged cache is decoded again."""
+    write_folder(tmp_path / "toy", {"train": 2, "test": 1})
+    flags = ["--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache"]
+    assert call("data.py", *flags).returncode == 0
+    cache, = (tmp_path / "cache").glob("*.npz")
+    arrays = dict(np.load(cache))
+    arrays["train_y"][0] = 99
+    np.savez(cache, **arrays)
+    r = call("data.py", *flags)
+    assert r.returncode == 0 and "is damaged" in r.stderr, r.stderr
+    assert np.load(cache)["train_y"].max() == 2
+    assert load_dataset(str(tmp_path / "toy"), str(tmp_path / "cache")).train_y.max() == 2
+
+
+def test_a_read_only_data_dir_is_refused_before_decoding(tmp_path, monkeypatch):
+    """RO02: the archive was decoded first, then "[Errno 30] Read-only file system: .tmp-...". The
+    disk is made read-only for files made in the cache folder (the tests run as root: chmod is no
+    protection)."""
+    write_folder(tmp_path / "toy", {"train": 2, "test": 1})
+    cache, real_open = str(tmp_path / "cache"), os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if os.fspath(path).startswith(cache) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only)
+    decoded = []
+    monkeypatch.setattr(data, "decode_image", lambda *a: decoded.append(a) or np.ones((32, 32, 3)))
+    r = call("data.py", "--dataset", tmp_path / "toy", "--data-dir", cache)
+    assert_clean_error(r, f"--data-dir {cache}: cannot write")
+    assert "Read-only file system" in r.stderr and not decoded

@@ -521,17 +521,31 @@ def make_split(data, forget_class=None, forget_fraction=None, forget_seed=0, sub
                  keep_half, forget_positions)
 
 
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"  # how a .npy file and a .npz (a zip) begin
+
+
 def read_indices(path):
-    """Train indices (or a boolean mask over the train set) from a .npy file or a text file of whitespace-separated
-    integers: an array of integers, integral floats or booleans, checked when the split is made (indices_in)."""
+    """Train indices (or a boolean mask over the train set) from a .npy file or a text file of
+    whitespace-separated integers (UTF-8, a byte-order mark allowed): an array of integers,
+    integral floats or booleans, checked when the split is made (indices_in). Which of the two,
+    its first bytes say, not its name (.NPY; a .npz named .npy is one line)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--forget-indices file {path} not found")
+    if os.path.isdir(path):
+        raise ValueError(f"--forget-indices {path} is a folder; give a .npy file or a text file "
+                         f"of integers")
     try:
-        if path.endswith(".npy"):
+        with open(path, "rb") as f:
+            start = f.read(len(NPY_MAGIC))
+        if start.startswith(ZIP_MAGIC):
+            raise ValueError("a zip archive, such as a .npz: save one array with numpy.save")
+        if start == NPY_MAGIC:
             indices = np.load(path, allow_pickle=False)
         else:
-            with open(path) as f:
+            with open(path, encoding="utf-8-sig") as f:  # -sig: the byte-order mark Notepad writes
                 indices = np.array([int(token) for token in f.read().split()], dtype=np.int64)
+    except OSError as e:
+        raise OSError(f"--forget-indices {path}: cannot read it ({e.strerror})") from None
     except OverflowError:
         raise ValueError(f"--forget-indices {path} holds a number too large to be a train index") from None
     except (ValueError, UnicodeDecodeError, EOFError) as e:

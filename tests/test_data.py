@@ -346,6 +346,32 @@ def test_a_cache_holding_a_label_out_of_range_is_decoded_again(tmp_path):
     assert load_dataset(str(tmp_path / "toy"), str(tmp_path / "cache")).train_y.max() == 2
 
 
+@pytest.mark.parametrize("case", ["npz named npy", "folder", "upper-case NPY", "byte-order mark"])
+def test_forget_indices_are_read_by_their_content(tmp_path, case):
+    """FA01-FA04: the kind of an index file is in its first bytes, not its name."""
+    write_folder(tmp_path / "toy", {"train": 2, "test": 1})
+    path = tmp_path / {"npz named npy": "i.npy", "folder": "i.npy", "upper-case NPY": "I.NPY",
+                       "byte-order mark": "i.txt"}[case]
+    if case == "npz named npy":
+        np.savez(tmp_path / "i.npz", indices=np.array([0, 3]))
+        (tmp_path / "i.npz").rename(path)
+    elif case == "folder":
+        path.mkdir()
+    elif case == "upper-case NPY":
+        with open(path, "wb") as f:
+            np.save(f, np.array([0, 3]))
+    else:
+        path.write_bytes(b"\xef\xbb\xbf0 3\n")  # what Notepad saves as "UTF-8"
+    r = call("data.py", "--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache",
+             "--forget-indices", path)
+    if case in ("npz named npy", "folder"):
+        assert_clean_error(r, f"--forget-indices {path}")
+        assert ("zip archive" if case == "npz named npy" else "is a folder") in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        assert "split: 2 forget, 4 retain" in r.stdout
+
+
 def test_a_read_only_data_dir_is_refused_before_decoding(tmp_path, monkeypatch):
     """RO02: the archive was decoded first, then "[Errno 30] Read-only file system: .tmp-...". The
     disk is made read-only for files made in the cache folder (the tests run as root: chmod is no

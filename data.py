@@ -219,11 +219,28 @@ def read_at_most(path, name, size, open_file):
                      f"{MAX_SIDE}x{MAX_SIDE} pixels needs; shrink or remove it")
 
 
-def image_name(parts, skipped):
-    """Whether a file is an image of the dataset: <split>/<class>/<image> (under any prefix), an image by its
-    suffix. Other files in a class folder go to `skipped` (a .tif or .gif image would vanish unsaid)."""
-    if len(parts) < 3 or parts[-3] not in SPLITS:
+def split_at(parts):
+    """Where a file's path parts name its split: the last train or test folder with a class folder
+    and a file under it (the last: an archive of a folder itself named test), or None. Under the
+    class folder, subfolders may nest the images, as torchvision's ImageFolder reads them
+    (Tiny-ImageNet's train/<class>/images/), unless one is itself named train or test."""
+    return max((k for k, part in enumerate(parts[:-2]) if part in SPLITS), default=None)
+
+
+def image_name(path, parts, skipped):
+    """Whether a file is an image of the dataset: <split>/<class>/[<folders>/]<image> (under any
+    prefix), an image by its suffix. Other files in a class folder go to `skipped` (a .tif or .gif
+    image would vanish unsaid). A name that is not UTF-8 (a latin-1 folder) cannot be a class name
+    in text: one line naming it."""
+    if split_at(parts) is None:
         return False
+    try:
+        "/".join(parts).encode("utf-8")  # the OS gave bytes that are not UTF-8 as surrogates
+    except UnicodeEncodeError:
+        shown = [p.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for p in parts]
+        bad = next(name for name, part in zip(shown, parts) if name != part)
+        raise ValueError(f"{path}: the name {bad!r} ({'/'.join(shown)}) is not UTF-8 text, as "
+                         f"class and file names must be; rename it in UTF-8") from None
     if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
         skipped.append("/".join(parts))
         return False
@@ -263,32 +280,52 @@ def with_pil_errors(path, name, action):
 
 
 def decode_image_folder(path):
-    """Decode train/<class>/* and test/<class>/* into uint8 arrays; class order = sorted folder names."""
+    """Decode train/<class>/* and test/<class>/* into uint8 arrays; class order = sorted folder
+    names. Images in subfolders of a class folder are the class's, in ImageFolder's order (by
+    folder, then name)."""
     found, skipped = {split: [] for split in SPLITS}, []
-    for parts, data in list_files(path, lambda parts: image_name(parts, skipped)):
-        found[parts[-3]].append((parts[-2], parts[-1], data))
+    for parts, data in list_files(path, lambda parts: image_name(path, parts, skipped)):
+        k = split_at(parts)
+        found[parts[k]].append((parts[k + 1], "/".join(parts[k + 2:-1]), parts[-1], data))
     if skipped:
         print(f"{path}: skipped {len(skipped)} file(s) in class folders that are not images by name "
               f"({' '.join(IMAGE_SUFFIXES)}), e.g. {skipped[0]}", file=sys.stderr)
-    classes = tuple(sorted({c for c, _, _ in found["train"]}))
-    if not classes or {c for c, _, _ in found["test"]} - set(classes) or not found["test"]:
-        raise FileNotFoundError(f"{path}: expected train/<class>/<image> and test/<class>/<image> with the same classes")
-    if len(classes) < 2:
-        raise ValueError(f"{path}: one class ({classes[0]}) only; a classifier needs at least two")
+    classes = check_classes(path, *({item[0] for item in found[split]} for split in SPLITS))
     arrays, first = [], None  # first: (name, shape) of the first train image, the size of every image
     for split in SPLITS:
         items = sorted(found[split])
         images = []
-        for c, f, d in items:
-            image = decode_image(path, f"{split}/{c}/{f}", d)
-            first = first or (f"{split}/{c}/{f}", image.shape)
+        for c, folder, f, d in items:
+            name = "/".join([split, c, *folder.split("/"), f] if folder else [split, c, f])
+            image = decode_image(path, name, d)
+            first = first or (name, image.shape)
             if image.shape != first[1]:  # across both splits: a model is tested at the size it learnt
-                raise ValueError(f"{path}: {split}/{c}/{f} is {size_of(image.shape)}, the first image "
+                raise ValueError(f"{path}: {name} is {size_of(image.shape)}, the first image "
                                  f"{size_of(first[1])} ({first[0]}); every image of both splits must have "
                                  f"one size")
             images.append(image)
-        arrays += [np.stack(images), np.array([classes.index(c) for c, _, _ in items], dtype=np.int64)]
+        labels = [classes.index(item[0]) for item in items]
+        arrays += [np.stack(images), np.array(labels, dtype=np.int64)]
     return classes, arrays
+
+
+def check_classes(path, train, test):
+    """The sorted classes of an image folder whose splits hold images of the classes `train` and
+    `test`: the same classes, at least two. A class with images in one split only is named (one
+    without test images had no forget-class test accuracy: a traceback after the evaluation)."""
+    if not train or not test:
+        raise FileNotFoundError(f"{path}: expected train/<class>/<image> and test/<class>/<image> "
+                                f"with the same classes")
+    for split, only in (("train", sorted(train - test)), ("test", sorted(test - train))):
+        if only:
+            other = "test" if split == "train" else "train"
+            these = (f"the classes {', '.join(only)} have" if len(only) > 1 else
+                     f"the class {only[0]} has")
+            raise ValueError(f"{path}: {these} images in {split}/ but none in {other}/; add them "
+                             f"there or remove the class from {split}/")
+    if len(train) < 2:
+        raise ValueError(f"{path}: one class ({min(train)}) only; a classifier needs at least two")
+    return tuple(sorted(train))
 
 
 def size_of(shape):
@@ -299,12 +336,12 @@ def size_of(shape):
 def folder_fingerprint(path):
     """A hash that changes when the folder's files (names, sizes, times; linked folders followed, as decoding
     follows them) or the archive change."""
-    h = hashlib.sha1(os.path.abspath(path).encode())
+    h = hashlib.sha1(os.fsencode(os.path.abspath(path)))  # fsencode: any name (a latin-1 one)
     if os.path.isdir(path):
         for root, files in sorted(walk(path)):
             for f in sorted(files):
                 st = os.stat(os.path.join(root, f))
-                h.update(f"{root}/{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+                h.update(os.fsencode(f"{root}/{f}:{st.st_size}:{st.st_mtime_ns}"))
     else:
         st = os.stat(path)
         h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())

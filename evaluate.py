@@ -238,17 +238,18 @@ def main(argv=None):
     device, amp = pick_device(args.device, args.precision)
     rows = [(p, evaluate_model(to_device(m, device), data, split, device, args.batch_size, args.mia, amp))
             for p, m in zip(paths, models)]
+    if args.json:  # first: the evaluation is kept whatever the printing below meets
+        kept = ("train_forget", "test_forget") if args.losses else ()
+        write_json(args.json, {"kind": "evaluation", "dataset": data.name, "classes": data.classes,
+                               "retrained": args.retrained,
+                               "split": describe_split(split, data.classes),
+                               "models": {p: strip_losses(m, kept) for p, m in rows}})
     reference = rows[0][1] if args.retrained else None
     print(format_table(rows, reference))
     if len(data.classes) <= 20:
         print("\n" + format_per_class(rows, data.classes))
     if split.forget_class is not None:
         print("\n" + in_words(rows, data.classes[split.forget_class], args.retrained))
-    if args.json:
-        write_json(args.json, {"kind": "evaluation", "dataset": data.name, "classes": data.classes, "retrained": args.retrained,
-                               "split": describe_split(split, data.classes),
-                               "models": {p: strip_losses(m, ("train_forget", "test_forget") if args.losses else ())
-                                          for p, m in rows}})
 
 
 if __name__ == "__main__":

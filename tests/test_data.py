@@ -372,6 +372,48 @@ def test_forget_indices_are_read_by_their_content(tmp_path, case):
         assert "split: 2 forget, 4 retain" in r.stdout
 
 
+@pytest.mark.parametrize("only", ["train", "test"])
+def test_a_class_in_one_split_only_is_named_when_loaded(tmp_path, only):
+    """IA01/IA02: a class with train images and no test folder was accepted, and evaluate.py
+    crashed after the evaluation; one only in test/ was refused without its name."""
+    write_folder(tmp_path / "toy", {"train": 2, "test": 1})
+    bird = tmp_path / "toy" / only / "bird"
+    bird.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bird / "0.png")
+    r = call("data.py", "--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache")
+    other = {"train": "test", "test": "train"}[only]
+    assert_clean_error(r, f"the class bird has images in {only}/ but none in {other}/")
+
+
+def test_a_folder_name_that_is_not_utf8_is_named(tmp_path):
+    """IA04: a class folder named in latin-1 bytes: "'utf-8' codec can't encode ... '\\udce9'"."""
+    write_folder(tmp_path / "toy", {"train": 2, "test": 1})
+    for split in ("train", "test"):
+        folder = os.path.join(os.fsencode(tmp_path / "toy" / split), "caf\xe9".encode("latin-1"))
+        os.rename(os.fsencode(tmp_path / "toy" / split / "gamma"), folder)
+    r = call("data.py", "--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache")
+    assert_clean_error(r, "the name 'caf\ufffd'")
+    assert "is not UTF-8" in r.stderr
+
+
+def test_images_in_subfolders_of_a_class_are_read_as_image_folder_reads_them(tmp_path):
+    """IA05: train/<class>/more/*.png were dropped unsaid; torchvision's ImageFolder reads them
+    (it walks each class folder), in its order: the same images and labels, in the same order."""
+    torchvision = pytest.importorskip("torchvision")
+    write_folder(tmp_path / "toy", {"train": 2, "test": 1})
+    rng = np.random.default_rng(3)
+    for sub in ("alpha/more", "alpha/more/deeper", "alpha/a-z", "gamma/images"):
+        (tmp_path / "toy" / "train" / sub).mkdir()
+        for i in range(2):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "toy" / "train" / sub / f"{i:03d}.png")
+    d = load_dataset(str(tmp_path / "toy"), str(tmp_path / "cache"))
+    reference = torchvision.datasets.ImageFolder(str(tmp_path / "toy" / "train"))
+    assert len(d.train_y) == len(reference) == 14
+    assert d.train_y.tolist() == reference.targets
+    assert all(np.array_equal(x, np.asarray(reference[k][0])) for k, x in enumerate(d.train_x))
+
+
 def test_a_read_only_data_dir_is_refused_before_decoding(tmp_path, monkeypatch):
     """RO02: the archive was decoded first, then "[Errno 30] Read-only file system: .tmp-...". The
     disk is made read-only for files made in the cache folder (the tests run as root: chmod is no

@@ -247,3 +247,20 @@ def test_report_on_run_files_that_are_not_objects_is_one_line(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "full.json").write_text("[]")
     assert_clean_error(call("report.py", tmp_path / "run"), "holds a JSON list, not the object")
+
+
+def test_the_evaluation_is_written_before_it_is_printed(toy, monkeypatch):
+    """IA01's second half: evaluate.py printed its tables, then wrote --json; anything failing in
+    between (`evaluate.py ... --json e.json | head -1`: a closed pipe) lost the evaluation."""
+    import errno
+    import evaluate
+    from conftest import call
+    tmp, flags = toy
+
+    def closed_pipe(*args):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    monkeypatch.setattr(evaluate, "format_table", closed_pipe)
+    r = call("evaluate.py", "--model", tmp / "m.pth", "--forget-class", "alpha", "--json",
+             tmp / "e.json", *flags)
+    assert r.returncode == 1 and "Broken pipe" in r.stderr
+    assert '"kind": "evaluation"' in (tmp / "e.json").read_text()

@@ -383,9 +383,10 @@ def fetch(name):
 
 
 def read_checkpoint(path, name):
-    """torch.load(weights_only=True), or read_safetensors for a .safetensors file: no code runs.
-    Each way a file can fail is one line saying what it is."""
-    if path.endswith(".safetensors"):
+    """torch.load(weights_only=True), or read_safetensors for a .safetensors file (by its name or
+    its first bytes: one named .pth was "not a PyTorch checkpoint"): no code runs. Each way a file
+    can fail is one line saying what it is."""
+    if path.endswith(".safetensors") or looks_like_safetensors(path):
         return read_safetensors(path, name)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -407,57 +408,91 @@ def read_checkpoint(path, name):
         raise ValueError(f"{name}: not a PyTorch checkpoint ({type(e).__name__})") from None
 
 
+def looks_like_safetensors(path):
+    """Whether a file starts as a .safetensors file does: a header size that fits the file, then
+    "{". torch.save's zip ("PK...") and pickles (0x80 ...) read as sizes far past any file."""
+    with open(path, "rb") as f:
+        start = f.read(9)
+    size = int.from_bytes(start[:8], "little")
+    return len(start) == 9 and 2 <= size <= os.path.getsize(path) - 8 and start[8:] == b"{"
+
+
 # The dtypes of a .safetensors file that a checkpoint of ours may hold (as_state_dict).
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                       "BF16": torch.bfloat16, "I64": torch.int64}
 
 
+SAFETENSORS_MAX_HEADER = 100 << 20  # bytes: the safetensors package's own limit
+SAFETENSORS_MAX_DIM = 2 ** 31 - 1  # a dimension torch reshapes to without overflow
+
+
 def read_safetensors(path, name):
     """A .safetensors file without the safetensors package: an 8-byte little-endian header size,
     a JSON header giving each tensor's dtype, shape and data_offsets (a byte range of the data
-    after it), then the raw little-endian bytes. Nothing in it runs. Checked: the header fits the
-    file; every entry has a dtype of SAFETENSORS_DTYPES, a shape of whole numbers and a range of
-    exactly its bytes; the ranges cover the data back to back. {name: tensor}, or one line."""
+    after it), then the raw little-endian bytes. Nothing in it runs. Checked before any tensor
+    byte is read (a large file was read whole, twice, first): the header fits the file and is
+    JSON of a bounded size and depth; every entry has a dtype of SAFETENSORS_DTYPES, a shape of
+    whole numbers up to SAFETENSORS_MAX_DIM and a range of exactly its bytes; the ranges cover
+    the rest of the file back to back. Then the data is read once. {name: tensor}, or one line."""
     def bad(why):
         return ValueError(f"{name}: not a valid .safetensors file ({why}); download it again, "
                           f"or use the repository's pytorch_model.bin")
-
-    def whole(values):
-        return isinstance(values, list) and all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in values)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
-        if not 2 <= length <= min(size - 8, 100 << 20):
+        if not 2 <= length <= min(size - 8, SAFETENSORS_MAX_HEADER):
             raise bad("its header size does not fit the file")
         try:
             header = json.loads(f.read(length).decode("utf-8"))
         except ValueError:  # not UTF-8, not JSON
             raise bad("its header is not JSON") from None
-        data = bytearray(f.read())
+        except RecursionError:  # [[[...]]] deeper than Python's stack: no tensor entry nests so
+            raise bad("its header nests lists or objects thousands deep") from None
+        layout = safetensors_layout(header, size - 8 - length, bad)
+        try:
+            data = bytearray(size - 8 - length)  # the one copy of the tensors' bytes
+        except MemoryError:
+            raise ValueError(f"{name}: its {(size - 8 - length) / 2 ** 30:.1f} GiB of tensors do "
+                             f"not fit in this machine's memory") from None
+        if f.readinto(data) != len(data):
+            raise bad("the file is shorter than it was a moment ago")
+    state = {}
+    for key, (dtype, shape, begin, end) in layout.items():
+        tensor = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                                  offset=begin) if end > begin else torch.zeros(0, dtype=dtype)
+        state[key] = (tensor if begin % dtype.itemsize == 0 else tensor.clone()).reshape(shape)
+    return state  # clone: torch's kernels expect aligned elements
+
+
+def safetensors_layout(header, available, bad):
+    """{key: (dtype, shape, begin, end)} of a safetensors header, each entry checked against the
+    `available` bytes of data after the header (read_safetensors); `bad(why)` makes the error."""
+    def whole(values, top):
+        return isinstance(values, list) and all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= top for n in values)
     if not isinstance(header, dict):
         raise bad("its header is not a JSON object")
     header.pop("__metadata__", None)
-    spans, state = [], {}
+    layout = {}
     for key, entry in header.items():
         entry = entry if isinstance(entry, dict) else {}
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise bad(f"{key} has dtype {dtype!r}, not one of {', '.join(SAFETENSORS_DTYPES)}")
-        if not (whole(shape) and whole(offsets) and len(offsets) == 2):
-            raise bad(f"{key}: shape {shape!r} and data_offsets {offsets!r} are not whole numbers")
+        if not (whole(shape, SAFETENSORS_MAX_DIM) and whole(offsets, math.inf) and
+                len(offsets) == 2):
+            raise bad(f"{key}: shape {str(shape)[:80]} and data_offsets {str(offsets)[:80]} are "
+                      f"not whole numbers (a dimension at most {SAFETENSORS_MAX_DIM})")
         (begin, end), dtype = offsets, SAFETENSORS_DTYPES[dtype]
-        if not begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
-            raise bad(f"{key}: bytes {begin}-{end} of {len(data)} are not a {dtype} tensor of "
+        if not begin <= end <= available or end - begin != math.prod(shape) * dtype.itemsize:
+            raise bad(f"{key}: bytes {begin}-{end} of {available} are not a {dtype} tensor of "
                       f"shape {shape}")
-        spans.append((begin, end))
-        state[key] = (torch.frombuffer(data[begin:end], dtype=dtype) if end > begin
-                      else torch.zeros(0, dtype=dtype)).reshape(shape)
-    spans.sort()
+        layout[key] = (dtype, shape, begin, end)
+    spans = sorted((begin, end) for _, _, begin, end in layout.values())
     starts, ends = [b for b, _ in spans], [e for _, e in spans]
-    if starts != [0] + ends[:-1] or (ends[-1] if ends else 0) != len(data):
+    if starts != [0] + ends[:-1] or (ends[-1] if ends else 0) != available:
         raise bad("its tensors' byte ranges overlap or leave gaps")
-    return state
+    return layout
 
 
 def as_state_dict(loaded, name):
@@ -471,13 +506,14 @@ def as_state_dict(loaded, name):
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
                                               for k, v in state.items()):
         raise ValueError(f"{name}: holds no state_dict (a dict of named tensors)")
-    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_complex() or v.is_meta
-           or not (v.is_floating_point() or v.dtype == torch.int64)]
-    if odd:  # sparse, complex, meta or other tensors no model of ours holds
-        found = state[odd[0]]
-        raise ValueError(f"{name}: {odd[0]} is a {found.layout} {found.dtype} tensor"
-                         f"{' on meta' if found.is_meta else ''}; a checkpoint holds dense real "
-                         f"tensors")
+    for key, v in state.items():  # sparse, complex, meta or other tensors no model of ours holds
+        odd = ("a sparse tensor" if v.layout != torch.strided else
+               "a tensor on meta (no values)" if v.is_meta else
+               f"a {v.dtype} tensor" if not (v.is_floating_point() or v.dtype == torch.int64)
+               else None)
+        if odd:
+            raise ValueError(f"{name}: {key} is {odd}; a checkpoint of ours holds dense tensors "
+                             f"of real floating-point numbers (and int64 counters)")
     return clean_state_dict(state)
 
 

@@ -227,3 +227,83 @@ def test_sisas_transfer_slices_start_from_pretrained_and_old_identities_hold(tmp
         "seconds": [0.0]}], "split": {"n_train": 3}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert read_manifest(str(tmp_path / "manifest.json"))[1].pretrained == "torchvision"
+
+
+# ------------------------------------------------------------------- hostile .safetensors (issue 32)
+
+def write(path, header_text, tail=b""):
+    """A .safetensors file byte by byte: its header size, the header as given, then `tail`."""
+    path.write_bytes(struct.pack("<Q", len(header_text)) + header_text + tail)
+    return path
+
+
+@pytest.mark.parametrize("case", ["deep", "huge dimension"])
+def test_a_hostile_header_is_one_line(tmp_path, case):
+    """PT04: a header of arrays nested 200000 deep was a RecursionError; PT09: an empty tensor of
+    shape [0, 2^63] passed the byte count (0 = 0) and overflowed in reshape."""
+    if case == "deep":
+        path = write(tmp_path / "deep.safetensors", b"[" * 200000 + b"]" * 200000)
+        message = "nests"
+    else:
+        entry = {"dtype": "F32", "shape": [0, 2 ** 63], "data_offsets": [0, 0]}
+        path = write(tmp_path / "shape.safetensors", json.dumps({"conv1.weight": entry}).encode())
+        message = "a dimension at most"
+    r = call("models.py", "--model", path)
+    assert_clean_error(r, f"{path}: not a valid .safetensors file")
+    assert message in r.stderr
+
+
+def test_a_layout_that_does_not_fit_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    """PT10: the whole file was read (and copied) before its byte ranges were checked: a sparse
+    file of gigabytes costs no disk and all of that memory. Here 64 MiB of zeros after a header
+    that names 16 bytes: refused having read the header only."""
+    import models
+    entry = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+    path = write(tmp_path / "sparse.safetensors", json.dumps({"fc.bias": entry}).encode())
+    with open(path, "ab") as f:
+        f.truncate(path.stat().st_size + (64 << 20))  # a hole: no disk
+    read = []
+
+    class Counted:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            read.append(len(data))
+            return data
+
+        def readinto(self, buffer):
+            read.append(self.f.readinto(buffer))
+            return read[-1]
+    monkeypatch.setattr(models, "open", lambda *a, **k: Counted(open(*a, **k)), raising=False)
+    with pytest.raises(ValueError, match="overlap or leave gaps"):
+        load_model(str(path))
+    assert sum(read) < 1 << 20, sum(read)
+
+
+def test_a_safetensors_file_named_pth_loads_by_its_content(tmp_path):
+    """CK02: it was "not a PyTorch checkpoint (UnpicklingError)"; its first bytes say what it is."""
+    torch.manual_seed(0)
+    state = build_model("resnet20", 10).state_dict()
+    (tmp_path / "m.pth").write_bytes(safetensors_bytes(state))
+    r = call("models.py", "--model", tmp_path / "m.pth")
+    assert r.returncode == 0, r.stderr
+    assert "resnet20, 10 classes" in r.stdout
+    model = load_model(str(tmp_path / "m.pth"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_a_tensor_of_integers_is_called_what_it_is(tmp_path):
+    """CK03: a uint8 fc.bias was called not "dense real" (it is both)."""
+    state = build_model("resnet20", 10).state_dict()
+    torch.save({**state, "fc.bias": state["fc.bias"].to(torch.uint8)}, tmp_path / "u8.pth")
+    r = call("models.py", "--model", tmp_path / "u8.pth")
+    assert_clean_error(r, "fc.bias is a torch.uint8 tensor")
+    assert "floating-point" in r.stderr and "dense real" not in r.stderr

@@ -26,6 +26,7 @@ import re
 import sys
 import time
 import urllib.parse
+import urllib.request
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 import torchvision
 
 from cli import atomic_writes, check_writable, json_bytes, read_json, run, to_json
-from published import CIFAR_MODELS, cifar_model_stats, cifar_model_url
+from published import CIFAR_MODELS, cifar_model_stats, cifar_model_url, url_from_env
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")  # dicts that hold a state_dict
@@ -325,7 +326,7 @@ def file_url(name):
         raise ValueError(f"{name}: give hf://OWNER/REPO/FILE (or hf://OWNER/REPO@REVISION/FILE)")
     owner, repo, file = parts
     repo, _, revision = repo.partition("@")
-    endpoint = os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
+    endpoint = url_from_env("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
     quote = urllib.parse.quote  # a space or a non-ASCII letter in a name is sent percent-encoded, as the Hub expects
     return f"{endpoint}/{quote(owner)}/{quote(repo)}/resolve/{quote(revision or 'main', safe='')}/{quote(file)}"
 
@@ -364,6 +365,7 @@ def fetch(name):
     cached = cache_path(url)
     if os.path.isfile(cached) and expected in (None, sha256_file(cached)) and sha256_file(cached).startswith(prefix):
         return cached
+    check_local_url(url)
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     print(f"downloading {url} -> {cached}", file=sys.stderr, flush=True)
     try:  # writes a temp file beside `cached` and renames it: an interrupted download leaves nothing behind
@@ -380,6 +382,14 @@ def fetch(name):
         raise ValueError(f"{url}: the downloaded file's sha256 is {found}, not {expected or prefix + '...'} as "
                          f"{'its name says' if not expected else name + ' asks'}; removed it")
     return cached
+
+
+def check_local_url(url):
+    """A file:// URL that names a folder is one line saying so (the download's "Is a directory ...
+    Without network access, download it elsewhere" misled)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file" and os.path.isdir(urllib.request.url2pathname(parsed.path)):
+        raise ValueError(f"{url} is a folder; name the checkpoint file in it")
 
 
 def read_checkpoint(path, name):

@@ -5,6 +5,7 @@ No torch: report.py, verify_published.py, reproduce_cards.py and models.py (the 
     python -c "import published; print(published.published_name('ssd', 3))"
 """
 import os
+import urllib.parse
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # The published numbers. ResNet18 on CIFAR-10, from the Hugging Face model cards: the full model and the
@@ -96,8 +97,22 @@ def cifar_model_url(name):
     model = name[len(CIFAR_MODELS):]
     if model not in PUBLISHED_CIFAR_MODELS:
         raise ValueError(f"{name}: unknown; the published ones are {', '.join(CIFAR_MODELS + m for m in PUBLISHED_CIFAR_MODELS)}")
-    base = os.environ.get("CIFAR_MODELS_URL", CIFAR_MODELS_URL).rstrip("/")
+    base = url_from_env("CIFAR_MODELS_URL", CIFAR_MODELS_URL).rstrip("/")
     return f"{base}/{PUBLISHED_CIFAR_MODELS[model][0]}"
+
+
+def url_from_env(variable, default):
+    """$variable, a mirror's URL, or `default` when it is unset. Set to nothing or to no URL, it is
+    one line naming it (it was "unknown url type: '/o/r/...'", the variable unnamed)."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    parts = urllib.parse.urlsplit(value)
+    web = parts.scheme in ("https", "http") and parts.netloc
+    if not (web or (parts.scheme == "file" and parts.path.strip("/"))):
+        raise ValueError(f"${variable} is set to {value!r}, not an https://, http:// or file:// "
+                         f"URL; unset it (the default is {default}) or give a mirror's URL")
+    return value
 
 
 def cifar_model_stats(name):

@@ -264,3 +264,25 @@ def test_the_evaluation_is_written_before_it_is_printed(toy, monkeypatch):
              tmp / "e.json", *flags)
     assert r.returncode == 1 and "Broken pipe" in r.stderr
     assert '"kind": "evaluation"' in (tmp / "e.json").read_text()
+
+
+@pytest.mark.parametrize("variable, model", [
+    ("HF_ENDPOINT", "hf://o/r/f.pth"),
+    ("CIFAR_MODELS_URL", "chenyaofo/pytorch-cifar-models:cifar100_resnet32"),
+])
+def test_a_download_variable_set_to_nothing_is_named(tmp_path, monkeypatch, variable, model):
+    """C03/C03b: `HF_ENDPOINT= python ...` was "unknown url type: '/o/r/resolve/main/f.pth'"."""
+    from conftest import assert_clean_error, call
+    monkeypatch.setenv(variable, "")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert_clean_error(call("models.py", "--model", model), f"${variable} is set to ''")
+
+
+def test_a_file_url_naming_a_folder_says_so(tmp_path, monkeypatch):
+    """ML09: "[Errno 21] Is a directory", then "Without network access, download it elsewhere"."""
+    from conftest import assert_clean_error, call
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "release").mkdir()
+    r = call("models.py", "--model", (tmp_path / "release").as_uri())
+    assert_clean_error(r, "is a folder; name the checkpoint file in it")
+    assert "network" not in r.stderr

@@ -55,13 +55,15 @@ EVALUATION = {"classes": ListOf(TEXT, least=1), "retrained": Maybe(TEXT),
 SISA_EVALUATION = {"models": Each({**METRICS, "mia": FRACTION})}  # evaluated with --mia
 ENSEMBLE_EVALUATION = {"models": Each({"test": {"acc": PERCENT}})}
 STAT = Maybe({"mean": number(), "std": number(0)})  # privacy.spread's
+KLOM_SETS = ("forget", "retain", "test")  # privacy.py's example sets
 GROUP = {"models": COUNT, "seconds": STAT,
          "spread": {k: STAT for k in ("forget_acc", "retain_acc", "test_acc", "mia")}}
 SEEDS_GROUP = {**GROUP, "forget_quality": FRACTION, "utility": number(0), "score": number(0),
                "epsilons": ListOf(number(0), least=1),
                "ulira": {"acc": PERCENT, "tpr_at_1%": PERCENT},
-               "klom_quantiles": {s: ListOf(number(nan=True), least=3)  # NaN: an undefined example
-                                  for s in ("forget", "retain", "test")}}
+               "klom_quantiles": {s: Maybe(ListOf(number(), least=3))  # None: none defined
+                                  for s in KLOM_SETS},
+               "klom_undefined": Maybe({s: Maybe(ListOf(COUNT)) for s in KLOM_SETS})}
 HALVES_GROUP = {**GROUP, "ulira": {"acc": Maybe(PERCENT), "tpr_at_1%": Maybe(PERCENT),
                                    "tpr_at_0.1%": Maybe(PERCENT), "halves": COUNT,
                                    "pairs": ListOf(COUNT, least=2), "skipped": COUNT}}
@@ -120,8 +122,8 @@ def read_scores(path):
     if scores.get("design") == "halves":
         return checked(scores, HALVES_SCORES, path)
     checked(scores, SCORES, path)
-    for name, g in scores["groups"].items():  # the report takes one median index for every set
-        if len({len(q) for q in g["klom_quantiles"].values()}) > 1:
+    for name, g in scores["groups"].items():  # the plot takes one median index for every set
+        if len({len(q) for q in g["klom_quantiles"].values() if q is not None}) > 1:
             raise ValueError(f"{path}: groups[{json.dumps(name)}].klom_quantiles: the example "
                              f"sets have different numbers of quantiles; {REMAKE}")
     return scores
@@ -302,7 +304,7 @@ def spread_cells(g):
 def klom_cell(g, s):
     """An example set's KLOM: median [25%, 75%] over the examples where it is defined, and how
     many are not."""
-    q, undefined = g["klom_quantiles"][s], len(g.get("klom_undefined", {}).get(s, []))
+    q, undefined = g["klom_quantiles"][s], len((g.get("klom_undefined") or {}).get(s) or [])
     mid = len(q) // 2 if q else 0  # the median of the stored quantiles
     cell = "-" if q is None else f"{q[mid]:.2f} [{q[1]:.2f}, {q[-2]:.2f}]"
     return cell + (f" ({undefined} undefined)" if undefined else "")
@@ -601,19 +603,21 @@ def card_results(meta, name):
 
 def model_card(meta, name, license="mit"):
     """A Markdown card in the layout of the published Hugging Face cards, from a checkpoint's JSON sidecar."""
-    what = f"unlearned with {meta['method']}" if meta.get("method") else f"trained with the {meta.get('recipe', 'sgd')} recipe"
+    versions, argv = meta.get("versions") or {}, meta.get("argv") or []  # absent: None (checked)
+    what = (f"unlearned with {meta['method']}" if meta.get("method") else
+            f"trained with the {meta.get('recipe') or 'sgd'} recipe")
     details = [f"- **Base Model**: {meta['arch']}", f"- **Dataset**: {meta['dataset']}",
                f"- **Excluded Class**: {forget_label(meta) if meta['split']['n_forget'] else 'None'}",
                "- **Loss Function**: cross-entropy", *[f"- **{k}**: {v}" for k, v in meta["config"].items()],
                f"- **Seconds**: {meta['seconds']:.1f} on {meta['device']}",
-               "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())]
+               "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
     if meta.get("source"):
         details.insert(0, f"- **Unlearned from**: `{hub_name(meta['source'])}`")
     if name in published_names():
         details.insert(0, f"- **Published counterpart**: `{published_names()[name]}` (`python verify_published.py` "
                           f"compares them)")
     return "\n".join([card_front_matter(meta, license), "", f"# {name}", "",
-                      f"A {meta['arch']} on {meta['dataset']}, {what} (`{' '.join(meta.get('argv', []))}`).", "",
+                      f"A {meta['arch']} on {meta['dataset']}, {what} (`{' '.join(argv)}`).", "",
                       "## Testing Data", "", f"**Dataset**: {meta['dataset']} test set  ",
                       "**Metrics**: Forget class accuracy(loss), Retain class accuracy(loss), MIA" if meta.get("method")
                       else "**Metrics**: Top-1 accuracy", "", "## Training Details", "", "### Training Procedure", "",

@@ -156,14 +156,18 @@ def test_a_bad_field_is_one_line_naming_the_file_and_the_field(run, case):
     assert not (run / "report.md").exists()
 
 
-def test_klom_may_be_nan_where_an_example_is_undefined(run):
-    """privacy.py may mark an example whose histogram is empty NaN (issue 32): reported as such."""
-    nan = [float("nan")] * 5
-    quantiles = run / "pools/p/scores.json"
-    edit(quantiles, lambda c: c["groups"]["ssd"]["klom_quantiles"].update(test=nan))
+def test_klom_undefined_where_no_example_is_defined(run):
+    """privacy.py leaves an undefined KLOM out of the quantiles (None when no example of the set
+    has one) and lists the examples in klom_undefined: reported as such, not refused."""
+    def undefined(c):
+        c["groups"]["ssd"]["klom_quantiles"]["test"] = None
+        c["groups"]["ssd"]["klom_undefined"] = {"forget": [], "retain": [], "test": [3, 5, 8]}
+    edit(run / "pools/p/scores.json", undefined)
     r = call("report.py", run)
     assert r.returncode == 0, r.stderr
-    assert "nan [nan, nan]" in (run / "report.md").read_text()
+    assert "| - (3 undefined) |" in (run / "report.md").read_text()
+    edit(run / "pools/p/scores.json", lambda c: c["groups"]["ssd"].update(klom_undefined=3))
+    assert_clean_error(call("report.py", run), 'groups["ssd"].klom_undefined is 3')
 
 
 def test_a_model_path_holding_unlearn_is_labelled_by_its_name(run):
@@ -207,3 +211,13 @@ def test_the_report_is_never_written_over_a_card_it_links_to(run):
     r = call("report.py", run, "--out", run / "cards" / "full.md", "--overwrite")
     assert_clean_error(r, "--out")
     assert (run / "cards" / "full.md").read_text() == card
+
+
+def test_a_card_from_a_sidecar_without_the_optional_fields(run):
+    """A sidecar of an earlier version lacks argv, versions and recipe: the checked reader reads
+    them as null, which the card takes as none, as it took them absent."""
+    edit(run / "full.json", lambda c: [c.pop(k) for k in ("argv", "versions", "recipe")])
+    r = call("report.py", "--card", run / "full.pth")
+    assert r.returncode == 0, r.stderr
+    card = (run / "full.md").read_text()
+    assert "trained with the sgd recipe (``)" in card and "- **Versions**: \n" in card

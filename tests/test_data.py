@@ -328,7 +328,7 @@ def test_cli_lists_classes_and_split(cifar_jpeg, data_dir):
     assert "classes: " + " ".join(CIFAR10_NAMES) in r.stdout and "5000 forget, 45000 retain" in r.stdout
 
 
-# ----------------------------------------------------------------- files a user hands us (issue 32)
+# --------------------------------------------------------------- files a user hands us (issue 32)
 
 def test_a_cache_holding_a_label_out_of_range_is_decoded_again(tmp_path):
     """TB09: a cache in --data-dir with a label 99 of 3 classes was served, then IndexError in the

@@ -229,7 +229,7 @@ def test_sisas_transfer_slices_start_from_pretrained_and_old_identities_hold(tmp
     assert read_manifest(str(tmp_path / "manifest.json"))[1].pretrained == "torchvision"
 
 
-# ------------------------------------------------------------------- hostile .safetensors (issue 32)
+# ----------------------------------------------------------------- hostile .safetensors (issue 32)
 
 def write(path, header_text, tail=b""):
     """A .safetensors file byte by byte: its header size, the header as given, then `tail`."""
@@ -289,7 +289,7 @@ def test_a_layout_that_does_not_fit_is_refused_before_the_data_is_read(tmp_path,
 
 
 def test_a_safetensors_file_named_pth_loads_by_its_content(tmp_path):
-    """CK02: it was "not a PyTorch checkpoint (UnpicklingError)"; its first bytes say what it is."""
+    """CK02: it was "not a PyTorch checkpoint (UnpicklingError)"; its first bytes tell."""
     torch.manual_seed(0)
     state = build_model("resnet20", 10).state_dict()
     (tmp_path / "m.pth").write_bytes(safetensors_bytes(state))

@@ -426,24 +426,65 @@ def class_count(model, x):
 
 
 def set_ieee_fp32(ieee):
-    """CUDA's fp32 convolutions and matmuls: IEEE fp32 (ieee=True) or TF32 (10-bit mantissa, cuDNN's default for
-    convolutions). Returns the previous settings, for restore_fp32. A CPU ignores these flags."""
-    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
-        previous = ("api", torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
-        torch.backends.cudnn.conv.fp32_precision = "ieee" if ieee else "tf32"
-        torch.backends.cuda.matmul.fp32_precision = "ieee" if ieee else "tf32"
-    else:  # torch before 2.9
+    """CUDA's fp32 convolutions and matmuls: IEEE fp32 (ieee=True) or TF32 (10-bit mantissa,
+    cuDNN's default for convolutions). Returns the previous settings, for restore_fp32. A CPU
+    ignores these flags. torch >= 2.9 has two APIs, and both are set: the legacy flags first
+    (they write the new one's values too), then each op's own (over an "all" a user set). Every
+    getter of either then reads the same answer: the new API alone leaves the legacy getters
+    raising "a mix of the legacy and new APIs" (aten/src/ATen/Context.cpp: allowTF32CuDNN,
+    allowTF32CuBLAS, float32MatmulPrecision), which max-autotune, torch.export or a user's
+    library may read."""
+    if not new_fp32_api():  # torch before 2.9: the legacy flags are the only ones
         previous = ("legacy", torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not ieee
+        return previous
+    previous = ("api", per_op_fp32(), legacy_tf32())
+    torch.backends.cudnn.allow_tf32 = not ieee  # conv and rnn: tf32, or none (defers to "all")
+    torch.backends.cuda.matmul.allow_tf32 = not ieee  # the matmul precision: high or highest
+    precision = "ieee" if ieee else "tf32"
+    torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cudnn.rnn.fp32_precision = precision  # as conv: cudnn.allow_tf32 reads both
+    torch.backends.cuda.matmul.fp32_precision = precision
     return previous
 
 
+def new_fp32_api():
+    cudnn = torch.backends.cudnn
+    return hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision")
+
+
+def fp32_settings():
+    """The new API's per-op settings that set_ieee_fp32 and restore_fp32 write (mkldnn's matmul:
+    torch.set_float32_matmul_precision writes it)."""
+    b = torch.backends
+    mkldnn = [b.mkldnn.matmul] if hasattr(b.mkldnn, "matmul") else []
+    return [b.cudnn.conv, b.cudnn.rnn, b.cuda.matmul] + mkldnn
+
+
+def per_op_fp32():
+    return [op.fp32_precision for op in fp32_settings()]  # as set: "none" defers to "all"
+
+
+def legacy_tf32():
+    """(cudnn.allow_tf32, the matmul precision), or None where a mix of the two APIs made before
+    makes their getters raise."""
+    try:
+        return torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return None
+
+
 def restore_fp32(previous):
-    kind, conv, matmul = previous
-    if kind == "api":
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
-    else:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+    kind, *values = previous
+    if kind == "legacy":
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = values
+        return
+    per_op, legacy = values
+    if legacy is not None:
+        torch.backends.cudnn.allow_tf32 = legacy[0]
+        torch.set_float32_matmul_precision(legacy[1])  # writes two matmuls' own: set back below
+    for op, precision in zip(fp32_settings(), per_op):
+        op.fp32_precision = precision
 
 
 @contextlib.contextmanager

@@ -177,6 +177,51 @@ def test_fp32_on_cuda_means_ieee_and_bf16_keeps_tf32(fake_cuda):
     assert amp == torch.bfloat16 and tensor_float_32_allowed()
 
 
+def tf32_getters():
+    """Every TF32 getter of both of PyTorch's APIs (the legacy ones raise on a mix of the two)."""
+    b = torch.backends
+    return {"cudnn.allow_tf32": b.cudnn.allow_tf32, "matmul.allow_tf32": b.cuda.matmul.allow_tf32,
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "conv": b.cudnn.conv.fp32_precision, "rnn": b.cudnn.rnn.fp32_precision,
+            "matmul": b.cuda.matmul.fp32_precision}
+
+
+NEW_API = pytest.mark.skipif(not methods.new_fp32_api(), reason="torch < 2.9: legacy flags only")
+
+
+@NEW_API
+@pytest.mark.parametrize("ieee", [True, False], ids=["fp32", "bf16"])
+def test_the_legacy_tf32_getters_stay_readable_and_agree_after_set_ieee_fp32(ieee):
+    # pick_device sets IEEE under fp32 and TF32 under bf16; the new API set alone made the legacy
+    # getters raise (matmul.allow_tf32 and the matmul precision under bf16, cudnn's under fp32)
+    before = tf32_getters()
+    previous = methods.set_ieee_fp32(ieee)
+    try:
+        after = tf32_getters()
+    finally:
+        methods.restore_fp32(previous)
+    mode = "ieee" if ieee else "tf32"
+    assert after == {"cudnn.allow_tf32": not ieee, "matmul.allow_tf32": not ieee,
+                     "matmul_precision": "highest" if ieee else "high",
+                     "conv": mode, "rnn": mode, "matmul": mode}
+    assert tf32_getters() == before  # restored as it was
+
+
+@NEW_API
+def test_ieee_fp32_holds_over_a_users_all_setting_and_restores_it():
+    # a user's torch.backends.cudnn.fp32_precision = "tf32" ("all") must not make the IEEE
+    # island's convolutions TF32, and is there again after
+    b = torch.backends
+    previous_all = b.cudnn.fp32_precision
+    b.cudnn.fp32_precision = "tf32"
+    try:
+        with methods.ieee_fp32():
+            inside = (b.cudnn.conv.fp32_precision, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
+        assert inside == ("ieee", False, False) and b.cudnn.fp32_precision == "tf32"
+    finally:
+        b.cudnn.fp32_precision = previous_all
+
+
 def test_fp32_prediction_is_ieee_and_restores_the_flags(fake_cuda):
     seen = []
     model = build_model("resnet20", 7)

@@ -242,7 +242,7 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
             "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
             "normalization": normalization(data),
             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
-            "precision": "fp32" if amp is None or args.method == "ssd" else "bf16",  # SSD: IEEE fp32 passes only
+            "precision": "fp32" if amp is None or fn is unlearn_ssd else "bf16",  # ssd, lfssd: IEEE passes
             "changed_weights": changed, "weights": sum(p.numel() for p in before.values()),
             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
             "metrics": None, "retrained": args.retrained, "retrained_metrics": None, "identity": identity}

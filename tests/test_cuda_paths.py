@@ -244,6 +244,10 @@ def test_unlearn_records_the_precision_that_ran(tmp_path, conv_dtypes):
     assert r.returncode == 0, r.stderr
     meta = json.load(open(tmp_path / "ssd.json"))
     assert meta["precision"] == "fp32" and meta["changed_weights"] >= 0 and "SSD dampened" in r.stdout
+    conv_dtypes.clear()  # lfssd runs SSD's passes, IEEE fp32 under bf16 too: its label says so
+    r = call("unlearn.py", "--method", "lfssd", "--precision", "bf16", *common, "--out", tmp_path / "lf.pth")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / "lf.json"))["precision"] == "fp32" and set(conv_dtypes) == {torch.float32}
 
 
 def test_out_of_gpu_memory_names_the_need_and_jobs_never_the_batch(tmp_path, monkeypatch):

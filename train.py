@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -200,15 +201,16 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
 
 def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None,
         val_loader=None, amp=None, step_model=None, write=True, save_every=1):
-    """Train `model` with the recipe `cfg`. After every epoch: a printed line, the test (and validation) accuracy
-    when a loader is given, and with a path prefix, every `save_every` epochs (and at stop_after), the resumable
-    state <prefix>.state.pt and the log <prefix>.log.jsonl. With val_loader and cfg.patience, stop after
-    `patience` epochs without a better validation accuracy. When done, the best-validation weights are restored.
-    amp: autocast dtype (bf16) or None (the caller's: fp32 in train.py); step_model: what the training step
-    calls, when not the model itself: torch.compile(model) or a DistributedDataParallel wrapper (evaluation and
-    checkpoints use the model itself); write: False on the ranks other than 0 of a distributed run, which read
-    the resumable state but leave writing it to rank 0. Returns (log, done); done is False only after
-    stop_after, when the run is to be resumed."""
+    """Train `model` with the recipe `cfg`. After every epoch: a printed line, the test (and
+    validation) accuracy when a loader is given, and with a path prefix the log <prefix>.log.jsonl
+    and, every `save_every` epochs (and at stop_after), the resumable state <prefix>.state.pt. With
+    val_loader and cfg.patience, stop after `patience` epochs without a better validation accuracy.
+    When done, the best-validation weights are restored. amp: autocast dtype (bf16) or None (the
+    caller's: fp32 in train.py); step_model: what the training step calls, when not the model
+    itself: torch.compile(model) or a DistributedDataParallel wrapper (evaluation and checkpoints
+    use the model itself); write: False on the ranks other
+    than 0 of a distributed run, which read the resumable state but leave writing it to rank 0.
+    Returns (log, done); done is False only after stop_after, when the run is to be resumed."""
     optimizer, scheduler = cfg.optimizer(model)
     step_model = model if step_model is None else step_model  # not `or`: a compiled module has no bool()
     compiled = set() if step_model is not model and hasattr(step_model, "_orig_mod") else None
@@ -219,8 +221,9 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
         print(f"resumed from {state_path} after epoch {len(log)}", file=sys.stderr)
     for epoch in range(len(log) + 1, cfg.epochs + 1):
         start, lr = time.time(), scheduler.get_last_lr()[0]
-        loss, train_acc, compiling = train_epoch(step_model, train_loader, optimizer, f"epoch {epoch}/{cfg.epochs}",
-                                                 amp, compiled)
+        label = f"epoch {epoch}/{cfg.epochs}"
+        loss, train_acc, compiling = train_epoch(step_model, train_loader, optimizer, label, amp,
+                                                 compiled)
         if non_finite(model.state_dict()):
             raise ValueError(f"epoch {epoch}: the weights hold NaN or inf (the run diverged); lower --lr")
         scheduler.step()
@@ -237,14 +240,13 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
             flush=True)
         if prefix and write and (epoch % save_every == 0 or epoch == stop_after):
             save_state(state_path, model, optimizer, scheduler, train_loader, log, best, identity)
+        if prefix and write:  # every epoch: a run stopped from outside leaves its epochs' lines
             write_log(prefix + ".log.jsonl", log)
         if epoch == stop_after and epoch < cfg.epochs:
             return log, False
         if val_loader and cfg.patience and epoch - best["epoch"] >= cfg.patience:
             print(f"early stop: no better validation accuracy since epoch {best['epoch']}", flush=True)
             break
-    if prefix and write:
-        write_log(prefix + ".log.jsonl", log)  # every epoch's line, also those after the last state
     if best["model"] is not None:
         model.load_state_dict(best["model"])
     return log, True
@@ -515,10 +517,11 @@ def compile_step(model, device, backend):
 
 
 def runtime_stats(log, device):
-    """What a run's sidecar says about its speed: seconds per epoch (the first and the median, compilation
-    apart), compilation seconds, the GPU's peak memory, and CUDA graphs torch.compile had to skip."""
-    seconds = sorted(r["seconds"] for r in log)
-    stats = {"first_epoch_seconds": log[0]["seconds"], "median_epoch_seconds": seconds[len(seconds) // 2],
+    """What a run's sidecar says about its speed: seconds per epoch (the first and the median,
+    compilation apart; the median of an even count is the mean of the middle two), compilation
+    seconds, the GPU's peak memory, and CUDA graphs torch.compile had to skip."""
+    stats = {"first_epoch_seconds": log[0]["seconds"],
+             "median_epoch_seconds": statistics.median(r["seconds"] for r in log),
              "compile_seconds": sum(r.get("compile_seconds", 0.0) for r in log), "peak_memory_gb": None,
              "cudagraph_skips": None}
     if device.type == "cuda":
@@ -589,5 +592,10 @@ def main_sisa(args, cfg, data, split):
     print(f"saved {path} ({sisa.shards} shards; evaluate it with evaluate.py --model {path})")
 
 
+# what --resume continues from: the last state written (every --save-every epochs)
+INTERRUPTED = ("interrupted; run the same command with --resume to continue from the last "
+               "resumable state, written every --save-every epochs (default 1: the last finished "
+               "epoch) and at --stop-after")
+
 if __name__ == "__main__":
-    run(main, "interrupted; run the same command with --resume to continue from the last finished epoch")
+    run(main, INTERRUPTED)

@@ -70,17 +70,58 @@ def test_train_cli_compiles_and_reports_compile_time_apart(tmp_path):
 
 def test_the_resumable_state_is_written_every_k_epochs_and_at_stop_after(tmp_path, monkeypatch):
     import train
-    writes = []
+    writes, logs = [], []
     monkeypatch.setattr(train, "save_state", lambda path, *a: writes.append(len(a[4])))  # a[4]: the log so far
+    write_log = train.write_log
+    monkeypatch.setattr(train, "write_log", lambda path, log: logs.append(len(log)) or write_log(path, log))
     data = tiny_data()
-    for stop_after, expected in ((None, [2, 4]), (3, [2, 3])):
-        writes.clear()
+    for stop_after, expected, lines in ((None, [2, 4], [1, 2, 3, 4, 5]), (3, [2, 3], [1, 2, 3])):
+        writes.clear(), logs.clear()
         model = build_model("resnet20", 7)
         loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, seed=1)
         fit(model, loader, None, TrainConfig(arch="resnet20", epochs=5, batch_size=32), prefix=str(tmp_path / "m"),
             stop_after=stop_after, save_every=2)
         assert writes == expected
+        assert logs == lines  # the log every epoch: a run killed from outside leaves each epoch's line
     assert len(open(tmp_path / "m.log.jsonl").readlines()) == 3  # every epoch run, also after the last state
+
+
+def test_the_median_epoch_of_an_even_count_is_the_mean_of_the_middle_two():
+    import train
+    log = [{"seconds": s, "compile_seconds": 0.0} for s in (4.0, 1.0, 3.0, 9.0)]
+    stats = train.runtime_stats(log, CPU)
+    assert stats["median_epoch_seconds"] == 3.5 and stats["first_epoch_seconds"] == 4.0
+    assert train.runtime_stats(log[:3], CPU)["median_epoch_seconds"] == 3.0
+
+
+def test_ctrl_c_promises_the_resume_point_that_resume_uses(tmp_path, monkeypatch):
+    # interrupted during epoch 4 with --save-every 3: --resume continues after epoch 3's state, the last
+    # multiple of --save-every, not after the last finished epoch; the message says so
+    import train
+    data = tiny_data()
+    calls = []
+    epoch = train.train_epoch
+
+    def interrupted_in_epoch_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return epoch(*args, **kwargs)
+    monkeypatch.setattr(train, "train_epoch", interrupted_in_epoch_4)
+    cfg, prefix = TrainConfig(arch="resnet20", epochs=5, batch_size=32), str(tmp_path / "m")
+
+    def run(resume):
+        model = build_model("resnet20", 7)
+        loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, seed=1)
+        return fit(model, loader, None, cfg, prefix=prefix, resume=resume, identity={}, save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(resume=False)
+    assert [r["epoch"] for r in torch.load(prefix + ".state.pt", weights_only=True)["log"]] == [1, 2]
+    assert len(open(prefix + ".log.jsonl").readlines()) == 3  # epoch 3 finished, its state not written
+    log, done = run(resume=True)
+    assert done and [r["epoch"] for r in log] == [1, 2, 3, 4, 5] and len(calls) == 4 + 3  # epochs 3-5 again
+    assert "--save-every" in train.INTERRUPTED and "last finished epoch)" in train.INTERRUPTED
+    assert "continue from the last finished epoch" not in train.INTERRUPTED
 
 
 def test_the_weights_digest_stays_on_the_weights_device():

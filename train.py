@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,7 +209,8 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
     When done, the best-validation weights are restored. amp: autocast dtype (bf16) or None (the
     caller's: fp32 in train.py); step_model: what the training step calls, when not the model
     itself: torch.compile(model) or a DistributedDataParallel wrapper (evaluation and checkpoints
-    use the model itself); write: False on the ranks other
+    use the model itself); a compiled step that fails (compilation, a CUDA graph) falls back to the
+    eager one from the start of its epoch (fall_back_to_eager); write: False on the ranks other
     than 0 of a distributed run, which read the resumable state but leave writing it to rank 0.
     Returns (log, done); done is False only after stop_after, when the run is to be resumed."""
     optimizer, scheduler = cfg.optimizer(model)
@@ -220,17 +222,27 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
         log, best = load_state(state_path, model, optimizer, scheduler, train_loader, identity)
         print(f"resumed from {state_path} after epoch {len(log)}", file=sys.stderr)
     for epoch in range(len(log) + 1, cfg.epochs + 1):
-        start, lr = time.time(), scheduler.get_last_lr()[0]
+        start, lr, failed = time.time(), scheduler.get_last_lr()[0], None
         label = f"epoch {epoch}/{cfg.epochs}"
-        loss, train_acc, compiling = train_epoch(step_model, train_loader, optimizer, label, amp,
-                                                 compiled)
+        start_state = compiled is not None and epoch_start(model, optimizer, train_loader)
+        try:
+            loss, train_acc, compiling = train_epoch(step_model, train_loader, optimizer, label,
+                                                     amp, compiled)
+        except Exception as e:  # a compiler's errors share no class
+            if not start_state or isinstance(e, ValueError):  # ValueError: it diverged
+                raise
+            failed = fall_back_to_eager(e, label, start_state, model, optimizer, train_loader)
+            step_model, compiled = step_model._orig_mod, None  # the model, or its DDP wrapper
+            loss, train_acc, compiling = train_epoch(step_model, train_loader, optimizer, label,
+                                                     amp)
         if non_finite(model.state_dict()):
             raise ValueError(f"epoch {epoch}: the weights hold NaN or inf (the run diverged); lower --lr")
         scheduler.step()
         record = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
                   "test_acc": accuracy(model, test_loader, amp) if test_loader else None,
                   "val_acc": accuracy(model, val_loader, amp) if val_loader else None,
-                  "seconds": time.time() - start - compiling, "compile_seconds": compiling}
+                  "seconds": time.time() - start - compiling, "compile_seconds": compiling,
+                  "compile_failed": failed}
         log.append(record)
         if val_loader and record["val_acc"] > best["acc"]:
             best = {"acc": record["val_acc"], "epoch": epoch, "model": copy.deepcopy(model.state_dict())}
@@ -250,6 +262,33 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
     if best["model"] is not None:
         model.load_state_dict(best["model"])
     return log, True
+
+
+def epoch_start(model, optimizer, loader):
+    """What an epoch starts from, kept while a compiled step runs so that fall_back_to_eager can
+    run it again: on the device, for ResNet18 a ~90 MB copy of weights and momentum (a few ms)."""
+    return {"model": {k: v.clone() for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "data_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+
+def fall_back_to_eager(error, label, start, model, optimizer, loader):
+    """A compiled step failed (compiling, or in a CUDA graph): its traceback printed, and the
+    epoch's starting point (weights, BatchNorm statistics, optimizer, data and torch RNG) put back,
+    for the caller to run the epoch again, and the rest, eager: what `--compile off` would do from
+    there. A hang has no such way out: a time limit around the run must end it (the first GPU
+    call's steps have one). Returns the error's first lines, for the log."""
+    traceback.print_exception(error)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = f"{type(error).__name__}: {' '.join(lines[:2])[:300]}"  # dynamo's: backend, then cause
+    print(f"warning: {label}: the compiled step failed ({cause}; its traceback is above); this "
+          f"epoch again from its start, and the rest, without compiling", file=sys.stderr,
+          flush=True)
+    model.load_state_dict(start["model"])
+    optimizer.load_state_dict(start["optimizer"])
+    loader.generator.set_state(start["data_rng"])
+    torch.set_rng_state(start["torch_rng"])
+    return cause
 
 
 def write_log(path, log):
@@ -500,6 +539,7 @@ def train(args, cfg, data, split, out, identity):
                             "pretrained": pretrained, "split": describe_split(split, data.classes),
                             "device": str(device), "precision": "bf16" if amp else "fp32", "compile": args.compile,
                             "seconds": sum(r["seconds"] for r in log), **runtime_stats(log, device),
+                            "compile_failed": compile_failure(log),
                             "metrics": log[-1], "log": os.path.basename(prefix + ".log.jsonl"), "world_size": world,
                             "ranks_agree": agree if world > 1 else None, "identity": identity})
     if os.path.exists(prefix + ".state.pt"):  # none when the run was shorter than --save-every
@@ -514,6 +554,12 @@ def compile_step(model, device, backend):
     the same graph capture without code generation (fast to start: what the CPU tests run)."""
     mode = "reduce-overhead" if backend == "inductor" and device.type == "cuda" else None
     return torch.compile(model, backend=backend, mode=mode, dynamic=False)
+
+
+def compile_failure(log):
+    """The epoch where a compiled step failed and the run went on eager, and the error, or None."""
+    failed = [r for r in log if r.get("compile_failed")]
+    return {"epoch": failed[0]["epoch"], "error": failed[0]["compile_failed"]} if failed else None
 
 
 def runtime_stats(log, device):

@@ -73,7 +73,8 @@ def test_the_resumable_state_is_written_every_k_epochs_and_at_stop_after(tmp_pat
     writes, logs = [], []
     monkeypatch.setattr(train, "save_state", lambda path, *a: writes.append(len(a[4])))  # a[4]: the log so far
     write_log = train.write_log
-    monkeypatch.setattr(train, "write_log", lambda path, log: logs.append(len(log)) or write_log(path, log))
+    monkeypatch.setattr(train, "write_log",
+                        lambda path, log: logs.append(len(log)) or write_log(path, log))
     data = tiny_data()
     for stop_after, expected, lines in ((None, [2, 4], [1, 2, 3, 4, 5]), (3, [2, 3], [1, 2, 3])):
         writes.clear(), logs.clear()
@@ -82,7 +83,7 @@ def test_the_resumable_state_is_written_every_k_epochs_and_at_stop_after(tmp_pat
         fit(model, loader, None, TrainConfig(arch="resnet20", epochs=5, batch_size=32), prefix=str(tmp_path / "m"),
             stop_after=stop_after, save_every=2)
         assert writes == expected
-        assert logs == lines  # the log every epoch: a run killed from outside leaves each epoch's line
+        assert logs == lines  # every epoch: a run killed from outside leaves its epochs' lines
     assert len(open(tmp_path / "m.log.jsonl").readlines()) == 3  # every epoch run, also after the last state
 
 
@@ -95,8 +96,8 @@ def test_the_median_epoch_of_an_even_count_is_the_mean_of_the_middle_two():
 
 
 def test_ctrl_c_promises_the_resume_point_that_resume_uses(tmp_path, monkeypatch):
-    # interrupted during epoch 4 with --save-every 3: --resume continues after epoch 3's state, the last
-    # multiple of --save-every, not after the last finished epoch; the message says so
+    # interrupted during epoch 4 with --save-every 2: --resume continues after epoch 2's state, the
+    # last multiple of --save-every, not after epoch 3, the last finished; the message says so
     import train
     data = tiny_data()
     calls = []
@@ -113,15 +114,67 @@ def test_ctrl_c_promises_the_resume_point_that_resume_uses(tmp_path, monkeypatch
     def run(resume):
         model = build_model("resnet20", 7)
         loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, seed=1)
-        return fit(model, loader, None, cfg, prefix=prefix, resume=resume, identity={}, save_every=2)
+        return fit(model, loader, None, cfg, prefix=prefix, resume=resume, identity={},
+                   save_every=2)
     with pytest.raises(KeyboardInterrupt):
         run(resume=False)
-    assert [r["epoch"] for r in torch.load(prefix + ".state.pt", weights_only=True)["log"]] == [1, 2]
-    assert len(open(prefix + ".log.jsonl").readlines()) == 3  # epoch 3 finished, its state not written
+    state = torch.load(prefix + ".state.pt", weights_only=True)
+    assert [r["epoch"] for r in state["log"]] == [1, 2]
+    assert len(open(prefix + ".log.jsonl").readlines()) == 3  # epoch 3 ran, its state unwritten
     log, done = run(resume=True)
-    assert done and [r["epoch"] for r in log] == [1, 2, 3, 4, 5] and len(calls) == 4 + 3  # epochs 3-5 again
+    assert done and [r["epoch"] for r in log] == [1, 2, 3, 4, 5]
+    assert len(calls) == 4 + 3  # epochs 3 to 5 run again
     assert "--save-every" in train.INTERRUPTED and "last finished epoch)" in train.INTERRUPTED
     assert "continue from the last finished epoch" not in train.INTERRUPTED
+
+
+def failing_at(batch):
+    """A torch.compile backend that runs the captured graph as it is, except that compiling a graph
+    whose batch has `batch` images fails as a broken compiler would (batch=None: every graph)."""
+    def backend(gm, example_inputs):
+        images = [t for t in example_inputs if getattr(t, "ndim", 0) == 4]
+        if batch is None or any(t.shape[0] == batch for t in images):
+            raise RuntimeError("the stand-in compiler failed")
+        return gm.forward
+    return backend
+
+
+def test_a_compile_failure_midway_falls_back_to_eager_from_the_epochs_start(capsys):
+    # the tail batch of 6 fails to compile after two compiled steps of epoch 1: the epoch runs
+    # again from its start, eager, and the run ends bitwise where the eager one does; the
+    # traceback is printed
+    (eager_log, eager), (log, model) = train_twice(
+        lambda m: torch.compile(m, backend=failing_at(6), dynamic=False))
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "stand-in compiler failed" in err and "without compiling" in err
+    assert "stand-in compiler failed" in log[0]["compile_failed"] and not log[1]["compile_failed"]
+    assert [r["loss"] for r in log] == [r["loss"] for r in eager_log]
+    for (name, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_compile_failure_after_a_resumed_state_falls_back_to_eager(tmp_path, capsys):
+    # the cards' training writes its state every 10 epochs: a compile failure after resuming from
+    # it (a new process compiles again) goes on eager from there, bitwise the eager run
+    data = tiny_data()
+    cfg, prefix = TrainConfig(arch="resnet20", epochs=3, batch_size=32), str(tmp_path / "m")
+
+    def run(step_model_of, **kwargs):
+        torch.manual_seed(0)
+        model = build_model("resnet20", 7)
+        loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True,
+                        augment="crop-flip", seed=1)
+        log, _ = fit(model, loader, None, cfg, identity={}, step_model=step_model_of(model),
+                     **kwargs)
+        return log, model
+    eager_log, eager = run(lambda m: None)
+    run(lambda m: None, prefix=prefix, stop_after=2)
+    log, model = run(lambda m: torch.compile(m, backend=failing_at(None), dynamic=False),
+                     prefix=prefix, resume=True)
+    assert "Traceback" in capsys.readouterr().err and log[2]["compile_failed"]
+    pairs = zip(eager.state_dict().values(), model.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert log[2]["loss"] == eager_log[2]["loss"]
 
 
 def test_the_weights_digest_stays_on_the_weights_device():
@@ -286,9 +339,11 @@ def test_unlearn_records_the_precision_that_ran(tmp_path, conv_dtypes):
     meta = json.load(open(tmp_path / "ssd.json"))
     assert meta["precision"] == "fp32" and meta["changed_weights"] >= 0 and "SSD dampened" in r.stdout
     conv_dtypes.clear()  # lfssd runs SSD's passes, IEEE fp32 under bf16 too: its label says so
-    r = call("unlearn.py", "--method", "lfssd", "--precision", "bf16", *common, "--out", tmp_path / "lf.pth")
+    r = call("unlearn.py", "--method", "lfssd", "--precision", "bf16", *common,
+             "--out", tmp_path / "lf.pth")
     assert r.returncode == 0, r.stderr
-    assert json.load(open(tmp_path / "lf.json"))["precision"] == "fp32" and set(conv_dtypes) == {torch.float32}
+    assert json.load(open(tmp_path / "lf.json"))["precision"] == "fp32"
+    assert set(conv_dtypes) == {torch.float32}
 
 
 def test_out_of_gpu_memory_names_the_need_and_jobs_never_the_batch(tmp_path, monkeypatch):

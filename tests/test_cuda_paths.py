@@ -1,9 +1,11 @@
 """The CUDA paths, run on a CPU through their equivalents: the compiled step (a CPU backend), bf16 autocast reaching
 every method's training steps, IEEE fp32 where fp32 is promised (the flags themselves), the weights' digest of a
 distributed run on the weights' own device, and out of GPU memory naming what the published setting needs."""
+import argparse
 import copy
 import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -185,6 +187,79 @@ def test_the_weights_digest_stays_on_the_weights_device():
     assert digest.device == CPU and digest.dtype == torch.float64 and digest.shape == (1,)
     assert digest.item() == pytest.approx(sum(v.double().sum().item() for v in model.state_dict().values()), rel=1e-12)
     assert weights_digest(model.to("meta")).device.type == "meta"
+
+
+class StandInOnCuda:
+    """A model whose parameters say whether they are on CUDA, for code that only asks (the
+    optimizers' constructors are recorders in these tests, so nothing else is read)."""
+
+    def __init__(self, cuda):
+        self.parameter = types.SimpleNamespace(is_cuda=cuda)
+
+    def parameters(self):
+        return iter([self.parameter])
+
+    def named_parameters(self):
+        return iter([("conv1.weight", self.parameter), ("fc.weight", self.parameter)])
+
+
+def record_optimizer(monkeypatch, name):
+    """torch.optim.<name> replaced by a recorder of its keyword arguments, which returns the real
+    optimizer over a stand-in CPU parameter (unfused), for the schedulers built on it."""
+    seen, real = [], getattr(torch.optim, name)
+
+    def record(params, **kwargs):
+        seen.append(kwargs)
+        plain = {k: v for k, v in kwargs.items() if k != "fused"}
+        return real([torch.zeros(1, requires_grad=True)], **plain)
+    monkeypatch.setattr(torch.optim, name, record)
+    return seen
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "cpu"])
+def test_the_optimizers_are_fused_on_cuda_and_torchs_default_elsewhere(cuda, monkeypatch):
+    # fused SGD / Adam: one kernel for every parameter's update on CUDA; on a CPU torch's default
+    # (foreach), which keeps CPU runs bitwise as before; the methods' Adam is fused everywhere
+    from train import TransferConfig
+    sgd, adam = record_optimizer(monkeypatch, "SGD"), record_optimizer(monkeypatch, "Adam")
+    model = StandInOnCuda(cuda)
+    TrainConfig().optimizer(model)
+    methods.sgd(model, methods.AdvNegGradConfig())
+    TransferConfig().optimizer(model)
+    methods.adam([torch.zeros(1, requires_grad=True)], 1e-4)
+    expected = True if cuda else None
+    assert [kw["fused"] for kw in sgd] == [expected, expected]
+    assert [kw["fused"] for kw in adam] == [expected, True]
+    assert sgd[0]["nesterov"] and sgd[0]["momentum"] == 0.9  # the recipe's, fused or not
+
+
+def test_inductor_compiles_the_step_into_cuda_graphs_on_cuda_only(monkeypatch):
+    # mode="reduce-overhead": each batch shape captured once as a CUDA graph and replayed;
+    # dynamic=False keeps the full and the tail batch two static graphs
+    import train
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.append(kwargs) or model)
+    model = build_model("resnet20", 7)
+    cuda = torch.device("cuda")  # a device object only: nothing is moved or run on it
+    for device, backend in ((cuda, "inductor"), (CPU, "inductor"), (cuda, "aot_eager")):
+        assert train.compile_step(model, device, backend) is model
+    assert seen == [{"backend": "inductor", "mode": "reduce-overhead", "dynamic": False},
+                    {"backend": "inductor", "mode": None, "dynamic": False},
+                    {"backend": "aot_eager", "mode": None, "dynamic": False}]
+
+
+def test_the_cards_jobs_take_the_classes_in_turn_with_the_methods_interleaved(tmp_path):
+    # class by class, each class's three runs together: AdvNegGrad's large runs (11 GB each in
+    # bf16) are a third of any window of jobs running at once, never all of them
+    import reproduce_cards
+    args = argparse.Namespace(dataset="cifar10", data_dir="data", device="cuda", precision="auto",
+                              subset=None, test_subset=None)
+    commands = reproduce_cards.unlearning_commands(args, str(tmp_path), "full.pth", [3, 5, 0])
+    runs = [(c[c.index("--forget-class") + 1], c[c.index("--out") + 1]) for c in commands]
+    folders = [folder for folder, _, _, _ in reproduce_cards.RUNS]
+    assert runs == [(name, str(tmp_path / folder / f"{name}.pth"))
+                    for name in ("cat", "dog", "airplane") for folder in folders]
+    assert folders == ["ssd", "ssd-retain", "advneggrad"]
 
 
 @pytest.fixture

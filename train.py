@@ -233,8 +233,10 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
                 raise
             failed = fall_back_to_eager(e, label, start_state, model, optimizer, train_loader)
             step_model, compiled = step_model._orig_mod, None  # the model, or its DDP wrapper
+            lost = time.time() - start
             loss, train_acc, compiling = train_epoch(step_model, train_loader, optimizer, label,
                                                      amp)
+            compiling += lost  # the failed try counts as compiling, not as the epoch's seconds
         if non_finite(model.state_dict()):
             raise ValueError(f"epoch {epoch}: the weights hold NaN or inf (the run diverged); lower --lr")
         scheduler.step()

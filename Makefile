@@ -89,7 +89,7 @@ DEMO_TRAIN = $(PY) train.py $(DEMO) --arch resnet20 --epochs 4 --batch-size 64 -
 
 .PHONY: help install test demo train retrain retrain-all evaluate unlearn unlearn-table ensemble sisa sisa-unlearn bench
 .PHONY: reproduce reproduce-small reproduce-steps report verify-published verify-published-small clean-demo
-.PHONY: reproduce-cards reproduce-cards-small reproduce-c100 reproduce-c100-small
+.PHONY: reproduce-cards reproduce-cards-small reproduce-c100 reproduce-c100-small first-call
 .PHONY: pool pool-unlearn pool-score pool-jobs pool-unlearn-jobs pool-small reproduce-pool
 .PHONY: ulira ulira-retrain ulira-jobs ulira-unlearn-jobs ulira-small
 
@@ -203,6 +203,17 @@ reproduce-cards: $(INSTALL)  ## the SSD and AdvNegGrad cards from one ResNet18 (
 reproduce-cards-small: $(INSTALL)  ## the same on a CPU (resnet20, 20 images a class, 2 epochs): a pipeline check
 	$(PY) reproduce_cards.py --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device cpu --arch resnet20 --epochs 2 \
 	  --subset 20 --test-subset 20 --train-flags "--batch-size 32" --out $(CARDS_DIR)-small $(CARDS_FLAGS)
+
+# ----------------------------------------------------------------------------- the first GPU call
+# One command within 9.5 minutes (studies/first_call.py): versions, the data decoded, 3 epochs
+# eager and 3 compiled, the cards' pipeline on a 15-epoch ResNet18 for cat and dog, each step under
+# its own time limit; OUT gets log.txt, results.json, cards.md and work.tar.gz. On the GPU machine:
+# `make first-call PY=python3 INSTALL= DATASET=data/cifar10-jpeg.tar.gz COMMIT=<hash> OUT=$OUT`
+# (docs/SPEED.md). EXTRA: its flags (--epochs, --classes, --limit STEP=SECONDS, --subset ...).
+OUT ?= runs/first-call/out
+first-call: $(INSTALL)  ## the first GPU call: versions, timed epochs, the cards for 2 classes
+	$(PY) -m studies.first_call $(DATA_ARGS) --device $(DEVICE) --arch $(ARCH) \
+	  --out $(call quote,$(OUT)) $(if $(COMMIT),--commit $(COMMIT)) $(EXTRA)
 
 # ----------------------------------------------------------------------------- the CIFAR-100 report
 # Fine-tuning from the report's published ResNet32 / ResNet56 (chenyaofo/pytorch-cifar-models), SISA 4 x 5, its forget

@@ -80,8 +80,9 @@ def copy_lines(stream, log, step, lines):
 
 def run_step(step, argv, limit, log, grace):
     """argv as a child in its own process group, under `limit` seconds; its output streamed to
-    the log. Returns {rc, seconds, timed_out, lines}. A Ctrl-C of this call stops the child (its
-    own session does not hear the terminal's) and is raised again."""
+    the log; whatever of the group is left when the child ends, killed, so that the next step
+    has the machine to itself. Returns {rc, seconds, timed_out, lines}. A Ctrl-C of this call
+    stops the child (its own session does not hear the terminal's) and is raised again."""
     log.line(step, f"$ {' '.join(map(shlex.quote, argv))}  (limit {limit:.0f} s)")
     started, lines = time.time(), []
     child = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -100,7 +101,8 @@ def run_step(step, argv, limit, log, grace):
     except BaseException:  # Ctrl-C or an error here: the child must not run on
         stop(child, grace)
         raise
-    reader.join(timeout=grace)  # its output up to the end (a grandchild might still hold the pipe)
+    signal_group(child, signal.SIGKILL)  # what it left running (a worker holding GPU memory, say)
+    reader.join(timeout=grace)  # its output up to the end
     result = {"rc": child.returncode, "seconds": time.time() - started, "timed_out": timed_out,
               "lines": lines}
     log.line(step, f"rc {child.returncode} in {result['seconds']:.1f} s"
@@ -123,7 +125,7 @@ def stop(child, grace):
 def signal_group(child, sig):
     try:
         os.killpg(child.pid, sig)  # the group outlives its leader while any member runs
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # none left (the number is not reused then)
         pass
 
 

@@ -113,6 +113,20 @@ def test_a_step_over_its_limit_leaves_its_lines_and_no_process(tmp_path):
     assert gone(int(open(tmp_path / "pid").read()))  # the grandchild too: the group was killed
 
 
+def test_a_step_that_ends_takes_what_it_left_running_with_it(tmp_path):
+    # a grandchild left behind (a compile worker, say) would hold the GPU during the next step
+    leaves = ("import subprocess, sys\nsleeper = subprocess.Popen([sys.executable, '-c', "
+              "'import time; time.sleep(600)'])\nopen(sys.argv[1], 'w').write(str(sleeper.pid))")
+    log = first_call.Log(str(tmp_path / "log.txt"), time.time())
+    try:
+        argv = [sys.executable, "-c", leaves, str(tmp_path / "pid")]
+        result = first_call.run_step("leaves", argv, limit=300, log=log, grace=1)
+    finally:
+        log.close()
+    assert result["rc"] == 0 and not result["timed_out"]
+    assert gone(int(open(tmp_path / "pid").read()))
+
+
 def first_call_main(*args):
     """studies.first_call's command line in this process, in the error boundary: (code, err)."""
     err = io.StringIO()

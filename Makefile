@@ -210,10 +210,13 @@ reproduce-cards-small: $(INSTALL)  ## the same on a CPU (resnet20, 20 images a c
 # its own time limit; OUT gets log.txt, results.json, cards.md and work.tar.gz. On the GPU machine:
 # `make first-call PY=python3 INSTALL= DATASET=data/cifar10-jpeg.tar.gz COMMIT=<hash> OUT=$OUT`
 # (docs/SPEED.md). EXTRA: its flags (--epochs, --classes, --limit STEP=SECONDS, --subset ...).
+# OUT is checked as WORDS are, but only for this target: the GPU machine's environment sets it.
 OUT ?= runs/first-call/out
+$(if $(filter first-call,$(MAKECMDGOALS)),$(if $(call unsafe,$(OUT)),$(call \
+	refuse,OUT=$(OUT),$(UNSAFE_WHY) ($(call unsafe,$(OUT))))))
 first-call: $(INSTALL)  ## the first GPU call: versions, timed epochs, the cards for 2 classes
-	$(PY) -m studies.first_call $(DATA_ARGS) --device $(DEVICE) --arch $(ARCH) \
-	  --out $(call quote,$(OUT)) $(if $(COMMIT),--commit $(COMMIT)) $(EXTRA)
+	$(PY) -m studies.first_call $(DATA_ARGS) --device $(DEVICE) --arch $(ARCH) --out '$(OUT)' \
+	  $(if $(COMMIT),--commit $(COMMIT)) $(EXTRA)
 
 # ----------------------------------------------------------------------------- the CIFAR-100 report
 # Fine-tuning from the report's published ResNet32 / ResNet56 (chenyaofo/pytorch-cifar-models), SISA 4 x 5, its forget

@@ -292,7 +292,7 @@ def step_limit(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/first-call/out", help="the folder of the 4 result "
                         "files, $OUT on the GPU machine (default: runs/first-call/out)")
     parser.add_argument("--work", default="runs/first-call/work", help="the steps' own folder: "

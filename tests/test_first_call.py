@@ -144,6 +144,7 @@ def first_call_main(*args):
     ("no archive", "not found; copy the CIFAR-10 archive there"),
     ("out in work", "must be apart"),
     ("bad limit", "use STEP=SECONDS"),
+    ("abbreviated", "unrecognized arguments: --bud"),  # a prefix is no flag (as in every script)
 ])
 def test_bad_input_stops_the_call_before_any_work(tmp_path, case, message):
     archive = tmp_path / "cifar10-jpeg.tar.gz"
@@ -153,7 +154,7 @@ def test_bad_input_stops_the_call_before_any_work(tmp_path, case, message):
     (out / "log.txt").write_text("someone's notes\n" if case == "foreign log" else "")
     flags = {"no archive": ["--dataset", tmp_path / "missing.tar.gz"],
              "out in work": ["--work", out.parent / "out" / ".."],
-             "bad limit": ["--limit", "cards=0"]}.get(case, [])
+             "bad limit": ["--limit", "cards=0"], "abbreviated": ["--bud", "10"]}.get(case, [])
     code, err = first_call_main("--dataset", archive, "--out", out, "--work", work, *flags)
     assert code != 0 and "Traceback" not in err and message in err.strip().splitlines()[-1], err
     assert sorted(os.listdir(out)) == ["log.txt"] and not work.exists()  # nothing ran
@@ -161,13 +162,18 @@ def test_bad_input_stops_the_call_before_any_work(tmp_path, case, message):
         assert open(out / "log.txt").read() == "someone's notes\n"
 
 
-def test_make_first_call_runs_the_script_with_the_devices_variables():
-    r = subprocess.run(["make", "-C", ROOT, "--no-print-directory", "-n", "first-call",
-                        "PY=python3", "INSTALL=", "DATASET=data/cifar10-jpeg.tar.gz",
-                        "COMMIT=abc1234", "OUT=/tmp/the out"], capture_output=True, text=True,
-                       timeout=60)
+def test_make_first_call_runs_the_script_with_the_devices_variables(tmp_path):
+    def make(*settings):
+        return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "-n", "first-call",
+                               "PY=python3", "INSTALL=", "DATASET=data/cifar10-jpeg.tar.gz",
+                               *settings], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+    r = make("COMMIT=abc1234", "OUT=/tmp/out")
     assert r.returncode == 0, r.stderr
     command = " ".join(r.stdout.replace("\\\n", " ").split())  # as the shell reads it
     assert command == ("python3 -m studies.first_call --dataset 'data/cifar10-jpeg.tar.gz' "
-                       "--data-dir './data' --device auto --arch resnet18 --out '/tmp/the out' "
+                       "--data-dir './data' --device auto --arch resnet18 --out '/tmp/out' "
                        "--commit abc1234")
+    r = make("OUT=/tmp/o'; id>PWNED; '")  # refused in one line, nothing printed or run
+    assert r.returncode != 0 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "OUT=/tmp/o'; id>PWNED; ' holds a space" in r.stderr and not os.listdir(tmp_path)

@@ -103,8 +103,8 @@ def run_step(step, argv, limit, log, grace):
         raise
     signal_group(child, signal.SIGKILL)  # what it left running (a worker holding GPU memory, say)
     reader.join(timeout=grace)  # its output up to the end
-    result = {"rc": child.returncode, "seconds": time.time() - started, "timed_out": timed_out,
-              "lines": lines}
+    result = {"rc": child.returncode, "started": started, "seconds": time.time() - started,
+              "timed_out": timed_out, "lines": lines}
     log.line(step, f"rc {child.returncode} in {result['seconds']:.1f} s"
              + (" (stopped at its limit)" if timed_out else ""))
     return result
@@ -176,7 +176,7 @@ def steps(args):
     """(name, argv) of each step, in order."""
     py, common = sys.executable, shared_flags(args)
     train = [py, "train.py", *common, "--arch", args.arch, "--epochs", str(args.epochs),
-             "--save-every", str(args.epochs), "--overwrite", *args.train_flags.split()]
+             "--save-every", str(args.epochs), "--overwrite", *shlex.split(args.train_flags)]
     return [("versions", [py, "-c", "from studies.first_call import versions; versions()"]),
             ("decode", [py, "data.py", *common[:4]]),
             ("eager", train + ["--compile", "off", "--out", os.path.join(args.work, "eager.pth")]),
@@ -196,29 +196,31 @@ def figures(step, args, result):
     if step == "decode":
         return {"seconds": result["seconds"], "said": result["lines"][-3:]}
     if step in ("eager", "compiled"):
-        return training_figures(os.path.join(args.work, step))
-    return cards_figures(os.path.join(args.work, "cards"))
+        return training_figures(os.path.join(args.work, step), result["started"])
+    path = os.path.join(args.work, "cards", "cards.json")
+    return read_json(path) if fresh(path, result["started"]) else None
 
 
-def training_figures(prefix):
+def fresh(path, since):
+    """Whether `path` was written since `since`: a file an earlier call left in the work folder
+    is not this call's figure."""
+    return os.path.isfile(path) and os.path.getmtime(path) >= since - 1  # mtimes lag time.time()
+
+
+def training_figures(prefix, since):
     """A training's speed from its sidecar, or from its per-epoch log when it was stopped."""
-    if os.path.isfile(prefix + ".json") and os.path.isfile(prefix + ".pth"):
+    if fresh(prefix + ".json", since) and fresh(prefix + ".pth", since):
         meta = read_json(prefix + ".json")
         keys = ("first_epoch_seconds", "median_epoch_seconds", "compile_seconds", "peak_memory_gb",
                 "cudagraph_skips", "compile_failed", "compile", "precision", "device", "seconds")
         return {"finished": True, **{k: meta.get(k) for k in keys},
                 "epochs": meta["metrics"]["epoch"], "test_acc": meta["metrics"]["test_acc"]}
-    if not os.path.isfile(prefix + ".log.jsonl"):
+    if not fresh(prefix + ".log.jsonl", since):
         return None
     with open(prefix + ".log.jsonl") as f:
         log = [json.loads(line) for line in f]
     return {"finished": False, "epochs": len(log), "epoch_seconds": [r["seconds"] for r in log],
             "compile_seconds": sum(r.get("compile_seconds", 0.0) for r in log)}
-
-
-def cards_figures(folder):
-    path = os.path.join(folder, "cards.json")
-    return read_json(path) if os.path.isfile(path) else None
 
 
 # ----------------------------------------------------------------------------- the call
@@ -236,10 +238,11 @@ def call(args, log, results, started):
             result = run_step(step, argv, limit, log, args.grace)
             results["steps"][step] = {"argv": argv, "limit_s": limit, **summary(result)}
             results[step] = figures(step, args, result)
+            if step == "cards":
+                copy_cards(args, result["started"])
         if "skipped" in results["steps"][step]:
             log.line(step, f"skipped: {results['steps'][step]['skipped']}")
         write_results(args, results, started)
-    copy_cards(args)
 
 
 def failed(results, step):
@@ -258,9 +261,9 @@ def write_results(args, results, started):
     write_json(os.path.join(args.out, "results.json"), results)
 
 
-def copy_cards(args):
+def copy_cards(args, since):
     source = os.path.join(args.work, "cards", "cards.md")
-    if os.path.isfile(source):
+    if fresh(source, since):  # this call's report, not one an earlier call left
         with open(source, "rb") as f:
             report = f.read()
         atomic_write(os.path.join(args.out, "cards.md"), lambda f: f.write(report))

@@ -127,6 +127,25 @@ def test_a_step_that_ends_takes_what_it_left_running_with_it(tmp_path):
     assert gone(int(open(tmp_path / "pid").read()))
 
 
+def test_files_an_earlier_call_left_are_not_this_calls_figures(tmp_path):
+    # the work folder outlives a call on the same machine: a step stopped this time must not
+    # report the finished run an earlier call left there
+    args = first_call.parse_args(["--work", str(tmp_path)])
+    (tmp_path / "cards").mkdir()
+    old = {"eager.json": '{"metrics": {"epoch": 3, "test_acc": 50.0}}', "eager.pth": "",
+           "eager.log.jsonl": '{"seconds": 2.0, "compile_seconds": 0.0}\n',
+           "cards/cards.json": "{}"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+        os.utime(tmp_path / name, (1, 1))  # written in 1970
+    result = {"started": time.time(), "seconds": 1.0, "lines": []}
+    assert first_call.figures("eager", args, result) is None
+    assert first_call.figures("cards", args, result) is None
+    os.utime(tmp_path / "eager.log.jsonl")  # this call's first epoch, then stopped
+    assert first_call.figures("eager", args, result) == {
+        "finished": False, "epochs": 1, "epoch_seconds": [2.0], "compile_seconds": 0.0}
+
+
 def first_call_main(*args):
     """studies.first_call's command line in this process, in the error boundary: (code, err)."""
     err = io.StringIO()

@@ -218,15 +218,45 @@ def main(argv=None):
     identity = {"method": args.method, "config": dataclasses.asdict(cfg), "source": source,
                 "dataset": data.name, "split": describe_split(split, data.classes)["sha256"], "seed": args.seed,
                 "precision": args.precision}
-    if check_output(out, identity, args.overwrite, inputs=[args.model, args.retrained or ""]):
-        print(f"{out} is already unlearned with these settings; nothing to do (--overwrite runs it again)")
+    inputs = [args.model, args.retrained or ""]
+    todo = left_to_do(out, identity, args, inputs)
+    if todo is None:
+        print(f"{out} is already unlearned with these settings; nothing to do (--overwrite runs "
+              f"it again)")
         return
-    print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain images -> {out}", flush=True)
+    if todo == "unlearn":
+        print(f"{args.method}: {cfg}\n{len(split.forget)} forget, {len(split.retain)} retain "
+              f"images -> {out}", flush=True)
     with lock(out, args.wait) as waited:
-        if waited and check_output(out, identity, args.overwrite, inputs=[args.model, args.retrained or ""]):
-            print(f"{out} was unlearned meanwhile by the run this one waited for; nothing to do")
-            return
-        unlearn(args, data, split, fn, cfg, model, retrained, out, identity)
+        if waited:
+            todo = left_to_do(out, identity, args, inputs)
+            if todo is None:
+                print(f"{out} was unlearned meanwhile by the run this one waited for; nothing "
+                      f"to do")
+                return
+        if todo == "evaluate":
+            evaluate_stopped(args, data, split, retrained, out)
+        else:
+            unlearn(args, data, split, fn, cfg, model, retrained, out, identity)
+
+
+def left_to_do(out, identity, args, inputs):
+    """What `out` still needs: "unlearn", "evaluate" (saved with these settings by a run stopped
+    before its evaluation: killed, Ctrl-C, a full disk; and evaluation asked) or None."""
+    if not check_output(out, identity, args.overwrite, inputs=inputs):
+        return "unlearn"
+    metrics = read_json(sidecar_path(out)).get("metrics")  # unlearn() adds them after saving
+    return None if args.no_eval or isinstance(metrics, dict) else "evaluate"
+
+
+def evaluate_stopped(args, data, split, retrained, out):
+    """The model a stopped run saved, evaluated now: its sidecar completed, as unlearn() does."""
+    print(f"{out} is unlearned with these settings but not evaluated (a run stopped after "
+          f"'saved'); evaluating it", flush=True)
+    device, _ = pick_device(args.device, args.precision)
+    model = to_device(load_model(out, num_classes=len(data.classes)), device)
+    seconds = read_json(sidecar_path(out)).get("seconds")
+    evaluate_saved(args, data, split, model, retrained, out, seconds, device)
 
 
 def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
@@ -250,8 +280,13 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
     if args.method == "ssd":
         print(ssd_summary(changed, meta["weights"], cfg))
     print(f"saved {out} ({seconds:.1f}s)", flush=True)
-    if args.no_eval:
-        return
+    if not args.no_eval:
+        evaluate_saved(args, data, split, model, retrained, out, seconds, device)
+
+
+def evaluate_saved(args, data, split, model, retrained, out, seconds, device):
+    """The saved model's evaluation (and the retrained model's beside it) added to its sidecar,
+    then the table."""
     rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
     if retrained:
         rows.insert(0, (args.retrained, evaluate_model(to_device(retrained, device), data, split, device, mia=True)))

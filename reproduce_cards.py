@@ -1,7 +1,8 @@
 """The SSD and AdvNegGrad model cards' tables, reproduced in one resumable command, beside the published numbers.
 
-    make reproduce-cards PY=python3 INSTALL= DATASET=data/cifar10-jpeg.tar.gz   # one H100/H200 (target: 8 minutes)
-    make reproduce-cards-small                                                  # a CPU: resnet20 on a subset
+    make reproduce-cards PY=python3 INSTALL= DATASET=data/cifar10-jpeg.tar.gz   # one H100 (below)
+    make reproduce-cards-train ...; make reproduce-cards ...    # the same in two GPU commands
+    make reproduce-cards-small                                  # a CPU: resnet20 on a subset
     python reproduce_cards.py --model hf://jaeunglee/resnet18-cifar10-unlearning/resnet18_cifar10_full.pth
 
 From one 200-epoch ResNet18 (trained here with the recipe, or given by --model), every class is unlearned with
@@ -9,25 +10,35 @@ SSD (lambda 1, alpha 10, the card's) under both choices of D (the official scrip
 retain set alone) and with AdvNegGrad (the card's settings), several jobs at once; --retrain adds the gold
 standard for some classes. Writes OUT/cards.md (and cards.json): the test top-1, seconds per epoch, both cards'
 tables in their layout beside the published numbers with the differences, SSD's dampened weights per class,
-seconds and GPU memory per run, the device and versions. Every step is a file under OUT: a rerun (or an
-interrupted one) continues where it stopped.
+seconds and GPU memory per run, the device and versions.
+
+Every step is a file under OUT, made with the settings OUT/settings.json records: a rerun
+with them (or an interrupted one) continues where it stopped; one with others is refused, or
+redone with --overwrite. --stage train stops after the model. Each job's output is shown and
+kept beside its result as it comes (OUT/ssd/cat.log); Ctrl-C stops every job. Predicted on one
+H100, not measured: 7-11 minutes in all; --stage train 4-7, then the cards 3-5 (docs/SPEED.md).
 """
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
+import glob
 import importlib
 import io
 import json
 import os
-import platform
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 from cli import (add_runtime_args, atomic_write, check_out, pick_device, positive_int, read_json, run, text_of_kind,
                  write_json)
 from data import add_data_args, load_dataset
+from models import finished, is_remote, sha256_file, sidecar_path
 from published import CIFAR10, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_UNLEARN
 
 # (folder under OUT, method, its extra flags, the published card it is compared with)
@@ -35,6 +46,17 @@ RUNS = [("ssd", "ssd", [], "ssd"), ("ssd-retain", "ssd", ["--full-set", "retain"
         ("advneggrad", "advneggrad", [], "advneggrad")]
 ACC_TOLERANCE, LOSS_TOLERANCE = 0.5, 0.05  # a row agrees: within 0.5 points and 5% of the loss (verify_published)
 CUDA_CONTEXT_GB = 1.5  # a process's CUDA context, cuDNN workspace and its data on the GPU, besides the method's need
+TAIL = 20  # lines of a failed job's output shown when it printed no traceback
+SETTINGS = "settings.json"  # under --out: the settings its steps were made with (check_settings)
+OUTPUTS = ("full.*", "full_eval.*", "no_*.*", "ssd/*", "ssd-retain/*", "advneggrad/*",
+           "cards.*")  # the steps under --out, by pattern
+TRAIN_FLAGS_SET_HERE = (  # train.py's flags that --train-flags cannot give: this script sets them
+    "arch", "epochs", "out", "resume", "overwrite", "stop_after", "sisa", "shard", "compile",
+    "save_every", "device", "precision", "dataset", "data_dir", "subset", "test_subset",
+    "forget_class", "forget_fraction", "forget_seed", "forget_indices", "forget_positions",
+    "keep_half")
+INTERRUPTED = ("interrupted; finished steps are kept under --out: run the same command again to "
+               "continue")
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -48,50 +70,256 @@ def script_argv(script, args, *flags):
     return [script, *data, *map(str, flags)]
 
 
+def log_path(argv):
+    """Where a job's output is kept: beside its output (its last --out or --json), as .log."""
+    out = argv[max(i for i, a in enumerate(argv) if a in ("--out", "--json")) + 1]
+    return os.path.splitext(out)[0] + ".log"
+
+
+@contextlib.contextmanager
+def job_log(argv):
+    """The job's log, opened for appending (an earlier attempt's output stays), after a line
+    naming the command."""
+    path = log_path(argv)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} python {shlex.join(map(str, argv))}\n")
+        yield f
+
+
+class Tee(io.TextIOBase):
+    """A stream that writes to another (the terminal) and to a log as the text comes, and keeps
+    it."""
+
+    def __init__(self, stream, log, kept):
+        super().__init__()
+        self.stream, self.log, self.kept = stream, log, kept
+
+    def write(self, text):
+        self.stream.write(text)
+        self.log.write(text)
+        self.log.flush()  # a job stopped by a time limit leaves its output so far
+        self.kept.append(text)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def failure(argv, lines):
+    """A failed job in words: its command, then its output from its first traceback on (a chained
+    one whole), or its last TAIL lines where it printed none; all of it is in its log."""
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    shown_lines = lines[tracebacks[0]:] if tracebacks else lines[-TAIL:]
+    return (f"`python {shlex.join(map(str, argv))}` failed; its output (all of it: "
+            f"{log_path(argv)}) ends:\n" + "\n".join(shown_lines))
+
+
 def run_in_process(argv):
-    """One script's main() here, inside its error boundary: (exit code, the last line it wrote to stderr)."""
+    """One script's main() in this process, inside its error boundary (no interpreter start-up: a
+    CPU run), its output shown and logged as it comes: (exit code, its output's lines). Its Ctrl-C
+    (its exit 130) is this process's too: KeyboardInterrupt, never the next job."""
     module = importlib.import_module(os.path.splitext(argv[0])[0])
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    kept = []
+    with job_log(argv) as log, contextlib.redirect_stdout(Tee(sys.stdout, log, kept)), \
+            contextlib.redirect_stderr(Tee(sys.stderr, log, kept)):
         try:
             run(lambda: module.main(argv[1:]))
             code = 0
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (print(e.code, file=err) or 1)
-    lines = err.getvalue().strip().splitlines()
-    return code or 0, lines[-1] if lines else ""
+            code = e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1)
+    if code == 130:
+        raise KeyboardInterrupt
+    return code or 0, "".join(kept).splitlines()
 
 
-def run_in_subprocess(argv, threads):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    r = subprocess.run([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    sys.stdout.write(r.stdout)
-    lines = r.stderr.strip().splitlines()
-    return r.returncode, lines[-1] if lines else ""
+class Children:
+    """The jobs' processes: each started unless the jobs were stopped; stop() ends those running.
+    Ctrl-C at a terminal reaches them itself, so each has GRACE seconds to end before it is sent
+    SIGINT (for a signal to this process alone, as from `timeout -s INT`): none gets two."""
+    GRACE = 2
+
+    def __init__(self):
+        self.lock, self.running, self.stopped = threading.Lock(), set(), False
+
+    def start(self, argv, env):
+        with self.lock:  # stop() either sees this child or keeps it from starting
+            if self.stopped:
+                return None
+            child = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                                     errors="replace", env=env)
+            self.running.add(child)
+            return child
+
+    def stop(self):
+        with self.lock:
+            self.stopped, running = True, list(self.running)
+        deadline = time.time() + self.GRACE
+        for child in running:
+            try:
+                child.wait(max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGINT)
+        for child in running:
+            child.wait()
+
+
+def run_in_subprocess(argv, threads, children):
+    """One script in its own interpreter, its output (stdout and stderr, in order) streamed line by
+    line to the terminal, after the job's name, and to its log: (exit code, its lines), or
+    (None, []) when the jobs were stopped before it started."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONUNBUFFERED": "1"}  # each line as it is printed, not when a buffer fills
+    child = children.start(argv, env)
+    if child is None:
+        return None, []
+    name = os.path.join(*os.path.splitext(log_path(argv))[0].split(os.sep)[-2:])  # e.g. ssd/cat
+    lines = []
+    with child, job_log(argv) as log:
+        for line in child.stdout:
+            sys.stdout.write(f"[{name}] {line}")
+            log.write(line)
+            log.flush()
+            lines.append(line.rstrip("\n"))
+    return child.returncode, lines
+
+
+def run_in_subprocesses(commands, jobs):
+    """`jobs` processes at a time, each with its share of the CPU cores: [(argv, exit code,
+    lines)]. Ctrl-C, or a job's own exit 130 (a SIGINT to it alone), stops every job, running or
+    waiting: KeyboardInterrupt."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    children, futures = Children(), []
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        try:
+            for argv in commands:  # inside the try: a Ctrl-C may come at any point
+                futures.append(pool.submit(run_in_subprocess, argv, threads, children))
+            for future in concurrent.futures.as_completed(futures):
+                if future.result()[0] == 130:
+                    raise KeyboardInterrupt
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            children.stop()
+            raise
+    return [(argv, *future.result()) for argv, future in zip(commands, futures)]
 
 
 def run_jobs(commands, jobs, in_process):
-    """Run each command line (a script and its flags): one after the other in this process when in_process (no
-    interpreter start-up: a CPU run), else `jobs` processes at a time. Stops with the first failure's last line."""
+    """Run each command line (a script and its flags): one after the other in this process when
+    in_process, else `jobs` processes at a time. A failed job does not stop the others (each is a
+    file the next run keeps); Ctrl-C stops them all. Then the first failure is raised with its
+    traceback or its last lines."""
     if not commands:
         return
     print(f"{len(commands)} job(s), {1 if in_process else jobs} at a time", flush=True)
     if in_process:
         results = [(argv, *run_in_process(argv)) for argv in commands]
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            results = list(zip(commands, *zip(*pool.map(lambda a: run_in_subprocess(a, threads), commands))))
-    failed = [(argv, code, line) for argv, code, line in results if code]
+        results = run_in_subprocesses(commands, jobs)
+    failed = [(argv, lines) for argv, code, lines in results if code]
     if failed:
-        argv, code, line = failed[0]
-        raise ValueError(f"{len(failed)} job(s) failed; the first, `python {' '.join(argv)}`, with: {line}")
+        raise ValueError(f"{len(failed)} job(s) failed; the first, " + failure(*failed[0]))
+
+
+def metrics_of(sidecar):
+    """A run's evaluation from its sidecar, or None where it has none (stopped after 'saved')."""
+    meta = read_json(sidecar)
+    metrics = meta.get("metrics") if isinstance(meta, dict) else None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def done(path):
-    """A finished unlearning run: its checkpoint and a sidecar holding its evaluation."""
-    sidecar = os.path.splitext(path)[0] + ".json"
-    return os.path.isfile(path) and os.path.isfile(sidecar) and read_json(sidecar).get("metrics") is not None
+    """A finished unlearning run: its checkpoint and a sidecar holding its evaluation (without
+    one, the job runs again and unlearn.py evaluates the saved model)."""
+    sidecar = sidecar_path(path)
+    return os.path.isfile(path) and os.path.isfile(sidecar) and metrics_of(sidecar) is not None
+
+
+# ----------------------------------------------------------------------------- settings
+
+def dataset_name(dataset):
+    """The dataset's name as data.load_dataset gives it (cifar10, or an image folder's or an
+    archive's file name), known before decoding it."""
+    return os.path.basename(os.path.normpath(dataset)).split(".")[0]
+
+
+def model_identity(model):
+    """--model by content: a file's sha256 (another file under the same name is another model),
+    or a download's name (its #sha256= suffix, where given, pins the content)."""
+    if is_remote(model):
+        return model
+    if not os.path.isfile(model):
+        raise FileNotFoundError(f"--model {model} not found: give a checkpoint's path, URL or "
+                                f"hf:// name")
+    return f"sha256:{sha256_file(model)}"
+
+
+def settings(args, amp):
+    """What decides the folder's results, by flag: the model (given, or trained here: arch, epochs,
+    train.py's flags as it reads them), the data and the precision. Not the classes (each is a
+    file of its own), the jobs, --compile or the device."""
+    return {"script": "reproduce_cards.py", "--model": args.model and model_identity(args.model),
+            "--arch": args.arch, "--epochs": args.epochs, "--train-flags": args.train_settings,
+            "--dataset": dataset_name(args.dataset), "--subset": args.subset,
+            "--test-subset": args.test_subset, "--precision": "bf16" if amp else "fp32"}
+
+
+def shown(value):
+    """A setting in words."""
+    if isinstance(value, dict):  # parsed flags
+        return " ".join(f"{k} {v}" for k, v in value.items()) or "none"
+    return "not given" if value is None else str(value)
+
+
+def check_settings(out, settings, outputs, overwrite, keep=()):
+    """Before any work: OUT was made with these settings (OUT/settings.json records them), or
+    holds none of its steps (`outputs`, patterns under OUT) yet. Other settings, or steps of
+    unknown ones (no settings.json: an older version's folder), are refused naming the first one
+    that differs, never reused: the report would call them this run's. `overwrite` removes the
+    steps (never the files in `keep`, the run's inputs) so that they are made again; with the same
+    settings it removes nothing: the run continues."""
+    path = os.path.join(out, SETTINGS)
+    settings = json.loads(json.dumps(settings))  # as it reads back: tuples as lists
+    old = read_json(path) if os.path.isfile(path) else None
+    if old == settings:
+        return
+    found = (glob.glob(os.path.join(glob.escape(out), pattern)) for pattern in outputs)
+    steps = [f for files in found for f in sorted(files)
+             if os.path.isfile(f) and os.path.realpath(f) not in keep]
+    if (old is not None or steps) and not overwrite:
+        if isinstance(old, dict):
+            key = next(k for k in {**old, **settings} if old.get(k) != settings.get(k))
+            differs = f"{key} {shown(old.get(key))} there ({path}), {shown(settings.get(key))} now"
+        else:
+            differs = f"{path} is missing or not this script's, so their settings are unknown"
+        raise ValueError(f"--out {out} was made with other settings: {differs}; pass --overwrite "
+                         f"to redo it with these, or give another --out")
+    for f in steps:
+        os.remove(f)
+    write_json(path, settings)
+
+
+def parsed_flags(text, flag, owned):
+    """--train-flags / --sisa-flags read with train.py's own parser, before any work: a bad flag or
+    value, or one of `owned` ({dest: why this script sets it}) given another value than its
+    default, is one line naming `flag`. Returns (train.py's arguments, {option: value} of those
+    that differ from its defaults: what the flags mean, however spelt)."""
+    import train
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):  # argparse's usage
+            given = train.parse_args(text.split())
+            default = train.parse_args(["--recipe", given.recipe])
+    except SystemExit:
+        reason = (err.getvalue().strip().splitlines() or ["not train.py's flags"])[-1]
+        raise ValueError(f"{flag} {text!r}: {reason.split('error: ', 1)[-1]}") from None
+    changed = {dest: v for dest, v in vars(given).items() if v != getattr(default, dest, None)}
+    clash = sorted(changed.keys() & owned.keys())
+    if clash:
+        raise ValueError(f"{flag} {text!r}: --{clash[0].replace('_', '-')} {owned[clash[0]]}")
+    return given, {f"--{dest.replace('_', '-')}": v for dest, v in sorted(changed.items())}
 
 
 def auto_jobs(args, model_path):
@@ -116,22 +344,23 @@ def auto_jobs(args, model_path):
 
 def train_full(args, out):
     """The 200-epoch model at OUT/full.pth (resumes). A compiled run that fails before its first resumable state
-    is run again without compiling, and the report says so."""
+    is run again without compiling, and OUT/full.note says so for the report."""
     path = os.path.join(out, "full.pth")
-    if os.path.isfile(path):
-        return path, None
+    if finished(path):
+        return path
     argv = script_argv("train.py", args, "--arch", args.arch, "--epochs", args.epochs, "--out", path, "--resume",
                        "--save-every", args.save_every, *args.train_flags.split())
     try:
         run_jobs([argv + ["--compile", args.compile]], 1, args.in_process)
-        return path, None
     except ValueError as e:
         if args.compile == "off" or os.path.exists(os.path.join(out, "full.state.pt")):
             raise
-        note = f"the compiled training failed ({e}); trained again without --compile"
-        print(f"warning: {note}", file=sys.stderr)
+        print(f"warning: training again without --compile: {e}", file=sys.stderr)
         run_jobs([argv], 1, args.in_process)
-        return path, note
+        note = (f"the compiled training failed (its output: {log_path(argv)}); trained again "
+                f"without --compile")
+        atomic_write(os.path.join(out, "full.note"), lambda f: f.write(note.encode()))
+    return path
 
 
 def unlearning_commands(args, out, model, classes):
@@ -164,8 +393,11 @@ def card_rows(out, folder, card, classes):
     the card's, weights changed, seconds, peak GPU memory."""
     rows = []
     for k in classes:
-        meta = read_json(os.path.join(out, folder, f"{CIFAR10[k]}.json"))
-        m = meta["metrics"]
+        sidecar = sidecar_path(os.path.join(out, folder, f"{CIFAR10[k]}.pth"))
+        meta, m = read_json(sidecar), metrics_of(sidecar)
+        if m is None:
+            raise ValueError(f"{sidecar} holds no evaluation: run the same command again to "
+                             f"evaluate it")
         forget = (m["test_forget"]["acc"], m["test_forget"]["loss"])
         retain = (m["test_retain"]["acc"], m["test_retain"]["loss"])
         published = PUBLISHED_UNLEARN[card][CIFAR10[k]]
@@ -181,7 +413,7 @@ def diff(ours, card):
     return f"{ours[0] - card[0]:+.2f} ({ours[1] - card[1]:+.3f})"
 
 
-def format_card(title, rows, comparable):
+def format_card(title, rows, differences):
     header = ["Class", "Forget acc (loss)", "Card", "Diff", "Retain acc (loss)", "Card", "Diff", "Weights changed",
               "Seconds", "Peak GPU GB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -192,8 +424,8 @@ def format_card(title, rows, comparable):
                      f"{diff(r['retain'], r['card_retain'])} | {r['changed_weights']:,} | {r['seconds']:.1f} | "
                      f"{memory} |")
     bad = [r["class"] for r in rows if not r["agrees"]]
-    if not comparable:
-        verdict = "Not comparable with the card: a subset of the data (--subset / --test-subset); a pipeline check."
+    if differences:
+        verdict = f"Not comparable with the card: {'; '.join(differences)}. A pipeline check."
     elif not bad:
         verdict = f"Agrees with the card: every row within {ACC_TOLERANCE} points and {LOSS_TOLERANCE:.0%} of the loss."
     else:
@@ -201,12 +433,12 @@ def format_card(title, rows, comparable):
     return f"## {title}\n\n" + "\n".join(lines) + f"\n\n{verdict}"
 
 
-def training_summary(out, evaluation, note):
+def training_summary(out, evaluation, trained_here):
     """The full model: test top-1 (fp32 evaluation), and for a model trained here its epochs' seconds."""
     acc = evaluation["models"][next(iter(evaluation["models"]))]["test"]["acc"]
     summary = {"test_acc": acc, "published": PUBLISHED_FULL}
-    sidecar = os.path.join(out, "full.json")
-    if os.path.isfile(sidecar):
+    sidecar = sidecar_path(os.path.join(out, "full.pth"))
+    if trained_here:
         meta = read_json(sidecar)
         log = [json.loads(line) for line in open(os.path.join(out, meta["log"]))]
         seconds = [r["seconds"] for r in log]
@@ -216,14 +448,32 @@ def training_summary(out, evaluation, note):
                         "compile": meta.get("compile"), "precision": meta.get("precision"),
                         "peak_memory_gb": meta.get("peak_memory_gb"), "cudagraph_skips": meta.get("cudagraph_skips"),
                         "device": meta["device"], "versions": meta["versions"]})
-    summary["note"] = note
+    note = os.path.join(out, "full.note")
+    summary["note"] = open(note, encoding="utf-8").read() if os.path.isfile(note) else None
     return summary
+
+
+def differences(args, out):
+    """Why the folder's numbers cannot be held against the cards' (none: they can): a subset of
+    the data, or a model trained otherwise than the cards' (the recipe's 200 epochs of ResNet18),
+    as its sidecar says."""
+    from train import TrainConfig
+    subset = args.subset or args.test_subset
+    found = ["a subset of the data (--subset / --test-subset)"] if subset else []
+    model = args.model or os.path.join(out, "full.pth")
+    sidecar = None if is_remote(model) else sidecar_path(model)
+    meta = read_json(sidecar) if sidecar and os.path.isfile(sidecar) else {}
+    config = meta.get("config") if isinstance(meta, dict) else None
+    config = config if isinstance(config, dict) else {}
+    recipe = dataclasses.asdict(TrainConfig())
+    return found + [f"{k} {config[k]} (the recipe's {v})" for k, v in recipe.items()
+                    if k in config and config[k] != v]
 
 
 def retrain_rows(out):
     rows = []
     for k, name in enumerate(CIFAR10):
-        path = os.path.join(out, f"no_{name}.json")
+        path = sidecar_path(os.path.join(out, f"no_{name}.pth"))
         if os.path.isfile(path):
             meta = read_json(path)
             rows.append({"class": name, "test_acc": meta["metrics"]["test_acc"], "card": PUBLISHED_RETRAIN[name],
@@ -251,7 +501,7 @@ def format_report(results):
     for folder, title in (("ssd", "SSD, D = retain + forget (the official scripts'), lambda 1, alpha 10"),
                           ("ssd-retain", "SSD, D = the retain set alone, lambda 1, alpha 10"),
                           ("advneggrad", "AdvNegGrad (the card's settings)")):
-        lines += ["", format_card(title, results["cards"][folder], results["comparable"])]
+        lines += ["", format_card(title, results["cards"][folder], results["not_comparable"])]
     for folder, rows in results["cards"].items():
         seconds = [r["seconds"] for r in rows]
         lines.append(f"\n{folder}: {statistics.mean(seconds):.2f} s per run (max {max(seconds):.2f}), weights changed "
@@ -263,13 +513,14 @@ def format_report(results):
     return "\n".join(lines) + "\n"
 
 
-def write_report(args, out, classes, jobs, need, note, started):
+def write_report(args, out, classes, jobs, need, started):
     evaluation = read_json(os.path.join(out, "full_eval.json"))
-    training = training_summary(out, evaluation, note)
-    first = read_json(os.path.join(out, RUNS[0][0], f"{CIFAR10[classes[0]]}.json"))
+    training = training_summary(out, evaluation, trained_here=not args.model)
+    first = read_json(sidecar_path(os.path.join(out, RUNS[0][0], f"{CIFAR10[classes[0]]}.pth")))
+    different = differences(args, out)
     results = {"device": first["device"], "versions": first["versions"], "commit": args.commit,
                "date": time.strftime("%Y-%m-%d"), "jobs": jobs, "need_gb": need, "seconds": time.time() - started,
-               "comparable": args.subset is None and args.test_subset is None, "training": training,
+               "comparable": not different, "not_comparable": different, "training": training,
                "cards": {folder: card_rows(out, folder, card, classes) for folder, _, _, card in RUNS},
                "retrains": retrain_rows(out)}
     if results["device"].startswith("cuda"):
@@ -302,6 +553,12 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=positive_int, default=None, help="jobs at once (default: on CUDA as many as "
                         "the free memory holds at the methods' measured need; on a CPU 1, in this process)")
     parser.add_argument("--commit", default=None, help="the commit to name in the report (default: git's HEAD)")
+    parser.add_argument("--stage", choices=("train", "cards", "all"), default="all",
+                        help="train: OUT/full.pth alone; cards: the rest, from a trained "
+                        "OUT/full.pth or --model; all: both (default: all)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo a folder made with other settings (its steps are removed); "
+                        "with the same settings nothing is redone (default: refuse it)")
     add_runtime_args(parser, seed=None)  # passed to every job
     add_data_args(parser)
     return parser.parse_args(argv)
@@ -315,12 +572,41 @@ def git_commit():
         return "unknown"
 
 
-def main(argv=None):
-    started = time.time()
-    args = parse_args(argv)
+def check_args(args):
+    """Before any work: flags the cards cannot honour; --train-flags read with train.py's
+    parser."""
     for flag in ("forget_class", "forget_fraction", "forget_indices", "forget_positions", "keep_half"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')}: the cards forget every class in turn; use --classes")
+    if args.forget_seed:
+        raise ValueError("--forget-seed: the cards forget whole classes, which no seed draws; "
+                         "leave it out")
+    why = ("is set by reproduce_cards.py (its own flag, or the cards' design); remove it from "
+           "--train-flags")
+    owned = dict.fromkeys(TRAIN_FLAGS_SET_HERE, why)
+    args.train_settings = parsed_flags(args.train_flags, "--train-flags", owned)[1]
+    if args.stage == "train" and args.model:
+        full = os.path.join(args.out, "full.pth")
+        raise ValueError(f"--stage train trains {full}: with --model there is nothing to train; "
+                         f"use --stage cards")
+
+
+def main(argv=None):
+    started = time.time()
+    args = parse_args(argv)
+    check_args(args)
+    out = args.out
+    check_out(os.path.join(out, "cards.md"), "--out", [args.model] if args.model else [],
+              text_of_kind("# The model cards, reproduced"), overwrite=False)
+    device, amp = pick_device(args.device, args.precision)
+    local = args.model and not is_remote(args.model)
+    given = [args.model, sidecar_path(args.model)] if local else []
+    keep = {os.path.realpath(p) for p in given}  # --overwrite never removes the model it is given
+    check_settings(out, settings(args, amp), OUTPUTS, args.overwrite, keep)
+    full = os.path.join(out, "full.pth")
+    if args.stage == "cards" and not args.model and not finished(full):
+        raise ValueError(f"--stage cards needs {full} trained: run --stage train first (make "
+                         f"reproduce-cards-train), or give --model")
     data = load_dataset(args.dataset, args.data_dir)  # decoded once here, before any job reads the cache
     if tuple(data.classes) != CIFAR10:
         raise ValueError(f"--dataset {args.dataset}: the cards are CIFAR-10's ({', '.join(CIFAR10)}); its classes "
@@ -328,27 +614,27 @@ def main(argv=None):
     from data import resolve_class
     classes = sorted({resolve_class(data.classes, c) for c in args.classes or CIFAR10})
     retrain = sorted({resolve_class(data.classes, c) for c in args.retrain})
-    out = args.out
-    check_out(os.path.join(out, "cards.md"), "--out", [args.model] if args.model else [],
-              text_of_kind("# The model cards, reproduced"), overwrite=False)
     args.commit = args.commit or git_commit()
-    device, _ = pick_device(args.device, args.precision)
     args.compile = args.compile or ("inductor" if device.type == "cuda" else "off")
     args.in_process = device.type != "cuda"
-    model, note = (args.model, None) if args.model else train_full(args, out)
+    model = args.model or train_full(args, out)
+    if args.stage == "train":
+        print(f"stage train done: {model}; the cards next: the same command with --stage cards "
+              f"(or without --stage)")
+        return
     retrains = [script_argv("train.py", args, "--arch", args.arch, "--epochs", args.epochs, "--forget-class",
                             CIFAR10[k], "--out", os.path.join(out, f"no_{CIFAR10[k]}.pth"), "--resume", "--save-every",
                             args.save_every, "--compile", args.compile, *args.train_flags.split())
-                for k in retrain if not os.path.isfile(os.path.join(out, f"no_{CIFAR10[k]}.pth"))]
+                for k in retrain if not finished(os.path.join(out, f"no_{CIFAR10[k]}.pth"))]
     run_jobs(retrains, min(len(retrains), 2), args.in_process)  # each fills much of a GPU
     jobs, need = (args.jobs, None) if args.jobs else auto_jobs(args, model)
     evaluation = os.path.join(out, "full_eval.json")
     first = [] if os.path.isfile(evaluation) else [script_argv("evaluate.py", args, "--model", model, "--json",
                                                                 evaluation)]
     run_jobs(first + unlearning_commands(args, out, model, classes), jobs, args.in_process and jobs == 1)
-    print(write_report(args, out, classes, jobs, need, note, started))
+    print(write_report(args, out, classes, jobs, need, started))
     print(f"wrote {os.path.join(out, 'cards.md')}")
 
 
 if __name__ == "__main__":
-    run(main, "interrupted; finished steps are kept under --out: run the same command again to continue")
+    run(main, INTERRUPTED)

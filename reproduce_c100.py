@@ -21,8 +21,10 @@ import time
 from cli import (add_runtime_args, atomic_write, check_out, pick_device, positive_int, read_json, run, text_of_kind,
                  write_json)
 from data import add_data_args, load_dataset, make_split, positions, with_normalization
+from models import sidecar_path
 from published import CIFAR_MODELS, CIFAR_MODELS_STATS, PUBLISHED_CIFAR_MODELS, PUBLISHED_SISA
-from reproduce_cards import run_in_process
+from reproduce_cards import (INTERRUPTED, check_settings, dataset_name, failure, metrics_of,
+                             parsed_flags, run_in_process)
 
 MODELS = ("cifar100_resnet32", "cifar100_resnet56")
 # The report's own numbers: its "before" test top-1 of the published weights (one table gives ResNet32 54.8% and
@@ -36,18 +38,35 @@ PREPROCESSINGS = {"their CIFAR-100 statistics": CIFAR_MODELS_STATS["cifar100"],
                   "mean and std 0.5": ((0.5,) * 3, (0.5,) * 3), "none (ToTensor only)": ((0.0,) * 3, (1.0,) * 3)}
 
 
+OUTPUTS = ("before/*", "finetune/*", "sisa.log", "sisa/manifest_full.*", "sisa/unlearned.*",
+           "sisa/eval.*", "c100.*")  # the steps (SISA's slices, named by their making, are reused)
+SISA_FLAGS_SET_HERE = {  # train.py's flags that --sisa-flags cannot change: {dest: why}
+    **dict.fromkeys(("dataset", "data_dir", "device", "subset", "test_subset", "forget_class",
+                     "forget_fraction", "forget_seed", "forget_indices", "forget_positions",
+                     "keep_half"), "is a flag of reproduce_c100.py itself: give it there"),
+    **dict.fromkeys(("out", "sisa", "shard", "resume", "overwrite", "stop_after"),
+                    "is set by reproduce_c100.py"),
+    "seed": "is --forget-seed's: the forget positions count in the order SISA's shards are cut "
+            "with it (the report's design); give --forget-seed instead",
+    **dict.fromkeys(("shards", "slices"), "is the report's design, 4 shards x 5 slices, which its "
+                    "forget positions and per-shard MIA describe")}
+
+
 def data_flags(args):
+    """The data flags of every step: the forget set is positions A:B of --forget-seed's order."""
     flags = ["--dataset", args.dataset, "--data-dir", args.data_dir, "--device", args.device]
     flags += ["--subset", str(args.subset)] if args.subset else []
     flags += ["--test-subset", str(args.test_subset)] if args.test_subset else []
-    return flags + ["--forget-positions", "{}:{}".format(*args.forget_positions)]
+    return flags + ["--forget-positions", "{}:{}".format(*args.forget_positions), "--forget-seed",
+                    str(args.forget_seed)]
 
 
 def step(argv):
-    """One script run in this process; a failure stops everything with that script's own line."""
-    code, line = run_in_process(argv)
+    """One script run in this process; a failure stops everything with its traceback or its last
+    lines."""
+    code, lines = run_in_process(argv)
     if code:
-        raise ValueError(f"`python {' '.join(map(str, argv))}` failed: {line}")
+        raise ValueError(failure(argv, lines))
 
 
 def summary(metrics):
@@ -89,31 +108,40 @@ def test_accuracy(model, data, split, device):
 def finetune(args, name, out):
     """unlearn.py --method finetune from the published weights on the retain set: 20 epochs, the report's."""
     path = os.path.join(out, "finetune", f"{name}.pth")
-    sidecar = os.path.splitext(path)[0] + ".json"
-    if not (os.path.isfile(sidecar) and read_json(sidecar).get("metrics")):
+    sidecar = sidecar_path(path)
+    if not (os.path.isfile(sidecar) and metrics_of(sidecar)):  # not run, or stopped after 'saved'
         step(["unlearn.py", *data_flags(args), "--method", "finetune", "--model", CIFAR_MODELS + name, "--out", path,
               "--epochs", str(args.epochs)])
-    return summary(read_json(sidecar)["metrics"])
+    metrics = metrics_of(sidecar)
+    if metrics is None:
+        raise ValueError(f"{sidecar} holds no evaluation: run the same command again to evaluate it")
+    return {**summary(metrics), "epochs": read_json(sidecar)["config"]["epochs"]}
 
 
 def sisa(args, out):
-    """train.py --sisa with the report's recipe on the whole train set, then --method sisa forgetting the forget
-    positions (their order is the shards', --seed 0 = --forget-seed 0), then both evaluated with the MIA."""
+    """train.py --sisa with the report's recipe on the whole train set, then --method sisa
+    forgetting the forget positions (their order is the shards': train.py's --seed is
+    --forget-seed), then both evaluated with the MIA. Results are looked up by file name, so that
+    the folder may be copied or spelt otherwise."""
     folder = os.path.join(out, "sisa")
     manifest, unlearned, evaluation = (os.path.join(folder, f) for f in ("manifest_full.json", "unlearned.json",
                                                                          "eval.json"))
     flags = data_flags(args)
     plain = flags[:flags.index("--forget-positions")]
     if not os.path.isfile(manifest):
-        step(["train.py", *plain, "--sisa", *args.sisa_flags.split(), "--out", folder])
+        step(["train.py", *plain, "--sisa", *args.sisa_flags.split(), "--seed",
+              str(args.forget_seed), "--out", folder])
     if not os.path.isfile(unlearned):
         step(["unlearn.py", *flags, "--method", "sisa", "--model", manifest, "--out", unlearned, "--no-eval"])
     if not os.path.isfile(evaluation):
         step(["evaluate.py", *flags, "--model", manifest, "--model", unlearned, "--mia", "--json", evaluation])
-    models = read_json(evaluation)["models"]
-    return {when: {"test": models[path]["test"]["acc"], "mia": models[path]["mia"],
-                   "shard_mia": models[path].get("member_mia")} for when, path in (("before", manifest),
-                                                                                   ("after", unlearned))}
+    models = {os.path.basename(path): m for path, m in read_json(evaluation)["models"].items()}
+    if not {"manifest_full.json", "unlearned.json"} <= models.keys():
+        raise ValueError(f"{evaluation} does not evaluate {manifest} and {unlearned}: remove it "
+                         f"to evaluate them again")
+    pairs = (("before", models["manifest_full.json"]), ("after", models["unlearned.json"]))
+    return {when: {"test": m["test"]["acc"], "mia": m["mia"], "shard_mia": m.get("member_mia")}
+            for when, m in pairs}
 
 
 def cells(s):
@@ -125,11 +153,12 @@ def format_report(results):
     comparable = results["comparable"]
     lines = ["# The CIFAR-100 report, as it was run", "",
              f"Device {results['device']}; {results['date']}; forget set: positions {results['positions']} of the "
-             f"seeded order SISA's shards cut ({results['n_forget']} images). "
+             f"order SISA's shards cut with seed {results['forget_seed']} "
+             f"({results['n_forget']} images). "
              + ("" if comparable else "A subset: a pipeline check, not comparable with the report."), "",
              "## Fine-tuning from the published weights", "",
-             "Top-1 / top-5 (%) and the MIA, before and after fine-tuning on the retain set (20 epochs, the report's "
-             "settings; our MIA, the NeurIPS 2023 kit's).", "",
+             "Top-1 / top-5 (%) and the MIA, before and after fine-tuning on the retain set ("
+             + fine_tuning(results["models"]) + "; our MIA, the NeurIPS 2023 kit's).", "",
              "| Model | When | Train | Test | Forget | MIA | Published test top-1 | Report's test top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
@@ -156,6 +185,13 @@ def format_report(results):
     return "\n".join(lines) + "\n"
 
 
+def fine_tuning(models):
+    """The fine-tuning's epochs, as its sidecars say, beside the report's 20."""
+    epochs = sorted({r["after"]["epochs"] for r in models.values()})
+    report = ", the report's settings" if epochs == [20] else "; the report's: 20"
+    return f"{', '.join(map(str, epochs))} epochs{report}"
+
+
 def verdict(models, comparable):
     """Which preprocessing comes within a point of the report's "before" numbers, if any."""
     if not comparable:
@@ -177,24 +213,48 @@ def parse_args(argv=None):
     parser.add_argument("--sisa-flags", default="--recipe transfer --arch resnet34-imagenet", help="train.py's "
                         "flags for SISA (default: the report's recipe, ImageNet ResNet34 transfer)")
     parser.add_argument("--no-sisa", action="store_true", help="skip SISA (default: run it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo a folder made with other settings (its steps are removed); "
+                        "with the same settings nothing is redone (default: refuse it)")
     add_runtime_args(parser, precision=None, seed=None)
     add_data_args(parser)
     parser.set_defaults(dataset="cifar100", forget_positions=(20000, 30000))
     return parser.parse_args(argv)
 
 
+def check_args(args):
+    """Before any work: the data flags the report's design cannot take, and --sisa-flags read with
+    train.py's parser (their slice epochs counted). Returns the folder's settings."""
+    for flag in ("forget_class", "forget_fraction", "forget_indices", "keep_half"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')}: the report's forget set is "
+                             f"--forget-positions (of --forget-seed's order); leave it out")
+    given, sisa = parsed_flags(args.sisa_flags, "--sisa-flags", SISA_FLAGS_SET_HERE)
+    if len(given.slice_epochs) != given.slices:  # else found by train.py, after the other steps
+        raise ValueError(f"--sisa-flags {args.sisa_flags!r}: --slice-epochs gives "
+                         f"{len(given.slice_epochs)} values for {given.slices} slices")
+    return {"script": "reproduce_c100.py", "--dataset": dataset_name(args.dataset),
+            "--subset": args.subset, "--test-subset": args.test_subset,
+            "--forget-positions": args.forget_positions, "--forget-seed": args.forget_seed,
+            "--epochs": args.epochs, "--sisa-flags": sisa}
+
+
 def main(argv=None):
     started = time.time()
     args = parse_args(argv)
+    settings = check_args(args)
     out = args.out
     check_out(os.path.join(out, "c100.md"), "--out", [], text_of_kind("# The CIFAR-100 report"), overwrite=False)
+    check_settings(out, settings, OUTPUTS, args.overwrite)
     data = load_dataset(args.dataset, args.data_dir)  # decoded or downloaded once, before the steps read it
     if len(data.classes) != 100:
         raise ValueError(f"--dataset {args.dataset} has {len(data.classes)} classes: the report is CIFAR-100's")
-    split = make_split(data, subset=args.subset, test_subset=args.test_subset, forget_positions=args.forget_positions)
+    split = make_split(data, subset=args.subset, test_subset=args.test_subset,
+                       forget_positions=args.forget_positions, forget_seed=args.forget_seed)
     device, _ = pick_device(args.device, "fp32")
     results = {"models": {}, "sisa": None, "device": str(device), "date": time.strftime("%Y-%m-%d"),
-               "positions": "{}:{}".format(*args.forget_positions), "n_forget": len(split.forget),
+               "positions": "{}:{}".format(*args.forget_positions),
+               "forget_seed": args.forget_seed, "n_forget": len(split.forget),
                "comparable": args.subset is None and args.test_subset is None}
     for name in args.models:
         before = evaluate_published(args, name, data, split, device, os.path.join(out, "before", f"{name}.json"))
@@ -211,4 +271,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main, "interrupted; finished steps are kept under --out: run the same command again to continue")
+    run(main, INTERRUPTED)

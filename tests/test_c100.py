@@ -153,35 +153,54 @@ def write_cifar100(root, train_per_class=7, test_per_class=3):
     write_pickle(folder / "meta", {"fine_label_names": [f"c{i:02d}" for i in range(100)], "coarse_label_names": ["x"]})
 
 
-def test_reproduce_c100_small_end_to_end(release, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def c100_small(tmp_path_factory):
+    """make reproduce-c100-small's own command line, run in this process on a synthetic CIFAR-100
+    and a stand-in release folder holding one resnet32b: first stopped by Ctrl-C during its
+    fine-tuning, then the same command to the end. The stand-ins stay in place for the tests that
+    use it. (argv, the folder, the interruption's exit, the files it left, the run)."""
     import shlex
     import subprocess
     import sys
     from conftest import ROOT
-    folder, _ = release
-    write_cifar100(tmp_path / "data")
-    for name, depth in (("cifar100_resnet32", 32),):  # a stand-in in the release layout
-        torch.manual_seed(depth)
-        torch.save(build_model(f"resnet{depth}b", 100).state_dict(), tmp_path / f"{name}.pt")
+    tmp_path = tmp_path_factory.mktemp("c100")
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path / "release"
+        folder.mkdir()
+        patch.setenv("CIFAR_MODELS_URL", folder.as_uri())
+        patch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        write_cifar100(tmp_path / "data")
+        name = "cifar100_resnet32"  # a stand-in in the release layout
+        torch.manual_seed(32)
+        torch.save(build_model("resnet32b", 100).state_dict(), tmp_path / f"{name}.pt")
         prefix = publish(folder, tmp_path / f"{name}.pt", name)
-        monkeypatch.setitem(published.PUBLISHED_CIFAR_MODELS, name,
-                            (f"{name}-{prefix}.pt", published.PUBLISHED_CIFAR_MODELS[name][1]))
-    # make's own command line, run in this process (the stand-ins' names live in the patched table above)
-    dry = subprocess.run(["make", "-C", ROOT, "-n", "--no-print-directory", "INSTALL=", f"PY={sys.executable}",
-                          "reproduce-c100-small", f"DATA_DIR={tmp_path / 'data'}", f"C100_DIR={tmp_path / 'c100'}",
-                          "EXTRA=--models cifar100_resnet32"],  # one model: the second adds time, not checks
-                         capture_output=True, text=True)
-    argv = shlex.split(dry.stdout.replace("\\\n", " "))
-    assert argv[1].endswith("reproduce_c100.py"), dry.stdout
-    r = call("reproduce_c100.py", *argv[2:])
+        patch.setitem(published.PUBLISHED_CIFAR_MODELS, name,
+                      (f"{name}-{prefix}.pt", published.PUBLISHED_CIFAR_MODELS[name][1]))
+        # make's own command line, run in this process (the stand-ins' names live in the
+        # patched table above); one model: the second adds time, not checks
+        dry = subprocess.run(["make", "-C", ROOT, "-n", "--no-print-directory", "INSTALL=",
+                              f"PY={sys.executable}", "reproduce-c100-small",
+                              f"DATA_DIR={tmp_path / 'data'}", f"C100_DIR={tmp_path / 'c100'}",
+                              "EXTRA=--models cifar100_resnet32"], capture_output=True, text=True)
+        argv = shlex.split(dry.stdout.replace("\\\n", " "))
+        assert argv[1].endswith("reproduce_c100.py"), dry.stdout
+        out = tmp_path / "c100-small"
+        interrupted = interrupt_the_fine_tuning(argv[2:], patch)
+        left = sorted(str(p.relative_to(out)) for p in out.rglob("*.json"))
+        run = call("reproduce_c100.py", *argv[2:])  # the same command continues
+        yield argv[2:], out, interrupted, left, run
+
+
+def test_reproduce_c100_small_end_to_end(c100_small):
+    _, out, _, _, r = c100_small
     assert r.returncode == 0, r.stderr[-3000:]
-    report = (tmp_path / "c100-small" / "c100.md").read_text()
-    results = json.loads((tmp_path / "c100-small" / "c100.json").read_text())
+    report = (out / "c100.md").read_text()
+    results = json.loads((out / "c100.json").read_text())
     assert results["n_forget"] == 100 and "positions 200:300" in report
     assert list(results["models"]) == ["cifar100_resnet32"]
     for name in ("cifar100_resnet32",):
         model = results["models"][name]
-        sidecar = json.loads((tmp_path / "c100-small" / "finetune" / f"{name}.json").read_text())
+        sidecar = json.loads((out / "finetune" / f"{name}.json").read_text())
         assert sidecar["normalization"]["mean"] == [0.5070, 0.4865, 0.4409]  # the weights' own, not the dataset's
         assert sidecar["split"]["forget_positions"] == [200, 300] and sidecar["config"]["epochs"] == 1
         assert model["after"]["test"]["acc"] == sidecar["metrics"]["test"]["acc"]
@@ -190,6 +209,105 @@ def test_reproduce_c100_small_end_to_end(release, tmp_path, monkeypatch):
         assert f"| {name} | before | " in report and f"| {name} | after | " in report
     shard_mia = results["sisa"]["after"]["shard_mia"]
     assert len(shard_mia) == 4 and "0.494 / 0.523 / 0.584 / 0.506" in report  # ours beside the report's per shard
-    manifest = json.loads((tmp_path / "c100-small" / "sisa" / "unlearned.json").read_text())
+    manifest = json.loads((out / "sisa" / "unlearned.json").read_text())
     assert [s["trained"] for s in manifest["shards"]] == [[], [], [3, 4, 5], []]  # the report's design, as it says
     assert [s["carried"] for s in manifest["shards"]] == [[], [4, 5], [1, 2], []]
+    assert "fine-tuning on the retain set (1 epochs; the report's: 20;" in report  # what ran
+
+
+def test_ctrl_c_stops_reproduce_c100_with_130_its_finished_steps_kept(c100_small):
+    _, _, interrupted, left, _ = c100_small
+    assert interrupted.code == 130
+    assert left == ["before/cifar100_resnet32.json", "settings.json"]  # the fine-tuning not begun
+
+
+def test_a_copied_c100_folder_continues_and_evaluates_a_stopped_fine_tuning(c100_small, tmp_path):
+    # the finished folder copied elsewhere, its fine-tuning stopped between 'saved' and its
+    # evaluation: the copy continues (results found by file name, not by the first folder's
+    # path) and the evaluation is made
+    argv, out, *_ = c100_small
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    finetune = copy / "finetune" / "cifar100_resnet32.json"
+    metrics = json.loads(finetune.read_text())["metrics"]
+    finetune.write_text(json.dumps({**json.loads(finetune.read_text()), "metrics": None}))
+    again = call("reproduce_c100.py", *with_out(argv, copy))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(finetune.read_text())["metrics"]["test"] == metrics["test"]
+    results = json.loads((out / "c100.json").read_text())
+    assert json.loads((copy / "c100.json").read_text())["sisa"] == results["sisa"]
+
+
+def test_a_c100_folder_of_other_settings_is_refused_naming_the_setting(c100_small):
+    argv, out, *_ = c100_small
+    report = (out / "c100.md").read_text()
+    for more, setting in ((["--epochs", "2"], "--epochs 1 there"),  # never the 1-epoch one
+                          (["--sisa-flags", "--arch resnet20 --batch-size 32"], "--sisa-flags")):
+        assert_clean_error(call("reproduce_c100.py", *argv, *more), setting)
+    assert (out / "c100.md").read_text() == report
+
+
+def with_out(argv, out):
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(out)
+    return argv
+
+
+def interrupt_the_fine_tuning(argv, monkeypatch):
+    """reproduce_c100.py as `python reproduce_c100.py` runs it, Ctrl-C coming during its
+    fine-tuning step: its SystemExit."""
+    import cli
+    import reproduce_c100
+    import unlearn
+    with monkeypatch.context() as patch:
+        patch.setattr(unlearn, "main", lambda argv: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(SystemExit) as e:
+            cli.run(lambda: reproduce_c100.main(argv), reproduce_c100.INTERRUPTED)
+    return e.value
+
+
+@pytest.mark.parametrize("flags, refusal", [
+    (["--forget-class", "5"], "--forget-class: the report's forget set is --forget-positions"),
+    (["--keep-half", "0"], "--keep-half: the report's forget set is --forget-positions"),
+    (["--sisa-flags", "--arch resnet20 --seed 3"], "--seed is --forget-seed's"),
+    (["--sisa-flags", "--arch resnet20 --shards 2"], "--shards is the report's design"),
+    (["--sisa-flags", "--arch resnet20 --subset 5"], "--subset is a flag of reproduce_c100.py"),
+    (["--sisa-flags", "--arch resnet20 --slice-epochs 1,1,1"],
+     "--slice-epochs gives 3 values for 5 slices"),
+    (["--sisa-flags", "--arch resnet20 --slice-epoch 0"], "must be a positive integer, got '0'")])
+def test_reproduce_c100_refuses_flags_it_cannot_honour_before_any_work(tmp_path, flags, refusal):
+    r = call("reproduce_c100.py", "--data-dir", tmp_path / "data", "--device", "cpu", "--out",
+             tmp_path / "c100", *flags)
+    assert_clean_error(r, refusal)
+    assert not (tmp_path / "c100").exists() and not (tmp_path / "data").exists()  # no work
+
+
+def test_reproduce_c100_passes_its_forget_seed_to_every_step_and_to_sisa(tmp_path, monkeypatch):
+    import reproduce_c100
+    args = reproduce_c100.parse_args(["--forget-seed", "7", "--forget-positions", "0:10",
+                                      "--data-dir", str(tmp_path)])
+    steps = []
+
+    class Enough(Exception):
+        pass
+
+    def step(argv):  # records the steps; makes the file each would make, so that the next comes
+        steps.append(argv)
+        out = argv[argv.index("--out") + 1] if "--out" in argv else None
+        if argv[0] == "train.py":
+            (tmp_path / "sisa").mkdir()
+            (tmp_path / "sisa" / "manifest_full.json").write_text("{}")
+        elif argv[0] == "unlearn.py":
+            open(out, "w").close()
+        else:
+            raise Enough
+
+    monkeypatch.setattr(reproduce_c100, "step", step)
+    with pytest.raises(Enough):
+        reproduce_c100.sisa(args, str(tmp_path))
+    train, forget, evaluate = steps
+    assert train[train.index("--seed") + 1] == "7"  # the shards cut in seed 7's order
+    assert "--forget-positions" not in train
+    for argv in (forget, evaluate):  # the positions counted in the same order
+        assert argv[argv.index("--forget-seed") + 1] == "7"
+        assert argv[argv.index("--forget-positions") + 1] == "0:10"

@@ -35,9 +35,14 @@ METHOD_ORDER = ("ssd", "advneggrad", "neggrad+", "finetune", "ga", "rl", "salun"
 # the file and the field.
 PERCENT, FRACTION, SECONDS = number(0, 100), number(0, 1), number(0)
 SUMMARY = {"acc": PERCENT, "loss": number(0)}  # one set's (evaluate.summarize), without its losses
+CKA = Maybe({"test": Maybe(number(0)), "forget": Maybe(number(0))})  # evaluate.linear_cka's
 METRICS = {"test": {**SUMMARY, "top5": PERCENT}, "test_forget": Maybe(SUMMARY),  # evaluate_model's
            "test_retain": SUMMARY, "train_forget": Maybe(SUMMARY), "train_retain": SUMMARY,
-           "mia": Maybe(FRACTION), "member_mia": Maybe(ListOf(FRACTION))}
+           "mia": Maybe(FRACTION), "member_mia": Maybe(ListOf(FRACTION)),
+           # evaluate.beneath_outputs' (--probe): absent, so None, without it
+           "probe_forget_acc": Maybe(PERCENT), "probe_test_acc": Maybe(PERCENT),
+           "cka_retrained": CKA, "cka_original": CKA, "relearn_steps": Maybe(COUNT),
+           "relearn_cap": Maybe(COUNT)}
 SPLIT = {"forget_class": Maybe(TEXT), "n_forget": COUNT, "n_train": COUNT, "n_test": COUNT}
 SIDECAR = {"arch": TEXT, "dataset": TEXT, "device": TEXT, "seconds": SECONDS, "config": OBJECT,
            "split": SPLIT, "argv": Maybe(ListOf(TEXT)), "versions": Maybe(OBJECT),
@@ -153,10 +158,46 @@ def cell(summary):
     return "-" if summary is None else f"{summary['acc']:.2f}% ({summary['loss']:.3f})"
 
 
+# evaluate.py --probe's columns (docs/PRIVACY.md): shown where computed
+BENEATH_HEADER = ["Probe forget acc", "Probe test acc", "CKA retrained (test / forget)",
+                  "CKA original (test / forget)", "Relearn steps"]
+
+
+def beneath_cells(m):
+    """BENEATH_HEADER's cells for one model's metrics; None when evaluated without --probe (no
+    probe_test_acc, or None where a checked reader filled the absent field in). Relearn steps:
+    '>cap' when the cap came first, '-' without an original."""
+    if m.get("probe_test_acc") is None:
+        return None
+
+    def percent(x):
+        return "-" if x is None else f"{x:.2f}%"
+
+    def cka(c):
+        return "-" if not c else " / ".join("-" if c[s] is None else f"{c[s]:.3f}"
+                                            for s in ("test", "forget"))
+    cap, steps = m.get("relearn_cap"), m.get("relearn_steps")
+    relearn = "-" if cap is None else f">{cap}" if steps is None else str(steps)
+    return [percent(m["probe_forget_acc"]), percent(m["probe_test_acc"]),
+            cka(m.get("cka_retrained")), cka(m.get("cka_original")), relearn]
+
+
+def with_beneath(header, rows, metrics):
+    """header and rows (lists of cells), BENEATH_HEADER's columns added when any of `metrics` has
+    them ('-' in the rows that have not)."""
+    cells = [beneath_cells(m) for m in metrics]
+    if not any(cells):
+        return header, rows
+    blank = ["-"] * len(BENEATH_HEADER)
+    return header + BENEATH_HEADER, [row + (c or blank) for row, c in zip(rows, cells)]
+
+
 def format_table(rows, reference=None):
-    """Markdown table, one row per (name, metrics); with a reference (the retrained model), its gap."""
-    lines = ["| Model | Forget acc (loss) | Retain acc (loss) | Test top-1 | Test top-5 | Train forget acc | "
-             "Train retain acc | MIA | Avg gap | Seconds |", "|" + "---|" * 10]
+    """Markdown table, one row per (name, metrics); with a reference (the retrained model), its
+    gap; the --probe columns where computed."""
+    header = ["Model", "Forget acc (loss)", "Retain acc (loss)", "Test top-1", "Test top-5",
+              "Train forget acc", "Train retain acc", "MIA", "Avg gap", "Seconds"]
+    cells = []
     for name, m in rows:
         forget, retain = headline(m)
         mia = "-" if m["mia"] is None else f"{m['mia']:.3f}"
@@ -165,9 +206,11 @@ def format_table(rows, reference=None):
         gap = "-" if reference is None else f"{avg_gap(m, reference):.2f}"
         train_forget = "-" if m["train_forget"] is None else f"{m['train_forget']['acc']:.2f}%"
         seconds = f"{m['seconds']:.1f}" if m.get("seconds") is not None else "-"
-        lines.append(f"| {name} | {cell(forget)} | {cell(retain)} | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% "
-                     f"| {train_forget} | {m['train_retain']['acc']:.2f}% | {mia} | {gap} | {seconds} |")
-    return "\n".join(lines)
+        test, retained = m["test"], m["train_retain"]
+        cells.append([name, cell(forget), cell(retain), f"{test['acc']:.2f}%",
+                      f"{test['top5']:.2f}%", train_forget, f"{retained['acc']:.2f}%", mia, gap,
+                      seconds])
+    return table(*with_beneath(header, cells, [m for _, m in rows]))
 
 
 def in_words(rows, name, retrained):
@@ -200,29 +243,48 @@ def forget_label(meta):
     return meta["split"]["forget_class"] or f"random {meta['split']['n_forget']}"
 
 
-def card_row(meta, name):
+def card_header(beneath=False):
+    """CARD_HEADER, and BENEATH_HEADER's columns after it when `beneath` (its first line starts as
+    CARD_HEADER's: what evaluate.py --table's --out check reads)."""
+    if not beneath:
+        return CARD_HEADER
+    first, rule = CARD_HEADER.split("\n")
+    return f"{first} {' | '.join(BENEATH_HEADER)} |\n{rule}{'---|' * len(BENEATH_HEADER)}"
+
+
+def card_row(meta, name, beneath=False):
     """One row of the model cards' table, in their layout (acc (loss), no % sign), plus the MIA, from the JSON
-    sidecar that unlearn.py writes."""
+    sidecar that unlearn.py writes; with `beneath`, the --probe columns ('-' where none)."""
     if not meta.get("metrics"):
         raise ValueError(f"{name} holds no metrics (made with --no-eval?)")
     forget, retain = headline(meta["metrics"])
     mia = "-" if meta["metrics"]["mia"] is None else f"{meta['metrics']['mia']:.3f}"
+    cells = (beneath_cells(meta["metrics"]) or ["-"] * len(BENEATH_HEADER)) if beneath else []
+    extra = "".join(f" {c} |" for c in cells)
     return (f"| `{name}` | {forget_label(meta)} | {forget['acc']:.2f} ({forget['loss']:.3f}) | {retain['acc']:.2f} "
-            f"({retain['loss']:.3f}) | {mia} |")
+            f"({retain['loss']:.3f}) | {mia} |{extra}")
+
+
+def has_beneath(meta):
+    """Whether a sidecar's metrics hold the --probe measures."""
+    return bool(meta.get("metrics") and beneath_cells(meta["metrics"]))
 
 
 def card_table(sidecars):
     """The model cards' per-class table (Model | Forget Class | Forget class acc(loss) | Retain class acc(loss)),
-    plus MIA, from the JSON sidecars that unlearn.py writes."""
-    rows = []
+    plus MIA, from the JSON sidecars that unlearn.py writes; with --probe's columns where any has
+    them."""
+    metas = []
     for path in sidecars:
         meta = read_json(path)
         if not isinstance(meta, dict) or "method" not in meta:
             raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table reads those of unlearned "
                              f"models")
         checked(meta, UNLEARNED, path)
-        rows.append(card_row(meta, os.path.splitext(os.path.basename(path))[0] + ".pth"))
-    return "\n".join([CARD_HEADER, *rows]) + "\n"
+        metas.append((meta, os.path.splitext(os.path.basename(path))[0] + ".pth"))
+    beneath = any(has_beneath(meta) for meta, _ in metas)
+    rows = [card_row(meta, name, beneath) for meta, name in metas]
+    return "\n".join([card_header(beneath), *rows]) + "\n"
 
 
 
@@ -387,9 +449,13 @@ def section_unlearn(run):
         return "## Unlearning\n\nNot run (no unlearn/<method>/<class>.json)."
     header = ["Method", "Class", "Forget acc (loss)", "Retain acc (loss)", "Test top-1", "Test top-5", "MIA",
               "Avg gap to retrained", "Seconds", "Published forget", "Published retain", "Diff retain"]
+    header, rows = with_beneath(header, [unlearn_row(meta["method"], meta) for meta in metas],
+                                [meta["metrics"] for meta in metas])
+    beneath = (" Probe, CKA, relearn steps: beneath the outputs (evaluate.py --probe, "
+               "docs/PRIVACY.md)." if len(header) > 12 else "")
     return ("## Unlearning, per method and forgotten class\n\nForget / retain: the test images of the forgotten class "
             "and of the others. Avg gap: mean |difference| to the retrained model over forget, retain and test "
-            "accuracy and MIA x 100.\n\n" + table(header, [unlearn_row(meta["method"], meta) for meta in metas]))
+            f"accuracy and MIA x 100.{beneath}\n\n" + table(header, rows))
 
 
 def section_sisa(run):
@@ -596,7 +662,10 @@ def card_front_matter(meta, license):
 def card_results(meta, name):
     """The cards' results table: forget / retain class acc(loss) for an unlearned model, test top-1 for a trained one."""
     if meta.get("method"):
-        return CARD_HEADER + "\n" + card_row(meta, name) if meta.get("metrics") else "Not evaluated (made with --no-eval)."
+        beneath = has_beneath(meta)
+        if not meta.get("metrics"):
+            return "Not evaluated (made with --no-eval)."
+        return card_header(beneath) + "\n" + card_row(meta, name, beneath)
     return table(["Model", "Excluded Class", "Test accuracy"],
                  [[f"`{name}`", meta["split"]["forget_class"] or "None", f"{meta['metrics']['test_acc']:.2f}%"]])
 
@@ -619,7 +688,9 @@ def model_card(meta, name, license="mit"):
     return "\n".join([card_front_matter(meta, license), "", f"# {name}", "",
                       f"A {meta['arch']} on {meta['dataset']}, {what} (`{' '.join(argv)}`).", "",
                       "## Testing Data", "", f"**Dataset**: {meta['dataset']} test set  ",
-                      "**Metrics**: Forget class accuracy(loss), Retain class accuracy(loss), MIA" if meta.get("method")
+                      "**Metrics**: Forget class accuracy(loss), Retain class accuracy(loss), MIA"
+                      + (", linear-probe accuracy, linear CKA, relearn steps (docs/PRIVACY.md)"
+                         if has_beneath(meta) else "") if meta.get("method")
                       else "**Metrics**: Top-1 accuracy", "", "## Training Details", "", "### Training Procedure", "",
                       *details, "", "## Results", "", card_results(meta, name), ""])
 

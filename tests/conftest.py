@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 SUBSET = 300  # train images per class for the session model: enough to learn, small enough for 2 cores
 TEST_SUBSET = 100
+RETRAINED_WITHOUT = 0  # the class the `retrained` fixture never saw: airplane
 
 
 @pytest.fixture(scope="session")
@@ -35,19 +36,34 @@ def cifar_jpeg(data_dir):
     return load_dataset(ARCHIVE, data_dir)
 
 
+def train_toy(data, path, forget_class=None):
+    """(checkpoint path, model, log): resnet20 trained with the recipe (batch 64, 4 epochs) on
+    300 images per class, forget_class's left out."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    split = make_split(data, subset=SUBSET, test_subset=TEST_SUBSET, forget_class=forget_class)
+    cfg = TrainConfig(arch="resnet20", epochs=4, batch_size=64)
+    train_loader = Loader(data, split.retain, train_set=True, batch_size=cfg.batch_size,
+                          shuffle=True, augment="crop-flip")
+    test_loader = Loader(data, split.test, train_set=False, batch_size=1000)
+    log, _ = fit(model, train_loader, test_loader, cfg)
+    save_model(path, model, {"arch": "resnet20"})
+    return path, model, log
+
+
 @pytest.fixture(scope="session")
 def trained(cifar_jpeg, tmp_path_factory):
     """(checkpoint path, model, log): resnet20 trained with the recipe (batch 64, 4 epochs) on 300 images per class."""
-    torch.manual_seed(0)
-    model = build_model("resnet20", 10)
-    split = make_split(cifar_jpeg, subset=SUBSET, test_subset=TEST_SUBSET)
-    cfg = TrainConfig(arch="resnet20", epochs=4, batch_size=64)
-    train_loader = Loader(cifar_jpeg, split.retain, train_set=True, batch_size=cfg.batch_size, shuffle=True,
-                          augment="crop-flip")
-    log, _ = fit(model, train_loader, Loader(cifar_jpeg, split.test, train_set=False, batch_size=1000), cfg)
-    path = str(tmp_path_factory.mktemp("ckpt") / "resnet20_full.pth")
-    save_model(path, model, {"arch": "resnet20"})
-    return path, model, log
+    return train_toy(cifar_jpeg, str(tmp_path_factory.mktemp("ckpt") / "resnet20_full.pth"))
+
+
+@pytest.fixture(scope="session")
+def retrained(cifar_jpeg, tmp_path_factory):
+    """(checkpoint path, model, log): the session model's recipe and seed without the class
+    RETRAINED_WITHOUT (airplane, the one the session model knows best: 59% of its test images),
+    the gold standard of forgetting it."""
+    path = tmp_path_factory.mktemp("ckpt") / "resnet20_no_airplane.pth"
+    return train_toy(cifar_jpeg, str(path), RETRAINED_WITHOUT)
 
 
 def run_script(script, *args, cwd=ROOT):

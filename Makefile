@@ -159,7 +159,7 @@ unlearn: $(INSTALL)  ## unlearn CLASS from MODEL with METHOD -> checkpoints/<dat
 unlearn-table: $(INSTALL)  ## METHOD for every class of MODEL, then the model cards' table: tables/<method>.md
 	@$(CLASS_LIST); classes=$$(echo $$classes | wc -w); \
 	for c in $$(seq 0 $$((classes - 1))); do \
-	  $(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $$c \
+	  $(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $$c $(PROBE) \
 	    --out runs/table-$(METHOD)/$(NAME)_$(METHOD)_$$c.pth || exit 1; \
 	done; \
 	$(PY) evaluate.py --table $$(seq -f "runs/table-$(METHOD)/$(NAME)_$(METHOD)_%g.json" 0 $$((classes - 1))) --out tables/$(METHOD).md
@@ -249,6 +249,9 @@ SISA_DATASET ?= cifar100
 SISA_RECIPE ?= --recipe transfer --arch resnet34-imagenet
 ENSEMBLE_RECIPE ?= --recipe ensemble $(PRETRAINED_FLAG)
 FORGET_FRACTION ?= 0.2
+# beneath the outputs (linear probe, CKA, relearn steps: docs/PRIVACY.md), evaluated in each
+# unlearn and eval step of the run and in unlearn-table; PROBE= leaves them out
+PROBE ?= --probe
 CLASSES = $(shell $(PY) data.py --for-make $(DATA_ARGS) | sed -n 's/^classes: //p')
 SEEDS = $(shell seq 0 $$(($(N) - 1)))
 R = $(RUNDIR)
@@ -395,12 +398,12 @@ $(R)/no_%.pth: | $(INSTALL)
 # unlearn/<method>/<class>.pth: the method from the full model, evaluated beside the retrained one
 $(R)/unlearn/%.pth: $(R)/full.pth $(R)/no_$$(notdir $$*).pth
 	$(PY) unlearn.py $(DATA) --method $(*D) --wait --model $< --retrained $(R)/no_$(*F).pth --forget-class '$(*F)' \
-	  --out $@ $(EXTRA_$(subst +,plus,$(*D)))
+	  --out $@ $(EXTRA_$(subst +,plus,$(*D))) $(PROBE)
 
 # every model of CLASS side by side, with the forget sets' per-example losses (the report's plots)
 $(R)/eval_%.json: $(R)/full.pth $(R)/no_%.pth $$(foreach m,$$(EVERY_CLASS) $$(ONE_CLASS),$(R)/unlearn/$$(m)/$$*.pth)
 	$(PY) evaluate.py $(DATA) --retrained $(R)/no_$*.pth $(addprefix --model ,$(R)/full.pth $(filter $(R)/unlearn/%,$^)) \
-	  --forget-class '$*' --mia --losses --json $@
+	  --forget-class '$*' --mia --losses --json $@ $(if $(PROBE),$(PROBE) --original $(R)/full.pth)
 
 $(R)/sisa/manifest_full.json: | $(INSTALL)
 	$(PY) train.py $(SISA_DATA) --sisa $(SISA_RECIPE) --out $(R)/sisa

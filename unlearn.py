@@ -28,7 +28,7 @@ from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, ch
                  json_of_kind, lock, pick_device, read_json, run, write_json)
 from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
                   with_normalization)
-from evaluate import evaluate_model, format_table, load_evaluable, strip_losses
+from evaluate import beneath_outputs, evaluate_model, format_table, load_evaluable, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
                     save_model, sidecar_path, to_device)
 from train import TrainConfig, fit, normalization, read_manifest, train_sisa
@@ -116,6 +116,9 @@ def parse_args(argv=None):
     parser.add_argument("--wait", action="store_true", help="when another run is writing --out, wait for it (then "
                         "nothing is left to do) instead of stopping at once: parallel make jobs (default: stop)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (default: evaluate)")
+    parser.add_argument("--probe", action="store_true", help="evaluate beneath the outputs too: "
+                        "linear probe, CKA to the --retrained and to the --model it started from, "
+                        "relearn steps (evaluate.py --probe; default: off)")
     add_runtime_args(parser, seed="seed of batch order, augmentation, random labels")  # SSD and evaluation: fp32
     add_data_args(parser)
     if method in METHODS:
@@ -290,6 +293,12 @@ def evaluate_saved(args, data, split, model, retrained, out, seconds, device):
     rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
     if retrained:
         rows.insert(0, (args.retrained, evaluate_model(to_device(retrained, device), data, split, device, mia=True)))
+    if args.probe:  # the original read again (the method changed `model`): the reference
+        original = to_device(load_model(args.model, num_classes=len(data.classes)), device)
+        named = [(p, retrained if p == args.retrained else model, m) for p, m in rows]
+        named.append(("original", original, evaluate_model(original, data, split, device)))
+        beneath_outputs(named, data, split, device, original="original",
+                        retrained=args.retrained if retrained else None)
     write_json(sidecar_path(out), {**read_json(sidecar_path(out)), "metrics": strip_losses(rows[-1][1]),
                                    "retrained_metrics": strip_losses(rows[0][1]) if retrained else None})
     print(format_table(rows, rows[0][1] if retrained else None))

@@ -3,12 +3,16 @@ probe's regression, linear CKA and relearn time against independent computations
 answers."""
 import copy
 import json
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ARCHIVE, RETRAINED_WITHOUT, assert_clean_error, call
+import report
+from conftest import ARCHIVE, RETRAINED_WITHOUT, ROOT, assert_clean_error, call
 from data import make_split
 from evaluate import fit_probe, linear_cka, penultimate, probe_sample
 from models import Ensemble, build_model, save_model
@@ -163,6 +167,50 @@ def test_a_head_edit_forgets_on_outputs_only_and_a_retrained_model_beneath_too(
     assert row.endswith(f"| {edit['probe_forget_acc']:.2f}% | {edit['probe_test_acc']:.2f}% | "
                         f"{cka['test']:.3f} / {cka['forget']:.3f} | 1.000 / 1.000 | "
                         f"{edit['relearn_steps']} |")
+
+
+def test_unlearn_probe_fills_the_sidecar_the_cards_table_and_the_model_card(
+        cifar_jpeg, data_dir, trained, tmp_path):
+    out = tmp_path / "ssd.pth"
+    r = call("unlearn.py", "--method", "ssd", "--model", trained[0], "--forget-class", "airplane",
+             "--probe", "--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 20,
+             "--test-subset", 20, "--device", "cpu", "--out", out)
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(tmp_path / "ssd.json"))
+    m = meta["metrics"]
+    assert m["cka_retrained"] is None and m["relearn_cap"] == 100
+    assert 0 <= m["probe_forget_acc"] <= 100 and set(m["beneath_seconds"]) == {
+        "features", "probe", "cka", "relearn"}
+    assert set(m["cka_original"]) == {"test", "forget"} and meta["retrained_metrics"] is None
+    cells = report.beneath_cells(m)
+    r = call("evaluate.py", "--table", tmp_path / "ssd.json")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].endswith("| MIA | " + " | ".join(report.BENEATH_HEADER) + " |")
+    assert r.stdout.splitlines()[2].endswith(f"| {m['mia']:.3f} | " + " | ".join(cells) + " |")
+    card = report.model_card(meta, "ssd.pth")
+    assert "| " + " | ".join(report.BENEATH_HEADER) + " |" in card and " | ".join(cells) in card
+    assert "relearn steps" in card
+    del meta["metrics"]["probe_test_acc"]  # a sidecar made without --probe: the cards as before
+    assert "Probe" not in report.model_card(meta, "ssd.pth")
+
+
+def test_reproduce_passes_probe_to_every_unlearn_and_evaluation_step(tmp_path):
+    def commands(*extra):
+        dry = subprocess.run(["make", "-C", ROOT, "-n", "--no-print-directory", "INSTALL=",
+                              f"PY={sys.executable}", "reproduce-steps", f"RUNDIR={tmp_path}",
+                              "CLASSES=airplane cat", "EVERY_CLASS=ssd", "ONE_CLASS=ga",
+                              "CLASS=cat", *extra], capture_output=True, text=True, timeout=120)
+        assert dry.returncode == 0, dry.stderr
+        lines = [shlex.split(line) for line in dry.stdout.replace("\\\n", " ").splitlines()]
+        scripts = ("unlearn.py", "evaluate.py")
+        return [w[1:] for w in lines if w and w[0] == sys.executable and w[1] in scripts]
+    steps = commands()
+    unlearns = [c for c in steps if c[0] == "unlearn.py" and "--method" in c and "sisa" not in c]
+    assert len(unlearns) == 3 and all("--probe" in c for c in unlearns)
+    evaluation = [c for c in steps if str(tmp_path / "eval_cat.json") in c]
+    assert len(evaluation) == 1 and "--probe" in evaluation[0]
+    assert evaluation[0][evaluation[0].index("--original") + 1] == str(tmp_path / "full.pth")
+    assert not any("--probe" in c or "--original" in c for c in commands("PROBE="))
 
 
 def test_probe_flags_are_checked_before_any_work(cifar_jpeg, data_dir, tmp_path):

@@ -18,7 +18,8 @@ from conftest import ARCHIVE, ROOT, assert_clean_error, call, run_script
 # epoch per slice, an ensemble of 2. 10 train images per class so that a random 20% leaves every SISA slice some.
 TINY = ["ARCH=resnet20", "EPOCHS=1", "DEVICE=cpu", "EXTRA=--subset 10 --test-subset 3", "CLASSES=airplane cat", "N=2",
         "EVERY_CLASS=ssd advneggrad", "ONE_CLASS=ga", "CLASS=cat", "SISA_RECIPE=--arch resnet20 --slice-epochs 1,1,1,1,1",
-        "ENSEMBLE_RECIPE=--arch resnet20 --epochs 1", "EXTRA_ga=--epochs 1"]
+        "ENSEMBLE_RECIPE=--arch resnet20 --epochs 1", "EXTRA_ga=--epochs 1",
+        "PROBE="]  # --probe's steps: test_beneath.py
 
 
 def make(*args, timeout=900):

@@ -279,8 +279,10 @@ reproduce-pool: $(INSTALL)
 SMALL = RUNDIR=$(SMALL_RUNDIR) DATASET=$(DEMO_DATASET) ARCH=resnet20 EPOCHS=4 TRAIN_FLAGS="--batch-size 64" \
 	DEVICE=cpu EXTRA="--subset 100 --test-subset 100" SISA_DATASET=$(DEMO_DATASET) SISA_RECIPE="--arch resnet20 \
 	--batch-size 32 --slice-epochs 2,2,1,1,1" ENSEMBLE_RECIPE="--arch resnet20 --epochs 4 --batch-size 64" \
-	EXTRA_finetune="--epochs 2" EXTRA_neggradplus="--epochs 2" EXTRA_rl="--epochs 2" EXTRA_salun="--epochs 2"
+	EXTRA_finetune="--epochs 2" EXTRA_neggradplus="--epochs 2" EXTRA_rl="--epochs 2" EXTRA_salun="--epochs 2" \
+	PROBE=$(SMALL_PROBE)
 SMALL_RUNDIR ?= runs/reproduce-small
+SMALL_PROBE ?=  # the CPU toy leaves --probe out (relearn time would add minutes a step); --probe puts it in
 reproduce-small: $(INSTALL)  ## the same with resnet20 on a CIFAR-10 subset, on a CPU in under 15 minutes
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j$$(nproc) reproduce-steps $(SMALL)  # one core a job
 	$(MAKE) --no-print-directory report RUNDIR=$(SMALL_RUNDIR)

@@ -73,7 +73,8 @@ def test_the_first_call_rehearsed_on_a_cpu(cifar_jpeg, data_dir, tmp_path):
 # A child that prints, starts a grandchild, says when SIGINT comes and sleeps on: SIGKILL ends it
 STUBBORN = '''import signal, subprocess, sys, time
 print("first line", flush=True)
-sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                           stderr=subprocess.DEVNULL)  # its KeyboardInterrupt would cut our lines
 open(sys.argv[1], "w").write(str(sleeper.pid))
 signal.signal(signal.SIGINT, lambda *a: print("got SIGINT", flush=True))
 print("waiting", flush=True)
@@ -100,13 +101,13 @@ def test_a_step_over_its_limit_leaves_its_lines_and_no_process(tmp_path):
     log = first_call.Log(str(tmp_path / "log.txt"), started)
     try:
         argv = [sys.executable, "-c", STUBBORN, str(tmp_path / "pid")]
-        result = first_call.run_step("stubborn", argv, limit=15, log=log, grace=1)
+        result = first_call.run_step("stubborn", argv, limit=8, log=log, grace=1)
     finally:
         log.close()
     assert result["timed_out"] and result["rc"] == -9  # SIGINT ignored, so SIGKILL
     assert result["lines"][:2] == ["first line", "waiting"] and "got SIGINT" in result["lines"]
     text = open(tmp_path / "log.txt").read()
-    lines = ("stubborn] first line", "stubborn] waiting", "over its 15 s limit",
+    lines = ("stubborn] first line", "stubborn] waiting", "over its 8 s limit",
              "stubborn] got SIGINT", "stubborn] rc -9")
     order = [text.index(line) for line in lines]
     assert order == sorted(order)  # each line written as it came, before the limit ended the step

@@ -11,6 +11,10 @@ computes no metric. Its config also says which loaders its official code builds 
 shuffled or not, augmented like training or not, the order of an unshuffled pass): build yours the same way,
 because the result depends on it (SSD's importances on class-grouped batches select other weights than on
 shuffled ones).
+Every pass a method makes over a loader must yield a batch: an empty set, drop_last with fewer
+images than a batch, or a one-shot generator read a second time is one ValueError naming the
+loader (finetune, ct and l1-sparse never read the forget loader, so it is not checked there).
+Pass loaders that can be iterated again.
 Retraining, which needs the training recipe, is unlearn.py's.
 """
 import contextlib
@@ -344,10 +348,11 @@ class BoundaryExpandConfig(BoundaryConfig):
 
 class OnDevice:
     """A loader's batches moved to `device` as they come (a no-op for batches already there); len() and every
-    pass as the loader's own."""
+    pass as the loader's own. A pass without a batch is a ValueError naming the loader (`role`):
+    a method would otherwise loop for ever (a cycled loader), change nothing, or fail unpacking."""
 
-    def __init__(self, loader, device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader, device, role):
+        self.loader, self.device, self.role = loader, device, role
 
     def __len__(self):
         return len(self.loader)
@@ -356,8 +361,24 @@ class OnDevice:
         return getattr(self.loader, name)
 
     def __iter__(self):
+        empty = True
         for x, y in self.loader:
+            empty = False
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if empty:
+            raise ValueError(no_batch(self.role))
+
+
+def on_device(retain_loader, forget_loader, device):
+    """Both loaders as OnDevice, each named in the error of a pass without a batch."""
+    return OnDevice(retain_loader, device, "retain"), OnDevice(forget_loader, device, "forget")
+
+
+def no_batch(role):
+    """The one error of a loader pass without a batch, with its three usual causes."""
+    return (f"the {role} loader yielded no batch: an empty {role} set, drop_last with fewer "
+            f"images than a batch, or a one-shot iterator (a generator) already used up; give "
+            f"a loader that yields a batch on every pass, such as a DataLoader")
 
 
 def sgd(model, cfg):
@@ -550,7 +571,7 @@ def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
     """I_f over the forget set, I_D over D (retain then forget, or the retain set alone), both unshuffled in the
     loaders' order (cfg.loaders(): it decides which weights are selected), then dampen. The importances are
     squared gradients, ratios of which select weights: always IEEE fp32, even under bf16 autocast."""
-    retain_loader, forget_loader = OnDevice(retain_loader, device), OnDevice(forget_loader, device)
+    retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     model.eval()
     importance = IMPORTANCE[cfg.importance]
     full_set = [retain_loader, forget_loader] if cfg.full_set == "retain+forget" else [retain_loader]
@@ -566,7 +587,7 @@ def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
 def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
     """One step per retain batch on (1 - alpha) CE on retain - alpha CE on the next forget batch, the whole gradient
     clipped; the forget loader cycles, a fresh pass each time round."""
-    retain_loader, forget_loader = OnDevice(retain_loader, device), OnDevice(forget_loader, device)
+    retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     optimizer = sgd(model, cfg)
     model.train()
     for (xr, yr), (xf, yf) in zip(passes(retain_loader, cfg.epochs), cycle(forget_loader)):
@@ -578,7 +599,7 @@ def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
 def unlearn_neggrad_plus(model, retain_loader, forget_loader, cfg, device):
     """The notebook's run_neggrad_epoch: one step per retain batch on
     alpha (CE_r + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE_f, theta_0 the original weights."""
-    retain_loader, forget_loader = OnDevice(retain_loader, device), OnDevice(forget_loader, device)
+    retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     original = [p.detach().clone() for p in model.parameters()]
     optimizer = sgd(model, cfg)
     model.train(cfg.train_mode)
@@ -591,7 +612,7 @@ def unlearn_neggrad_plus(model, retain_loader, forget_loader, cfg, device):
 
 def unlearn_ga(model, retain_loader, forget_loader, cfg, device):
     """Gradient ascent: one step per forget batch on -CE, `epochs` passes (GA.py)."""
-    forget_loader = OnDevice(forget_loader, device)
+    forget_loader = OnDevice(forget_loader, device, "forget")
     optimizer = sgd(model, cfg)
     model.train()
     for x, y in passes(forget_loader, cfg.epochs):
@@ -601,7 +622,7 @@ def unlearn_ga(model, retain_loader, forget_loader, cfg, device):
 
 def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
     """SGD on the retain set with the cosine schedule stepped once per epoch (the starting kit's fine-tuning)."""
-    retain_loader = OnDevice(retain_loader, device)
+    retain_loader = OnDevice(retain_loader, device, "retain")
     optimizer = sgd(model, cfg)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     model.train()
@@ -616,7 +637,7 @@ def random_labels(model, retain_loader, forget_loader, cfg, device, keep=None):
     """RL.py's CIFAR-10 branch, every epoch: a pass over the forget set with each label drawn uniformly from all
     classes (torch.randint(0, num_classes): sometimes the true one), then a pass over the retain set, one step per
     batch. keep = (mask, original weights): after every step, weights outside the mask are put back exactly (SalUn)."""
-    retain_loader, forget_loader = OnDevice(retain_loader, device), OnDevice(forget_loader, device)
+    retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     optimizer = sgd(model, cfg)
     model.train()
     for _ in range(cfg.epochs):
@@ -668,7 +689,7 @@ def restore_outside_mask(model, mask, original):
 
 def unlearn_salun(model, retain_loader, forget_loader, cfg, device):
     """SalUn: the saliency mask from the forget loader's first pass, then RL with the weights outside it kept."""
-    mask = saliency_mask(model, OnDevice(forget_loader, device), cfg.mask_ratio)
+    mask = saliency_mask(model, OnDevice(forget_loader, device, "forget"), cfg.mask_ratio)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     return random_labels(model, retain_loader, forget_loader, cfg, device, keep=(mask, original))
 
@@ -692,7 +713,7 @@ def scrub_pass(model, teacher, loader, optimizer, cfg, maximize):
 
 def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
     """SCRUB: per epoch a max-step pass over the forget set (the first max_epochs), then a min-step pass."""
-    retain_loader, forget_loader = OnDevice(retain_loader, device), OnDevice(forget_loader, device)
+    retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     teacher = copy.deepcopy(model).eval()
     optimizer = sgd(model, cfg)
     model.train()
@@ -708,7 +729,7 @@ def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
 def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
     """Every Conv2d kernel transposed (weight.swapaxes(2, 3)), then SGD with the cosine schedule stepped per epoch
     over the retain set, train mode; the forget set is never read."""
-    retain_loader = OnDevice(retain_loader, device)
+    retain_loader = OnDevice(retain_loader, device, "retain")
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.Conv2d):
@@ -773,8 +794,8 @@ def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
     """MSG: the saliency gradients in the mode the model comes in (train, as the pipeline hands it over), the
     smallest init_rate of each convolution drawn again, then SGD on the retain set, train mode, the lr rising
     linearly to cfg.lr and back per epoch, convolution gradients scaled 1 (drawn again) or kept_scale (kept)."""
-    retain_loader = OnDevice(retain_loader, device)
-    forget_batches = list(OnDevice(forget_loader, device))  # one pass: its size, then its gradients
+    retain_loader = OnDevice(retain_loader, device, "retain")
+    forget_batches = list(OnDevice(forget_loader, device, "forget"))  # one pass: size, gradients
     model.train()
     saliency_gradients(model, first_images(retain_loader, sum(len(y) for _, y in forget_batches)), forget_batches)
     redrawn = redraw_small_gradients(model, cfg.init_rate)
@@ -833,8 +854,8 @@ def unlearn_bad_teacher(model, retain_loader, forget_loader, cfg, device):
     """The incompetent teacher drawn first (torch's generator), then the retain sample (random.sample: here the
     first int(fraction x n) of a torch.randperm), the forget set and the sample shuffled together, 1 = forget;
     Adam on the student (train mode), both teachers in eval mode."""
-    retain_x, retain_y = collect(OnDevice(retain_loader, device))
-    forget_x, _ = collect(OnDevice(forget_loader, device))
+    retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
+    forget_x, _ = collect(OnDevice(forget_loader, device, "forget"))
     full_teacher, bad_teacher = copy.deepcopy(model).eval(), fresh_copy(model).eval()
     sample = torch.randperm(len(retain_y))[:int(cfg.retain_fraction * len(retain_y))].to(retain_x.device)
     x = torch.cat([forget_x, retain_x[sample]])
@@ -876,8 +897,8 @@ def adam_epoch(model, batches, lr, zero_first):
 def unlearn_unsir(model, retain_loader, forget_loader, cfg, device):
     """UNSIR, the SSD repository's run: the noise learnt against the model (train mode) for the forget class, the
     impair epoch on noise_copies copies of its first 3 images and the retain sample, the repair epoch on the sample."""
-    retain_x, retain_y = collect(OnDevice(retain_loader, device))
-    forget_x, forget_y = collect(OnDevice(forget_loader, device))
+    retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
+    forget_x, forget_y = collect(OnDevice(forget_loader, device, "forget"))
     # UNSIR is class-wise; for a random or given forget set (never run by the reference) the noise takes the forget
     # set's most frequent label and the retain sample keeps every other class
     forget_class = int(torch.mode(forget_y).values)
@@ -907,8 +928,8 @@ def unlearn_amnesiac(model, retain_loader, forget_loader, cfg, device):
     """Amnesiac: every forget image relabelled once, uniformly to another class (random.choice over the others:
     here torch.randint over C - 1, shifted past the true class), the whole retain set beside them, one shuffled
     loader, Adam, train mode."""
-    retain_x, retain_y = collect(OnDevice(retain_loader, device))
-    forget_x, forget_y = collect(OnDevice(forget_loader, device))
+    retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
+    forget_x, forget_y = collect(OnDevice(forget_loader, device, "forget"))
     classes = class_count(model, retain_x)
     other = torch.randint(0, classes - 1, forget_y.shape).to(forget_y.device)
     relabelled = other + (other >= forget_y).long()  # a uniform draw over the classes but the true one
@@ -932,7 +953,7 @@ def l1_norm(model):
 
 def unlearn_l1_sparse(model, retain_loader, forget_loader, cfg, device):
     """FT_l1: per epoch t, SGD on the retain set, train mode, loss CE + alpha (1 - t / epochs) ||theta||_1."""
-    retain_loader = OnDevice(retain_loader, device)
+    retain_loader = OnDevice(retain_loader, device, "retain")
     optimizer = sgd(model, cfg)
     model.train()
     for epoch in range(cfg.epochs):
@@ -965,7 +986,7 @@ def fgsm(model, x, y, bound, mean, std):
 def unlearn_boundary_shrink(model, retain_loader, forget_loader, cfg, device):
     """Per forget batch: the original model (a frozen copy, eval mode) attacked by FGSM, its prediction on the
     adversarial image the label the model learns the clean image with (train mode)."""
-    forget_loader = OnDevice(forget_loader, device)
+    forget_loader = OnDevice(forget_loader, device, "forget")
     original = copy.deepcopy(model).eval()
     optimizer = sgd(model, cfg)
     for _ in range(cfg.epochs):
@@ -991,7 +1012,7 @@ def unlearn_boundary_expand(model, retain_loader, forget_loader, cfg, device):
     """The classifier widened by a shadow unit (PyTorch's default init, the old rows copied in), every parameter
     trained on the forget set labelled as the shadow class (train mode), then the shadow row removed (the original
     method; SalUn's port keeps it and evaluates 11 outputs)."""
-    forget_loader = OnDevice(forget_loader, device)
+    forget_loader = OnDevice(forget_loader, device, "forget")
     parent, name, fc = last_linear(model)
     classes = fc.out_features
     wide = torch.nn.Linear(fc.in_features, classes + 1, device=fc.weight.device, dtype=fc.weight.dtype)

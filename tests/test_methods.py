@@ -1,11 +1,19 @@
 """methods.py is a file a user can copy alone: every method runs from a lone copy, on a torchvision ResNet18, with
-plain DataLoaders on the CPU; report.py, which reads JSON, starts without torch."""
+plain DataLoaders on the CPU; report.py, which reads JSON, starts without torch. Then methods.py
+on odd inputs: loaders without a batch, a one-shot generator."""
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import methods
 import report
 import unlearn
 from conftest import ROOT
@@ -54,3 +62,88 @@ def test_report_reads_json_without_torch_and_knows_every_method():
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
     assert list(report.METHOD_ORDER) == list(unlearn.METHODS)
+
+
+
+# ------------------------------------------------------------- methods.py on odd inputs (issue 32)
+
+CPU = torch.device("cpu")
+SMALL = {"batch_size": 8, "forget_batch_size": 8, "epochs": 1, "noise_steps": 2, "noise_copies": 4}
+NEVER_READ_FORGET = {"finetune", "ct", "l1-sparse"}  # their official code never reads it
+NEVER_READ_RETAIN = {"ga", "boundary-shrink", "boundary-expand"}
+
+
+def tiny():
+    """A small convnet (conv with a bias, BN, linear) and its retain and forget images (32 and 8,
+    8x8 pixels)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    x, y = torch.randn(40, 3, 8, 8), torch.arange(40) % 10
+    forget = y == 3
+    retain = x[~forget][:32], y[~forget][:32]
+    return model, retain, (x[forget].repeat(2, 1, 1, 1), y[forget].repeat(2))
+
+
+def config(name, **extra):
+    config_class = methods.METHODS[name][1]
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in {**SMALL, **extra}.items() if k in fields})
+
+
+def batches(images, batch_size=8):
+    x, y = images
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
+class NoBatch(DataLoader):
+    """drop_last with fewer images than a batch: a DataLoader that yields nothing. Its fourth pass
+    fails the test, so that a method cycling over it (advneggrad never returned) ends."""
+
+    def __init__(self, images):
+        super().__init__(TensorDataset(*(t[:3] for t in images)), batch_size=8, drop_last=True)
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        assert self.passes <= 3, "the method keeps iterating a loader without a batch: a hang"
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("name", list(methods.METHODS))
+def test_a_forget_loader_without_a_batch_is_one_clear_error(name):
+    model, retain, forget = tiny()
+    fn, empty = methods.METHODS[name][0], NoBatch(forget)
+    if name in NEVER_READ_FORGET:  # never read, so never checked: it trains on the retain set
+        fn(model, batches(retain), empty, config(name), CPU)
+        assert empty.passes == 0
+        return
+    message = "the forget loader yielded no batch: an empty forget set, drop_last with fewer"
+    with pytest.raises(ValueError, match=message):
+        fn(model, batches(retain), empty, config(name), CPU)
+
+
+@pytest.mark.parametrize("name", sorted(set(methods.METHODS) - NEVER_READ_RETAIN))
+def test_a_retain_loader_without_a_batch_is_one_clear_error(name):
+    model, retain, forget = tiny()
+    with pytest.raises(ValueError, match="the retain loader yielded no batch"):
+        methods.METHODS[name][0](model, NoBatch(retain), batches(forget), config(name), CPU)
+
+
+def test_an_empty_list_as_the_forget_set_is_the_same_error():
+    model, retain, _ = tiny()
+    with pytest.raises(ValueError, match="the forget loader yielded no batch"):
+        methods.unlearn_ssd(model, batches(retain), [], config("ssd"), CPU)
+
+
+def test_a_one_shot_generator_is_refused_when_read_twice_and_serves_one_pass():
+    model, retain, forget = tiny()
+    # SSD reads the forget set for I_f, then as part of D; GA once per epoch
+    with pytest.raises(ValueError, match="the forget loader yielded no batch"):
+        methods.unlearn_ssd(model, batches(retain), iter(batches(forget)), config("ssd"), CPU)
+    with pytest.raises(ValueError, match="the forget loader yielded no batch"):
+        methods.unlearn_ga(model, None, iter(batches(forget)), config("ga", epochs=2), CPU)
+    before = [p.detach().clone() for p in model.parameters()]
+    methods.unlearn_ga(model, None, iter(batches(forget)), config("ga", lr=0.1), CPU)  # one pass
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+

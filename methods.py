@@ -728,12 +728,19 @@ def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
 
 def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
     """Every Conv2d kernel transposed (weight.swapaxes(2, 3)), then SGD with the cosine schedule stepped per epoch
-    over the retain set, train mode; the forget set is never read."""
+    over the retain set, train mode; the forget set is never read. A frozen convolution is refused
+    before any change (kgltop5.py's new nn.Parameter would unfreeze it; see docs/CHOICES.md)."""
     retain_loader = OnDevice(retain_loader, device, "retain")
+    convolutions = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    frozen = [n for n, m in convolutions if not m.weight.requires_grad]
+    if frozen:
+        raise ValueError(f"ct transposes every convolution and retrains it, but {len(frozen)} of "
+                         f"{len(convolutions)} are frozen (the first: {frozen[0]}); unfreeze them "
+                         f"(requires_grad_(True)), as kgltop5.py's new Parameters would, or use "
+                         f"another method")
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.copy_(m.weight.transpose(2, 3).clone())
+        for _, m in convolutions:
+            m.weight.copy_(m.weight.transpose(2, 3).clone())
     optimizer = sgd(model, cfg)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     model.train()
@@ -741,7 +748,7 @@ def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
         for x, y in retain_loader:
             step(optimizer, F.cross_entropy(model(x), y))
         schedule.step()
-    return model
+    return model.eval()  # kgltop5.py's last step: net.eval()
 
 
 def first_images(loader, n):
@@ -770,9 +777,13 @@ def redraw_small_gradients(model, rate):
     construction draws (a discarded Kaiming-uniform init, then Kaiming normal, fan_out, relu, the whole tensor),
     kept where the gradient was large. Returns {weight: gradient scale, 1 where drawn again, else 0}."""
     redrawn = {}
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d):
             w = m.weight
+            if w.grad is None:  # kgltop2.py fails here too (AttributeError); say why
+                raise ValueError(f"msg needs the gradient of every convolution, and {name} has "
+                                 f"none (frozen?); unfreeze it (requires_grad_(True)) or use "
+                                 f"another method")
             k = round(rate * w.numel())
             mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
             mask[torch.topk(-w.grad.abs().view(-1), k).indices] = True
@@ -792,8 +803,9 @@ def linear_warmup_decay(epoch, epochs):
 
 def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
     """MSG: the saliency gradients in the mode the model comes in (train, as the pipeline hands it over), the
-    smallest init_rate of each convolution drawn again, then SGD on the retain set, train mode, the lr rising
-    linearly to cfg.lr and back per epoch, convolution gradients scaled 1 (drawn again) or kept_scale (kept)."""
+    smallest init_rate of each convolution drawn again, then SGD on the retain set, train mode, the lr
+    rising linearly to cfg.lr and back per epoch, convolution gradients scaled 1 (drawn again) or
+    kept_scale (kept); eval mode at the end, as kgltop2.py."""
     retain_loader = OnDevice(retain_loader, device, "retain")
     forget_batches = list(OnDevice(forget_loader, device, "forget"))  # one pass: size, gradients
     model.train()
@@ -810,7 +822,7 @@ def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
         schedule.step()
     for hook in hooks:  # the reference returns its masking modules; ours leaves plain convolutions
         hook.remove()
-    return model
+    return model.eval()  # kgltop2.py's last step: net.eval()
 
 
 # ----------------------------------------------------------------------------- the SSD paper's baselines
@@ -1033,6 +1045,7 @@ def unlearn_boundary_expand(model, retain_loader, forget_loader, cfg, device):
 
 
 # name -> (function, config with the published defaults, name used in checkpoint files); unlearn.py adds retrain
+# Mode returned: eval by ssd, lfssd, ct, msg, neggrad+ (not train_mode), as officially; else train
 METHODS = {
     "ssd": (unlearn_ssd, SSDConfig, "SSD"),
     "advneggrad": (unlearn_advneggrad, AdvNegGradConfig, "AdvNegGrad"),

@@ -1,6 +1,7 @@
 """methods.py is a file a user can copy alone: every method runs from a lone copy, on a torchvision ResNet18, with
 plain DataLoaders on the CPU; report.py, which reads JSON, starts without torch. Then methods.py
-on odd inputs: loaders without a batch, a one-shot generator."""
+on odd inputs: loaders without a batch, a one-shot generator, frozen layers; and the mode each
+method returns the model in."""
 import dataclasses
 import os
 import shutil
@@ -71,6 +72,7 @@ CPU = torch.device("cpu")
 SMALL = {"batch_size": 8, "forget_batch_size": 8, "epochs": 1, "noise_steps": 2, "noise_copies": 4}
 NEVER_READ_FORGET = {"finetune", "ct", "l1-sparse"}  # their official code never reads it
 NEVER_READ_RETAIN = {"ga", "boundary-shrink", "boundary-expand"}
+EVAL_MODE = {"ssd", "lfssd", "neggrad+", "ct", "msg"}  # as METHODS' comment says; the rest: train
 
 
 def tiny():
@@ -147,3 +149,33 @@ def test_a_one_shot_generator_is_refused_when_read_twice_and_serves_one_pass():
     methods.unlearn_ga(model, None, iter(batches(forget)), config("ga", lr=0.1), CPU)  # one pass
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
+
+def frozen_but_fc(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model[-1].requires_grad_(True)
+    return model
+
+
+def test_ct_refuses_frozen_convolutions_before_changing_anything():
+    model, retain, forget = tiny()
+    model = frozen_but_fc(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"ct transposes every convolution and retrains it, but 1 "
+                                         r"of 1 are frozen \(the first: 0\); unfreeze them"):
+        methods.unlearn_ct(model, batches(retain), batches(forget), config("ct"), CPU)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_msg_on_frozen_convolutions_is_one_clear_error():
+    model, retain, forget = tiny()
+    with pytest.raises(ValueError, match="msg needs the gradient of every convolution, and 0 has"):
+        methods.unlearn_msg(frozen_but_fc(model), batches(retain), batches(forget), config("msg"),
+                            CPU)
+
+
+@pytest.mark.parametrize("name", list(methods.METHODS))
+def test_the_model_comes_back_in_the_mode_methods_py_documents(name):
+    model, retain, forget = tiny()
+    model = methods.METHODS[name][0](model, batches(retain), batches(forget), config(name), CPU)
+    assert model.training == (name not in EVAL_MODE)

@@ -773,9 +773,11 @@ def saliency_gradients(model, retain_sample, forget_loader):
 
 @torch.no_grad()
 def redraw_small_gradients(model, rate):
-    """In each Conv2d (module order), the round(rate * n) weights of smallest |grad| drawn again: what MaskConv2d's
-    construction draws (a discarded Kaiming-uniform init, then Kaiming normal, fan_out, relu, the whole tensor),
-    kept where the gradient was large. Returns {weight: gradient scale, 1 where drawn again, else 0}."""
+    """In each Conv2d (module order), the round(rate * n) weights of smallest |grad| drawn again:
+    what MaskConv2d's construction draws (its default init: Kaiming uniform for the weight,
+    discarded, then the bias's uniform draw, kept, as kgltop2.py copies back the kept weights only;
+    then Kaiming normal, fan_out, relu, the whole weight), kept where the gradient was large.
+    Returns {weight: 1 where drawn again, else 0}."""
     redrawn = {}
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d):
@@ -788,11 +790,23 @@ def redraw_small_gradients(model, rate):
             mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
             mask[torch.topk(-w.grad.abs().view(-1), k).indices] = True
             mask = mask.view_as(w)
-            torch.nn.init.kaiming_uniform_(torch.empty_like(w), a=math.sqrt(5))  # the discarded default init
-            fresh = torch.nn.init.kaiming_normal_(torch.empty_like(w), mode="fan_out", nonlinearity="relu")
+            torch.nn.init.kaiming_uniform_(torch.empty_like(w), a=math.sqrt(5))  # discarded
+            if m.bias is not None:  # MaskConv2d(bias=m.bias != None): a fresh bias, kept
+                m.bias.copy_(default_conv_bias(m))
+            fresh = torch.nn.init.kaiming_normal_(torch.empty_like(w), mode="fan_out",
+                                                  nonlinearity="relu")
             w.copy_(torch.where(mask, fresh, w))
             redrawn[w] = mask
     return redrawn
+
+
+def default_conv_bias(conv):
+    """nn.Conv2d.reset_parameters's bias: uniform in +-1 / sqrt(fan_in); no draw if fan_in is 0."""
+    fan_in = conv.weight[0].numel()  # in_channels / groups x kernel area
+    if fan_in == 0:
+        return torch.zeros_like(conv.bias)
+    bound = 1 / math.sqrt(fan_in)
+    return torch.nn.init.uniform_(torch.empty_like(conv.bias), -bound, bound)
 
 
 def linear_warmup_decay(epoch, epochs):
@@ -803,9 +817,9 @@ def linear_warmup_decay(epoch, epochs):
 
 def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
     """MSG: the saliency gradients in the mode the model comes in (train, as the pipeline hands it over), the
-    smallest init_rate of each convolution drawn again, then SGD on the retain set, train mode, the lr
-    rising linearly to cfg.lr and back per epoch, convolution gradients scaled 1 (drawn again) or
-    kept_scale (kept); eval mode at the end, as kgltop2.py."""
+    smallest init_rate of each convolution drawn again (its bias, if any, drawn afresh), then SGD
+    on the retain set, train mode, the lr rising linearly to cfg.lr and back per epoch, convolution
+    gradients scaled 1 (drawn again) or kept_scale (kept); eval mode at the end, as kgltop2.py."""
     retain_loader = OnDevice(retain_loader, device, "retain")
     forget_batches = list(OnDevice(forget_loader, device, "forget"))  # one pass: size, gradients
     model.train()

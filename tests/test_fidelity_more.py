@@ -444,3 +444,83 @@ def test_each_new_method_gets_the_loaders_of_its_reference(cifar_jpeg, method):
     for loader, batch_size in zip((retain_loader, forget_loader), REFERENCE_LOADERS[method][:2]):
         assert (loader.batch_size, loader.shuffle, loader.augment is not None) == (batch_size,
                                                                                   *REFERENCE_LOADERS[method][2:])
+
+
+# ------------------------------------------------------- layers our ResNets lack: a user's model (issue 32)
+
+class Shuffling:
+    """A loader of float32 batches, a new order each pass from its own seeded generator."""
+
+    def __init__(self, x, y, batch_size, seed):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.y), generator=self.generator)
+        for start in range(0, len(self.y), self.batch_size):
+            yield self.x[order[start:start + self.batch_size]], self.y[order[start:start + self.batch_size]]
+
+
+def biased_convnet():
+    """Two convolutions with a bias (our ResNets have none), trained biases stood in by 0.5."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Conv2d(6, 6, 3, padding=1, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 10))
+    with torch.no_grad():
+        net[0].bias.fill_(0.5)
+        net[3].bias.fill_(0.5)
+    x, y = torch.randn(36, 3, 8, 8), torch.arange(36) % 10
+    forget = y == 3
+    return net, (x[~forget], y[~forget]), (x[forget].repeat(3, 1, 1, 1), y[forget].repeat(3))
+
+
+def test_msg_redraws_a_biased_convolutions_bias_as_kgltop2(monkeypatch):
+    """kgltop2.py re_init_model_snip_ver2_little_grad on convolutions with a bias: MaskConv2d(..., m.bias !=
+    None, ...) is built (its default init: the weight's Kaiming uniform, then the bias's uniform draw), the
+    weight drawn again (Kaiming normal), the kept weights copied back, the bias left as built; then the
+    fine-tuning trains that fresh bias, unmasked. Float32, the reference's MaskConv2d dtype."""
+    model, retain, forget = biased_convnet()
+    cfg = MSGConfig(lr=0.05, epochs=2, batch_size=8)
+
+    def loaders():
+        return Shuffling(*retain, 8, 1), Shuffling(*forget, 4, 2)
+    torch.manual_seed(11)
+    ours = methods.unlearn_msg(copy.deepcopy(model), *loaders(), cfg, CPU)
+    net = copy.deepcopy(model).train()
+    retain_loader, forget_loader = loaders()
+    sample, left = [], len(forget[1])
+    for x, y in retain_loader:  # the retain loader's first pass: the sample
+        if left > 0:
+            sample.append((x[:left], y[:left]))
+            left -= len(y)
+    net.zero_grad()
+    for x, y in sample:
+        F.cross_entropy(net(x), y).backward()
+    for x, y in forget_loader:
+        (-F.cross_entropy(net(x), y)).backward()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for name, m in list(net.named_modules()):
+            if isinstance(m, nn.Conv2d):
+                mask = torch.zeros_like(m.weight).bool()
+                mask.view(-1)[torch.topk(-m.weight.grad.abs().view(-1), round(0.3 * mask.numel())).indices] = True
+                grad_mask = mask.clone().float()
+                grad_mask[grad_mask == 0] += 0.1
+                new = MaskConv2d(grad_mask, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                 m.dilation, m.groups, m.bias is not None, m.padding_mode)
+                nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+                new.weight.data[~mask] = m.weight[~mask]
+                setattr(net, name, new)
+    assert all(not torch.equal(net.get_submodule(i).bias, model[int(i)].bias) for i in ("0", "3"))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    scheduler = linear_annealing(optimizer, 2)
+    net.train()
+    for _ in range(2):
+        for x, y in retain_loader:
+            optimizer.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+        scheduler.step()
+    assert_same_weights(ours, net, atol=0)
+

@@ -856,14 +856,39 @@ def shuffled_batches(x, y, batch_size, *extra):
 
 
 def fresh_copy(model):
-    """A model of the same architecture with PyTorch's default initialisation of every module (the incompetent
-    teacher: an untrained network built as the SSD repository's ResNet18, which has no init of its own)."""
+    """A model of the same architecture, untrained (the incompetent teacher: the SSD repository
+    builds a fresh ResNet18, which has no init of its own: PyTorch's default init of every module).
+    Every module's own reset, children first as a constructor runs them (reset_parameters;
+    MultiheadAttention's _reset_parameters), BatchNorm statistics reset; then each parameter that
+    no module reset (a bare nn.Parameter: a position embedding, a learnt scale) drawn from
+    N(0, 0.02^2), in named_parameters order. Other buffers are kept: constants that a fresh build
+    has too (docs/CHOICES.md)."""
     fresh = copy.deepcopy(model)
-    for m in fresh.modules():
-        for reset in ("reset_parameters", "reset_running_stats"):
-            if hasattr(m, reset):
-                getattr(m, reset)()
+    reset = set()
+    for m in post_order(fresh):
+        for name in ("reset_parameters", "reset_running_stats"):
+            if hasattr(m, name):
+                getattr(m, name)()
+        if isinstance(m, torch.nn.MultiheadAttention):  # its own init, after out_proj's, as built
+            m._reset_parameters()
+        if hasattr(m, "reset_parameters") or isinstance(m, torch.nn.MultiheadAttention):
+            reset.update(id(p) for p in m.parameters(recurse=False))
+    with torch.no_grad():
+        for p in fresh.parameters():
+            if id(p) not in reset:
+                torch.nn.init.normal_(p, std=0.02)  # as ViT position embeddings (torchvision)
     return fresh
+
+
+def post_order(module, seen=None):
+    """The module and its submodules, each once and after its children (the order a constructor
+    finishes them; the leaves in modules()'s order)."""
+    seen = set() if seen is None else seen
+    for child in module.children():
+        if id(child) not in seen:
+            yield from post_order(child, seen)
+    seen.add(id(module))
+    yield module
 
 
 def unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, temperature):

@@ -524,3 +524,38 @@ def test_msg_redraws_a_biased_convolutions_bias_as_kgltop2(monkeypatch):
         scheduler.step()
     assert_same_weights(ours, net, atol=0)
 
+
+class BareParameters(nn.Module):
+    """Layers with a reset (a biased conv, BatchNorm, attention, a classifier), then what has none: a
+    position embedding and a learnt scale (bare parameters, drawn as ViTs draw their position
+    embeddings) and a constant index buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.attention, self.fc = nn.MultiheadAttention(4, 2), nn.Linear(4, 10)
+        self.position = nn.Parameter(torch.empty(1, 4, 1, 1).normal_(std=0.02))
+        self.scale = nn.Parameter(torch.empty(1).normal_(std=0.02))
+        self.register_buffer("index", torch.arange(4))
+
+
+def test_the_incompetent_teacher_is_a_fresh_build_bare_parameters_included():
+    """SSD's forget_full_class_main.py builds the unlearning teacher afresh (getattr(models, net)(...)): no
+    trained value survives, and for a model whose constructor draws in module order, then its bare
+    parameters, fresh_copy equals that build bitwise, and leaves torch's generator where it does."""
+    torch.manual_seed(1)
+    trained = BareParameters()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)  # stands in for training
+        trained.bn.running_mean.fill_(0.3)
+        trained.bn.num_batches_tracked.fill_(7)
+    torch.manual_seed(5)
+    teacher, after = methods.fresh_copy(trained), torch.rand(4)
+    torch.manual_seed(5)
+    built, after_built = BareParameters(), torch.rand(4)
+    assert teacher.state_dict().keys() == built.state_dict().keys()
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, built.state_dict()[name]), name
+    assert torch.equal(after, after_built)
+    assert all(not torch.equal(p, q) for p, q in zip(teacher.parameters(), trained.parameters()))

@@ -303,6 +303,28 @@ def lock(path, wait=False):
 # floats are finite and non-negative unless their field says otherwise. NaN and inf are refused everywhere.
 INTERVALS = {"lr": "(0, inf)", "lr_fc": "(0, inf)", "momentum": "[0, 1)", "beta1": "[0, 1)", "beta2": "[0, 1)",
              "val_fraction": "[0, 1)", "temperature": "(0, inf)"}
+INTERVAL_SUFFIXES = {"_lr": "(0, inf)"}  # learning rates too: UNSIR's noise, impair, repair lr
+
+COUNT_LIMIT = 2 ** 31  # counts (epochs, batches, images) below it: torch takes them as sizes
+SEED_LIMIT = 2 ** 53  # float64-exact in JSON; SISA's seed x 1000 + shard fits torch's 64-bit seeds
+
+
+def interval_of(name):
+    """The interval of a float field's flag: by its exact name, else its suffix, else [0, inf)."""
+    if name in INTERVALS:
+        return INTERVALS[name]
+    return next((v for end, v in INTERVAL_SUFFIXES.items() if name.endswith(end)), "[0, inf)")
+
+
+def bounded_int(text, low, limit, kind):
+    """An int of ASCII digits in [low, limit): a Unicode digit ('²') or a huge value is one line,
+    not torch's overflow later."""
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()) or not low <= int(text) < limit:
+        power = limit.bit_length() - 1
+        raise argparse.ArgumentTypeError(f"must be {kind} below {limit:,} (2**{power}), got "
+                                         f"{text!r}")
+    return int(text)
 
 
 def glue_values(argv, options):
@@ -317,15 +339,15 @@ def glue_values(argv, options):
 
 
 def positive_int(text):
-    if not text.lstrip("-").isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
+    return bounded_int(text, 1, COUNT_LIMIT, "a positive integer")
 
 
 def non_negative_int(text):
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return int(text)
+    return bounded_int(text, 0, COUNT_LIMIT, "a non-negative integer")
+
+
+def seed_int(text):
+    return bounded_int(text, 0, SEED_LIMIT, "a non-negative integer seed")
 
 
 def positive_ints(text):
@@ -370,7 +392,7 @@ def add_runtime_args(parser, precision="auto", seed="seed of batch order, augmen
                        "with fp32 weights and optimizer state; fp32: IEEE fp32 (on CUDA too, not TF32); auto: bf16 "
                        f"on CUDA, fp32 on a CPU (default: {precision})")
     if seed:
-        g.add_argument("--seed", type=non_negative_int, default=0, help=f"{seed} (default: 0)")
+        g.add_argument("--seed", type=seed_int, default=0, help=f"{seed} (default: 0)")
     return parser
 
 
@@ -379,10 +401,12 @@ def field_type(f):
     comma-separated positive ints for a tuple, the string itself)."""
     if isinstance(f.default, tuple):
         return positive_ints
+    if isinstance(f.default, int) and (f.name == "seed" or f.name.endswith("_seed")):
+        return seed_int
     if isinstance(f.default, int):
         return {1: positive_int, 0: non_negative_int}[f.metadata.get("minimum", 1)]
     if isinstance(f.default, float):
-        return float_in(f.metadata.get("interval", INTERVALS.get(f.name, "[0, inf)")))
+        return float_in(f.metadata.get("interval", interval_of(f.name)))
     return type(f.default)
 
 

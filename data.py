@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from cli import atomic_write, float_in, non_negative_int, positive_int, run
+from cli import atomic_write, float_in, non_negative_int, positive_int, run, seed_int
 
 # Per-channel mean and std used by the recipe's Normalize (the CIFAR-10 values are the model card's).
 STATS = {
@@ -480,7 +480,7 @@ def resolve_class(classes, name):
     """'cat' or '3' -> 3; an unknown name raises ValueError listing the valid ones."""
     if name in classes:
         return classes.index(name)
-    if str(name).isdigit() and int(name) < len(classes):
+    if str(name).isascii() and str(name).isdigit() and int(name) < len(classes):  # not '²'
         return int(name)
     raise ValueError(f"unknown class {name!r}; valid: {', '.join(classes)} (or 0-{len(classes) - 1})")
 
@@ -784,7 +784,8 @@ def add_data_args(parser):
     g.add_argument("--forget-class", default=None, help="class to forget, by name or index (default: none)")
     g.add_argument("--forget-fraction", type=float_in("(0, 1)"), default=None,
                    help="forget a random fraction of the train set instead, e.g. 0.2 (default: none)")
-    g.add_argument("--forget-seed", type=non_negative_int, default=0, help="seed of the random forget set (default: 0)")
+    g.add_argument("--forget-seed", type=seed_int, default=0,
+                   help="seed of the random forget set (default: 0)")
     g.add_argument("--forget-indices", default=None,
                    help="forget these train indices instead: a .npy file or a text file of integers (default: none)")
     g.add_argument("--forget-positions", type=positions, default=None,

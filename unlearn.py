@@ -156,8 +156,22 @@ def run_method(fn, model, retain_loader, forget_loader, cfg, device, amp=None):
         raise OutOfGPUMemory(out_of_memory(model, cfg, amp, free, input_size(model))) from None
     seconds = time.time() - start
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise ValueError("the unlearning diverged (non-finite weights); nothing was written. Lower --lr")
+        raise ValueError(f"the unlearning diverged (non-finite weights); nothing was written. "
+                         f"{what_moves_the_steps(cfg, 'Lower', 'raise')}")
     return model, seconds
+
+
+def what_moves_the_steps(cfg, lr_verb, temperature_verb):
+    """'Lower --lr', naming the flags the method has: UNSIR's three learning rates (it has no
+    --lr), and a temperature where there is one (a tiny one overflows the softened outputs, a huge
+    one makes them all uniform)."""
+    flags = {f.name: f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+             for f in dataclasses.fields(cfg)}
+    rates = [flag for name, flag in flags.items() if name == "lr" or name.endswith("_lr")]
+    hint = f"{lr_verb} {' or '.join(rates)}"
+    if "temperature" in flags:
+        hint += f", or {temperature_verb} --temperature ({cfg.temperature:g})"
+    return hint
 
 
 def memory_need(model, cfg, amp, size=None):
@@ -271,6 +285,7 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
     model, seconds = run_method(fn, to_device(model, device), Progress(retain_loader, "retain"),
                                 Progress(forget_loader, "forget"), cfg, device, amp)
     changed = changed_weights(before, model)
+    check_changed(changed, args.method, cfg)
     meta = {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
             "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
             "normalization": normalization(data),
@@ -280,8 +295,8 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
             "metrics": None, "retrained": args.retrained, "retrained_metrics": None, "identity": identity}
     save_model(out, model, meta)
-    if args.method == "ssd":
-        print(ssd_summary(changed, meta["weights"], cfg))
+    if isinstance(cfg, SSDConfig):  # ssd and lfssd: dampening no weight is a result, said so
+        print(ssd_summary(changed, meta["weights"], cfg, METHODS[args.method][2]))
     print(f"saved {out} ({seconds:.1f}s)", flush=True)
     if not args.no_eval:
         evaluate_saved(args, data, split, model, retrained, out, seconds, device)
@@ -304,18 +319,29 @@ def evaluate_saved(args, data, split, model, retrained, out, seconds, device):
     print(format_table(rows, rows[0][1] if retrained else None))
 
 
+def check_changed(changed, method, cfg):
+    """A method that trains and changed no weight ran with values that do nothing (a learning rate
+    too small to move a float32 weight, a temperature that makes every soft target uniform): one
+    line, nothing written. SSD and LFSSD, which may select no weight, say so and save instead."""
+    if changed == 0 and not isinstance(cfg, SSDConfig):
+        raise ValueError(f"{method} changed no weight with these settings: the model would be "
+                         f"the input's; nothing was written. "
+                         f"{what_moves_the_steps(cfg, 'Raise', 'lower')}")
+
+
 def changed_weights(before, model):
     """How many parameter entries the method changed (SSD: the weights it dampened); one host read."""
     return int(sum((p.detach().cpu() != before[n]).sum() for n, p in model.named_parameters()))
 
 
-def ssd_summary(changed, total, cfg):
-    """SSD's one line: how many weights it dampened, and when none, why and what to try."""
+def ssd_summary(changed, total, cfg, display="SSD"):
+    """SSD's (LFSSD's) one line: how many weights it dampened; when none, why and what to try."""
     if changed:
-        return f"SSD dampened {changed:,} of {total:,} weights ({changed / total:.4%})"
-    return (f"SSD dampened no weight: none has a forget importance above alpha = {cfg.alpha:g} times its importance "
-            f"on D ({cfg.full_set}), so the model is unchanged. With D = retain+forget (the official scripts') the "
-            f"forget set is part of D and this is common; try --full-set retain or a smaller --alpha")
+        return f"{display} dampened {changed:,} of {total:,} weights ({changed / total:.4%})"
+    return (f"{display} dampened no weight: none has a forget importance above alpha = "
+            f"{cfg.alpha:g} times its importance on D ({cfg.full_set}), so the model is "
+            f"unchanged. With D = retain+forget (the official scripts') the forget set is part "
+            f"of D and this is common; try --full-set retain or a smaller --alpha")
 
 
 def main_sisa(args, data, split):

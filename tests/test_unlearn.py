@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import methods
 import unlearn
 from conftest import ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, call
 from data import Loader, make_split
@@ -256,3 +257,107 @@ def test_bf16_runs_the_training_steps_in_bf16_and_leaves_ssd_importances_in_fp32
     assert all(p.dtype == torch.float32 for p in runs[1].parameters())  # weights stay fp32
     assert not torch.equal(runs[0].fc.weight, runs[1].fc.weight)  # the forward passes really ran in bf16
     assert torch.allclose(runs[0].fc.weight, runs[1].fc.weight, atol=1e-2)
+
+
+
+# ----------------------------------------------------- values that do nothing or crash (issue 32)
+
+@pytest.fixture
+def untrained(tmp_path):
+    """An untrained resnet20 checkpoint: enough for these checks, with no training to wait for."""
+    torch.manual_seed(0)
+    save_model(str(tmp_path / "m.pth"), build_model("resnet20", 10), {})
+    return tmp_path / "m.pth"
+
+
+def unlearn_tiny(data_dir, model, out, *args):
+    return call("unlearn.py", "--model", model, "--dataset", ARCHIVE, "--data-dir", data_dir,
+                "--subset", 10, "--test-subset", 10, "--device", "cpu", "--no-eval", "--out", out,
+                *args)
+
+
+BIG = "99999999999999999999"  # 10^20: past every count and seed
+COUNT = "must be a positive integer below 2,147,483,648 (2**31)"
+RATE = "must be a finite number in (0, inf)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "unsir", "--impair-lr", "0"], f"--impair-lr: {RATE}"),
+    (["--method", "unsir", "--repair-lr", "0"], f"--repair-lr: {RATE}"),
+    (["--method", "unsir", "--noise-lr", "0"], f"--noise-lr: {RATE}"),
+    (["--method", "unsir", "--noise-batch", BIG], f"--noise-batch: {COUNT}, got '{BIG}'"),
+    (["--method", "unsir", "--retain-per-class", BIG], f"--retain-per-class: {COUNT}"),
+    (["--method", "ga", "--seed", BIG], "--seed: must be a non-negative integer seed below "
+                                        "9,007,199,254,740,992 (2**53)"),
+    (["--method", "ga", "--epochs", "²"], f"--epochs: {COUNT}, got '²'"),
+])
+def test_values_that_do_nothing_or_overflow_are_one_line(cifar_jpeg, data_dir, untrained, tmp_path,
+                                                         args, message):
+    r = unlearn_tiny(data_dir, untrained, tmp_path / "u.pth", "--forget-class", "cat", *args)
+    assert_clean_error(r, "argument " + message)
+    assert not (tmp_path / "u.pth").exists()
+
+
+def test_a_unicode_digit_as_the_forget_class_is_an_unknown_class(cifar_jpeg, data_dir, untrained,
+                                                                 tmp_path):
+    r = unlearn_tiny(data_dir, untrained, tmp_path / "u.pth", "--method", "ssd",
+                     "--forget-class", "²")
+    assert_clean_error(r, "unknown class '²'; valid: airplane, automobile")
+
+
+def test_every_learning_rate_flag_refuses_zero():
+    """By mechanism: every float field named lr or *_lr, in every method's config and the training
+    recipe's, is positive (UNSIR's noise_lr, impair_lr and repair_lr took [0, inf))."""
+    from cli import field_type
+    from train import TrainConfig
+    rates = [f for c in [m[1] for m in METHODS.values()] + [TrainConfig]
+             for f in dataclasses.fields(c) if f.name == "lr" or f.name.endswith("_lr")]
+    assert {f.name for f in rates} >= {"lr", "noise_lr", "impair_lr", "repair_lr"}
+    for f in rates:
+        with pytest.raises(Exception, match=r"must be a finite number in \(0, inf\)"):
+            field_type(f)("0")
+
+
+def test_counts_and_seeds_have_sane_bounds():
+    from cli import non_negative_int, positive_int, seed_int
+    assert positive_int(str(2 ** 31 - 1)) == 2 ** 31 - 1
+    assert seed_int(str(2 ** 53 - 1)) == 2 ** 53 - 1
+    for parse, text in [(positive_int, str(2 ** 31)), (non_negative_int, str(2 ** 31)),
+                        (seed_int, str(2 ** 53)), (positive_int, "0"), (non_negative_int, "-1"),
+                        (positive_int, "３"), (seed_int, "²")]:
+        with pytest.raises(Exception, match="must be a"):
+            parse(text)
+
+
+def test_lfssd_selecting_no_weight_says_so_as_ssd_does(cifar_jpeg, data_dir, untrained, tmp_path):
+    r = unlearn_tiny(data_dir, untrained, tmp_path / "u.pth", "--method", "lfssd",
+                     "--forget-class", "cat", "--alpha", "1e30")
+    assert r.returncode == 0, r.stderr
+    assert "LFSSD dampened no weight: none has a forget importance above alpha = 1e+30" in r.stdout
+
+
+def test_a_temperature_that_flattens_every_output_is_refused_not_saved(cifar_jpeg, data_dir,
+                                                                       untrained, tmp_path):
+    """At T = 3e38 both teachers' and the student's softened outputs are exactly uniform: no
+    gradient, no weight changes. Said in one line after the run, and nothing is written."""
+    r = unlearn_tiny(data_dir, untrained, tmp_path / "u.pth", "--method", "bad-teacher",
+                     "--forget-class", "cat", "--temperature", "3e38")
+    assert_clean_error(r, "bad-teacher changed no weight with these settings: the model would be "
+                          "the input's; nothing was written. Raise --lr, or lower --temperature "
+                          "(3e+38)")
+    assert not (tmp_path / "u.pth").exists()
+
+
+@pytest.mark.parametrize("config, advice", [
+    (methods.UNSIRConfig(), "Lower --noise-lr or --impair-lr or --repair-lr"),
+    (methods.BadTeacherConfig(temperature=1e-45), "Lower --lr, or raise --temperature (1e-45)"),
+    (methods.GAConfig(), "Lower --lr"),
+])
+def test_a_diverged_run_names_the_flags_its_method_has(config, advice):
+    def diverge(model, retain_loader, forget_loader, cfg, device):
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return model
+    with pytest.raises(ValueError, match="diverged") as e:
+        unlearn.run_method(diverge, build_model("resnet20", 10), [], [], config, CPU)
+    assert str(e.value).endswith(advice)

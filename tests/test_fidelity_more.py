@@ -446,7 +446,7 @@ def test_each_new_method_gets_the_loaders_of_its_reference(cifar_jpeg, method):
                                                                                   *REFERENCE_LOADERS[method][2:])
 
 
-# ------------------------------------------------------- layers our ResNets lack: a user's model (issue 32)
+# ------------------------------------------- layers our ResNets lack: a user's model (issue 32)
 
 class Shuffling:
     """A loader of float32 batches, a new order each pass from its own seeded generator."""
@@ -458,15 +458,16 @@ class Shuffling:
     def __iter__(self):
         order = torch.randperm(len(self.y), generator=self.generator)
         for start in range(0, len(self.y), self.batch_size):
-            yield self.x[order[start:start + self.batch_size]], self.y[order[start:start + self.batch_size]]
+            batch = order[start:start + self.batch_size]
+            yield self.x[batch], self.y[batch]
 
 
 def biased_convnet():
     """Two convolutions with a bias (our ResNets have none), trained biases stood in by 0.5."""
     torch.manual_seed(4)
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                        nn.Conv2d(6, 6, 3, padding=1, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(6, 10))
+                        nn.Conv2d(6, 6, 3, padding=1, groups=2), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
     with torch.no_grad():
         net[0].bias.fill_(0.5)
         net[3].bias.fill_(0.5)
@@ -476,10 +477,11 @@ def biased_convnet():
 
 
 def test_msg_redraws_a_biased_convolutions_bias_as_kgltop2(monkeypatch):
-    """kgltop2.py re_init_model_snip_ver2_little_grad on convolutions with a bias: MaskConv2d(..., m.bias !=
-    None, ...) is built (its default init: the weight's Kaiming uniform, then the bias's uniform draw), the
-    weight drawn again (Kaiming normal), the kept weights copied back, the bias left as built; then the
-    fine-tuning trains that fresh bias, unmasked. Float32, the reference's MaskConv2d dtype."""
+    """kgltop2.py re_init_model_snip_ver2_little_grad on convolutions with a bias: MaskConv2d(...,
+    m.bias != None, ...) is built (its default init: the weight's Kaiming uniform, then the bias's
+    uniform draw), the weight drawn again (Kaiming normal), the kept weights copied back, the bias
+    left as built; then the fine-tuning trains that fresh bias, unmasked. Float32, the reference's
+    MaskConv2d dtype."""
     model, retain, forget = biased_convnet()
     cfg = MSGConfig(lr=0.05, epochs=2, batch_size=8)
 
@@ -504,11 +506,13 @@ def test_msg_redraws_a_biased_convolutions_bias_as_kgltop2(monkeypatch):
         for name, m in list(net.named_modules()):
             if isinstance(m, nn.Conv2d):
                 mask = torch.zeros_like(m.weight).bool()
-                mask.view(-1)[torch.topk(-m.weight.grad.abs().view(-1), round(0.3 * mask.numel())).indices] = True
+                k = round(0.3 * mask.numel())
+                mask.view(-1)[torch.topk(-m.weight.grad.abs().view(-1), k).indices] = True
                 grad_mask = mask.clone().float()
                 grad_mask[grad_mask == 0] += 0.1
-                new = MaskConv2d(grad_mask, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                                 m.dilation, m.groups, m.bias is not None, m.padding_mode)
+                new = MaskConv2d(grad_mask, m.in_channels, m.out_channels, m.kernel_size, m.stride,
+                                 m.padding, m.dilation, m.groups, m.bias is not None,
+                                 m.padding_mode)
                 nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
                 new.weight.data[~mask] = m.weight[~mask]
                 setattr(net, name, new)
@@ -526,8 +530,8 @@ def test_msg_redraws_a_biased_convolutions_bias_as_kgltop2(monkeypatch):
 
 
 class BareParameters(nn.Module):
-    """Layers with a reset (a biased conv, BatchNorm, attention, a classifier), then what has none: a
-    position embedding and a learnt scale (bare parameters, drawn as ViTs draw their position
+    """Layers with a reset (a biased conv, BatchNorm, attention, a classifier), then what has none:
+    a position embedding and a learnt scale (bare parameters, drawn as ViTs draw their position
     embeddings) and a constant index buffer."""
 
     def __init__(self):
@@ -540,9 +544,10 @@ class BareParameters(nn.Module):
 
 
 def test_the_incompetent_teacher_is_a_fresh_build_bare_parameters_included():
-    """SSD's forget_full_class_main.py builds the unlearning teacher afresh (getattr(models, net)(...)): no
-    trained value survives, and for a model whose constructor draws in module order, then its bare
-    parameters, fresh_copy equals that build bitwise, and leaves torch's generator where it does."""
+    """SSD's forget_full_class_main.py builds the unlearning teacher afresh (getattr(models,
+    net)(...)): no trained value survives, and for a model whose constructor draws in module order,
+    then its bare parameters, fresh_copy equals that build bitwise, and leaves torch's generator
+    where it does."""
     torch.manual_seed(1)
     trained = BareParameters()
     with torch.no_grad():

@@ -112,66 +112,122 @@ def test_retrain_never_sees_a_forget_image(cifar_jpeg, trained, monkeypatch):
     assert len(torch.cat(seen)) == 180 and 0 not in torch.cat(seen)
 
 
-# Settings for the forgetting test: the published defaults where they fit a 3000-image CPU run, else fewer
-# epochs / larger steps, named here. Measured margins are in the assertion below.
+# The forgetting test: each method on the session model, its forget and retain test accuracy after against
+# two bars, with settings that clear both with room on any machine. Forget accuracy is read on all 1,000
+# test images of the forget class (on 100 it moved in steps of 1 point and its sampling noise alone was
+# 4 points), retain accuracy on 300 test images of each other class.
 FORGET_CLASS = 0  # airplane: the session model's best class
+EVAL_PER_CLASS = 300
+FORGOTTEN = 0.5  # forget accuracy after < FORGOTTEN x before: a method doing nothing keeps it all
+KEPT = 12  # retain accuracy after > before - KEPT points: neggrad+ without its retain term falls 19
+# Settings: the published defaults where they fit a 3000-image CPU run, else fewer epochs or
+# larger steps. After each: forget / retain test accuracy (%) after the method, with torch on 1
+# thread and on 2 (OMP_NUM_THREADS=1, 2; the session model itself differs: 60.9 / 29.4 before on
+# 1 thread, 63.7 / 29.9 on 2), measured on a 2-core machine of CI's kind (2 threads here gave CI's
+# numbers to the digit). Bars: forget below 30.5 / 31.9, retain above 17.4 / 17.9. Each method
+# clears both by at least 5 points in both modes, and by 3 times the spread between the modes
+# (forget: |1 - 2 threads|; retain: of the drop from before) except the forgetting of bad-teacher
+# (spread 9) and boundary-shrink (7): no setting swept (12 and 9) did better on both bars.
 QUICK = {
-    "ssd": {"alpha": 2.0},
-    "advneggrad": {"batch_size": 256},
-    "neggrad+": {"epochs": 3, "lr": 0.02},  # lr 0.05 diverged (NaN) with torch 2.14.1; 0.02 x 2 epochs kept 24%
-    "finetune": {"epochs": 2},
-    "retrain": {"epochs": 4, "batch_size": 64},  # the session model's own schedule
-    "ga": {"lr": 0.01, "epochs": 2},
-    "rl": {"epochs": 1, "lr": 0.05},
-    "salun": {"epochs": 1, "lr": 0.05},
-    "scrub": {"epochs": 2, "max_epochs": 2, "lr": 0.05},
-    # issue 25's methods, on every 5th retain image (THIN): the published steps are too small for 4 epochs of
-    # toy training, so larger ones. Measured forget / retain test accuracy after, from 53% / 34% (the session
-    # model with torch's 2 threads on 2 cores, as CI) and from 57% / 29% (one thread):
-    "lfssd": {"alpha": 1.0},  # 1 thread: 0% / 24%
-    "ct": {"epochs": 2, "lr": 0.01},  # 1 thread: 0% / 26%
-    "msg": {"epochs": 2, "lr": 0.01},  # 0% / 32%; 0% / 33%
-    "bad-teacher": {"lr": 1e-3, "epochs": 2, "retain_fraction": 1.0},  # 7% / 27%; 11% / 25%
-    "unsir": {"impair_lr": 1e-3},  # 8% / 35%; 4% / 34%
-    "amnesiac": {"epochs": 1, "lr": 1e-3},  # 1 thread: 0% / 28%
-    "l1-sparse": {"epochs": 2, "lr": 0.05},  # 1 thread: 0% / 30%
-    "boundary-shrink": {"epochs": 2, "lr": 0.05},  # 1 thread: 10% / 30%
-    "boundary-expand": {"epochs": 2, "lr": 0.05},  # 1 thread: 22% / 27%
+    "ssd": {"alpha": 4.0},  # 0.1 / 32.7; 0.2 / 33.3 (alpha 2 kept 20.2 on 1 thread, 33.7 on 2)
+    "advneggrad": {"batch_size": 256},  # 0.0 / 27.4; 0.0 / 29.0
+    "neggrad+": {"epochs": 2, "lr": 0.01},  # 0.0 / 37.3; 0.0 / 36.9 (lr 0.02: 36.1 and 18.1)
+    "finetune": {"epochs": 2},  # 0.0 / 35.7; 0.0 / 37.4
+    "retrain": {"epochs": 4, "batch_size": 64},  # the session model's schedule: 0.0 / 36.4; 0.0 / 36.1
+    "ga": {"lr": 0.01, "epochs": 2},  # 3.5 / 32.2; 7.1 / 33.4
+    "rl": {"epochs": 1, "lr": 0.05},  # 0.0 / 34.0; 0.0 / 34.4
+    "salun": {"epochs": 2, "lr": 0.013},  # 0.0 / 36.3; 0.0 / 36.9 (1 epoch at 0.05: 35.7, 30.3)
+    "scrub": {"epochs": 2, "max_epochs": 2, "lr": 0.05},  # 0.0 / 25.8; 0.0 / 27.0
+    # issue 25's methods, on every 5th retain image (THIN): the published steps are too small for
+    # 4 epochs of toy training, so larger ones
+    "lfssd": {"alpha": 5.0, "full_set": "retain"},  # 0.5 / 28.6; 0.0 / 30.1 (D = retain + forget
+    # at alpha 1: 18.1 and 25.7)
+    "ct": {"epochs": 2, "lr": 0.01},  # 0.0 / 27.4; 0.4 / 27.3
+    "msg": {"epochs": 2, "lr": 0.01},  # 0.0 / 31.9; 0.0 / 32.3
+    "bad-teacher": {"lr": 1e-3, "epochs": 2, "retain_fraction": 1.0},  # 17.7 / 22.7; 8.7 / 24.2
+    # (1 epoch at batch 64: 31.0 and 6.3; the default retain_fraction 0.3: retain 20.7 and 21.7)
+    "unsir": {"impair_lr": 2e-3},  # 6.8 / 29.6; 5.0 / 31.5 (1e-3: forget 7 and 14 of 100 images)
+    "amnesiac": {"epochs": 1, "lr": 1e-3},  # 0.1 / 28.6; 0.2 / 29.1
+    "l1-sparse": {"epochs": 2, "lr": 0.05},  # 0.1 / 29.7; 0.1 / 28.1
+    "boundary-shrink": {"epochs": 2, "lr": 0.02},  # 23.6 / 29.6; 16.2 / 28.0 (lr 0.05 kept 17.9 on
+    # 2 threads; 3 epochs at 0.015: 28.5 and 23.3)
+    "boundary-expand": {"epochs": 3, "lr": 0.03},  # 13.6 / 27.9; 3.6 / 27.3
 }
-THIN = {"lfssd", "ct", "msg", "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink", "boundary-expand"}
+THIN = {"lfssd", "ct", "msg", "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink",
+        "boundary-expand"}
 
 
-def accuracy_on_test_set(model, data, split):
-    """evaluate_model's test_forget and test_retain accuracies (%), from the test set alone: the train sets'
-    passes evaluate_model adds are not what this test checks."""
-    logits, labels = predict(model, Loader(data, split.test, train_set=False, batch_size=1000))
+def evaluation_images(data):
+    """Every test image of the forget class and the first EVAL_PER_CLASS of each other class."""
+    return np.concatenate([np.flatnonzero(data.test_y == c)[:None if c == FORGET_CLASS
+                                                            else EVAL_PER_CLASS]
+                           for c in range(len(data.classes))])
+
+
+def accuracy_on_test_set(model, data, indices):
+    """evaluate_model's test_forget and test_retain accuracies (%), from these test images alone: the
+    train sets' passes evaluate_model adds are not what this test checks."""
+    logits, labels = predict(model, Loader(data, indices, train_set=False, batch_size=1000))
     hit, forget = logits.argmax(1) == labels, labels == FORGET_CLASS
     return {"test_forget": {"acc": 100 * hit[forget].float().mean().item()},
             "test_retain": {"acc": 100 * hit[~forget].float().mean().item()}}
 
 
+def missed_bars(original, after):
+    """The bars a method misses, in words: empty when it forgets and keeps the rest."""
+    forget, retain = after["test_forget"]["acc"], after["test_retain"]["acc"]
+    forget_bar = FORGOTTEN * original["test_forget"]["acc"]
+    retain_bar = original["test_retain"]["acc"] - KEPT
+    return ([f"forget accuracy {forget:.1f}% not below {forget_bar:.1f}%"] * (forget >= forget_bar)
+            + [f"retain accuracy {retain:.1f}% not above {retain_bar:.1f}%"] * (retain <= retain_bar))
+
+
 @pytest.fixture(scope="module")
 def before(cifar_jpeg, trained):
     split = make_split(cifar_jpeg, forget_class=FORGET_CLASS, subset=SUBSET, test_subset=TEST_SUBSET)
-    original = accuracy_on_test_set(trained[1], cifar_jpeg, split)
+    ours = accuracy_on_test_set(trained[1], cifar_jpeg, split.test)
     full = evaluate_model(trained[1], cifar_jpeg, split, CPU)  # the same numbers as the project's evaluation
-    assert all(original[k]["acc"] == pytest.approx(full[k]["acc"]) for k in original)
+    assert all(ours[k]["acc"] == pytest.approx(full[k]["acc"]) for k in ours)
+    original = accuracy_on_test_set(trained[1], cifar_jpeg, evaluation_images(cifar_jpeg))
+    assert original["test_forget"]["acc"] > 40
     return split, original
+
+
+def unlearned(data, trained, split, method, fn=None):
+    """The session model after `method` with its QUICK settings (fn: another function in its place)."""
+    function, config_class, _ = METHODS[method]
+    cfg = dataclasses.replace(config_class(), **QUICK[method])
+    thin = dataclasses.replace(split, retain=split.retain[::5]) if method in THIN else split
+    retain_loader, forget_loader = make_loaders(data, thin, cfg, CPU, 0)
+    torch.manual_seed(0)
+    model = (fn or function)(copy.deepcopy(trained[1]), retain_loader, forget_loader, cfg, CPU)
+    return accuracy_on_test_set(model, data, evaluation_images(data))
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_forgets_and_keeps_the_rest(cifar_jpeg, trained, before, method):
     split, original = before
-    fn, config_class, _ = METHODS[method]
-    cfg = dataclasses.replace(config_class(), **QUICK[method])
-    thin = dataclasses.replace(split, retain=split.retain[::5]) if method in THIN else split
-    retain_loader, forget_loader = make_loaders(cifar_jpeg, thin, cfg, CPU, 0)
-    torch.manual_seed(0)
-    model = fn(copy.deepcopy(trained[1]), retain_loader, forget_loader, cfg, CPU)
-    after = accuracy_on_test_set(model, cifar_jpeg, split)
-    assert original["test_forget"]["acc"] > 40
-    assert after["test_forget"]["acc"] < original["test_forget"]["acc"] / 2, after["test_forget"]
-    assert after["test_retain"]["acc"] > original["test_retain"]["acc"] - 12, after["test_retain"]
+    after = unlearned(cifar_jpeg, trained, split, method)
+    assert not missed_bars(original, after), (original, after)
+
+
+def neggrad_plus_without_its_retain_term(model, retain_loader, forget_loader, cfg, device):
+    """A broken NegGrad+: methods.unlearn_neggrad_plus's loop with the retain term left out."""
+    retain_loader, forget_loader = methods.on_device(retain_loader, forget_loader, device)
+    optimizer = methods.sgd(model, cfg)
+    model.train(cfg.train_mode)
+    for _, (xf, yf) in methods.paired(retain_loader, forget_loader, cfg.epochs):
+        methods.step(optimizer, -(1 - cfg.alpha) * F.cross_entropy(model(xf), yf))
+    return model
+
+
+def test_the_bars_fail_a_method_that_does_nothing_or_lost_its_retain_term(cifar_jpeg, trained, before):
+    split, original = before
+    assert missed_bars(original, original) == [
+        f"forget accuracy {original['test_forget']['acc']:.1f}% not below "
+        f"{FORGOTTEN * original['test_forget']['acc']:.1f}%"]
+    after = unlearned(cifar_jpeg, trained, split, "neggrad+", neggrad_plus_without_its_retain_term)
+    assert [m.split()[0] for m in missed_bars(original, after)] == ["retain"], after  # 11.1%: chance
 
 
 def test_same_seed_same_result(cifar_jpeg, trained, before):

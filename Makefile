@@ -186,7 +186,7 @@ sisa-unlearn: $(INSTALL)  ## SISA unlearning of a random 20% (reuses every unaff
 	  --forget-fraction 0.2
 
 bench: $(INSTALL)  ## this project's path vs the plain DataLoader path: images/s side by side (runs/bench.json)
-	$(PY) bench.py $(DATA) --arch $(ARCH)
+	$(PY) -m studies.bench $(DATA) --arch $(ARCH)
 
 # ----------------------------------------------------------------------------- the cards' proof
 # One 200-epoch ResNet18 (trained, or MODEL= a path or hf:// name), SSD (both D) and AdvNegGrad for every class,
@@ -202,14 +202,14 @@ COMMIT ?=
 CARDS_FLAGS = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) \
 	$(if $(RETRAIN),--retrain $(RETRAIN)) $(if $(COMMIT),--commit $(COMMIT))
 reproduce-cards: $(INSTALL)  ## the SSD and AdvNegGrad cards from one ResNet18: CARDS_DIR/cards.md
-	$(PY) reproduce_cards.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --out $(CARDS_DIR) $(CARDS_FLAGS)
+	$(PY) -m studies.reproduce_cards $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --out $(CARDS_DIR) $(CARDS_FLAGS)
 
 reproduce-cards-train: $(INSTALL)  ## the first stage alone: CARDS_DIR/full.pth
-	$(PY) reproduce_cards.py $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --out $(CARDS_DIR) \
+	$(PY) -m studies.reproduce_cards $(DATA) --arch $(ARCH) --epochs $(EPOCHS) --out $(CARDS_DIR) \
 	  $(CARDS_FLAGS) --stage train
 
 reproduce-cards-small: $(INSTALL)  ## the same on a CPU (resnet20, 20 images a class, 2 epochs): a pipeline check
-	$(PY) reproduce_cards.py --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device cpu --arch resnet20 --epochs 2 \
+	$(PY) -m studies.reproduce_cards --dataset $(DEMO_DATASET) --data-dir $(DATA_DIR) --device cpu --arch resnet20 --epochs 2 \
 	  --subset 20 --test-subset 20 --train-flags "--batch-size 32" --out $(CARDS_DIR)-small $(CARDS_FLAGS)
 
 # ----------------------------------------------------------------------------- the first GPU call
@@ -231,10 +231,10 @@ first-call: $(INSTALL)  ## the first GPU call: versions, timed epochs, the cards
 # set (positions 20000-29999 of the order SISA's shards cut): C100_DIR/c100.md beside the report's numbers.
 C100_DIR ?= runs/c100
 reproduce-c100: $(INSTALL)  ## the CIFAR-100 report: fine-tuning from its published ResNets, SISA (GPU; network once)
-	$(PY) reproduce_c100.py --data-dir '$(DATA_DIR)' --device $(DEVICE) --out $(C100_DIR) $(EXTRA)
+	$(PY) -m studies.reproduce_c100 --data-dir '$(DATA_DIR)' --device $(DEVICE) --out $(C100_DIR) $(EXTRA)
 
 reproduce-c100-small: $(INSTALL)  ## the same on a CPU: 5 images a class, 1 epoch, SISA with a resnet20
-	$(PY) reproduce_c100.py --data-dir '$(DATA_DIR)' --device cpu --out $(C100_DIR)-small --subset 5 --test-subset 5 \
+	$(PY) -m studies.reproduce_c100 --data-dir '$(DATA_DIR)' --device cpu --out $(C100_DIR)-small --subset 5 --test-subset 5 \
 	  --forget-positions 200:300 --epochs 1 --sisa-flags "--arch resnet20 --batch-size 32 --slice-epochs 1,1,1,1,1" \
 	  $(EXTRA)
 
@@ -300,10 +300,10 @@ report: $(INSTALL)  ## the Markdown report, plots and model cards of RUNDIR (fro
 # The published checkpoints (hf://, downloaded once into torch's hub cache) against their cards, and our SSD on the
 # published original against the published SSD models: VERIFY_DIR/report.md. Needs network access the first time.
 verify-published: $(INSTALL)  ## the 31 published checkpoints against their cards, our SSD against theirs (GPU advised)
-	$(PY) verify_published.py $(DATA) --out $(VERIFY_DIR)
+	$(PY) -m studies.verify_published $(DATA) --out $(VERIFY_DIR)
 
 verify-published-small: $(INSTALL)  ## the same on a CPU: the first 100 test and 100 train images of each class
-	$(PY) verify_published.py $(DATA) --test-subset 100 --subset 100 --out $(VERIFY_DIR)-small
+	$(PY) -m studies.verify_published $(DATA) --test-subset 100 --subset 100 --out $(VERIFY_DIR)-small
 
 # ----------------------------------------------------------------------------- pools: did it really forget?
 # privacy.py jobs lists a pool's commands (which models, their flags, seeds and file names: see its
@@ -320,7 +320,7 @@ POOL_FORGET = $(if $(FRACTION),--forget-fraction $(FRACTION),--forget-class $(CL
 POOL_DIR ?= runs/pools/$(NAME)_$(ARCH)_$(if $(FRACTION),random$(FRACTION),$(CLASS))
 quote = '$(subst ','\'',$(1))'
 # $(call jobs,POOL AND GROUPS): privacy.py jobs with this run's settings
-jobs = $(PY) privacy.py jobs $(1) --n $(N) --python $(call quote,$(PY)) \
+jobs = $(PY) -m studies.privacy jobs $(1) --n $(N) --python $(call quote,$(PY)) \
 	$(if $(strip $(DEVICES)),--devices $(DEVICES)) \
 	--train-flags=$(call quote,--arch $(ARCH) --epochs $(EPOCHS) $(TRAIN_FLAGS)) \
 	--unlearn-flags=$(call quote,$(EXTRA_$(subst +,plus,$(METHOD)))) -- $(DATA_ARGS) $(EXTRA)
@@ -345,7 +345,7 @@ pool-unlearn: $(INSTALL)  ## METHOD (or METHODS="ssd ct ...") from each original
 	$(if $(word 2,$(METHODS)),$(EACH_METHOD),$(call run_jobs,$(SEED_POOL) --groups $(METHODS)))
 
 pool-score: $(INSTALL)  ## the competition score, KLOM, U-LiRA and the seed spread of every group: POOL_DIR/scores.json
-	$(PY) privacy.py score $(call quote,$(POOL_DIR))
+	$(PY) -m studies.privacy score $(call quote,$(POOL_DIR))
 
 pool-jobs:  ## the pool's commands, one a line, for xargs or a SLURM array (STAGE=: one stage)
 	@$(call jobs,$(SEED_POOL) --groups original retrain $(if $(STAGE),--stage $(STAGE)))
@@ -371,11 +371,11 @@ HALVES_POOL = $(call quote,$(ULIRA_DIR)) --halves --draws $(DRAWS) \
 
 ulira: $(INSTALL)  ## U-LiRA: N originals on random halves, METHOD on DRAWS forget sets of each, scored (JOBS, DEVICES)
 	$(call run_jobs,$(HALVES_POOL) --groups original $(METHOD))
-	$(PY) privacy.py score $(call quote,$(ULIRA_DIR))
+	$(PY) -m studies.privacy score $(call quote,$(ULIRA_DIR))
 
 ulira-retrain: $(INSTALL)  ## the ceiling of `make ulira`: each half retrained without each forget set (N x DRAWS)
 	$(call run_jobs,$(HALVES_POOL) --groups retrain)
-	$(PY) privacy.py score $(call quote,$(ULIRA_DIR))
+	$(PY) -m studies.privacy score $(call quote,$(ULIRA_DIR))
 
 ulira-jobs:  ## `make ulira`'s originals and the ceiling's retrains, one command a line (STAGE=)
 	@$(call jobs,$(HALVES_POOL) --groups original retrain $(if $(STAGE),--stage $(STAGE)))

@@ -407,8 +407,8 @@ def section_pools(run):
     if not run["pools"]:
         return "## Pools: did it really forget?\n\nNot run (no pools/<name>/scores.json; `make pool` then `make pool-score`)."
     parts = ["## Pools: did it really forget?\n\nA pool of training seeds (`make pool`): each group's first N/2 models "
-             "against the retrained models N/2..N-1 "
-             "(`privacy.py`): F, the NeurIPS 2023 competition's forgetting quality (1 = indistinguishable from "
+             "against the retrained models N/2..N-1 (`studies/privacy.py`): F, the NeurIPS 2023 "
+             "competition's forgetting quality (1 = indistinguishable from "
              "retraining, per example, at delta 1e-5), times the utility factor (retain and test accuracy over the "
              "retrained models'), is the score; KLOM median [25%, 75%] per example set (0 = the same margin "
              "distributions) over the examples where it is defined, the others counted "
@@ -683,8 +683,8 @@ def model_card(meta, name, license="mit"):
     if meta.get("source"):
         details.insert(0, f"- **Unlearned from**: `{hub_name(meta['source'])}`")
     if name in published_names():
-        details.insert(0, f"- **Published counterpart**: `{published_names()[name]}` (`python verify_published.py` "
-                          f"compares them)")
+        details.insert(0, f"- **Published counterpart**: `{published_names()[name]}` "
+                          f"(`python -m studies.verify_published` compares them)")
     return "\n".join([card_front_matter(meta, license), "", f"# {name}", "",
                       f"A {meta['arch']} on {meta['dataset']}, {what} (`{' '.join(argv)}`).", "",
                       "## Testing Data", "", f"**Dataset**: {meta['dataset']} test set  ",

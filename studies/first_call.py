@@ -12,8 +12,9 @@ OUT/log.txt and to this terminal:
   decode     data.py: the archive decoded into --data-dir, timed (a decoded copy there is read)
   eager      train.py: --epochs (3) of the recipe, eager: first and median epoch, peak memory
   compiled   the same with --compile (inductor: CUDA graphs), the compilation timed apart
-  cards      reproduce_cards.py: SSD (both D) and AdvNegGrad for --classes on a --cards-epochs
-             (15) model trained here: the cards' pipeline end to end, its jobs' seconds and memory
+  cards      studies/reproduce_cards.py: SSD (both D) and AdvNegGrad for --classes on a
+             --cards-epochs (15) model trained here: the cards' pipeline end to end, its jobs'
+             seconds and memory
 At its limit a step's processes get SIGINT (Ctrl-C: a training says where it would resume), then
 SIGKILL --grace seconds later; the call goes on with the next step (after a failed decode there
 is nothing to run). The whole call keeps within --budget (570 s): each limit is cut to what is
@@ -182,7 +183,7 @@ def steps(args):
             ("eager", train + ["--compile", "off", "--out", os.path.join(args.work, "eager.pth")]),
             ("compiled", train + ["--compile", args.compile,
                                   "--out", os.path.join(args.work, "compiled.pth")]),
-            ("cards", [py, "reproduce_cards.py", *common, "--arch", args.arch,
+            ("cards", [py, "-m", "studies.reproduce_cards", *common, "--arch", args.arch,
                        "--epochs", str(args.cards_epochs), "--classes", *args.classes,
                        "--out", os.path.join(args.work, "cards"), "--commit", args.commit,
                        "--train-flags", args.train_flags])]

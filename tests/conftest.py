@@ -1,14 +1,18 @@
 """Shared fixtures: the real CIFAR-10 images (skipped with a reason where the archive is absent),
-a small resnet20 trained on them once per session, and helpers that run a script as a user would."""
+a small resnet20 trained on them once per session, helpers that run a script or make as a user
+would, and the synthetic image folders the tests write."""
 import contextlib
 import importlib
 import io
 import os
+import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cli
 import methods
@@ -66,17 +70,41 @@ def retrained(cifar_jpeg, tmp_path_factory):
     return train_toy(cifar_jpeg, str(path), RETRAINED_WITHOUT)
 
 
+def module_of(script):
+    """The module a script path names: train.py -> train, studies/privacy.py -> studies.privacy."""
+    return os.path.splitext(script)[0].replace("/", ".")
+
+
+def command(script):
+    """How a user starts `script` from the checkout: a top-level script by its path, one of
+    studies/ as a module (python -m studies.privacy), with the checkout on PYTHONPATH so that it
+    runs from any folder."""
+    if os.path.dirname(script):
+        return [sys.executable, "-m", module_of(script)], {"PYTHONPATH": ROOT}
+    return [sys.executable, os.path.join(ROOT, script)], {}
+
+
+def script_of(words):
+    """A command line's script and arguments, as call takes them, from the words after the
+    interpreter: [x.py, ...] as is, [-m, studies.x, ...] -> [studies/x.py, ...]."""
+    if words[0] == "-m":
+        return [words[1].replace(".", "/") + ".py", *words[2:]]
+    return [os.path.relpath(words[0], ROOT) if os.path.isabs(words[0]) else words[0], *words[1:]]
+
+
 def run_script(script, *args, cwd=ROOT):
     """Run one of the project's scripts in a fresh interpreter, as a user would."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
+    argv, env = command(script)
+    return subprocess.run([*argv, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={**os.environ, **env})
 
 
 def call(script, *args):
     """A script's command line in this process: argv parsed and main() run inside the error boundary every script
     shares, as `python script ...` would, without the seconds a new interpreter costs. Returns a CompletedProcess
-    (returncode, stdout, stderr). run_script is for what needs a process: signals, terminals, resource limits."""
-    module = importlib.import_module(os.path.splitext(script)[0])
+    (returncode, stdout, stderr). run_script is for what needs a process: signals, terminals, resource limits.
+    script: a path from the checkout (train.py, studies/privacy.py)."""
+    module = importlib.import_module(module_of(script))
     out, err = io.StringIO(), io.StringIO()
     argv, sys.argv = sys.argv, [os.path.join(ROOT, script), *map(str, args)]  # what a sidecar records as argv
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -88,6 +116,26 @@ def call(script, *args):
         finally:
             sys.argv = argv
     return subprocess.CompletedProcess([script, *args], code or 0, out.getvalue(), err.getvalue())
+
+
+def make(*args, cwd=None, py=sys.executable, timeout=900, threads=None):
+    """make -C the checkout as a user types it, run from `cwd`: no install step (INSTALL=), this
+    interpreter (or `py`, a stand-in that records its arguments) as PY; threads: OMP_NUM_THREADS of
+    every script it runs (1 where jobs at once share the cores)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={py}",
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env)
+
+
+def make_commands(*args):
+    """The script commands `make -n` lists for a target, in an order that runs them, as call takes
+    them ([script, arguments...]); the recursive make lines make runs under -n are left out."""
+    dry = make("-n", *args, threads=1)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    lines = dry.stdout.replace("\\\n", " ").splitlines()
+    words = [shlex.split(line) for line in lines if line.strip()]
+    return [script_of(w[1:]) for w in words if w[0] == sys.executable]
 
 
 def assert_clean_error(result, text):
@@ -108,3 +156,49 @@ def fake_cuda(monkeypatch):
     yield
     methods.restore_fp32(previous)
     torch.backends.cudnn.benchmark = benchmark
+
+
+# ----------------------------------------------------------------------------- synthetic image folders
+
+FOLDER_CLASSES = ("alpha", "beta", "gamma")
+
+
+def write_images(folder, per_split, size=32):
+    """train/<class>/NNN.png and test/<class>/NNN.png with random pixels, for FOLDER_CLASSES."""
+    rng = np.random.default_rng(0)
+    for split, per_class in per_split.items():
+        for cls in FOLDER_CLASSES:
+            (folder / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / split / cls / f"{i:03d}.png")
+    return folder
+
+
+def write_folder(root, sizes, shape=(32, 32)):
+    """train/<class>/*.png and test/<class>/*.png with random pixels; returns {split: (images,
+    labels)} in load order."""
+    rng = np.random.default_rng(2)
+    out = {}
+    for split, per_class in sizes.items():
+        xs, ys = [], []
+        for label, cls in enumerate(FOLDER_CLASSES):  # written out of order below
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                x = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+                Image.fromarray(x).save(root / split / cls / f"{i:03d}.png")
+                xs.append(x)
+                ys.append(label)
+        out[split] = (np.stack(xs), np.array(ys))
+    return out
+
+
+def write_classes(root, names, per_class=2):
+    """train/<name>/*.png and test/<name>/*.png, random 8x8 pixels."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import torch
 
-from bench import plain_loader, plain_train_epoch
 from conftest import ARCHIVE, run_script
 from data import Loader
 from models import build_model
 from train import TrainConfig, train_epoch
+from studies.bench import plain_loader, plain_train_epoch
 from unlearn import METHODS
 
 
@@ -31,7 +31,7 @@ def test_fast_and_plain_paths_end_with_the_same_weights(cifar_jpeg):
 
 
 def test_bench_runs_and_writes_json(cifar_jpeg, data_dir, tmp_path):
-    r = run_script("bench.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--arch", "resnet20", "--subset", 5,
+    r = run_script("studies/bench.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--arch", "resnet20", "--subset", 5,
                    "--test-subset", 5, "--per-sample", 4, "--workers", 0, "--device", "cpu", "--out", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "b.json"))["rows"]

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 import models
 import published
-from conftest import assert_clean_error, call
+from conftest import assert_clean_error, call, make, write_classes
 from models import build_model, infer_arch, load_model, save_model
-from test_inputs import write_classes
 
 
 def reference_forward(state, x, n):
@@ -160,9 +159,6 @@ def c100_small(tmp_path_factory):
     fine-tuning, then the same command to the end. The stand-ins stay in place for the tests that
     use it. (argv, the folder, the interruption's exit, the files it left, the run)."""
     import shlex
-    import subprocess
-    import sys
-    from conftest import ROOT
     tmp_path = tmp_path_factory.mktemp("c100")
     with pytest.MonkeyPatch.context() as patch:
         folder = tmp_path / "release"
@@ -178,17 +174,15 @@ def c100_small(tmp_path_factory):
                       (f"{name}-{prefix}.pt", published.PUBLISHED_CIFAR_MODELS[name][1]))
         # make's own command line, run in this process (the stand-ins' names live in the
         # patched table above); one model: the second adds time, not checks
-        dry = subprocess.run(["make", "-C", ROOT, "-n", "--no-print-directory", "INSTALL=",
-                              f"PY={sys.executable}", "reproduce-c100-small",
-                              f"DATA_DIR={tmp_path / 'data'}", f"C100_DIR={tmp_path / 'c100'}",
-                              "EXTRA=--models cifar100_resnet32"], capture_output=True, text=True)
+        dry = make("-n", "reproduce-c100-small", f"DATA_DIR={tmp_path / 'data'}",
+                   f"C100_DIR={tmp_path / 'c100'}", "EXTRA=--models cifar100_resnet32")
         argv = shlex.split(dry.stdout.replace("\\\n", " "))
-        assert argv[1].endswith("reproduce_c100.py"), dry.stdout
+        assert argv[1:3] == ["-m", "studies.reproduce_c100"], dry.stdout
         out = tmp_path / "c100-small"
-        interrupted = interrupt_the_fine_tuning(argv[2:], patch)
+        interrupted = interrupt_the_fine_tuning(argv[3:], patch)
         left = sorted(str(p.relative_to(out)) for p in out.rglob("*.json"))
-        run = call("reproduce_c100.py", *argv[2:])  # the same command continues
-        yield argv[2:], out, interrupted, left, run
+        run = call("studies/reproduce_c100.py", *argv[3:])  # the same command continues
+        yield argv[3:], out, interrupted, left, run
 
 
 def test_reproduce_c100_small_end_to_end(c100_small):
@@ -231,7 +225,7 @@ def test_a_copied_c100_folder_continues_and_evaluates_a_stopped_fine_tuning(c100
     finetune = copy / "finetune" / "cifar100_resnet32.json"
     metrics = json.loads(finetune.read_text())["metrics"]
     finetune.write_text(json.dumps({**json.loads(finetune.read_text()), "metrics": None}))
-    again = call("reproduce_c100.py", *with_out(argv, copy))
+    again = call("studies/reproduce_c100.py", *with_out(argv, copy))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(finetune.read_text())["metrics"]["test"] == metrics["test"]
     results = json.loads((out / "c100.json").read_text())
@@ -243,7 +237,7 @@ def test_a_c100_folder_of_other_settings_is_refused_naming_the_setting(c100_smal
     report = (out / "c100.md").read_text()
     for more, setting in ((["--epochs", "2"], "--epochs 1 there"),  # never the 1-epoch one
                           (["--sisa-flags", "--arch resnet20 --batch-size 32"], "--sisa-flags")):
-        assert_clean_error(call("reproduce_c100.py", *argv, *more), setting)
+        assert_clean_error(call("studies/reproduce_c100.py", *argv, *more), setting)
     assert (out / "c100.md").read_text() == report
 
 
@@ -254,10 +248,10 @@ def with_out(argv, out):
 
 
 def interrupt_the_fine_tuning(argv, monkeypatch):
-    """reproduce_c100.py as `python reproduce_c100.py` runs it, Ctrl-C coming during its
+    """reproduce_c100.py as `python -m studies.reproduce_c100` runs it, Ctrl-C coming during its
     fine-tuning step: its SystemExit."""
     import cli
-    import reproduce_c100
+    from studies import reproduce_c100
     import unlearn
     with monkeypatch.context() as patch:
         patch.setattr(unlearn, "main", lambda argv: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -277,14 +271,14 @@ def interrupt_the_fine_tuning(argv, monkeypatch):
     (["--sisa-flags", "--arch resnet20 --slice-epochs 0"], "must be a positive integer, got '0'"),
     (["--sisa-flags", "--arch resnet20 --slice-epoch 1"], "unrecognized arguments: --slice-epoch 1")])
 def test_reproduce_c100_refuses_flags_it_cannot_honour_before_any_work(tmp_path, flags, refusal):
-    r = call("reproduce_c100.py", "--data-dir", tmp_path / "data", "--device", "cpu", "--out",
+    r = call("studies/reproduce_c100.py", "--data-dir", tmp_path / "data", "--device", "cpu", "--out",
              tmp_path / "c100", *flags)
     assert_clean_error(r, refusal)
     assert not (tmp_path / "c100").exists() and not (tmp_path / "data").exists()  # no work
 
 
 def test_reproduce_c100_passes_its_forget_seed_to_every_step_and_to_sisa(tmp_path, monkeypatch):
-    import reproduce_c100
+    from studies import reproduce_c100
     args = reproduce_c100.parse_args(["--forget-seed", "7", "--forget-positions", "0:10",
                                       "--data-dir", str(tmp_path)])
     steps = []

@@ -15,10 +15,9 @@ import cli
 import evaluate
 import methods
 import unlearn
-from conftest import assert_clean_error, call
+from conftest import assert_clean_error, call, write_folder
 from data import Dataset, Loader
 from models import build_model, save_model
-from test_data import write_folder
 from train import TrainConfig, fit, weights_digest
 
 CPU = torch.device("cpu")
@@ -252,7 +251,7 @@ def test_inductor_compiles_the_step_into_cuda_graphs_on_cuda_only(monkeypatch):
 def test_the_cards_jobs_take_the_classes_in_turn_with_the_methods_interleaved(tmp_path):
     # class by class, each class's three runs together: AdvNegGrad's large runs (11 GB each in
     # bf16) are a third of any window of jobs running at once, never all of them
-    import reproduce_cards
+    from studies import reproduce_cards
     args = argparse.Namespace(dataset="cifar10", data_dir="data", device="cuda", precision="auto",
                               subset=None, test_subset=None)
     commands = reproduce_cards.unlearning_commands(args, str(tmp_path), "full.pth", [3, 5, 0])

@@ -13,7 +13,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import data
-from conftest import ARCHIVE, assert_clean_error, call
+from conftest import ARCHIVE, assert_clean_error, call, write_folder
 from data import Dataset, load_dataset, make_split, resolve_class, subset_indices
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -69,23 +69,6 @@ def test_missing_cifar_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(data.CIFAR, "cifar10", (offline,) + data.CIFAR["cifar10"][1:])
     with pytest.raises(FileNotFoundError, match="could not be downloaded"):
         load_dataset("cifar10", str(tmp_path))
-
-
-def write_folder(root, sizes, shape=(32, 32)):
-    """train/<class>/*.png and test/<class>/*.png with random pixels; returns {split: (images, labels)} in load order."""
-    rng = np.random.default_rng(2)
-    out = {}
-    for split, per_class in sizes.items():
-        xs, ys = [], []
-        for label, cls in enumerate(["alpha", "beta", "gamma"]):  # written out of order below
-            (root / split / cls).mkdir(parents=True)
-            for i in range(per_class):
-                x = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-                Image.fromarray(x).save(root / split / cls / f"{i:03d}.png")
-                xs.append(x)
-                ys.append(label)
-        out[split] = (np.stack(xs), np.array(ys))
-    return out
 
 
 def test_image_folder_and_its_archive_decode_exactly_and_are_cached(tmp_path, monkeypatch):

@@ -19,21 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ARCHIVE, ROOT, assert_clean_error, call
+from conftest import ARCHIVE, ROOT, assert_clean_error, call, make, write_images
 from models import build_model, save_model
 
 CLASSES = ("alpha", "beta", "gamma")
-
-
-def write_images(folder, per_split, size=32):
-    """train/<class>/NNN.png and test/<class>/NNN.png with random pixels, for the classes given."""
-    rng = np.random.default_rng(0)
-    for split, per_class in per_split.items():
-        for cls in CLASSES:
-            (folder / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / split / cls / f"{i:03d}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -331,8 +320,7 @@ def test_an_ensemble_needs_one_input_size(tiny, tmp_path):
 
 @pytest.mark.parametrize("target", ["retrain-all", "unlearn-table"])
 def test_make_with_a_mistyped_dataset_says_so(tmp_path, target):
-    r = subprocess.run(["make", "--no-print-directory", target, "DATASET=cifar1O", "INSTALL=", f"PY={sys.executable}",
-                        f"DATA_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = make(target, "DATASET=cifar1O", f"DATA_DIR={tmp_path}", cwd=ROOT, timeout=120)
     assert r.returncode != 0 and "dataset 'cifar1O' not found" in r.stderr, r.stderr
     assert "no class list for DATASET=cifar1O" in r.stderr
 

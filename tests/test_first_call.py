@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import cli
-from conftest import ARCHIVE, ROOT
+from conftest import ARCHIVE, ROOT, make
 from studies import first_call
 
 # Written as sitecustomize.py on a child's PYTHONPATH: in train.py's compiled step (the only
@@ -183,17 +183,15 @@ def test_bad_input_stops_the_call_before_any_work(tmp_path, case, message):
 
 
 def test_make_first_call_runs_the_script_with_the_devices_variables(tmp_path):
-    def make(*settings):
-        return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "-n", "first-call",
-                               "PY=python3", "INSTALL=", "DATASET=data/cifar10-jpeg.tar.gz",
-                               *settings], capture_output=True, text=True, timeout=60,
-                              cwd=tmp_path)
-    r = make("COMMIT=abc1234", "OUT=/tmp/out")
+    def first_call(*settings):
+        return make("-n", "first-call", "DATASET=data/cifar10-jpeg.tar.gz", *settings,
+                    cwd=tmp_path, py="python3", timeout=60)
+    r = first_call("COMMIT=abc1234", "OUT=/tmp/out")
     assert r.returncode == 0, r.stderr
     command = " ".join(r.stdout.replace("\\\n", " ").split())  # as the shell reads it
     assert command == ("python3 -m studies.first_call --dataset 'data/cifar10-jpeg.tar.gz' "
                        "--data-dir './data' --device auto --arch resnet18 --out '/tmp/out' "
                        "--commit abc1234")
-    r = make("OUT=/tmp/o'; id>PWNED; '")  # refused in one line, nothing printed or run
+    r = first_call("OUT=/tmp/o'; id>PWNED; '")  # refused in one line, nothing printed or run
     assert r.returncode != 0 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
     assert "OUT=/tmp/o'; id>PWNED; ' holds a space" in r.stderr and not os.listdir(tmp_path)

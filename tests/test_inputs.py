@@ -2,29 +2,11 @@
 shell, outputs never replace inputs or another run's files, values that make a run a no-op are refused, and bad
 input ends in one line, never in "this is a bug"."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import ROOT
-
-
-def write_classes(root, names, per_class=2):
-    """train/<name>/*.png and test/<name>/*.png, random 8x8 pixels."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for name in names:
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
-
-
-def make(*args, cwd):
-    return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={sys.executable}", *args],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+from conftest import ROOT, make, write_classes
 
 
 @pytest.mark.parametrize("target", ["retrain-all", "reproduce-steps"])
@@ -220,7 +202,7 @@ def test_a_bad_file_is_one_line_in_every_script_never_a_bug(toy, name):
     commands = [("evaluate.py", "--model", path, *flags), ("models.py", "--model", path),
                 ("unlearn.py", "--method", "sisa" if path.suffix == ".json" else "ssd", "--model", path,
                  "--forget-class", "alpha", *flags),
-                ("privacy.py", "outputs", "--model", path, "--forget-class", "alpha", "--out", tmp / "o.npz", *flags)]
+                ("studies/privacy.py", "outputs", "--model", path, "--forget-class", "alpha", "--out", tmp / "o.npz", *flags)]
     for command in commands:
         if command[0] == "models.py" and path.suffix == ".json":
             continue

@@ -25,7 +25,7 @@ LONE = textwrap.dedent("""
     from torch.utils.data import DataLoader, TensorDataset
     import methods
 
-    project = {"cli", "data", "models", "train", "unlearn", "evaluate", "report", "published", "privacy"}
+    project = {"cli", "data", "models", "train", "unlearn", "evaluate", "report", "published", "studies"}
     assert not project & set(sys.modules), project & set(sys.modules)
     torch.manual_seed(0)
     x, y = torch.randn(60, 3, 32, 32), torch.arange(60) % 10  # no last batch of one image (BatchNorm would refuse)

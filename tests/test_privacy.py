@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import privacy
 import report
-from conftest import ARCHIVE, ROOT, assert_clean_error, call
+from conftest import ARCHIVE, ROOT, assert_clean_error, call, make, script_of, write_images
 from data import make_split, subset_indices
 from models import sha256_file
-from test_faults import write_images
-from test_report import make
+from studies import privacy
 
 
 def reference_epsilon(pos, neg, delta=1e-5):
@@ -341,7 +339,7 @@ DATA = ["--dataset", "d", "--data-dir", "c d"]  # every command's flags (a space
 
 def jobs(pool, *flags, data=DATA):
     """privacy.py jobs' lines for a pool, in this process."""
-    r = call("privacy.py", "jobs", pool, *flags, "--", *data)
+    r = call("studies/privacy.py", "jobs", pool, *flags, "--", *data)
     assert r.returncode == 0, r.stderr
     return r.stdout.splitlines()
 
@@ -350,8 +348,9 @@ def run_lines(lines):
     """Run each command line of privacy.py jobs in this process (split as sh would, the script's
     main called): the commands a user runs, without a Python start-up (about 4 s) each."""
     for line in lines:
-        python, script, *args = shlex.split(line)
-        r = call(os.path.basename(script), *args)
+        words = shlex.split(line)
+        words = words[2:] if words[0] == "env" else words  # env PYTHONPATH=<checkout>: listed elsewhere
+        r = call(*script_of(words[1:]))
         assert r.returncode == 0, line + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
 
 
@@ -417,24 +416,28 @@ privacy.py outputs --keep-half 1 --forget-fraction 0.5 --forget-seed 1 \
 
 
 def expected(text, pool):
-    """The command lines of SEED_POOL_LINES or HALVES_POOL_LINES: the interpreter, the script's
-    path, its subcommand, the data flags, the rest as written; P/ is the pool folder."""
+    """The command lines of SEED_POOL_LINES or HALVES_POOL_LINES, listed from the checkout: the
+    interpreter, the core script's path (or -m studies.privacy and its subcommand), the data flags,
+    the rest as written; P/ is the pool folder."""
     lines = []
     for command in text.replace("\\\n", " ").strip().splitlines():
         script, *words = command.split()
-        sub = [words.pop(0)] if script == "privacy.py" else []
+        start = ([sys.executable, "-m", "studies.privacy", words.pop(0)] if script == "privacy.py"
+                 else [sys.executable, os.path.join(ROOT, script)])
         words = [f"{pool}{w[1:]}" if w.startswith("P/") else w for w in words]
-        lines.append(shlex.join([sys.executable, os.path.join(ROOT, script), *sub, *DATA, *words]))
+        lines.append(shlex.join([*start, *DATA, *words]))
     return lines
 
 
 @pytest.mark.parametrize("halves", [False, True])
-def test_jobs_are_the_pools_commands_in_order_and_finished_ones_drop_out(tmp_path, halves):
+def test_jobs_are_the_pools_commands_in_order_and_finished_ones_drop_out(tmp_path, monkeypatch,
+                                                                         halves):
     """privacy.py jobs prints every command of a pool, exactly the old Make rules' flags, file
     names and seeds (SEED_POOL_LINES, HALVES_POOL_LINES), each model's input made by a line of an
     earlier stage (--stage prints one stage; the stages in order are the whole list); a finished
     checkpoint's command, and outputs whose stamp names their finished model, drop out; the lines
     run under sh as they read (a pool folder with a space and a quote)."""
+    monkeypatch.chdir(ROOT)  # listed from the checkout, as make lists them
     pool = tmp_path / "my pool's"
     design = (["--halves", "--draws", 2, "--forget-fraction", 0.5] if halves else
               ["--forget-class", "cat"])
@@ -485,7 +488,7 @@ def test_jobs_spread_devices_and_refuse_what_they_set(tmp_path):
     assert devices == ["cuda:0", "cuda:1"] * 3
 
     def refused(*flags, data=DATA):
-        return call("privacy.py", "jobs", tmp_path, "--n", 2, *flags, "--", *data)
+        return call("studies/privacy.py", "jobs", tmp_path, "--n", 2, *flags, "--", *data)
     assert_clean_error(refused("--forget-class", "cat", data=[*DATA, "--seed", "3"]),
                        "--seed after --: jobs sets it")
     assert_clean_error(refused("--forget-class", "cat", "--train-flags=--out=x.pth"),
@@ -522,7 +525,7 @@ def test_a_word_with_a_line_break_never_becomes_a_command(tmp_path, monkeypatch,
     lines (xargs -d '\\n' -I{} sh -c {}), nothing runs. Before, shlex.join kept the newline
     inside its quotes and xargs ran the second half: `id>PWNED`."""
     monkeypatch.chdir(tmp_path)
-    r = call("privacy.py", "jobs", pool, *POOL_CASE, *flags, "--", *data)
+    r = call("studies/privacy.py", "jobs", pool, *POOL_CASE, *flags, "--", *data)
     assert_clean_error(r, where)
     assert "line break or control character" in r.stderr and len(r.stderr.splitlines()) == 1
     (tmp_path / "lines").write_text(r.stdout)
@@ -532,12 +535,13 @@ def test_a_word_with_a_line_break_never_becomes_a_command(tmp_path, monkeypatch,
     assert r.stdout == "" and not [f for f in os.listdir(tmp_path) if f.startswith("PWNED")]
 
 
-def test_every_jobs_line_is_one_whole_command(tmp_path):
+def test_every_jobs_line_is_one_whole_command(tmp_path, monkeypatch):
     """Quotes, spaces, $() and non-ASCII letters in the words are kept, each line read back by
     shlex is one command (interpreter, script, one --out) and the lines are as many as the
     commands counted."""
+    monkeypatch.chdir(ROOT)
     pool = tmp_path / "my pool's $(id) `x` é"
-    r = call("privacy.py", "jobs", pool, "--n", 2, "--forget-class", "ça va", "--groups",
+    r = call("studies/privacy.py", "jobs", pool, "--n", 2, "--forget-class", "ça va", "--groups",
              "original", "retrain", "ssd", "--train-flags", "--lr '0.1 x'", "--",
              "--dataset", "d\"a t'a")
     assert r.returncode == 0, r.stderr
@@ -545,9 +549,29 @@ def test_every_jobs_line_is_one_whole_command(tmp_path):
     assert len(lines) == 12 and f": {len(lines)} commands to run" in r.stderr
     for line in lines:
         words = shlex.split(line)
-        assert words[:2] == [sys.executable, os.path.join(ROOT, words[1])]
+        assert (words[:2] == [sys.executable, os.path.join(ROOT, words[1])] or
+                words[:4] == [sys.executable, "-m", "studies.privacy", "outputs"])
         assert words.count("--out") == 1
         assert words[words.index("--out") + 1].startswith(str(pool)) and "d\"a t'a" in words
+
+
+def test_lines_listed_outside_the_checkout_find_its_scripts(tmp_path, monkeypatch):
+    """privacy.py runs as `python -m studies.privacy`, which finds the module from the current
+    folder: listed from another folder, an outputs line puts the checkout on PYTHONPATH itself
+    (env), and runs there under sh with no PYTHONPATH of its own (the script's one-line error for
+    a model not made yet, not 'No module named studies'); the core scripts go by their path."""
+    monkeypatch.chdir(tmp_path)
+    lines = jobs("p", "--n", 1, "--forget-class", "cat", "--groups", "original",
+                 data=["--dataset", "d"])
+    train, outputs = map(shlex.split, lines)
+    assert train[:2] == [sys.executable, os.path.join(ROOT, "train.py")]
+    assert outputs[:6] == ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "studies.privacy",
+                           "outputs"]
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(["sh", "-c", lines[1]], capture_output=True, text=True, cwd=tmp_path,
+                       env=bare, timeout=300)
+    assert r.returncode == 1 and "No module named" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
@@ -558,7 +582,8 @@ def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
                 "TRAIN_FLAGS=--batch-size 16 --lr '0.05'", "EXTRA=--subset 10",
                 "EXTRA_neggradplus=--epochs 2", "DATASET=d", "DATA_DIR=c",
                 f"POOL_DIR={tmp_path}/p", f"ULIRA_DIR={tmp_path}/u", "DEVICES=cpu cuda:1"]
-    r = make("pool-jobs", "pool-unlearn-jobs", "ulira-jobs", "ulira-unlearn-jobs", *settings)
+    r = make("pool-jobs", "pool-unlearn-jobs", "ulira-jobs", "ulira-unlearn-jobs", *settings,
+             threads=1)
     assert r.returncode == 0, r.stderr
     common = ["--n", 2, "--python", sys.executable,
               "--train-flags=--arch resnet20 --epochs 7 --batch-size 16 --lr 0.05",
@@ -573,9 +598,9 @@ def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
     assert r.stdout.splitlines() == expected and len(expected) == 8 + 6 + 16 + 14
     assert "--lr 0.05" in expected[0] and "--forget-fraction 0.1" in expected[-1]
     assert all("--epochs 2" in line for line in expected if "unlearn.py" in line)
-    dry = make("-n", "pool-jobs", "ulira-unlearn-jobs", "STAGE=unlearn", *settings)
+    dry = make("-n", "pool-jobs", "ulira-unlearn-jobs", "STAGE=unlearn", *settings, threads=1)
     dry = dry.stdout.splitlines()
-    assert len(dry) == 2 and all("privacy.py jobs" in x and "--stage unlearn" in x for x in dry)
+    assert len(dry) == 2 and all("-m studies.privacy jobs" in x and "--stage unlearn" in x for x in dry)
 
 
 def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
@@ -599,7 +624,7 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     settings = ["N=6", "ARCH=resnet20", "EPOCHS=5", "TRAIN_FLAGS=--batch-size 32", "DEVICE=cpu",
                 f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "EXTRA=--subset 30 --test-subset 20",
                 "CLASS=cat", "METHOD=ssd", f"POOL_DIR={pool}", "JOBS=2"]
-    r = make("pool-unlearn", *settings)
+    r = make("pool-unlearn", *settings, threads=1)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert {path: path.stat().st_mtime_ns for path in before} == before  # finished: untouched
     left = jobs(pool, *design, "--n", 6, *groups, data=data)
@@ -612,7 +637,7 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     ssd = [torch.load(pool / "ssd" / f"s{k}.pth", weights_only=True)["fc.weight"] for k in range(6)]
     assert all(not torch.equal(ssd[0], w) for w in ssd[1:])  # a deterministic method from 6 originals: 6 models
 
-    r = make("pool-score", *settings)
+    r = make("pool-score", *settings, threads=1)
     assert r.returncode == 0, r.stderr[-3000:]
     scores = json.loads((pool / "scores.json").read_text())
     groups = scores["groups"]
@@ -645,7 +670,7 @@ def test_ulira_halves_through_jobs_and_make(cifar_jpeg, data_dir, tmp_path):
     settings = ["N=4", "DRAWS=2", "FRACTION=0.5", "ARCH=resnet20", "EPOCHS=1", "TRAIN_FLAGS=--batch-size 32",
                 "DEVICE=cpu", f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "EXTRA=--subset 10 --test-subset 5",
                 "METHOD=ssd", f"ULIRA_DIR={pool}", "JOBS=2"]
-    r = make("ulira", *settings)
+    r = make("ulira", *settings, threads=1)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "ssd: U-LiRA acc" in r.stdout and jobs(pool, *design, "--n", 4, data=data) == []
 
@@ -725,7 +750,7 @@ def write_halves_pool(folder, n=4, draws=2):
 
 
 def score(pool, *flags):
-    return call("privacy.py", "score", pool, *flags)
+    return call("studies/privacy.py", "score", pool, *flags)
 
 
 def test_a_stray_file_of_the_other_kind_is_refused_naming_one_of_each(tmp_path):
@@ -845,10 +870,11 @@ def test_outputs_that_score_cannot_use_are_refused_before_any_work(tmp_path, fla
     """--retain-sample 0 or no forget set wrote files that crashed `score` later (after every model's outputs
     were made): now one line at once, before the dataset or the model is even looked at (neither exists)."""
     nothing = ["--dataset", tmp_path / "no-dataset", "--model", tmp_path / "no-model.pth"]
-    r = call("privacy.py", "outputs", *nothing, "--out", tmp_path / "s0.npz", *flags)
+    r = call("studies/privacy.py", "outputs", *nothing, "--out", tmp_path / "s0.npz", *flags)
     assert_clean_error(r, message)
     assert not (tmp_path / "s0.npz").exists()
-    halves_original = call("privacy.py", "outputs", *nothing, "--out", tmp_path / "h0.npz", "--keep-half", 0)
+    halves_original = call("studies/privacy.py", "outputs", *nothing, "--out", tmp_path / "h0.npz",
+                           "--keep-half", 0)
     assert_clean_error(halves_original, "no-dataset")  # a halves pool's original forgets nothing: goes on
 
 
@@ -892,7 +918,7 @@ def tiny_data(root):
 
 
 def outputs(tiny, model, out, *flags):
-    return call("privacy.py", "outputs", *tiny_data(tiny), "--model", model, "--out", out, *flags)
+    return call("studies/privacy.py", "outputs", *tiny_data(tiny), "--model", model, "--out", out, *flags)
 
 
 def test_outputs_replace_only_this_models_outputs(tiny, tmp_path, monkeypatch):

@@ -14,12 +14,11 @@ import torchvision
 
 import published
 import report
-import verify_published
-from conftest import ARCHIVE, assert_clean_error, call
+from conftest import ARCHIVE, assert_clean_error, call, make, make_commands
 from data import STATS, Loader, make_split
 from evaluate import predict
 from models import build_model, cache_path, fetch, file_url, load_model
-from test_report import make, make_commands
+from studies import verify_published
 
 
 @pytest.fixture
@@ -192,7 +191,7 @@ def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg,
     out = tmp_path / "verify"
     args = ["verify-published-small", f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "DEVICE=cpu",
             f"VERIFY_DIR={out}", "EXTRA=--classes cat dog"]
-    r = make(*args)  # $HF_ENDPOINT and $TORCH_HOME (the fixture's) reach the script through the environment
+    r = make(*args, threads=1)  # $HF_ENDPOINT and $TORCH_HOME (the fixture's) reach the script through the environment
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = out.parent / "verify-small"  # the Makefile's $(VERIFY_DIR)-small
     text = (result / "report.md").read_text()
@@ -220,7 +219,7 @@ def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg,
     steps = [*(result / "evals").iterdir(), *(result / "ssd" / "retain+forget" / source).iterdir()]
     stamps = {p: os.stat(p).st_mtime_ns for p in steps}
     command, = make_commands(*args)  # the reruns: make's command, in this process
-    assert command[0] == "verify_published.py", command
+    assert command[0] == "studies/verify_published.py", command
     assert call(*command).returncode == 0
     assert stamps == {p: os.stat(p).st_mtime_ns for p in stamps}  # a rerun reuses every step
 

@@ -2,9 +2,7 @@
 stated constants, its plots real PNG files (or absent, with the report still written), its model cards complete."""
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 
 import published
 import report
-from conftest import ARCHIVE, ROOT, assert_clean_error, call, run_script
+from conftest import ARCHIVE, assert_clean_error, call, make, make_commands, run_script
 
 # The reproduce targets at a toy scale: 2 classes, 2 per-class methods, 1 one-class method, SISA 4 x 5 with one
 # epoch per slice, an ensemble of 2. 10 train images per class so that a random 20% leaves every SISA slice some.
@@ -20,20 +18,6 @@ TINY = ["ARCH=resnet20", "EPOCHS=1", "DEVICE=cpu", "EXTRA=--subset 10 --test-sub
         "EVERY_CLASS=ssd advneggrad", "ONE_CLASS=ga", "CLASS=cat", "SISA_RECIPE=--arch resnet20 --slice-epochs 1,1,1,1,1",
         "ENSEMBLE_RECIPE=--arch resnet20 --epochs 1", "EXTRA_ga=--epochs 1",
         "PROBE="]  # --probe's steps: test_beneath.py
-
-
-def make(*args, timeout=900):
-    return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={sys.executable}", *args],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def make_commands(*args):
-    """The script commands `make -n` lists for a target, in an order that runs them (argv lists without the
-    interpreter); the recursive make lines make runs under -n are left out."""
-    dry = make("-n", *args)
-    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
-    words = [shlex.split(line) for line in dry.stdout.replace("\\\n", " ").splitlines() if line.strip()]
-    return [w[1:] for w in words if w[0] == sys.executable]
 
 
 @pytest.fixture(scope="module")
@@ -162,5 +146,5 @@ def test_bad_input_is_refused(tmp_path):
 def test_reproduce_on_a_cpu_wants_yes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: make reproduce would start the real thing")
-    r = make("reproduce", f"RUNDIR={tmp_path / 'run'}")
+    r = make("reproduce", f"RUNDIR={tmp_path / 'run'}", threads=1)
     assert r.returncode != 0 and "YES=1" in r.stdout + r.stderr and not (tmp_path / "run").exists()

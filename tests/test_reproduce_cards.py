@@ -8,16 +8,14 @@ import sys
 
 import pytest
 
-from conftest import ARCHIVE, ROOT
+from conftest import ARCHIVE, ROOT, make, write_classes
 from published import CIFAR10, PUBLISHED_UNLEARN
 
 
 def make_cards(out, data_dir):
     # a limit against a hang only: decoding CIFAR-10 and the 31 jobs took 12 minutes on the
     # development machine's 2 cores under a load of 12 (6 without the decoding at a load of 7)
-    return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={sys.executable}",
-                           "reproduce-cards-small", f"CARDS_DIR={out}", f"DATA_DIR={data_dir}"],
-                          capture_output=True, text=True, timeout=1800)
+    return make("reproduce-cards-small", f"CARDS_DIR={out}", f"DATA_DIR={data_dir}", timeout=1800)
 
 
 def table_rows(markdown, title):
@@ -68,7 +66,7 @@ def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and
 
 def test_jobs_at_once_follow_the_free_gpu_memory_and_the_methods_need(tmp_path, monkeypatch, fake_cuda):
     import torch
-    import reproduce_cards
+    from studies import reproduce_cards
     import unlearn
     from models import build_model, save_model
     save_model(str(tmp_path / "m.pth"), build_model("resnet18", 10), {"arch": "resnet18"})
@@ -99,18 +97,14 @@ def toy_cards(tmp_path_factory):
     """A folder made by the staged make targets as two GPU calls would run them (the training
     alone, then the cards), on a synthetic CIFAR-10 image folder: (folder, dataset, (the first
     call, the files it left, the second call))."""
-    from test_inputs import write_classes
     root = tmp_path_factory.mktemp("toy")
     write_classes(root / "cifar", CIFAR10, per_class=4)
     flags = [f"DATASET={root / 'cifar'}", f"DATA_DIR={root / 'cache'}", "DEVICE=cpu",
              "ARCH=resnet20", "EPOCHS=1", f"CARDS_DIR={root / 'cards'}",
              "EXTRA=" + " ".join(TOY[:-1]) + f" '{TOY[-1]}'"]
-    make = ["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={sys.executable}"]
-    train = subprocess.run([*make, "reproduce-cards-train", *flags], capture_output=True,
-                           text=True, timeout=1200)  # a limit against a hang only
+    train = make("reproduce-cards-train", *flags, timeout=1200)  # a limit against a hang only
     trained = {p.name for p in (root / "cards").iterdir()}
-    cards = subprocess.run([*make, "reproduce-cards", *flags], capture_output=True, text=True,
-                           timeout=1200)
+    cards = make("reproduce-cards", *flags, timeout=1200)
     return root / "cards", root / "cifar", (train, trained, cards)
 
 
@@ -158,7 +152,7 @@ def test_a_folder_of_other_settings_is_refused_naming_the_setting_or_redone(toy_
                                  ("--train-flags", "--batch-size 16", "--batch-size 8 there"),
                                  ("--precision", "bf16", "--precision fp32 there"),
                                  ("--model", tmp_path / "other.pth", "--model not given there")):
-        r = call("reproduce_cards.py", *with_flag(toy_argv(folder, dataset), flag, value))
+        r = call("studies/reproduce_cards.py", *with_flag(toy_argv(folder, dataset), flag, value))
         assert_clean_error(r, setting)
         assert f"{folder / 'settings.json'}" in r.stderr and "--overwrite" in r.stderr
     assert sha256_file(folder / "full.pth") == full  # nothing touched
@@ -166,7 +160,7 @@ def test_a_folder_of_other_settings_is_refused_naming_the_setting_or_redone(toy_
     # --overwrite redoes the folder with the new settings: the old runs are gone, never reported
     # as the new ones
     argv = toy_argv(folder, dataset, "--epochs", "2", "--stage", "train", "--overwrite")
-    r = call("reproduce_cards.py", *argv)
+    r = call("studies/reproduce_cards.py", *argv)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.load(open(folder / "full.json"))["config"]["epochs"] == 2
     assert not (folder / "ssd" / "cat.pth").exists() and not (folder / "cards.md").exists()
@@ -178,12 +172,12 @@ def test_a_model_by_path_is_known_by_content_and_never_removed_by_overwrite(toy_
     from models import build_model, save_model
     folder = copy_of(toy_cards, tmp_path)
     argv = toy_argv(folder, toy_cards[1], "--model", folder / "full.pth")
-    r = call("reproduce_cards.py", *argv, "--overwrite")  # the folder's own model as --model
+    r = call("studies/reproduce_cards.py", *argv, "--overwrite")  # the folder's own model as --model
     assert r.returncode == 0, r.stderr[-3000:]
     assert (folder / "full.pth").exists() and (folder / "full.json").exists()  # the input kept
     assert json.load(open(folder / "ssd" / "cat.json"))["source"] == str(folder / "full.pth")
     save_model(str(folder / "full.pth"), build_model("resnet20", 10), {"arch": "resnet20"})
-    assert_clean_error(call("reproduce_cards.py", *argv), "--model sha256:")  # another model now
+    assert_clean_error(call("studies/reproduce_cards.py", *argv), "--model sha256:")  # another model now
 
 
 def test_a_run_stopped_between_saved_and_its_evaluation_is_evaluated_next_time(toy_cards):
@@ -195,7 +189,7 @@ def test_a_run_stopped_between_saved_and_its_evaluation_is_evaluated_next_time(t
                "--method", "ssd", "--model", folder / "full.pth", "--forget-class", "cat",
                "--out", folder / "ssd" / "cat.pth"]  # the driver's job, as it runs it
     try:
-        for script, argv in (("reproduce_cards.py", toy_argv(folder, toy_cards[1])),
+        for script, argv in (("studies/reproduce_cards.py", toy_argv(folder, toy_cards[1])),
                              ("unlearn.py", unlearn)):
             json.dump({**meta, "metrics": None}, open(sidecar, "w"))  # killed after 'saved'
             r = call(script, *argv)
@@ -217,7 +211,7 @@ def missing_cat_runs(folder):
 def test_ctrl_c_in_a_job_stops_every_job_and_the_driver_with_130(toy_cards, tmp_path,
                                                                    monkeypatch, capsys):
     import cli
-    import reproduce_cards
+    from studies import reproduce_cards
     import unlearn
     folder = copy_of(toy_cards, tmp_path)
     missing_cat_runs(folder)  # three jobs to run
@@ -229,7 +223,7 @@ def test_ctrl_c_in_a_job_stops_every_job_and_the_driver_with_130(toy_cards, tmp_
 
     monkeypatch.setattr(unlearn, "main", interrupted)
     argv = [str(a) for a in toy_argv(folder, toy_cards[1])]
-    with pytest.raises(SystemExit) as e:  # as `python reproduce_cards.py` runs main
+    with pytest.raises(SystemExit) as e:  # as `python -m studies.reproduce_cards` runs main
         cli.run(lambda: reproduce_cards.main(argv), reproduce_cards.INTERRUPTED)
     assert e.value.code == 130 and len(calls) == 1  # the other two jobs never ran
     err = capsys.readouterr().err
@@ -247,7 +241,7 @@ def test_a_failing_job_shows_its_traceback_in_the_error_and_its_log(toy_cards, t
         raise RuntimeError("the cause, deep inside")
 
     monkeypatch.setattr(unlearn, "main", lambda argv: deep_inside())
-    r = call("reproduce_cards.py", *toy_argv(folder, toy_cards[1]))
+    r = call("studies/reproduce_cards.py", *toy_argv(folder, toy_cards[1]))
     assert r.returncode == 1
     error = r.stderr[r.stderr.index("3 job(s) failed; the first"):]  # the driver's message
     assert "Traceback (most recent call last)" in error and "in deep_inside" in error
@@ -268,7 +262,7 @@ def child(tmp_path, name, body):
 
 
 def test_a_child_process_failure_shows_its_traceback_not_only_its_last_line(tmp_path):
-    import reproduce_cards
+    from studies import reproduce_cards
     argv = child(tmp_path, "bad", "def inner():\n    1 / 0\nprint('working')\ninner()\n")
     with pytest.raises(ValueError) as e:
         reproduce_cards.run_jobs([argv], 2, in_process=False)
@@ -280,7 +274,7 @@ def test_a_child_process_failure_shows_its_traceback_not_only_its_last_line(tmp_
 
 def test_a_child_process_output_reaches_its_log_and_the_terminal_as_it_comes(tmp_path, capsys):
     import threading
-    import reproduce_cards
+    from studies import reproduce_cards
     go = tmp_path / "go"
     argv = child(tmp_path, "slow", f"print('first line')\nwhile not os.path.exists({str(go)!r}):\n"
                                    f"    time.sleep(0.05)\nprint('last line')\n")
@@ -304,8 +298,9 @@ def test_ctrl_c_stops_child_processes_running_and_waiting(tmp_path):
     first = child(tmp_path, "first", "open(out + '.pid', 'w').write(str(os.getpid()))\n"
                                      "os.kill(os.getppid(), signal.SIGINT)\ntime.sleep(120)\n")
     jobs = [first, *(child(tmp_path, name, "") for name in ("second", "third"))]
-    code = (f"import cli, reproduce_cards\ncli.run(lambda: reproduce_cards.run_jobs({jobs!r}, 1, "
-            f"in_process=False), reproduce_cards.INTERRUPTED)")
+    code = (f"import cli\nfrom studies import reproduce_cards\n"
+            f"cli.run(lambda: reproduce_cards.run_jobs({jobs!r}, 1, in_process=False), "
+            f"reproduce_cards.INTERRUPTED)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 130, r.stderr

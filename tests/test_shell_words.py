@@ -5,13 +5,11 @@ target is checked before make reads a rule (`make -n`: nothing runs)."""
 import importlib
 import os
 import shlex
-import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, assert_clean_error, call
-from test_inputs import write_classes
+from conftest import assert_clean_error, call, make, write_classes
 
 # an abbreviation of one of each script's flags, after the flags the script requires
 ABBREVIATED = [
@@ -21,13 +19,13 @@ ABBREVIATED = [
     ("data", ["--forget-cl", "cat"]),
     ("models", ["--mod", "m.pth"]),
     ("report", ["run", "--overwr"]),
-    ("reproduce_cards", ["--epoch", "1"]),
-    ("reproduce_c100", ["--epoch", "1"]),
-    ("verify_published", ["--test-sub", "1"]),
-    ("bench", ["--devic", "cpu"]),
-    ("privacy", ["outputs", "--model", "m.pth", "--out", "o.npz", "--forget-cl", "cat"]),
-    ("privacy", ["score", "pool", "--overwr"]),
-    ("privacy", ["jobs", "pool", "--n", "1", "--forget-cl", "cat"]),
+    ("studies.reproduce_cards", ["--epoch", "1"]),
+    ("studies.reproduce_c100", ["--epoch", "1"]),
+    ("studies.verify_published", ["--test-sub", "1"]),
+    ("studies.bench", ["--devic", "cpu"]),
+    ("studies.privacy", ["outputs", "--model", "m.pth", "--out", "o.npz", "--forget-cl", "cat"]),
+    ("studies.privacy", ["score", "pool", "--overwr"]),
+    ("studies.privacy", ["jobs", "pool", "--n", "1", "--forget-cl", "cat"]),
 ]
 
 
@@ -56,7 +54,7 @@ def test_no_script_takes_an_abbreviated_flag(module, argv, capsys):
 def test_jobs_refuse_an_abbreviation_of_a_flag_they_set(tmp_path, flags, data, named):
     """Refused when the list is made, not when every method's job runs (J04 was found late: every
     job wrote w/x.pth)."""
-    r = call("privacy.py", "jobs", tmp_path / "p", "--n", 2, "--forget-class", "cat", *flags, "--",
+    r = call("studies/privacy.py", "jobs", tmp_path / "p", "--n", 2, "--forget-class", "cat", *flags, "--",
              *data)
     assert_clean_error(r, named)
     assert r.stdout == ""
@@ -66,7 +64,7 @@ def test_jobs_take_a_single_flag_as_the_scripts_flags(tmp_path):
     """J06: --unlearn-flags '--no-augment' (one flag: the value starts with a dash) reaches every
     unlearn command, as the = form does; argparse alone stopped with 'expected one argument'."""
     def lines(*flags):
-        r = call("privacy.py", "jobs", tmp_path / "p", "--n", 1, "--forget-class", "cat",
+        r = call("studies/privacy.py", "jobs", tmp_path / "p", "--n", 1, "--forget-class", "cat",
                  "--groups", "ssd", *flags, "--", "--dataset", "x")
         assert r.returncode == 0, r.stderr
         return r.stdout.splitlines()
@@ -77,12 +75,6 @@ def test_jobs_take_a_single_flag_as_the_scripts_flags(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the Makefile
-
-def make(*args, cwd, py=sys.executable):
-    """make -C the checkout with no install step, run from `cwd` (a scratch folder)."""
-    return subprocess.run(["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={py}",
-                           *args], capture_output=True, text=True, timeout=120, cwd=cwd)
-
 
 def recorder(path, log):
     """An interpreter standing in for PY: appends its arguments to `log`, one a line, then a blank
@@ -176,7 +168,7 @@ def test_a_dry_run_of_pool_unlearn_runs_nothing(tmp_path):
         r = make("-n", "pool-unlearn", f"METHODS={methods}", f"POOL_DIR={tmp_path}/p",
                  cwd=tmp_path, py=py)
         assert r.returncode == 0, r.stderr
-        assert ("privacy.py jobs" if methods == "ssd" else "pool-unlearn METHODS=$m") in r.stdout
+        assert ("-m studies.privacy jobs" if methods == "ssd" else "pool-unlearn METHODS=$m") in r.stdout
     assert not log.exists()
 
 

@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ARCHIVE, ROOT, assert_clean_error, call
-from test_data import write_folder
+from conftest import ARCHIVE, ROOT, assert_clean_error, call, make, write_folder
 
 TINY = ["--arch", "resnet20", "--subset", "20", "--test-subset", "10", "--batch-size", "32", "--device", "cpu"]
 
@@ -97,14 +96,14 @@ def test_ddp_with_two_gloo_processes_saves_one_checkpoint_equal_across_ranks_and
 
 def test_retrain_all_runs_jobs_at_once_and_keeps_finished_models(tmp_path):
     write_folder(tmp_path / "toy", {"train": 4, "test": 2})  # 3 classes
-    command = ["make", "-C", ROOT, "--no-print-directory", "INSTALL=", f"PY={sys.executable}", "retrain-all", "JOBS=2",
-               "DEVICES=cpu cpu", f"DATASET={tmp_path / 'toy'}", f"DATA_DIR={tmp_path / 'cache'}",
-               f"CHECKPOINTS={tmp_path / 'ckpt'}", "ARCH=resnet20", "EPOCHS=1", "EXTRA=--batch-size 4"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    command = ["retrain-all", "JOBS=2", "DEVICES=cpu cpu", f"DATASET={tmp_path / 'toy'}",
+               f"DATA_DIR={tmp_path / 'cache'}", f"CHECKPOINTS={tmp_path / 'ckpt'}", "ARCH=resnet20",
+               "EPOCHS=1", "EXTRA=--batch-size 4"]
+    first = make(*command, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     made = sorted(p for p in os.listdir(tmp_path / "ckpt") if p.endswith(".pth"))
     assert made == ["resnet20_toy_no_alpha.pth", "resnet20_toy_no_beta.pth", "resnet20_toy_no_gamma.pth"]
     assert json.load(open(tmp_path / "ckpt" / "resnet20_toy_no_beta.json"))["split"]["forget_class"] == "beta"
     os.remove(tmp_path / "ckpt" / "resnet20_toy_no_gamma.pth")
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    again = make(*command, timeout=300)
     assert again.returncode == 0 and again.stdout.count("saved ") == 1 and "no_gamma" in again.stdout  # only the missing one

@@ -3,7 +3,7 @@ forget set (positions 20000-29999 of the order SISA's shards cut), with the repo
 
     make reproduce-c100                   # GPU, network once (CIFAR-100, the weights, ImageNet's ResNet34)
     make reproduce-c100-small             # a CPU: the same pipeline on a subset, SISA with a resnet20
-    python reproduce_c100.py --dataset cifar100 --out runs/c100
+    python -m studies.reproduce_c100 --dataset cifar100 --out runs/c100
 
 For each published model (chenyaofo/pytorch-cifar-models:cifar100_resnet32 and _resnet56): top-1 and top-5 on the
 train, test and forget sets and the MIA before and after fine-tuning 20 epochs on the retain set (unlearn.py
@@ -23,8 +23,8 @@ from cli import (add_runtime_args, atomic_write, check_out, pick_device, positiv
 from data import add_data_args, load_dataset, make_split, positions, with_normalization
 from models import sidecar_path
 from published import CIFAR_MODELS, CIFAR_MODELS_STATS, PUBLISHED_CIFAR_MODELS, PUBLISHED_SISA
-from reproduce_cards import (INTERRUPTED, check_settings, dataset_name, failure, metrics_of,
-                             parsed_flags, run_in_process)
+from studies.reproduce_cards import (INTERRUPTED, check_settings, dataset_name, failure,
+                                     metrics_of, parsed_flags, run_in_process)
 
 MODELS = ("cifar100_resnet32", "cifar100_resnet56")
 # The report's own numbers: its "before" test top-1 of the published weights (one table gives ResNet32 54.8% and

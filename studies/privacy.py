@@ -2,8 +2,9 @@
 
     make pool-small                      # a CPU toy pool (resnet20, N = 8), its scores and its report section
     make ulira-small                     # a CPU toy of U-LiRA's random-halves design, with its ceiling
-    python privacy.py outputs --model runs/pools/P/ssd/s0.pth --forget-class cat --out runs/pools/P/ssd/s0.npz
-    python privacy.py score runs/pools/P                 # every score of a pool -> runs/pools/P/scores.json
+    python -m studies.privacy outputs --model runs/pools/P/ssd/s0.pth --forget-class cat \\
+        --out runs/pools/P/ssd/s0.npz
+    python -m studies.privacy score runs/pools/P   # every score of a pool -> runs/pools/P/scores.json
 
 A pool folder holds one subfolder per group of models, `retrain/` (the reference: trained without the forget set,
 seeds 0..N-1), `original/` and one per unlearning method, each model `s<k>.pth` with its outputs `s<k>.npz` (see
@@ -709,7 +710,7 @@ def undefined_phrase(g):
 
 # --------------------------------------------------------------------- the jobs that make a pool
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: train.py's folder
 # train.py; unlearn.py from the originals; privacy.py outputs of each model
 STAGES = ("models", "unlearn", "outputs")
 # the flags `jobs` sets on each command: given in the scripts' flags as well, they would make other
@@ -726,9 +727,9 @@ LINE_BREAKING = ("Cc", "Cs", "Zl", "Zp")
 
 @dataclasses.dataclass
 class Job:
-    """One command of a pool: `script` (the file, then a subcommand if any) run with `words`
-    after the scripts' common flags writes `out`, from `model` (the input checkpoint; None for a
-    training)."""
+    """One command of a pool: `script` (the file or module, then a subcommand if any) run with
+    `words` after the scripts' common flags writes `out`, from `model` (the input checkpoint; None
+    for a training)."""
     stage: str
     script: list
     words: list
@@ -779,7 +780,7 @@ def pool_jobs(pool, n, groups, forget, draws=None, train_flags=(), unlearn_flags
     def outputs(group, k, j):
         model, out = path(group, k, j), path(group, k, j, "npz")
         words = [*split(k, j), "--model", model, "--out", out]
-        return Job("outputs", ["privacy.py", "outputs"], words, out, model)
+        return Job("outputs", ["studies.privacy", "outputs"], words, out, model)
 
     models = []  # (group, k, j) of every model whose outputs are asked for, in order
     jobs = []
@@ -825,6 +826,16 @@ def check_one_line(word, where):
                          f"directly")
 
 
+def script_words(python, script):
+    """How a line starts `script`: a core script (train.py) by its path in the checkout; a module of
+    studies/ as `python -m studies.privacy`, which finds it from the current folder, so listed from
+    another folder the line puts the checkout on PYTHONPATH itself."""
+    if script.endswith(".py"):
+        return [python, os.path.join(ROOT, script)]
+    here = os.path.samefile(os.getcwd(), ROOT)
+    return [python, "-m", script] if here else ["env", f"PYTHONPATH={ROOT}", python, "-m", script]
+
+
 def job_lines(jobs, python, flags, devices=None, stage=None):
     """(lines, finished): the command line of every job of `stage` (every stage when None) that is
     not finished, quoted for sh, the common `flags` after the script's name, then --device,
@@ -844,7 +855,7 @@ def job_lines(jobs, python, flags, devices=None, stage=None):
             continue
         device = ["--device", devices[len(lines) % len(devices)]] if devices else []
         script, *sub = job.script
-        words = [python, os.path.join(HERE, script), *sub, *flags, *device, *job.words]
+        words = [*script_words(python, script), *sub, *flags, *device, *job.words]
         for word in words:  # the flags are checked where they are read; this catches the rest
             check_one_line(word, "a word of the command")
         lines.append(shlex.join(words))

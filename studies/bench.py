@@ -1,7 +1,8 @@
 """Speed of this project's path against the plain reference path, side by side on one device.
 
-    python bench.py                                          # GPU: ResNet18 on the full CIFAR-10 train and test sets
-    python bench.py --dataset ../shared/data/cifar10-jpeg.tar.gz --arch resnet20 --subset 100 --device cpu
+    python -m studies.bench        # GPU: ResNet18 on the full CIFAR-10 train and test sets
+    python -m studies.bench --dataset ../shared/data/cifar10-jpeg.tar.gz --arch resnet20 \\
+        --subset 100 --device cpu
 
 Plain path = a torchvision DataLoader over PIL images with the recipe's transforms and worker processes, fp32,
 eager, `.item()` every step. Ours = the batched on-device Loader, device-side metrics, bf16 autocast on CUDA.

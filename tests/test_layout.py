@@ -1,14 +1,23 @@
 """The layout: the card's scripts and what they share at the top, the studies in studies/ (run as
-python -m studies.X), which the core never imports."""
+python -m studies.X), which the core never imports; the Makefile includes the studies' targets,
+and every target of before the move is still listed and still makes its commands."""
 import ast
 import glob
 import os
 import re
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, make
 
 STUDIES = ("privacy", "reproduce_cards", "reproduce_c100", "verify_published", "bench",
            "first_call")
+# `make help` before the studies moved to studies/studies.mk (commit 0ce4f42), test-fast added
+TARGETS = """help install test test-fast demo train retrain retrain-all evaluate unlearn unlearn-table
+ensemble sisa sisa-unlearn bench reproduce-cards reproduce-cards-train reproduce-cards-small
+first-call reproduce reproduce-small report verify-published verify-published-small pool
+pool-unlearn pool-score pool-jobs pool-unlearn-jobs pool-small ulira ulira-retrain ulira-jobs
+ulira-unlearn-jobs ulira-small clean-demo""".split()
 
 
 def core_files():
@@ -50,3 +59,37 @@ def test_each_study_says_how_it_runs():
         commands = [line for line in doc.splitlines() if line.strip().startswith("python")]
         assert all(f"python -m studies.{name} " in line for line in commands), (name, commands)
         assert not re.search(rf"python (\S*/)?{name}\.py", doc), name
+
+
+def test_make_help_lists_every_target_once_and_the_makefile_stays_short():
+    r = make("help")
+    assert r.returncode == 0, r.stderr
+    listed = [line.split()[0] for line in r.stdout.splitlines()]
+    assert sorted(listed) == sorted(TARGETS)  # the included file's too, no file name before them
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        makefile = f.read()
+    assert len(makefile.splitlines()) <= 200
+    assert "include studies/studies.mk" in makefile
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("train", "train.py --dataset"),
+    ("unlearn", "unlearn.py --dataset"),
+    ("bench", "-m studies.bench --dataset"),
+    ("reproduce-cards", "-m studies.reproduce_cards --dataset"),
+    ("reproduce-cards-train", "--stage train"),
+    ("reproduce-c100-small", "-m studies.reproduce_c100 --data-dir"),
+    ("verify-published-small", "-m studies.verify_published --dataset"),
+    ("first-call", "-m studies.first_call --dataset"),
+    ("pool-score", "-m studies.privacy score"),
+    ("pool-jobs", "-m studies.privacy jobs"),
+    ("ulira", "-m studies.privacy score"),
+    ("report", "report.py runs/reproduce"),
+])
+def test_a_dry_run_of_each_kind_of_target_names_its_script(tmp_path, target, expected):
+    """make -n of a sample of the targets (one per script, core and studies): its commands,
+    with the studies run as modules; nothing is run or written."""
+    r = make("-n", target, cwd=tmp_path, py="py")
+    assert r.returncode == 0, r.stderr
+    assert expected in r.stdout.replace("\\\n", " "), r.stdout
+    assert not os.listdir(tmp_path)

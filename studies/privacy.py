@@ -4,7 +4,7 @@
     make ulira-small                     # a CPU toy of U-LiRA's random-halves design, with its ceiling
     python -m studies.privacy outputs --model runs/pools/P/ssd/s0.pth --forget-class cat \\
         --out runs/pools/P/ssd/s0.npz
-    python -m studies.privacy score runs/pools/P   # every score of a pool -> runs/pools/P/scores.json
+    python -m studies.privacy score runs/pools/P   # every score of a pool: runs/pools/P/scores.json
 
 A pool folder holds one subfolder per group of models, `retrain/` (the reference: trained without the forget set,
 seeds 0..N-1), `original/` and one per unlearning method, each model `s<k>.pth` with its outputs `s<k>.npz` (see
@@ -710,7 +710,7 @@ def undefined_phrase(g):
 
 # --------------------------------------------------------------------- the jobs that make a pool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: train.py's folder
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: train.py's
 # train.py; unlearn.py from the originals; privacy.py outputs of each model
 STAGES = ("models", "unlearn", "outputs")
 # the flags `jobs` sets on each command: given in the scripts' flags as well, they would make other

@@ -3,7 +3,8 @@
     make reproduce-cards PY=python3 INSTALL= DATASET=data/cifar10-jpeg.tar.gz   # one H100 (below)
     make reproduce-cards-train ...; make reproduce-cards ...    # the same in two GPU commands
     make reproduce-cards-small                                  # a CPU: resnet20 on a subset
-    python -m studies.reproduce_cards --model hf://jaeunglee/resnet18-cifar10-unlearning/resnet18_cifar10_full.pth
+    python -m studies.reproduce_cards \\
+        --model hf://jaeunglee/resnet18-cifar10-unlearning/resnet18_cifar10_full.pth
 
 From one 200-epoch ResNet18 (trained here with the recipe, or given by --model), every class is unlearned with
 SSD (lambda 1, alpha 10, the card's) under both choices of D (the official scripts' retain + forget, and the
@@ -47,7 +48,7 @@ RUNS = [("ssd", "ssd", [], "ssd"), ("ssd-retain", "ssd", ["--full-set", "retain"
 ACC_TOLERANCE, LOSS_TOLERANCE = 0.5, 0.05  # a row agrees: within 0.5 points and 5% of the loss (verify_published)
 CUDA_CONTEXT_GB = 1.5  # a process's CUDA context, cuDNN workspace and its data on the GPU, besides the method's need
 TAIL = 20  # lines of a failed job's output shown when it printed no traceback
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: the jobs' scripts
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the jobs' scripts' folder
 SETTINGS = "settings.json"  # under --out: the settings its steps were made with (check_settings)
 OUTPUTS = ("full.*", "full_eval.*", "no_*.*", "ssd/*", "ssd-retain/*", "advneggrad/*",
            "cards.*")  # the steps under --out, by pattern

@@ -2,7 +2,8 @@
 
     make verify-published                      # all 31 published ResNet18s (1.4 GB, downloaded once); GPU advised
     make verify-published-small                # on a CPU: the first 100 test and 100 train images of each class
-    python -m studies.verify_published --classes cat dog --test-subset 100 --subset 100 --out runs/verify-cat-dog
+    python -m studies.verify_published --classes cat dog --test-subset 100 --subset 100 \\
+        --out runs/verify-cat-dog
 
 Every checkpoint of the three cards (published.PUBLISHED_CHECKPOINTS) is fetched by its hf:// name and evaluated on the
 test set with our evaluation: the cards' columns (full and retrain top-1, SSD and AdvNegGrad forget / retain class

@@ -158,7 +158,7 @@ def fake_cuda(monkeypatch):
     torch.backends.cudnn.benchmark = benchmark
 
 
-# ----------------------------------------------------------------------------- synthetic image folders
+# ------------------------------------------------------------------------- synthetic image folders
 
 FOLDER_CLASSES = ("alpha", "beta", "gamma")
 

@@ -185,6 +185,7 @@ def c100_small(tmp_path_factory):
         yield argv[3:], out, interrupted, left, run
 
 
+@pytest.mark.slow
 def test_reproduce_c100_small_end_to_end(c100_small):
     _, out, _, _, r = c100_small
     assert r.returncode == 0, r.stderr[-3000:]
@@ -209,12 +210,14 @@ def test_reproduce_c100_small_end_to_end(c100_small):
     assert "fine-tuning on the retain set (1 epochs; the report's: 20;" in report  # what ran
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_reproduce_c100_with_130_its_finished_steps_kept(c100_small):
     _, _, interrupted, left, _ = c100_small
     assert interrupted.code == 130
     assert left == ["before/cifar100_resnet32.json", "settings.json"]  # the fine-tuning not begun
 
 
+@pytest.mark.slow
 def test_a_copied_c100_folder_continues_and_evaluates_a_stopped_fine_tuning(c100_small, tmp_path):
     # the finished folder copied elsewhere, its fine-tuning stopped between 'saved' and its
     # evaluation: the copy continues (results found by file name, not by the first folder's
@@ -232,6 +235,7 @@ def test_a_copied_c100_folder_continues_and_evaluates_a_stopped_fine_tuning(c100
     assert json.loads((copy / "c100.json").read_text())["sisa"] == results["sisa"]
 
 
+@pytest.mark.slow
 def test_a_c100_folder_of_other_settings_is_refused_naming_the_setting(c100_small):
     argv, out, *_ = c100_small
     report = (out / "c100.md").read_text()
@@ -271,8 +275,8 @@ def interrupt_the_fine_tuning(argv, monkeypatch):
     (["--sisa-flags", "--arch resnet20 --slice-epochs 0"], "must be a positive integer, got '0'"),
     (["--sisa-flags", "--arch resnet20 --slice-epoch 1"], "unrecognized arguments: --slice-epoch 1")])
 def test_reproduce_c100_refuses_flags_it_cannot_honour_before_any_work(tmp_path, flags, refusal):
-    r = call("studies/reproduce_c100.py", "--data-dir", tmp_path / "data", "--device", "cpu", "--out",
-             tmp_path / "c100", *flags)
+    r = call("studies/reproduce_c100.py", "--data-dir", tmp_path / "data", "--device", "cpu",
+             "--out", tmp_path / "c100", *flags)
     assert_clean_error(r, refusal)
     assert not (tmp_path / "c100").exists() and not (tmp_path / "data").exists()  # no work
 

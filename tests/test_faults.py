@@ -318,6 +318,7 @@ def test_an_ensemble_needs_one_input_size(tiny, tmp_path):
                             tmp_path / "big.pth"), "an ensemble needs one input size")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["retrain-all", "unlearn-table"])
 def test_make_with_a_mistyped_dataset_says_so(tmp_path, target):
     r = make(target, "DATASET=cifar1O", f"DATA_DIR={tmp_path}", cwd=ROOT, timeout=120)

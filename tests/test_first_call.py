@@ -30,6 +30,7 @@ if "--compile" in sys.argv:
 '''
 
 
+@pytest.mark.slow
 def test_the_first_call_rehearsed_on_a_cpu(cifar_jpeg, data_dir, tmp_path):
     # resnet20, 10 images a class, 1 epoch each, the cards for cat; the compiled step's compiler
     # fails: its traceback shows in the call's output and log, and the training goes on eager

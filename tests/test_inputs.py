@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT, make, write_classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["retrain-all", "reproduce-steps"])
 def test_a_class_name_from_the_data_never_runs_as_a_shell_command(tmp_path, target):
     write_classes(tmp_path / "evil", ["a;touch PWNED;b", "beta"])
@@ -202,7 +203,8 @@ def test_a_bad_file_is_one_line_in_every_script_never_a_bug(toy, name):
     commands = [("evaluate.py", "--model", path, *flags), ("models.py", "--model", path),
                 ("unlearn.py", "--method", "sisa" if path.suffix == ".json" else "ssd", "--model", path,
                  "--forget-class", "alpha", *flags),
-                ("studies/privacy.py", "outputs", "--model", path, "--forget-class", "alpha", "--out", tmp / "o.npz", *flags)]
+                ("studies/privacy.py", "outputs", "--model", path, "--forget-class", "alpha",
+                 "--out", tmp / "o.npz", *flags)]
     for command in commands:
         if command[0] == "models.py" and path.suffix == ".json":
             continue

@@ -13,11 +13,11 @@ from conftest import ROOT, make
 STUDIES = ("privacy", "reproduce_cards", "reproduce_c100", "verify_published", "bench",
            "first_call")
 # `make help` before the studies moved to studies/studies.mk (commit 0ce4f42), test-fast added
-TARGETS = """help install test test-fast demo train retrain retrain-all evaluate unlearn unlearn-table
-ensemble sisa sisa-unlearn bench reproduce-cards reproduce-cards-train reproduce-cards-small
-first-call reproduce reproduce-small report verify-published verify-published-small pool
-pool-unlearn pool-score pool-jobs pool-unlearn-jobs pool-small ulira ulira-retrain ulira-jobs
-ulira-unlearn-jobs ulira-small clean-demo""".split()
+TARGETS = """help install test test-fast demo train retrain retrain-all evaluate unlearn
+unlearn-table ensemble sisa sisa-unlearn bench reproduce-cards reproduce-cards-train
+reproduce-cards-small first-call reproduce reproduce-small report verify-published
+verify-published-small pool pool-unlearn pool-score pool-jobs pool-unlearn-jobs
+pool-small ulira ulira-retrain ulira-jobs ulira-unlearn-jobs ulira-small clean-demo""".split()
 
 
 def core_files():
@@ -85,6 +85,7 @@ def test_make_help_lists_every_target_once_and_the_makefile_stays_short():
     ("pool-jobs", "-m studies.privacy jobs"),
     ("ulira", "-m studies.privacy score"),
     ("report", "report.py runs/reproduce"),
+    ("test-fast", '-m pytest -m "not slow"'),  # the inner loop: pytest.ini registers the marker
 ])
 def test_a_dry_run_of_each_kind_of_target_names_its_script(tmp_path, target, expected):
     """make -n of a sample of the targets (one per script, core and studies): its commands,

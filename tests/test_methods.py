@@ -25,7 +25,8 @@ LONE = textwrap.dedent("""
     from torch.utils.data import DataLoader, TensorDataset
     import methods
 
-    project = {"cli", "data", "models", "train", "unlearn", "evaluate", "report", "published", "studies"}
+    project = {"cli", "data", "models", "train", "unlearn", "evaluate", "report", "published",
+               "studies"}
     assert not project & set(sys.modules), project & set(sys.modules)
     torch.manual_seed(0)
     x, y = torch.randn(60, 3, 32, 32), torch.arange(60) % 10  # no last batch of one image (BatchNorm would refuse)
@@ -47,6 +48,7 @@ LONE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_every_method_runs_from_a_lone_copy_of_methods_py(tmp_path):
     shutil.copy(os.path.join(ROOT, "methods.py"), tmp_path)
     (tmp_path / "run.py").write_text(LONE)

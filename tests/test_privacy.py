@@ -349,7 +349,7 @@ def run_lines(lines):
     main called): the commands a user runs, without a Python start-up (about 4 s) each."""
     for line in lines:
         words = shlex.split(line)
-        words = words[2:] if words[0] == "env" else words  # env PYTHONPATH=<checkout>: listed elsewhere
+        words = words[2:] if words[0] == "env" else words  # env PYTHONPATH=...: listed elsewhere
         r = call(*script_of(words[1:]))
         assert r.returncode == 0, line + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
 
@@ -574,6 +574,7 @@ def test_lines_listed_outside_the_checkout_find_its_scripts(tmp_path, monkeypatc
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
     """pool-jobs, pool-unlearn-jobs, ulira-jobs and ulira-unlearn-jobs print what privacy.py jobs
     prints for the variables users pass (N, CLASS, FRACTION, METHOD, DRAWS, the folders, ARCH,
@@ -600,9 +601,11 @@ def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
     assert all("--epochs 2" in line for line in expected if "unlearn.py" in line)
     dry = make("-n", "pool-jobs", "ulira-unlearn-jobs", "STAGE=unlearn", *settings, threads=1)
     dry = dry.stdout.splitlines()
-    assert len(dry) == 2 and all("-m studies.privacy jobs" in x and "--stage unlearn" in x for x in dry)
+    assert len(dry) == 2
+    assert all("-m studies.privacy jobs" in x and "--stage unlearn" in x for x in dry)
 
 
+@pytest.mark.slow
 def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     """N = 6 resnet20s trained with and without cat (30 images a class, 5 epochs: enough to tell
     cats seen from cats never seen), SSD from each original: privacy.py jobs' commands for seeds
@@ -652,6 +655,7 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
         assert z["retain_index"].shape == (270,) and int(z["forget_class"]) == 3
 
 
+@pytest.mark.slow
 def test_ulira_halves_through_jobs_and_make(cifar_jpeg, data_dir, tmp_path):
     """U-LiRA's design for 4 random halves x 2 forget draws (resnet20, 1 epoch, 10 images a
     class): privacy.py jobs' commands for halves 0..2 run in this process, then make ulira N=4
@@ -918,7 +922,8 @@ def tiny_data(root):
 
 
 def outputs(tiny, model, out, *flags):
-    return call("studies/privacy.py", "outputs", *tiny_data(tiny), "--model", model, "--out", out, *flags)
+    return call("studies/privacy.py", "outputs", *tiny_data(tiny), "--model", model, "--out", out,
+                *flags)
 
 
 def test_outputs_replace_only_this_models_outputs(tiny, tmp_path, monkeypatch):

@@ -178,6 +178,7 @@ def test_the_verdict_says_which_rows_do_not_agree():
     assert "Not comparable" in verify_published.section_unlearned("ssd", "SSD", evals, range(10), comparable=False)
 
 
+@pytest.mark.slow
 def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg, data_dir, tmp_path, monkeypatch):
     """Every published name served from the stand-in Hub: the trained resnet20 as each model, but the SSD model for
     cat with 100 known weights halved. The report's numbers must be those of our evaluation, done here directly."""
@@ -191,7 +192,7 @@ def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg,
     out = tmp_path / "verify"
     args = ["verify-published-small", f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "DEVICE=cpu",
             f"VERIFY_DIR={out}", "EXTRA=--classes cat dog"]
-    r = make(*args, threads=1)  # $HF_ENDPOINT and $TORCH_HOME (the fixture's) reach the script through the environment
+    r = make(*args, threads=1)  # $HF_ENDPOINT, $TORCH_HOME (the fixture's): by the environment
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = out.parent / "verify-small"  # the Makefile's $(VERIFY_DIR)-small
     text = (result / "report.md").read_text()

@@ -48,6 +48,7 @@ def row(text, *cells):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_sidecars_numbers_beside_the_published_ones(rundir):
     r = run_script("report.py", rundir)  # report.py's one run in its own interpreter, as make report runs it
     assert r.returncode == 0, r.stderr
@@ -89,6 +90,7 @@ def test_published_constants_are_the_cards_numbers():
     assert published.PUBLISHED_SISA == {"before": (78.1, 0.527), "after": (77.1, 0.498)}
 
 
+@pytest.mark.slow
 def test_plots_are_png_files_listed_in_the_report(rundir):
     pytest.importorskip("matplotlib")
     assert call("report.py", rundir).returncode == 0
@@ -99,6 +101,7 @@ def test_plots_are_png_files_listed_in_the_report(rundir):
         assert (rundir / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(plots/{name})" in text
 
 
+@pytest.mark.slow
 def test_without_matplotlib_the_report_is_written_without_plots(rundir, tmp_path, monkeypatch):
     copy = tmp_path / "run"
     shutil.copytree(rundir, copy, ignore=shutil.ignore_patterns("plots", "report.md", "*.pth"))
@@ -109,6 +112,7 @@ def test_without_matplotlib_the_report_is_written_without_plots(rundir, tmp_path
     assert "| full | resnet20 |" in text
 
 
+@pytest.mark.slow
 def test_every_checkpoint_gets_a_model_card_in_the_published_layout(rundir):
     assert call("report.py", rundir).returncode == 0
     cards = sorted(os.listdir(rundir / "cards"))
@@ -128,6 +132,7 @@ def test_every_checkpoint_gets_a_model_card_in_the_published_layout(rundir):
     assert f"| `full.pth` | None | {read(rundir / 'full.json')['metrics']['test_acc']:.2f}% |" in full
 
 
+@pytest.mark.slow
 def test_a_card_for_one_checkpoint(rundir, tmp_path):
     shutil.copy(rundir / "no_cat.pth", tmp_path / "m.pth")
     shutil.copy(rundir / "no_cat.json", tmp_path / "m.json")
@@ -143,6 +148,7 @@ def test_bad_input_is_refused(tmp_path):
     assert_clean_error(call("report.py", "--card", tmp_path / "m.pth"), "m.json not found")
 
 
+@pytest.mark.slow
 def test_reproduce_on_a_cpu_wants_yes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: make reproduce would start the real thing")

@@ -25,6 +25,7 @@ def table_rows(markdown, title):
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
 
 
+@pytest.mark.slow
 def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and_resumes(cifar_jpeg, data_dir,
                                                                                           tmp_path):
     out = tmp_path / "cards"
@@ -122,6 +123,7 @@ def copy_of(toy_cards, tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_make_reproduce_cards_in_stages_trains_then_makes_the_cards_from_that_model(toy_cards):
     folder, _, (train, trained, cards) = toy_cards
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
@@ -139,6 +141,7 @@ def test_make_reproduce_cards_in_stages_trains_then_makes_the_cards_from_that_mo
     assert "unlearn.py" in log.splitlines()[0] and "saved" in log
 
 
+@pytest.mark.slow
 def test_a_folder_of_other_settings_is_refused_naming_the_setting_or_redone(toy_cards, tmp_path):
     from conftest import assert_clean_error, call
     from models import build_model, save_model, sha256_file
@@ -167,19 +170,21 @@ def test_a_folder_of_other_settings_is_refused_naming_the_setting_or_redone(toy_
     assert json.load(open(folder / "settings.json"))["--epochs"] == 2
 
 
+@pytest.mark.slow
 def test_a_model_by_path_is_known_by_content_and_never_removed_by_overwrite(toy_cards, tmp_path):
     from conftest import assert_clean_error, call
     from models import build_model, save_model
     folder = copy_of(toy_cards, tmp_path)
     argv = toy_argv(folder, toy_cards[1], "--model", folder / "full.pth")
-    r = call("studies/reproduce_cards.py", *argv, "--overwrite")  # the folder's own model as --model
+    r = call("studies/reproduce_cards.py", *argv, "--overwrite")  # the folder's own model: --model
     assert r.returncode == 0, r.stderr[-3000:]
     assert (folder / "full.pth").exists() and (folder / "full.json").exists()  # the input kept
     assert json.load(open(folder / "ssd" / "cat.json"))["source"] == str(folder / "full.pth")
     save_model(str(folder / "full.pth"), build_model("resnet20", 10), {"arch": "resnet20"})
-    assert_clean_error(call("studies/reproduce_cards.py", *argv), "--model sha256:")  # another model now
+    assert_clean_error(call("studies/reproduce_cards.py", *argv), "--model sha256:")  # another one
 
 
+@pytest.mark.slow
 def test_a_run_stopped_between_saved_and_its_evaluation_is_evaluated_next_time(toy_cards):
     from conftest import call
     folder = toy_cards[0]  # not a copy: the runs' identity names their model's path; undone below
@@ -208,6 +213,7 @@ def missing_cat_runs(folder):
         os.remove(folder / sub / "cat.json")
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_job_stops_every_job_and_the_driver_with_130(toy_cards, tmp_path,
                                                                    monkeypatch, capsys):
     import cli
@@ -230,6 +236,7 @@ def test_ctrl_c_in_a_job_stops_every_job_and_the_driver_with_130(toy_cards, tmp_
     assert "finished steps are kept under --out" in err and "failed" not in err
 
 
+@pytest.mark.slow
 def test_a_failing_job_shows_its_traceback_in_the_error_and_its_log(toy_cards, tmp_path,
                                                                      monkeypatch):
     import unlearn

@@ -54,8 +54,8 @@ def test_no_script_takes_an_abbreviated_flag(module, argv, capsys):
 def test_jobs_refuse_an_abbreviation_of_a_flag_they_set(tmp_path, flags, data, named):
     """Refused when the list is made, not when every method's job runs (J04 was found late: every
     job wrote w/x.pth)."""
-    r = call("studies/privacy.py", "jobs", tmp_path / "p", "--n", 2, "--forget-class", "cat", *flags, "--",
-             *data)
+    r = call("studies/privacy.py", "jobs", tmp_path / "p", "--n", 2, "--forget-class", "cat",
+             *flags, "--", *data)
     assert_clean_error(r, named)
     assert r.stdout == ""
 
@@ -168,7 +168,8 @@ def test_a_dry_run_of_pool_unlearn_runs_nothing(tmp_path):
         r = make("-n", "pool-unlearn", f"METHODS={methods}", f"POOL_DIR={tmp_path}/p",
                  cwd=tmp_path, py=py)
         assert r.returncode == 0, r.stderr
-        assert ("-m studies.privacy jobs" if methods == "ssd" else "pool-unlearn METHODS=$m") in r.stdout
+        loop = "-m studies.privacy jobs" if methods == "ssd" else "pool-unlearn METHODS=$m"
+        assert loop in r.stdout
     assert not log.exists()
 
 
@@ -188,6 +189,7 @@ def test_a_class_name_make_cannot_carry_is_refused_for_its_own_reason(tmp_path, 
     assert f"--forget-class {sorted(['cat', name]).index(name)}" in r.stderr  # classes: sorted
 
 
+@pytest.mark.slow
 def test_a_class_name_with_a_decomposed_accent_goes_through_make(tmp_path):
     """MA03: 'café' written as e + U+0301 (NFD, as macOS names folders) holds no space, quote or
     shell character and was refused as if it did; it is checked in NFC now and goes through make

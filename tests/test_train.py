@@ -78,6 +78,7 @@ def torchrun(data_dir, out, *extra):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes_saves_one_checkpoint_equal_across_ranks_and_resumes(cifar_jpeg, data_dir, tmp_path):
     r = torchrun(data_dir, tmp_path / "m.pth")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -94,11 +95,12 @@ def test_ddp_with_two_gloo_processes_saves_one_checkpoint_equal_across_ranks_and
     assert all(torch.equal(a[k], b[k]) for k in a)  # stopped and resumed under torchrun = straight through
 
 
+@pytest.mark.slow
 def test_retrain_all_runs_jobs_at_once_and_keeps_finished_models(tmp_path):
     write_folder(tmp_path / "toy", {"train": 4, "test": 2})  # 3 classes
     command = ["retrain-all", "JOBS=2", "DEVICES=cpu cpu", f"DATASET={tmp_path / 'toy'}",
-               f"DATA_DIR={tmp_path / 'cache'}", f"CHECKPOINTS={tmp_path / 'ckpt'}", "ARCH=resnet20",
-               "EPOCHS=1", "EXTRA=--batch-size 4"]
+               f"DATA_DIR={tmp_path / 'cache'}", f"CHECKPOINTS={tmp_path / 'ckpt'}",
+               "ARCH=resnet20", "EPOCHS=1", "EXTRA=--batch-size 4"]
     first = make(*command, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     made = sorted(p for p in os.listdir(tmp_path / "ckpt") if p.endswith(".pth"))

@@ -5,6 +5,7 @@ import contextlib
 import importlib
 import io
 import os
+import pickle
 import shlex
 import subprocess
 import sys
@@ -156,6 +157,24 @@ def fake_cuda(monkeypatch):
     yield
     methods.restore_fp32(previous)
     torch.backends.cudnn.benchmark = benchmark
+
+
+def independent_logits(model, images, data):
+    """Normalise with numpy, one forward pass of the whole set in eval mode."""
+    x = (images / 255.0 - np.array(data.mean)) / np.array(data.std)
+    with torch.no_grad():
+        return model.eval()(torch.tensor(x, dtype=torch.float32).permute(0, 3, 1, 2))
+
+
+def planes_to_rows(images):
+    """CIFAR's on-disk layout, built by hand: per image 1024 red, then 1024 green, then 1024
+    blue bytes."""
+    return np.stack([np.concatenate([im[:, :, c].ravel() for c in range(3)]) for im in images])
+
+
+def write_pickle(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)  # torchvision's CIFAR files are protocol 2
 
 
 # ------------------------------------------------------------------------- synthetic image folders

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import report
-from conftest import ARCHIVE, RETRAINED_WITHOUT, ROOT, assert_clean_error, call
+from conftest import (ARCHIVE, RETRAINED_WITHOUT, ROOT, assert_clean_error, call,
+                      independent_logits)
 from data import make_split
 from evaluate import fit_probe, linear_cka, penultimate, probe_sample
 from models import Ensemble, build_model, save_model
-from test_evaluate import independent_logits
 
 
 def softmax(z):
@@ -130,6 +130,7 @@ def head_edited(model, data, split, path):
     return path
 
 
+@pytest.mark.slow  # 22 s, and 61 s for the `retrained` fixture that only it uses (CI, 2 cores)
 def test_a_head_edit_forgets_on_outputs_only_and_a_retrained_model_beneath_too(
         cifar_jpeg, data_dir, trained, retrained, tmp_path):
     """Issue 31's known answers, on the real images at toy scale through the command line: the

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import models
 import published
-from conftest import assert_clean_error, call, make, write_classes
+from conftest import assert_clean_error, call, make, planes_to_rows, write_classes, write_pickle
 from models import build_model, infer_arch, load_model, save_model
 
 
@@ -140,7 +140,6 @@ def test_every_script_normalises_as_the_model_was_trained(tmp_path):
 def write_cifar100(root, train_per_class=7, test_per_class=3):
     """A synthetic CIFAR-100 in torchvision's extracted format, every class present in both splits."""
     import numpy as np
-    from test_data import planes_to_rows, write_pickle
     rng = np.random.default_rng(1)
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)

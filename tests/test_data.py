@@ -2,7 +2,6 @@
 CIFAR-10 images, class names, splits and --subset."""
 import errno
 import os
-import pickle
 import struct
 import tarfile
 import zlib
@@ -13,20 +12,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import data
-from conftest import ARCHIVE, assert_clean_error, call, write_folder
+from conftest import ARCHIVE, assert_clean_error, call, planes_to_rows, write_folder, write_pickle
 from data import Dataset, load_dataset, make_split, resolve_class, subset_indices
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def planes_to_rows(images):
-    """CIFAR's on-disk layout, built by hand: per image 1024 red, then 1024 green, then 1024 blue bytes."""
-    return np.stack([np.concatenate([im[:, :, c].ravel() for c in range(3)]) for im in images])
-
-
-def write_pickle(path, obj):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
 
 
 def write_cifar(root, name, n=7):

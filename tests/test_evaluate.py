@@ -5,17 +5,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conftest import ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, call
+from conftest import (ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, call,
+                      independent_logits)
 from data import make_split
 from evaluate import evaluate_model, mia_score
 from models import build_model, save_model
-
-
-def independent_logits(model, images, data):
-    """Normalise with numpy, one forward pass of the whole set in eval mode."""
-    x = (images / 255.0 - np.array(data.mean)) / np.array(data.std)
-    with torch.no_grad():
-        return model.eval()(torch.tensor(x, dtype=torch.float32).permute(0, 3, 1, 2))
 
 
 def test_metrics_equal_an_independent_computation(cifar_jpeg, trained):

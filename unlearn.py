@@ -203,7 +203,7 @@ def out_of_memory(model, cfg, amp, free, size):
     had = "" if free is None else f", and {free / 2 ** 30:.1f} GB was free when it started"
     return (f"out of GPU memory: this method with its published settings (batch {cfg.batch_size}, "
             f"{cfg.step_images()} images a step) needs about {need:.1f} GB{had}. Run fewer jobs at once on this GPU "
-            f"(make's JOBS, reproduce_cards.py --jobs) or use one with more memory: a smaller --batch-size would "
+            f"(make's JOBS, studies/reproduce_cards.py --jobs) or use one with more memory: a smaller --batch-size would "
             f"change the published method")
 
 

@@ -414,7 +414,7 @@ def add_config_args(parser, config_class, defaults=None):
     """One flag per field of a config dataclass, its help naming the paper's symbol and the published default.
     defaults: {field: value} where the official code sets another value for the case at hand."""
     group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.split(chr(10))[0].rstrip('.')}")
-    for f in dataclasses.fields(config_class):
+    for f in flag_fields(config_class):
         meta, default = f.metadata, (defaults or {}).get(f.name, f.default)
         kwargs = {"dest": f.name, "default": default, "help": f"{meta['help']} (default: {default})"}
         flag = meta.get("flag", "--" + f.name.replace("_", "-"))
@@ -424,8 +424,14 @@ def add_config_args(parser, config_class, defaults=None):
             group.add_argument(flag, type=field_type(f), choices=meta.get("choices"), **kwargs)
 
 
-def config_from_args(config_class, args):
-    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+def flag_fields(config_class):
+    """The fields a user sets by flag: all but those marked flag=None, which the script fills in from the data."""
+    return [f for f in dataclasses.fields(config_class) if f.metadata.get("flag", "") is not None]
+
+
+def config_from_args(config_class, args, **code):
+    """The config of the flags' values; code: the fields without a flag (flag=None), from the script."""
+    return config_class(**{f.name: getattr(args, f.name) for f in flag_fields(config_class)}, **code)
 
 
 def config_from_json(config_class, values, source):

@@ -30,7 +30,7 @@ from torch.func import functional_call, grad, vmap
 
 def hp(default, help, **extra):
     """A config field whose help (the paper's symbol, the published value) shows in --help. extra: choices,
-    flag (another flag name), minimum (ints: 1 positive, the default, or 0 non-negative), interval (floats: the
+    flag (another flag name; None: no flag, the caller sets it in code), minimum (ints: 1 positive, the default, or 0 non-negative), interval (floats: the
     values allowed, as "[0, 1)"; by default by the field's name, in cli.INTERVALS)."""
     return field(default=default, metadata={"help": help, **extra})
 
@@ -337,6 +337,15 @@ class BoundaryConfig(Shuffled):
 class BoundaryShrinkConfig(BoundaryConfig):
     """Boundary shrink: each forget image relabelled with the original model's prediction on its FGSM point."""
     bound: float = hp(0.1, "FGSM step and L-inf bound in [0, 1] pixel units (hard-coded 0.1)")
+    mean: tuple = hp(None, "per-channel mean the loaders' images were normalised with; None: they are [0, 1] "
+                     "pixels", flag=None)
+    std: tuple = hp(None, "per-channel std the loaders' images were normalised with; None: pixels", flag=None)
+
+    def __post_init__(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("BoundaryShrinkConfig: give mean and std together, or neither (pixels)")
+        if self.std is not None and not all(s > 0 for s in self.std):
+            raise ValueError(f"BoundaryShrinkConfig: std {self.std} must be positive in every channel")
 
 
 @dataclass(frozen=True)
@@ -1014,13 +1023,13 @@ def unlearn_l1_sparse(model, retain_loader, forget_loader, cfg, device):
     return model
 
 
-def pixel_space(loader, x):
-    """(mean, std) that map the loader's normalised images back to [0, 1] pixels: a Loader's own, else the images
-    are taken to be pixels already (mean 0, std 1)."""
-    mean, std = getattr(loader, "mean", None), getattr(loader, "std", None)
-    if mean is None:
+def pixel_space(cfg, x):
+    """(mean, std) that map the images back to [0, 1] pixels, as x's device and dtype: cfg's normalisation, or
+    (0, 1) when cfg gives none (the images are pixels already)."""
+    if cfg.mean is None:
         return torch.zeros(1, x.shape[1], 1, 1, device=x.device), torch.ones(1, x.shape[1], 1, 1, device=x.device)
-    return mean.to(x.device, x.dtype), std.to(x.device, x.dtype)
+    return (torch.tensor(cfg.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1),
+            torch.tensor(cfg.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1))
 
 
 def fgsm(model, x, y, bound, mean, std):
@@ -1043,13 +1052,18 @@ def unlearn_boundary_shrink(model, retain_loader, forget_loader, cfg, device):
     for _ in range(cfg.epochs):
         model.train()
         for x, y in forget_loader:
-            mean, std = pixel_space(forget_loader, x)
-            with torch.autocast(x.device.type, enabled=False):  # the attack's sign in fp32
-                adversarial = fgsm(original, x, y, cfg.bound, mean, std)
-            with torch.no_grad():
-                target = original(adversarial).argmax(1)
+            _, target = shrink_labels(original, x, y, cfg)
             step(optimizer, F.cross_entropy(model(x), target))
     return model
+
+
+def shrink_labels(original, x, y, cfg):
+    """(FGSM points, the original model's predictions there): a forget batch's new labels."""
+    mean, std = pixel_space(cfg, x)
+    with torch.autocast(x.device.type, enabled=False):  # the attack's sign in fp32
+        adversarial = fgsm(original, x, y, cfg.bound, mean, std)
+    with torch.no_grad():
+        return adversarial, original(adversarial).argmax(1)
 
 
 def last_linear(model):

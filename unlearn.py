@@ -25,7 +25,7 @@ from methods import (IMPORTANCE, AdvNegGradConfig, FinetuneConfig, GAConfig, Neg
                      unlearn_neggrad_plus, unlearn_rl, unlearn_salun, unlearn_scrub, unlearn_ssd)
 
 from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out, config_from_args,
-                 json_of_kind, lock, pick_device, read_json, run, write_json)
+                 flag_fields, json_of_kind, lock, pick_device, read_json, run, write_json)
 from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
                   with_normalization)
 from evaluate import beneath_outputs, evaluate_model, format_table, load_evaluable, strip_losses
@@ -127,6 +127,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def from_the_data(config_class, data):
+    """The config fields that have no flag, from the data: boundary-shrink's normalisation is our Loader's (the
+    dataset's mean and std, or the model's where with_normalization set them), so it attacks in [0, 1] pixels."""
+    flagged = {f.name for f in flag_fields(config_class)}
+    values = {"mean": tuple(data.mean), "std": tuple(data.std)}
+    return {f.name: values[f.name] for f in dataclasses.fields(config_class) if f.name not in flagged}
+
+
+def flag_values(cfg):
+    """The config's values that the flags set: the identity of an output (the fields from the data follow from
+    its source model and dataset, already in the identity; outputs made before they existed stay valid)."""
+    return {f.name: getattr(cfg, f.name) for f in flag_fields(type(cfg))}
+
+
 def make_loaders(data, split, cfg, device, seed, size=None):
     """Retain and forget loaders as the method's official code builds them (cfg.loaders(): batch sizes, shuffled or
     not, augmented like training or not, SSD's official order). size: the model's input size (224 for ImageNet
@@ -224,7 +238,7 @@ def main(argv=None):
     if args.method == "sisa":  # not a model -> model function: it retrains parts of a model set
         return main_sisa(args, data, split)
     fn, config_class, display = METHODS[args.method]
-    cfg = config_from_args(config_class, args)
+    cfg = config_from_args(config_class, args, **from_the_data(config_class, data))
     model = load_model(args.model, num_classes=len(data.classes))
     if hasattr(cfg, "mask_ratio"):  # before any work: a mask of no weight would change nothing
         mask_size(cfg.mask_ratio, sum(p.numel() for p in model.parameters()))
@@ -232,7 +246,7 @@ def main(argv=None):
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
     source = args.model if is_remote(args.model) else os.path.abspath(args.model)
-    identity = {"method": args.method, "config": dataclasses.asdict(cfg), "source": source,
+    identity = {"method": args.method, "config": flag_values(cfg), "source": source,
                 "dataset": data.name, "split": describe_split(split, data.classes)["sha256"], "seed": args.seed,
                 "precision": args.precision}
     inputs = [args.model, args.retrained or ""]

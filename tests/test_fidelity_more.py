@@ -299,13 +299,6 @@ def test_l1_sparse_equals_ft_l1(model64, sets):
     assert_same_weights(ours, model)
 
 
-def pixel_loaders(sets, mean, std):
-    """The forget loader with the normalisation it was made with, as this project's Loader carries it."""
-    forget = loaders(sets)[1]
-    forget.mean, forget.std = mean, std
-    return forget
-
-
 def test_boundary_shrink_equals_boundary_sh(model64, sets, interleaved):
     """boundary_sh.py (SalUn): test_model = deepcopy(model); per epoch model.train(); per forget batch:
     test_model.eval(), FGSM_perturb (zero_grad; CE on the true labels; x + 0.1 sign(grad); clamp [0, 1]; round to
@@ -313,9 +306,8 @@ def test_boundary_shrink_equals_boundary_sh(model64, sets, interleaved):
     adv_label), a step. SGD(lr, 0.9, 5e-4). lr 0.05 here."""
     mean = torch.tensor(interleaved.mean, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(interleaved.std, dtype=torch.float64).view(1, 3, 1, 1)
-    cfg = BoundaryShrinkConfig(lr=0.05, epochs=2, batch_size=8)
-    ours = methods.unlearn_boundary_shrink(copy.deepcopy(model64), Untouchable(), pixel_loaders(sets, mean, std),
-                                           cfg, CPU)
+    cfg = BoundaryShrinkConfig(lr=0.05, epochs=2, batch_size=8, mean=interleaved.mean, std=interleaved.std)
+    ours = methods.unlearn_boundary_shrink(copy.deepcopy(model64), Untouchable(), loaders(sets)[1], cfg, CPU)
     model, normalized = copy.deepcopy(model64), lambda net: (lambda pixels: net((pixels - mean) / std))
     test_model = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9, weight_decay=5e-4)

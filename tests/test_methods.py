@@ -60,6 +60,70 @@ def test_every_method_runs_from_a_lone_copy_of_methods_py(tmp_path):
     assert all(int(n) > 0 for name, n in changed.items() if name != "ssd"), changed  # each method trained
 
 
+NORMALISING = textwrap.dedent("""
+    import sys
+    import torch, torchvision
+    from torch.utils.data import DataLoader, Dataset
+    import methods
+
+    project = {"cli", "data", "models", "train", "unlearn", "evaluate"}
+    assert not project & set(sys.modules), project & set(sys.modules)
+    MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    torch.manual_seed(0)
+    pixels, labels = torch.randint(0, 256, (24, 3, 32, 32)) / 255, torch.arange(24) % 10
+
+    class Images(Dataset):
+        def __init__(self, transform):
+            self.transform = transform
+        def __len__(self):
+            return len(labels)
+        def __getitem__(self, i):
+            return self.transform(pixels[i]), labels[i]
+
+    seen = []
+    computed = methods.shrink_labels
+    def recorded(original, x, y, cfg):  # the FGSM points and labels the method computes, kept
+        points, targets = computed(original, x, y, cfg)
+        seen.append((points, targets))
+        return points, targets
+    methods.shrink_labels = recorded
+
+    def run(transform, model, **normalisation):
+        cfg = methods.BoundaryShrinkConfig(epochs=1, batch_size=8, lr=0.01, **normalisation)
+        seen.clear()
+        loader = DataLoader(Images(transform), cfg.batch_size)  # in order: the same batches each run
+        methods.unlearn_boundary_shrink(model, None, loader, cfg, torch.device("cpu"))
+        return list(seen)
+
+    normalize = torchvision.transforms.Normalize(MEAN, STD)  # a user's DataLoader normalises
+    def net(first):  # the same weights each time: the method trains the model it is given
+        torch.manual_seed(1)
+        return torch.nn.Sequential(first, torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    given = run(normalize, net(torch.nn.Identity()), mean=MEAN, std=STD)
+    as_pixels = run(torch.nn.Identity(), net(normalize))  # the model normalises inside
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    for (a, la), (b, lb) in zip(given, as_pixels, strict=True):
+        assert torch.equal(torch.round((a * std + mean) * 255), torch.round(b * 255)), "points"
+        assert torch.equal(la, lb), "labels"
+    unsaid = run(normalize, net(torch.nn.Identity()))  # normalised images taken as pixels: today's trap
+    assert any(not torch.equal(torch.round((a * std + mean) * 255), torch.round(u * 255))
+               for (a, _), (u, _) in zip(given, unsaid)), "without mean and std the points are others"
+    print("same", len(given))
+""")
+
+
+def test_boundary_shrink_on_a_normalising_dataloader_attacks_the_pixels(tmp_path):
+    """A lone copy: boundary-shrink on a DataLoader with torchvision's Normalize, told the normalisation, computes
+    the FGSM points and labels it computes on the same images as pixels (the model normalising inside)."""
+    shutil.copy(os.path.join(ROOT, "methods.py"), tmp_path)
+    (tmp_path / "run.py").write_text(NORMALISING)
+    r = subprocess.run([sys.executable, "run.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["same", "3"]  # three batches of 8 compared
+
+
 def test_report_reads_json_without_torch_and_knows_every_method():
     r = subprocess.run([sys.executable, "-c", "import report, sys; print('torch' in sys.modules)"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)

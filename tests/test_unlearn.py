@@ -358,6 +358,22 @@ def test_values_that_do_nothing_or_overflow_are_one_line(cifar_jpeg, data_dir, u
     assert not (tmp_path / "u.pth").exists()
 
 
+def test_boundary_shrink_gets_the_loaders_normalisation_from_the_script(cifar_jpeg, data_dir, untrained,
+                                                                         tmp_path):
+    """Our Loader normalises with the dataset's mean and std: unlearn.py gives them to boundary-shrink, whose
+    attack works on [0, 1] pixels. No flag sets them, and the output's identity leaves them out (they follow from
+    the model and the dataset), so outputs made before they existed still match."""
+    r = unlearn_tiny(data_dir, untrained, tmp_path / "u.pth", "--method", "boundary-shrink",
+                     "--forget-class", "cat", "--epochs", "1", "--lr", "0.01")
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(tmp_path / "u.json"))
+    assert (meta["config"]["mean"], meta["config"]["std"]) == (list(cifar_jpeg.mean), list(cifar_jpeg.std))
+    assert not {"mean", "std"} & set(meta["identity"]["config"])
+    r = unlearn_tiny(data_dir, untrained, tmp_path / "v.pth", "--method", "boundary-shrink",
+                     "--forget-class", "cat", "--mean", "0")
+    assert_clean_error(r, "unrecognized arguments: --mean")
+
+
 def test_a_unicode_digit_as_the_forget_class_is_an_unknown_class(cifar_jpeg, data_dir, untrained,
                                                                  tmp_path):
     r = unlearn_tiny(data_dir, untrained, tmp_path / "u.pth", "--method", "ssd",

@@ -29,9 +29,9 @@ from torch.func import functional_call, grad, vmap
 
 
 def hp(default, help, **extra):
-    """A config field whose help (the paper's symbol, the published value) shows in --help. extra: choices,
-    flag (another flag name; None: no flag, the caller sets it in code), minimum (ints: 1 positive, the default, or 0 non-negative), interval (floats: the
-    values allowed, as "[0, 1)"; by default by the field's name, in cli.INTERVALS)."""
+    """A config field: its default and help (the paper's symbol, the published value, its source).
+    extra, for code that builds flags or checks values: choices; flag (its name; None: no flag);
+    minimum (ints: 1 or 0); interval (floats: the values allowed, as "[0, 1)")."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -55,19 +55,12 @@ class Shuffled:
         return Loaders(self.batch_size, getattr(self, "forget_batch_size", self.batch_size), shuffle=True,
                        augment=self.augment)
 
-    def step_images(self):
-        """Images whose activations one training step holds at once (for the memory a run needs)."""
-        return max(self.batch_size, getattr(self, "forget_batch_size", self.batch_size))
-
 
 class ReadOnce:
     """Methods whose official code reads both sets once, in order, and shuffles what it builds from them."""
 
     def loaders(self):
         return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)
-
-    def step_images(self):
-        return self.batch_size
 
 
 # ----------------------------------------------------------------------------- configs (published defaults)
@@ -100,9 +93,6 @@ class SSDConfig:
         """forget_random_main.py passes a random (or given) forget set at 128: DataLoader(forget_train, 128)."""
         return {} if classwise else {"forget_batch_size": 128}
 
-    def step_images(self):
-        return max(self.batch_size, self.forget_batch_size)
-
 
 @dataclass(frozen=True)
 class AdvNegGradConfig(Shuffled):
@@ -117,9 +107,6 @@ class AdvNegGradConfig(Shuffled):
     epochs: int = hp(1, "passes over the retain set (the forget loader cycles)")
     batch_size: int = hp(2500, "batch size of both loaders")
     augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
-
-    def step_images(self):
-        return 2 * self.batch_size  # a retain and a forget batch forward, then one backward
 
 
 @dataclass(frozen=True)
@@ -139,9 +126,6 @@ class NegGradPlusConfig(Shuffled):
     batch_size: int = hp(128, "batch size of the retain loader (args.batch_size)")
     forget_batch_size: int = hp(64, "batch size of the forget loader (args.forget_bs)")
     augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not augment)")
-
-    def step_images(self):
-        return self.batch_size + self.forget_batch_size  # a retain and a forget batch forward, then one backward
 
 
 @dataclass(frozen=True)
@@ -290,9 +274,6 @@ class UNSIRConfig(ReadOnce):
     batch_size: int = hp(256, "batch size at which the retain and forget sets are read (no effect on the result)")
     augment: bool = hp(False, "augment like training (their sets are transformed once, without)")
 
-    def step_images(self):
-        return max(self.impair_batch, self.repair_batch, self.noise_batch)
-
 
 @dataclass(frozen=True)
 class AmnesiacConfig(ReadOnce):
@@ -365,9 +346,6 @@ class OnDevice:
 
     def __len__(self):
         return len(self.loader)
-
-    def __getattr__(self, name):  # the loader's own attributes (this project's Loader: mean, std)
-        return getattr(self.loader, name)
 
     def __iter__(self):
         empty = True
@@ -686,7 +664,7 @@ def saliency_mask(model, forget_loader, ratio):
 def mask_size(ratio, n):
     """How many of n weights a mask ratio keeps trainable: at least one, or the run would change nothing."""
     if int(ratio * n) == 0:
-        raise ValueError(f"--mask-ratio {ratio:g} of {n:,} weights keeps none trainable; give at least {1 / n:.2g}")
+        raise ValueError(f"mask_ratio {ratio:g} of {n:,} weights keeps none trainable; give at least {1 / n:.2g}")
     return int(ratio * n)
 
 

@@ -188,10 +188,26 @@ def what_moves_the_steps(cfg, lr_verb, temperature_verb):
     return hint
 
 
+# Images whose activations one step of a method holds at once (the memory planner's unit): methods that forward
+# a retain and a forget batch before one backward hold both; the rest their largest batch.
+STEP_IMAGES = {
+    methods.AdvNegGradConfig: lambda cfg: 2 * cfg.batch_size,  # both its loaders batch at batch_size
+    methods.NegGradPlusConfig: lambda cfg: cfg.batch_size + cfg.forget_batch_size,
+    methods.UNSIRConfig: lambda cfg: max(cfg.impair_batch, cfg.repair_batch, cfg.noise_batch),
+}
+
+
+def step_images(cfg):
+    """Images whose activations one training step of cfg's method holds at once."""
+    if type(cfg) in STEP_IMAGES:
+        return STEP_IMAGES[type(cfg)](cfg)
+    return max(cfg.batch_size, getattr(cfg, "forget_batch_size", cfg.batch_size))
+
+
 def memory_need(model, cfg, amp, size=None):
     """About how many bytes of GPU memory one run of a method needs: what a step saves for backward, measured on a
     CPU copy at 1 and 3 images (the slope is per image, the rest, such as bf16 copies of the weights, per step)
-    and scaled to cfg.step_images(), plus the weights, their gradients and the optimizer's state (4 copies). SSD's
+    and scaled to step_images(cfg), plus the weights, their gradients and the optimizer's state (4 copies). SSD's
     passes run in fp32 whatever amp says."""
     probe = copy.deepcopy(model).float().cpu().train()
     amp = None if isinstance(cfg, SSDConfig) else amp
@@ -209,14 +225,14 @@ def memory_need(model, cfg, amp, size=None):
     one, three = saved_bytes(1), saved_bytes(3)
     per_image = (three - one) / 2
     weights = sum(p.numel() * p.element_size() for p in probe.parameters())
-    return per_image * cfg.step_images() + (one - per_image) + 4 * weights
+    return per_image * step_images(cfg) + (one - per_image) + 4 * weights
 
 
 def out_of_memory(model, cfg, amp, free, size):
     need = memory_need(model, cfg, amp, size) / 2 ** 30
     had = "" if free is None else f", and {free / 2 ** 30:.1f} GB was free when it started"
     return (f"out of GPU memory: this method with its published settings (batch {cfg.batch_size}, "
-            f"{cfg.step_images()} images a step) needs about {need:.1f} GB{had}. Run fewer jobs at once on this GPU "
+            f"{step_images(cfg)} images a step) needs about {need:.1f} GB{had}. Run fewer jobs at once on this GPU "
             f"(make's JOBS, studies/reproduce_cards.py --jobs) or use one with more memory: a smaller --batch-size would "
             f"change the published method")
 
@@ -240,8 +256,7 @@ def main(argv=None):
     fn, config_class, display = METHODS[args.method]
     cfg = config_from_args(config_class, args, **from_the_data(config_class, data))
     model = load_model(args.model, num_classes=len(data.classes))
-    if hasattr(cfg, "mask_ratio"):  # before any work: a mask of no weight would change nothing
-        mask_size(cfg.mask_ratio, sum(p.numel() for p in model.parameters()))
+    check_mask_ratio(cfg, model)
     retrained = args.retrained and load_model(args.retrained, num_classes=len(data.classes))
     arch = infer_arch(model.state_dict())[0]
     out = args.out or default_out(data, arch, display, split, args.subset)
@@ -269,6 +284,17 @@ def main(argv=None):
             evaluate_stopped(args, data, split, retrained, out)
         else:
             unlearn(args, data, split, fn, cfg, model, retrained, out, identity)
+
+
+def check_mask_ratio(cfg, model):
+    """Before any work: a --mask-ratio that keeps no weight trainable would change nothing (SalUn's
+    mask_size check, its error worded for the flag)."""
+    if not hasattr(cfg, "mask_ratio"):
+        return
+    try:
+        mask_size(cfg.mask_ratio, sum(p.numel() for p in model.parameters()))
+    except ValueError as e:
+        raise ValueError("--mask-ratio" + str(e).removeprefix("mask_ratio")) from None
 
 
 def left_to_do(out, identity, args, inputs):

@@ -437,3 +437,24 @@ def test_a_diverged_run_names_the_flags_its_method_has(config, advice):
     with pytest.raises(ValueError, match="diverged") as e:
         unlearn.run_method(diverge, build_model("resnet20", 10), [], [], config, CPU)
     assert str(e.value).endswith(advice)
+
+
+# ----------------------------------------------------- project pieces kept out of methods.py (issue 29)
+
+def test_step_images_counts_the_images_one_step_holds():
+    """The memory planner's unit: methods that forward a retain and a forget batch before one backward hold both
+    (AdvNegGrad 2 x 2500, NegGrad+ 128 + 64); UNSIR its largest batch of three; the rest their larger loader."""
+    assert unlearn.step_images(methods.AdvNegGradConfig()) == 5000
+    assert unlearn.step_images(methods.NegGradPlusConfig()) == 192
+    assert unlearn.step_images(methods.UNSIRConfig(noise_batch=300)) == 300
+    assert unlearn.step_images(methods.SCRUBConfig()) == 512  # forget_batch_size 512 > batch_size
+    assert unlearn.step_images(methods.BadTeacherConfig(batch_size=77)) == 77
+
+
+def test_a_mask_ratio_that_keeps_no_weight_names_the_flag_in_unlearn_and_the_field_in_methods():
+    model = build_model("resnet20", 10)
+    with pytest.raises(ValueError, match=r"^--mask-ratio 1e-30 of [\d,]+ weights keeps none trainable"):
+        unlearn.check_mask_ratio(methods.SalUnConfig(mask_ratio=1e-30), model)
+    with pytest.raises(ValueError, match=r"^mask_ratio 1e-30 of 1,000 weights keeps none trainable"):
+        methods.mask_size(1e-30, 1000)
+    unlearn.check_mask_ratio(methods.SalUnConfig(), model)  # the published ratio passes

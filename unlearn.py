@@ -19,10 +19,7 @@ import numpy as np
 import torch
 
 import methods
-from methods import (IMPORTANCE, AdvNegGradConfig, FinetuneConfig, GAConfig, NegGradPlusConfig, RLConfig,  # noqa
-                     SalUnConfig, SCRUBConfig, Shuffled, SSDConfig, hp, importance_batch, importance_per_sample,
-                     mask_size, saliency_mask, unlearn_advneggrad, unlearn_finetune, unlearn_ga,
-                     unlearn_neggrad_plus, unlearn_rl, unlearn_salun, unlearn_scrub, unlearn_ssd)
+from methods import Shuffled, hp
 
 from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out, config_from_args,
                  flag_fields, json_of_kind, lock, pick_device, read_json, run, write_json)
@@ -210,7 +207,7 @@ def memory_need(model, cfg, amp, size=None):
     and scaled to step_images(cfg), plus the weights, their gradients and the optimizer's state (4 copies). SSD's
     passes run in fp32 whatever amp says."""
     probe = copy.deepcopy(model).float().cpu().train()
-    amp = None if isinstance(cfg, SSDConfig) else amp
+    amp = None if isinstance(cfg, methods.SSDConfig) else amp
 
     def saved_bytes(n):
         saved = {}
@@ -292,7 +289,7 @@ def check_mask_ratio(cfg, model):
     if not hasattr(cfg, "mask_ratio"):
         return
     try:
-        mask_size(cfg.mask_ratio, sum(p.numel() for p in model.parameters()))
+        methods.mask_size(cfg.mask_ratio, sum(p.numel() for p in model.parameters()))
     except ValueError as e:
         raise ValueError("--mask-ratio" + str(e).removeprefix("mask_ratio")) from None
 
@@ -330,12 +327,12 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
             "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
             "normalization": normalization(data),
             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
-            "precision": "fp32" if amp is None or fn is unlearn_ssd else "bf16",  # ssd, lfssd: IEEE passes
+            "precision": "fp32" if amp is None or fn is methods.unlearn_ssd else "bf16",  # ssd, lfssd: IEEE passes
             "changed_weights": changed, "weights": sum(p.numel() for p in before.values()),
             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
             "metrics": None, "retrained": args.retrained, "retrained_metrics": None, "identity": identity}
     save_model(out, model, meta)
-    if isinstance(cfg, SSDConfig):  # ssd and lfssd: dampening no weight is a result, said so
+    if isinstance(cfg, methods.SSDConfig):  # ssd and lfssd: dampening no weight is a result, said so
         print(ssd_summary(changed, meta["weights"], cfg, METHODS[args.method][2]))
     print(f"saved {out} ({seconds:.1f}s)", flush=True)
     if not args.no_eval:
@@ -363,7 +360,7 @@ def check_changed(changed, method, cfg):
     """A method that trains and changed no weight ran with values that do nothing (a learning rate
     too small to move a float32 weight, a temperature that makes every soft target uniform): one
     line, nothing written. SSD and LFSSD, which may select no weight, say so and save instead."""
-    if changed == 0 and not isinstance(cfg, SSDConfig):
+    if changed == 0 and not isinstance(cfg, methods.SSDConfig):
         raise ValueError(f"{method} changed no weight with these settings: the model would be "
                          f"the input's; nothing was written. "
                          f"{what_moves_the_steps(cfg, 'Raise', 'lower')}")

@@ -24,8 +24,8 @@ from data import Loader, add_data_args, color_jitter, draw_rotate_jitter, load_d
 from evaluate import predict
 from models import ARCHS, build_model, to_device
 from train import TrainConfig, train_epoch
-from methods import importance_batch, importance_per_sample
-from unlearn import METHODS
+from methods import METHODS, importance_batch, importance_per_sample
+from unlearn import from_the_data
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -126,11 +126,10 @@ def method_rows(model, data, retain, forget, device, amp):
     that epoch passes over (ours only: the methods have no plain counterpart here)."""
     import copy
     rows = []
-    for name, (fn, config_class, _) in METHODS.items():
-        if name == "retrain":
-            continue
+    for name, (fn, config_class, _) in METHODS.items():  # methods.py's: retrain is unlearn.py's
         fields = {f.name for f in dataclasses.fields(config_class)}
-        cfg = config_class(**{k: v for k, v in {"epochs": 1, "max_epochs": 1}.items() if k in fields})
+        cfg = config_class(**{k: v for k, v in {"epochs": 1, "max_epochs": 1}.items() if k in fields},
+                           **from_the_data(config_class, data))  # boundary-shrink: our Loader's normalisation
         loaders = [Loader(data, idx, train_set=True, batch_size=getattr(cfg, key, 128), device=device,
                           shuffle=name != "ssd")
                    for idx, key in ((retain, "batch_size"), (forget, "forget_batch_size"))]

@@ -331,13 +331,14 @@ def auto_jobs(args, model_path):
     cuDNN's workspace, and the GPU-readiness review's own count was 1.5x ours; plus a process's CUDA context), at
     most one per two CPU cores and 8; on a CPU one, run in this process."""
     import torch
+    import methods
     import unlearn
     from models import load_model
     device, amp = pick_device(args.device, args.precision)
     if device.type != "cuda":
         return 1, None
     model = load_model(model_path)
-    need = max(unlearn.memory_need(model, config(), amp) for config in (unlearn.SSDConfig, unlearn.AdvNegGradConfig))
+    need = max(unlearn.memory_need(model, config(), amp) for config in (methods.SSDConfig, methods.AdvNegGradConfig))
     need = 2 * need / 2 ** 30 + CUDA_CONTEXT_GB
     free = torch.cuda.mem_get_info(device)[0] / 2 ** 30
     return max(1, min(int(free // need), max(1, (os.cpu_count() or 2) // 2), 8)), need

@@ -316,17 +316,17 @@ def test_ssd_importances_are_ieee_fp32_under_bf16(conv_dtypes, monkeypatch):
     from data import make_split
     data = tiny_data(n=42)
     split = make_split(data, forget_class=0)
-    cfg = unlearn.SSDConfig()
+    cfg = methods.SSDConfig()
     retain, forget = unlearn.make_loaders(data, split, cfg, CPU, 0)
     flags = []
-    original = unlearn.importance_batch
+    original = methods.importance_batch
 
     def spy(model, loader):
         flags.append(tensor_float_32_allowed())
         return original(model, loader)
-    monkeypatch.setitem(unlearn.IMPORTANCE, "batch", spy)
+    monkeypatch.setitem(methods.IMPORTANCE, "batch", spy)
     before = tensor_float_32_allowed()
-    unlearn.run_method(unlearn.unlearn_ssd, build_model("resnet20", 7), retain, forget, cfg, CPU, torch.bfloat16)
+    unlearn.run_method(methods.unlearn_ssd, build_model("resnet20", 7), retain, forget, cfg, CPU, torch.bfloat16)
     assert set(conv_dtypes) == {torch.float32}
     assert flags == [False, False] and tensor_float_32_allowed() == before  # IEEE inside, restored after
 
@@ -428,7 +428,7 @@ def test_out_of_gpu_memory_names_the_need_and_jobs_never_the_batch(tmp_path, mon
 
     def oom(*args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    monkeypatch.setitem(unlearn.METHODS, "advneggrad", (oom, unlearn.AdvNegGradConfig, "AdvNegGrad"))
+    monkeypatch.setitem(unlearn.METHODS, "advneggrad", (oom, methods.AdvNegGradConfig, "AdvNegGrad"))
     r = call("unlearn.py", "--method", "advneggrad", "--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache",
              "--model", model, "--forget-class", "0", "--device", "cpu", "--precision", "bf16", "--out",
              tmp_path / "u.pth")
@@ -442,8 +442,8 @@ def test_the_memory_need_of_advneggrad_is_what_was_measured_independently():
     # The GPU-readiness review measured, by hand on a CPU, 3.5 MB per image saved for backward under bf16 and
     # 4.7 MB in fp32 (ResNet18, 32x32): 17 and 24 GB for AdvNegGrad's 2 x 2500 images a step
     model = build_model("resnet18", 10)
-    bf16 = unlearn.memory_need(model, unlearn.AdvNegGradConfig(), torch.bfloat16) / 2 ** 30
-    fp32 = unlearn.memory_need(model, unlearn.AdvNegGradConfig(), None) / 2 ** 30
+    bf16 = unlearn.memory_need(model, methods.AdvNegGradConfig(), torch.bfloat16) / 2 ** 30
+    fp32 = unlearn.memory_need(model, methods.AdvNegGradConfig(), None) / 2 ** 30
     assert 8 < bf16 < 20 and 18 < fp32 < 28 and bf16 < fp32
-    small = unlearn.memory_need(model, unlearn.SSDConfig(), torch.bfloat16) / 2 ** 30
+    small = unlearn.memory_need(model, methods.SSDConfig(), torch.bfloat16) / 2 ** 30
     assert small < 1  # batch 64, fp32

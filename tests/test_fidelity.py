@@ -11,11 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import methods
 import unlearn
 from data import make_split
-from unlearn import (GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, SCRUBConfig, SSDConfig, FinetuneConfig,
-                     make_loaders, unlearn_finetune, unlearn_ga, unlearn_neggrad_plus, unlearn_rl, unlearn_salun,
-                     unlearn_scrub, unlearn_ssd)
+from methods import (GAConfig, NegGradPlusConfig, RLConfig, SalUnConfig, SCRUBConfig, SSDConfig, FinetuneConfig,
+                     unlearn_finetune, unlearn_ga, unlearn_neggrad_plus, unlearn_rl, unlearn_salun, unlearn_scrub,
+                     unlearn_ssd)
+from unlearn import make_loaders
 
 CPU = torch.device("cpu")
 FORGET_CLASS = 3
@@ -353,6 +355,6 @@ OFFICIAL_LOADERS = {
 @pytest.mark.parametrize("method", list(OFFICIAL_LOADERS))
 def test_each_method_gets_the_loaders_of_its_official_script(cifar_jpeg, method):
     split = make_split(cifar_jpeg, forget_class=FORGET_CLASS, subset=2)
-    retain_loader, forget_loader = make_loaders(cifar_jpeg, split, unlearn.METHODS[method][1](), CPU, 0)
+    retain_loader, forget_loader = make_loaders(cifar_jpeg, split, methods.METHODS[method][1](), CPU, 0)
     for loader, batch_size in zip((retain_loader, forget_loader), OFFICIAL_LOADERS[method][:2]):
         assert (loader.batch_size, loader.shuffle, loader.augment is not None) == (batch_size, *OFFICIAL_LOADERS[method][2:])

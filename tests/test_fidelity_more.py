@@ -432,7 +432,7 @@ REFERENCE_LOADERS = {
 @pytest.mark.parametrize("method", list(REFERENCE_LOADERS))
 def test_each_new_method_gets_the_loaders_of_its_reference(cifar_jpeg, method):
     split = make_split(cifar_jpeg, forget_class=FORGET_CLASS, subset=2)
-    retain_loader, forget_loader = unlearn.make_loaders(cifar_jpeg, split, unlearn.METHODS[method][1](), CPU, 0)
+    retain_loader, forget_loader = unlearn.make_loaders(cifar_jpeg, split, methods.METHODS[method][1](), CPU, 0)
     for loader, batch_size in zip((retain_loader, forget_loader), REFERENCE_LOADERS[method][:2]):
         assert (loader.batch_size, loader.shuffle, loader.augment is not None) == (batch_size,
                                                                                   *REFERENCE_LOADERS[method][2:])

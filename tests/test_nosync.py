@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import methods
 import unlearn
 from data import AUGMENT, Dataset, Loader
 from evaluate import predict
@@ -113,7 +114,7 @@ def test_ssd_importance_passes_read_nothing(monkeypatch, importance):
     data, model = tiny_data(), build_model("resnet20", 4).eval()  # as unlearn_ssd runs them
     def make_run(batches):
         batches_loader = loader(data, batches, shuffle=False)
-        return lambda: unlearn.IMPORTANCE[importance](model, batches_loader)
+        return lambda: methods.IMPORTANCE[importance](model, batches_loader)
     assert assert_constant(monkeypatch, make_run) == []
 
 

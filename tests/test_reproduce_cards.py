@@ -67,13 +67,14 @@ def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and
 
 def test_jobs_at_once_follow_the_free_gpu_memory_and_the_methods_need(tmp_path, monkeypatch, fake_cuda):
     import torch
+    import methods
     from studies import reproduce_cards
     import unlearn
     from models import build_model, save_model
     save_model(str(tmp_path / "m.pth"), build_model("resnet18", 10), {"arch": "resnet18"})
     args = reproduce_cards.parse_args(["--device", "cuda"])
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    need = unlearn.memory_need(build_model("resnet18", 10), unlearn.AdvNegGradConfig(), torch.bfloat16) / 2 ** 30
+    need = unlearn.memory_need(build_model("resnet18", 10), methods.AdvNegGradConfig(), torch.bfloat16) / 2 ** 30
     for free, expected in ((139, int(139 // (2 * need + 1.5))), (20, 1), (1000, 8)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free * 2 ** 30, 141 * 2 ** 30))
         jobs, per_job = reproduce_cards.auto_jobs(args, str(tmp_path / "m.pth"))

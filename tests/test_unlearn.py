@@ -14,8 +14,9 @@ from conftest import ARCHIVE, SUBSET, TEST_SUBSET, assert_clean_error, call
 from data import Loader, make_split
 from evaluate import evaluate_model, predict
 from models import build_model, save_model
-from unlearn import (METHODS, AdvNegGradConfig, SalUnConfig, SSDConfig, importance_per_sample, make_loaders,
-                     saliency_mask, unlearn_advneggrad, unlearn_salun, unlearn_ssd)
+from methods import (AdvNegGradConfig, SalUnConfig, SSDConfig, importance_per_sample, saliency_mask,
+                     unlearn_advneggrad, unlearn_salun, unlearn_ssd)
+from unlearn import METHODS, make_loaders
 
 CPU = torch.device("cpu")
 
@@ -236,11 +237,11 @@ def test_the_bars_fail_a_method_that_does_nothing_or_lost_its_retain_term(cifar_
 
 def test_same_seed_same_result(cifar_jpeg, trained, before):
     split = before[0]
-    cfg = dataclasses.replace(unlearn.GAConfig(), lr=0.01, epochs=1)
+    cfg = dataclasses.replace(methods.GAConfig(), lr=0.01, epochs=1)
 
     def run(seed):
         torch.manual_seed(seed)
-        return unlearn.unlearn_ga(copy.deepcopy(trained[1]), *make_loaders(cifar_jpeg, split, cfg, CPU, seed), cfg, CPU).state_dict()
+        return methods.unlearn_ga(copy.deepcopy(trained[1]), *make_loaders(cifar_jpeg, split, cfg, CPU, seed), cfg, CPU).state_dict()
     a, b, c = run(3), run(3), run(4)
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["fc.weight"], c["fc.weight"])
 
@@ -312,7 +313,7 @@ def test_bf16_runs_the_training_steps_in_bf16_and_leaves_ssd_importances_in_fp32
     assert all(torch.equal(a, b) for a, b in zip(fp32.parameters(), bf16.parameters()))
     cfg = AdvNegGradConfig(batch_size=16, lr=0.01)
     loaders = [make_loaders(cifar_jpeg, split, cfg, CPU, 0) for _ in range(2)]
-    runs = [unlearn.run_method(unlearn.unlearn_advneggrad, copy.deepcopy(model), *pair, cfg, CPU, amp)[0]
+    runs = [unlearn.run_method(unlearn_advneggrad, copy.deepcopy(model), *pair, cfg, CPU, amp)[0]
             for pair, amp in zip(loaders, (None, torch.bfloat16))]
     assert all(p.dtype == torch.float32 for p in runs[1].parameters())  # weights stay fp32
     assert not torch.equal(runs[0].fc.weight, runs[1].fc.weight)  # the forward passes really ran in bf16

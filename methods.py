@@ -1,16 +1,17 @@
-"""Every unlearning method of this project in one file that imports torch and the standard library only: copy it
-into your own code and call a method on any model and any loaders of (images, labels) batches.
+"""Every unlearning method of this project in one file that imports torch and the standard library
+only: copy it into your own code and call a method on any model and any loaders of (images, labels).
 
     import methods
-    model = methods.unlearn_ssd(model, retain_loader, forget_loader, methods.SSDConfig(), torch.device("cuda"))
+    cfg, cuda = methods.SSDConfig(), torch.device("cuda")
+    model = methods.unlearn_ssd(model, retain_loader, forget_loader, cfg, cuda)
 
-Every method is a function unlearn_<name>(model, retain_loader, forget_loader, cfg, device) -> model with a
-frozen config dataclass of published defaults (the paper's symbols; the official file each default comes from),
-chosen from the literal METHODS dict. A method moves each batch to `device`, needs no particular last layer, and
-computes no metric. Its config also says which loaders its official code builds (cfg.loaders(): batch sizes,
-shuffled or not, augmented like training or not, the order of an unshuffled pass): build yours the same way,
-because the result depends on it (SSD's importances on class-grouped batches select other weights than on
-shuffled ones).
+Every method is a function unlearn_<name>(model, retain_loader, forget_loader, cfg, device) -> model
+with a frozen config dataclass of published defaults (the paper's symbols; the official file each
+default comes from), chosen from the literal METHODS dict. A method moves each batch to `device`,
+needs no particular last layer, and computes no metric. Its config also says which loaders its
+official code builds (cfg.loaders(): batch sizes, shuffled or not, augmented like training or not,
+the order of an unshuffled pass): build yours the same way, because the result depends on it (SSD's
+importances on class-grouped batches select other weights than on shuffled ones).
 Every pass a method makes over a loader must yield a batch: an empty set, drop_last with fewer
 images than a batch, or a one-shot generator read a second time is one ValueError naming the
 loader (finetune, ct and l1-sparse never read the forget loader, so it is not checked there).
@@ -29,76 +30,82 @@ from torch.func import functional_call, grad, vmap
 
 
 def hp(default, help, **extra):
-    """A config field: its default and help (the paper's symbol, the published value, its source).
-    extra, for code that builds flags or checks values: choices; flag (its name; None: no flag);
-    minimum (ints: 1 or 0); interval (floats: the values allowed, as "[0, 1)")."""
+    """A config field: its default and help (the paper's symbol, published value, source)."""
+    # extra, for code that builds flags or checks values: choices; flag (its name; None: no flag);
+    # minimum (ints: 1 or 0); interval (floats: the values allowed, as "[0, 1)")
     return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
 class Loaders:
-    """The retain and forget loaders a method's official code builds: batch sizes, shuffled every pass or not,
-    augmented like training (RandomCrop(32, 4) + flip) or not; order of an unshuffled pass: "official" (SSD's
-    scripts: the retain set class by class for a class, one random permutation otherwise) or "index"."""
+    """The retain and forget loaders a method's official code builds."""
     retain_batch: int
     forget_batch: int
-    shuffle: bool = True
-    augment: bool = False
-    order: str = "index"
+    shuffle: bool = True  # shuffled every pass
+    augment: bool = False  # augmented like training: RandomCrop(32, 4) + flip
+    order: str = "index"  # of an unshuffled pass: "official" (SSD's scripts: the retain set
+    # class by class for a class, one random permutation otherwise) or "index"
 
 
 class Shuffled:
-    """Methods whose official loaders shuffle every pass: the retain set at batch_size, the forget set at
-    forget_batch_size where the method has its own, augmented as cfg.augment says."""
+    """Methods whose official loaders shuffle every pass."""
 
-    def loaders(self):
-        return Loaders(self.batch_size, getattr(self, "forget_batch_size", self.batch_size), shuffle=True,
-                       augment=self.augment)
+    def loaders(self):  # the forget set at its own batch size where the method has one
+        forget_batch = getattr(self, "forget_batch_size", self.batch_size)
+        return Loaders(self.batch_size, forget_batch, shuffle=True, augment=self.augment)
 
 
 class ReadOnce:
-    """Methods whose official code reads both sets once, in order, and shuffles what it builds from them."""
+    """Methods whose official code reads both sets once, in order, and shuffles what it builds."""
 
     def loaders(self):
         return Loaders(self.batch_size, self.batch_size, shuffle=False, augment=self.augment)
 
 
-# ----------------------------------------------------------------------------- configs (published defaults)
+# ------------------------------------------------------------------ configs (published defaults)
+
+CROP_FLIP = "augment like training: RandomCrop(32, 4) + flip"
+
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Selective Synaptic Dampening (Foster et al., 2024), the official src/ssd.py as its scripts drive it.
-    src/forget_full_class_main.py (class-wise) and src/forget_random_main.py (otherwise); lambda, alpha: the card."""
-    lam: float = hp(1.0, "lambda, dampening constant: weights scaled by min(lambda I_D / I_f, 1)", flag="--lambda")
+    """Selective Synaptic Dampening (Foster et al., 2024): the official src/ssd.py."""
+    # as src/forget_full_class_main.py (class-wise) and src/forget_random_main.py drive it;
+    # lambda, alpha: the card
+    lam: float = hp(1.0, "lambda, dampening constant: weights scaled by min(lambda I_D / I_f, 1)",
+                    flag="--lambda")
     alpha: float = hp(10.0, "alpha, selection weighting: dampen where I_f > alpha I_D")
-    full_set: str = hp("retain+forget", "D of I_D: retain+forget, the whole train set (the official scripts' "
-                       "full_train_dl); retain, the retain set alone", choices=("retain+forget", "retain"))
+    full_set: str = hp("retain+forget", "D of I_D: retain+forget, the whole train set (the "
+                       "official scripts' full_train_dl); retain, the retain set alone",
+                       choices=("retain+forget", "retain"))
     batch_size: int = hp(64, "batch size of the I_D pass (the scripts' -b)")
-    forget_batch_size: int = hp(64, "batch size of the I_f pass: 64 class-wise (forget_full_class_main.py); 128 "
-                                "is set for random or given forget sets (forget_random_main.py)")
-    order: str = hp("official", "order of the unshuffled passes: official = the retain set class by class "
-                    "(class-wise), or one seeded permutation of the train set (random); index = dataset order",
-                    choices=("official", "index"))
-    importance: str = hp("batch", "batch: squared gradient of each batch-mean loss, averaged over batches (official); "
-                         "per-sample: mean of per-example squared gradients", choices=("batch", "per-sample"))
+    forget_batch_size: int = hp(64, "batch size of the I_f pass: 64 class-wise "
+                                "(forget_full_class_main.py); 128 is set for random or given "
+                                "forget sets (forget_random_main.py)")
+    order: str = hp("official", "order of the unshuffled passes: official = the retain set class "
+                    "by class (class-wise), or one seeded permutation of the train set (random); "
+                    "index = dataset order", choices=("official", "index"))
+    importance: str = hp("batch", "batch: squared gradient of each batch-mean loss, averaged over "
+                         "batches (official); per-sample: mean of per-example squared gradients",
+                         choices=("batch", "per-sample"))
     augment: bool = hp(False, "shuffle and augment the loaders (the official pass does neither)")
 
     def loaders(self):
-        """Unshuffled, unaugmented passes in the official order (or shuffled and augmented when asked)."""
-        return Loaders(self.batch_size, self.forget_batch_size, shuffle=self.augment, augment=self.augment,
-                       order=self.order)
+        """Unshuffled, unaugmented passes in the official order (or shuffled and augmented)."""
+        return Loaders(self.batch_size, self.forget_batch_size, shuffle=self.augment,
+                       augment=self.augment, order=self.order)
 
     @staticmethod
     def scenario_defaults(classwise):
-        """forget_random_main.py passes a random (or given) forget set at 128: DataLoader(forget_train, 128)."""
+        """forget_random_main.py's forget loader: DataLoader(forget_train, 128)."""
         return {} if classwise else {"forget_batch_size": 128}
 
 
 @dataclass(frozen=True)
 class AdvNegGradConfig(Shuffled):
-    """AdvNegGrad (model card): loss = alpha * (-CE on forget) + (1 - alpha) * CE on retain."""
-    alpha: float = hp(0.15, "alpha, weight of the gradient-ascent (forget) term; (1 - alpha) weights the retain term",
-                      interval="[0, 1]")
+    """AdvNegGrad (model card): alpha * (-CE on forget) + (1 - alpha) * CE on retain."""
+    alpha: float = hp(0.15, "alpha, weight of the gradient-ascent (forget) term; (1 - alpha) "
+                      "weights the retain term", interval="[0, 1]")
     clip: float = hp(0.5, "max global norm of the combined gradient")
     lr: float = hp(0.1, "SGD learning rate eta")
     momentum: float = hp(0.9, "SGD momentum")
@@ -106,26 +113,29 @@ class AdvNegGradConfig(Shuffled):
     nesterov: bool = hp(True, "Nesterov momentum")
     epochs: int = hp(1, "passes over the retain set (the forget loader cycles)")
     batch_size: int = hp(2500, "batch size of both loaders")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
+    augment: bool = hp(True, f"{CROP_FLIP} (the loaders shuffle either way)")
 
 
 @dataclass(frozen=True)
 class NegGradPlusConfig(Shuffled):
-    """NegGrad+ (Kurmanji et al., 2023), the official SCRUB repository's small_scale_unlearning.ipynb negative_grad.
-    loss = alpha (CE on retain + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE on forget; plain SGD, eval mode."""
-    alpha: float = hp(0.95, "alpha, weight of the retain (descent) term; (1 - alpha) weights the forget term",
-                      interval="[0, 1]")
-    l2: float = hp(0.1, "weight of the pull l2/2 ||theta - theta_0||^2 toward the original weights, inside the "
-                   "retain term (the notebook's args.weight_decay)")
+    """NegGrad+ (Kurmanji et al., 2023): SCRUB's small_scale_unlearning.ipynb negative_grad."""
+    # alpha (CE on retain + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE on forget; plain SGD, eval
+    alpha: float = hp(0.95, "alpha, weight of the retain (descent) term; (1 - alpha) weights the "
+                      "forget term", interval="[0, 1]")
+    l2: float = hp(0.1, "weight of the pull l2/2 ||theta - theta_0||^2 toward the original "
+                   "weights, inside the retain term (the notebook's args.weight_decay)")
     lr: float = hp(0.01, "SGD learning rate")
     momentum: float = hp(0.0, "SGD momentum (the notebook: none)")
-    weight_decay: float = hp(0.0, "SGD weight decay (the notebook: none; the pull above replaces it)")
+    weight_decay: float = hp(0.0, "SGD weight decay (the notebook: none; the pull above replaces "
+                             "it)")
     nesterov: bool = hp(False, "Nesterov momentum")
-    train_mode: bool = hp(False, "BatchNorm in train mode, as loops.py train_negrad (the notebook runs in eval mode)")
+    train_mode: bool = hp(False, "BatchNorm in train mode, as loops.py train_negrad (the notebook "
+                          "runs in eval mode)")
     epochs: int = hp(10, "passes over the retain set")
     batch_size: int = hp(128, "batch size of the retain loader (args.batch_size)")
     forget_batch_size: int = hp(64, "batch size of the forget loader (args.forget_bs)")
-    augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not augment)")
+    augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not "
+                       "augment)")
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,7 @@ class FinetuneConfig(Shuffled):
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum (the report does not use it)")
     batch_size: int = hp(128, "batch size")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
+    augment: bool = hp(True, f"{CROP_FLIP} (the loaders shuffle either way)")
 
 
 @dataclass(frozen=True)
@@ -149,44 +159,45 @@ class GAConfig(Shuffled):
     nesterov: bool = hp(False, "Nesterov momentum")
     epochs: int = hp(5, "passes over the forget set")
     batch_size: int = hp(256, "batch size")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
+    augment: bool = hp(True, f"{CROP_FLIP} (the loaders shuffle either way)")
 
 
 @dataclass(frozen=True)
 class RLConfig(Shuffled):
-    """Random labels, SalUn's RL baseline (the official Classification/unlearn/RL.py, its CIFAR-10 branch).
-    Each epoch: a pass over the forget set, labels drawn uniformly from all classes, then a pass over the retain set."""
+    """Random labels, SalUn's RL baseline (Classification/unlearn/RL.py, its CIFAR-10 branch)."""
+    # each epoch: the forget set, labels drawn uniformly from all classes, then the retain set
     lr: float = hp(0.013, "SGD learning rate (--unlearn_lr)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum")
     epochs: int = hp(10, "epochs, each a forget pass then a retain pass (--unlearn_epochs)")
     batch_size: int = hp(256, "batch size of both loaders")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as RL.py's loaders (which shuffle)")
+    augment: bool = hp(True, f"{CROP_FLIP}, as RL.py's loaders (which shuffle)")
 
 
 @dataclass(frozen=True)
 class SalUnConfig(Shuffled):
-    """SalUn (Fan et al., 2024): RL updating only the most salient weights (generate_mask.py, then RL.py, masked)."""
-    mask_ratio: float = hp(0.5, "fraction of weights kept trainable: the largest |grad of forget loss| (with_0.5.pt)",
-                           interval="(0, 1]")
+    """SalUn (Fan et al., 2024): RL on the most salient weights (generate_mask.py, RL.py)."""
+    mask_ratio: float = hp(0.5, "fraction of weights kept trainable: the largest |grad of forget "
+                           "loss| (with_0.5.pt)", interval="(0, 1]")
     lr: float = hp(0.013, "SGD learning rate (--unlearn_lr)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum")
     epochs: int = hp(10, "epochs, each a forget pass then a retain pass (--unlearn_epochs)")
     batch_size: int = hp(256, "batch size of both loaders (and of the mask's pass)")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as RL.py's loaders (which shuffle)")
+    augment: bool = hp(True, f"{CROP_FLIP}, as RL.py's loaders (which shuffle)")
 
 
 @dataclass(frozen=True)
 class SCRUBConfig(Shuffled):
-    """SCRUB (Kurmanji et al., 2023), the official repository's large_scale_unlearning.ipynb run.
-    Teacher = the frozen original; max-steps on the forget set, then min-steps on the retain set."""
+    """SCRUB (Kurmanji et al., 2023): the official large_scale_unlearning.ipynb run."""
+    # teacher = the frozen original; max-steps on the forget set, then min-steps on the retain set
     alpha: float = hp(0.001, "alpha, weight of KL(teacher||student) in the min-step")
     gamma: float = hp(0.99, "gamma, weight of the cross-entropy in the min-step")
     temperature: float = hp(4.0, "T, distillation temperature (kd_T)")
-    max_epochs: int = hp(2, "epochs that start with a max-step pass over the forget set (msteps)", minimum=0)
+    max_epochs: int = hp(2, "epochs that start with a max-step pass over the forget set (msteps)",
+                         minimum=0)
     epochs: int = hp(3, "epochs of min-steps over the retain set (sgda_epochs)")
     lr: float = hp(5e-4, "SGD learning rate")
     momentum: float = hp(0.9, "SGD momentum")
@@ -194,21 +205,24 @@ class SCRUBConfig(Shuffled):
     nesterov: bool = hp(False, "Nesterov momentum")
     batch_size: int = hp(256, "batch size of the retain loader (min-steps)")
     forget_batch_size: int = hp(512, "batch size of the forget loader (max-steps)")
-    augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not augment)")
+    augment: bool = hp(False, "augment like training (the notebook's loaders shuffle but do not "
+                       "augment)")
 
 
 @dataclass(frozen=True)
 class LFSSDConfig(SSDConfig):
-    """Loss-free SSD (Foster et al., 2024, arXiv 2402.19308): SSD with the importance of the batch mean of the squared
-    l2 norm of the logits, accumulated as |gradient| (the SSD repository's README diff); no labels needed."""
-    importance: str = hp("label-free", "the README diff's importance: |grad of mean ||logits||^2| per batch, averaged "
-                         "over batches", choices=("label-free",))
+    """Loss-free SSD (Foster et al., 2024, arXiv 2402.19308): the SSD repository's README diff."""
+    # SSD with the importance of the batch mean of the squared l2 norm of the logits, accumulated as
+    # |gradient|: no labels needed
+    importance: str = hp("label-free", "the README diff's importance: |grad of mean ||logits||^2| "
+                         "per batch, averaged over batches", choices=("label-free",))
 
 
 @dataclass(frozen=True)
 class CTConfig(Shuffled):
-    """Convolution Transpose (NeurIPS 2023 competition; xcadet/deepunlearn munl/unlearning/kgltop5.py): every
-    convolution kernel transposed, then fine-tuning on the retain set; the forget set is never read."""
+    """Convolution Transpose (NeurIPS 2023 competition): deepunlearn's kgltop5.py."""
+    # xcadet/deepunlearn munl/unlearning/kgltop5.py: every convolution kernel transposed, then
+    # fine-tuning on the retain set; the forget set is never read
     lr: float = hp(1e-3, "SGD learning rate (ORIGINAL_LR)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay (on every parameter)")
@@ -220,14 +234,17 @@ class CTConfig(Shuffled):
 
 @dataclass(frozen=True)
 class MSGConfig(Shuffled):
-    """Masked Small Gradients (NeurIPS 2023 competition; xcadet/deepunlearn munl/unlearning/kgltop2.py): the
-    gradient of CE on a retain sample as large as the forget set minus CE on the forget set; in each convolution
-    the init_rate of weights with the smallest |gradient| drawn again (Kaiming normal, fan_out), then fine-tuning on
-    the retain set with their gradients x1 and the other convolution weights' x0.1."""
-    init_rate: float = hp(0.3, "fraction of each convolution's weights drawn again: the smallest |gradient|",
-                          interval="[0, 1]")
-    kept_scale: float = hp(0.1, "gradient scale of the convolution weights kept (Masker's 0.1)", interval="[0, 1]")
-    lr: float = hp(1e-3, "peak SGD learning rate of the linear warm-up and decay, per epoch (ORIGINAL_LR)")
+    """Masked Small Gradients (NeurIPS 2023 competition): deepunlearn's kgltop2.py."""
+    # xcadet/deepunlearn munl/unlearning/kgltop2.py: the gradient of CE on a retain sample as large
+    # as the forget set minus CE on the forget set; in each convolution the init_rate of weights
+    # with the smallest |gradient| drawn again (Kaiming normal, fan_out), then fine-tuning on the
+    # retain set with their gradients x1 and the other convolution weights' x kept_scale
+    init_rate: float = hp(0.3, "fraction of each convolution's weights drawn again: the smallest "
+                          "|gradient|", interval="[0, 1]")
+    kept_scale: float = hp(0.1, "gradient scale of the convolution weights kept (Masker's 0.1)",
+                           interval="[0, 1]")
+    lr: float = hp(1e-3, "peak SGD learning rate of the linear warm-up and decay, per epoch "
+                   "(ORIGINAL_LR)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay (not scaled by the gradient mask)")
     nesterov: bool = hp(False, "Nesterov momentum")
@@ -238,12 +255,14 @@ class MSGConfig(Shuffled):
 
 @dataclass(frozen=True)
 class BadTeacherConfig(ReadOnce):
-    """Bad Teacher (Chundawat et al., 2023; vikram2000b/bad-teaching-unlearning unlearn.py, and the SSD
-    repository's copy): the student (the model) distilled from the original on a random retain sample and from an
-    untrained model of the same architecture on the forget set, KL(teacher || student) at temperature T."""
+    """Bad Teacher (Chundawat et al., 2023): bad-teaching-unlearning unlearn.py, SSD's copy."""
+    # vikram2000b/bad-teaching-unlearning unlearn.py: the student (the model) distilled from the
+    # original on a random retain sample and from an untrained model of the same architecture on
+    # the forget set, KL(teacher || student) at temperature T
     temperature: float = hp(1.0, "T, KL_temperature")
-    retain_fraction: float = hp(0.3, "fraction of the retain set drawn once, uniformly (random.sample); both the "
-                                "original and the SSD copy use 0.3", interval="(0, 1]")
+    retain_fraction: float = hp(0.3, "fraction of the retain set drawn once, uniformly "
+                                "(random.sample); both the original and the SSD copy use 0.3",
+                                interval="(0, 1]")
     lr: float = hp(1e-4, "Adam learning rate")
     epochs: int = hp(1, "epochs over the forget set and the retain sample, shuffled together")
     batch_size: int = hp(256, "batch size (b_s)")
@@ -252,34 +271,41 @@ class BadTeacherConfig(ReadOnce):
 
 @dataclass(frozen=True)
 class UNSIRConfig(ReadOnce):
-    """UNSIR (Tarun et al., 2023), as the SSD repository runs it (forget_full_class_strategies.py UNSIR + unlearn.py):
-    error-maximising noise for the forget class, an impair epoch on copies of it and a retain sample, a repair epoch
-    on the retain sample. The notebook (vikram2000b/Fast-Machine-Unlearning) differs: see docs/METHODS.md."""
+    """UNSIR (Tarun et al., 2023): SSD's forget_full_class_strategies.py UNSIR + unlearn.py."""
+    # error-maximising noise for the forget class, an impair epoch on copies of it and a retain
+    # sample, a repair epoch on the retain sample. The notebook
+    # (vikram2000b/Fast-Machine-Unlearning) differs: see docs/METHODS.md
     noise_batch: int = hp(32, "noise images learnt (noise_batch_size)")
     noise_steps: int = hp(25, "Adam steps of the noise (num_epochs of UNSIR_noise_train)")
     noise_lr: float = hp(0.1, "Adam learning rate of the noise")
-    noise_lambda: float = hp(0.1, "weight of the mean squared l2 norm of the noise images in its loss")
-    noise_label: str = hp("forget", "the label of the noise copies in the impair set: the forget class (SSD), or 0 "
-                          "for every class (the notebook's class_num = 0; its noise is learnt against the forget "
-                          "class in both)", choices=("forget", "zero"))
-    noise_copies: int = hp(80, "copies of the noise in the impair set; the official loop keeps its first 3 images "
-                           "only (range(batch[0].size(0)): the channels), 3 x 80 = 240")
-    keep_noise_grads: bool = hp(True, "the model's gradients from the noise steps are not cleared, and join the "
-                                "first impair step (SSD's code; the notebook clears them)")
+    noise_lambda: float = hp(0.1, "weight of the mean squared l2 norm of the noise images in its "
+                             "loss")
+    noise_label: str = hp("forget", "the label of the noise copies in the impair set: the forget "
+                          "class (SSD), or 0 for every class (the notebook's class_num = 0; its "
+                          "noise is learnt against the forget class in both)",
+                          choices=("forget", "zero"))
+    noise_copies: int = hp(80, "copies of the noise in the impair set; the official loop keeps its "
+                           "first 3 images only (range(batch[0].size(0)): the channels), 3 x 80 = "
+                           "240")
+    keep_noise_grads: bool = hp(True, "the model's gradients from the noise steps are not cleared, "
+                                "and join the first impair step (SSD's code; the notebook clears "
+                                "them)")
     retain_per_class: int = hp(500, "the first N retain images of each kept class (num_samples)")
     impair_lr: float = hp(1e-4, "Adam learning rate of the impair epoch")
     impair_batch: int = hp(32, "batch size of the impair epoch (noise + retain sample, shuffled)")
     repair_lr: float = hp(1e-4, "Adam learning rate of the repair epoch")
     repair_batch: int = hp(128, "batch size of the repair epoch (retain sample, shuffled)")
-    batch_size: int = hp(256, "batch size at which the retain and forget sets are read (no effect on the result)")
+    batch_size: int = hp(256, "batch size at which the retain and forget sets are read (no effect "
+                         "on the result)")
     augment: bool = hp(False, "augment like training (their sets are transformed once, without)")
 
 
 @dataclass(frozen=True)
 class AmnesiacConfig(ReadOnce):
-    """Amnesiac unlearning (Graves et al., 2021) as the SSD repository runs it (forget_full_class_strategies.py
-    amnesiac): each forget image relabelled once to a random other class, mixed with the whole retain set, Adam.
-    Unlike rl (SalUn's RL.py): other classes only, drawn once, one shuffled loader, Adam without a schedule."""
+    """Amnesiac unlearning (Graves et al., 2021): SSD's forget_full_class_strategies.py amnesiac."""
+    # each forget image relabelled once to a random other class, mixed with the whole retain set,
+    # Adam. Unlike rl (SalUn's RL.py): other classes only, drawn once, one shuffled loader, Adam
+    # without a schedule
     lr: float = hp(1e-4, "Adam learning rate")
     epochs: int = hp(3, "epochs (fit_one_unlearning_cycle(3, ...))")
     batch_size: int = hp(128, "batch size of the mixed loader")
@@ -288,45 +314,51 @@ class AmnesiacConfig(ReadOnce):
 
 @dataclass(frozen=True)
 class L1SparseConfig(Shuffled):
-    """l1-sparse unlearning (Jia et al., 2023; OPTML-Group/Unlearn-Sparse unlearn/FT.py FT_l1): fine-tuning on the
-    retain set with alpha_t ||theta||_1 added, alpha_t = alpha (1 - t / epochs), t the epoch."""
-    alpha: float = hp(5e-4, "alpha, weight of the summed l1 norm of every parameter at the first epoch (the paper "
-                      "tuned it; 5e-4: its co-authors' port, cisco-open/modelsmith)")
-    lr: float = hp(0.01, "SGD learning rate, constant (--unlearn_lr; the milestones 91, 136 never come)")
+    """l1-sparse unlearning (Jia et al., 2023): Unlearn-Sparse's unlearn/FT.py FT_l1."""
+    # fine-tuning on the retain set with alpha_t ||theta||_1 added, alpha_t = alpha (1 - t / epochs)
+    alpha: float = hp(5e-4, "alpha, weight of the summed l1 norm of every parameter at the first "
+                      "epoch (the paper tuned it; 5e-4: its co-authors' port, "
+                      "cisco-open/modelsmith)")
+    lr: float = hp(0.01, "SGD learning rate, constant (--unlearn_lr; the milestones 91, 136 never "
+                   "come)")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay (besides the l1 term)")
     nesterov: bool = hp(False, "Nesterov momentum")
     epochs: int = hp(10, "epochs (--unlearn_epochs)")
     batch_size: int = hp(256, "batch size")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as its loaders")
+    augment: bool = hp(True, f"{CROP_FLIP}, as its loaders")
 
 
 @dataclass(frozen=True)
 class BoundaryConfig(Shuffled):
-    """Boundary shrink / expand (Chen et al., 2023), SalUn's port (OPTML-Group/Unlearn-Saliency
-    Classification/unlearn/boundary_sh.py, boundary_ex.py): training on the forget set only."""
-    lr: float = hp(1e-5, "SGD learning rate (not fixed by SalUn's code; 1e-5: the original authors')")
+    """Boundary shrink / expand (Chen et al., 2023): SalUn's boundary_sh.py, boundary_ex.py."""
+    # OPTML-Group/Unlearn-Saliency Classification/unlearn/: training on the forget set only
+    lr: float = hp(1e-5, "SGD learning rate (not fixed by SalUn's code; 1e-5: the original "
+                   "authors')")
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(False, "Nesterov momentum")
     epochs: int = hp(10, "epochs over the forget set (--unlearn_epochs)")
     batch_size: int = hp(256, "batch size of the forget loader")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip, as SalUn's loaders")
+    augment: bool = hp(True, f"{CROP_FLIP}, as SalUn's loaders")
 
 
 @dataclass(frozen=True)
 class BoundaryShrinkConfig(BoundaryConfig):
-    """Boundary shrink: each forget image relabelled with the original model's prediction on its FGSM point."""
+    """Boundary shrink: forget images relabelled by the original's prediction at an FGSM point."""
     bound: float = hp(0.1, "FGSM step and L-inf bound in [0, 1] pixel units (hard-coded 0.1)")
-    mean: tuple = hp(None, "per-channel mean the loaders' images were normalised with; None: they are [0, 1] "
-                     "pixels", flag=None)
-    std: tuple = hp(None, "per-channel std the loaders' images were normalised with; None: pixels", flag=None)
+    mean: tuple = hp(None, "per-channel mean the loaders' images were normalised with; None: they "
+                     "are [0, 1] pixels", flag=None)
+    std: tuple = hp(None, "per-channel std the loaders' images were normalised with; None: pixels",
+                    flag=None)
 
     def __post_init__(self):
         if (self.mean is None) != (self.std is None):
-            raise ValueError("BoundaryShrinkConfig: give mean and std together, or neither (pixels)")
+            raise ValueError("BoundaryShrinkConfig: give mean and std together, or neither "
+                             "(pixels)")
         if self.std is not None and not all(s > 0 for s in self.std):
-            raise ValueError(f"BoundaryShrinkConfig: std {self.std} must be positive in every channel")
+            raise ValueError(f"BoundaryShrinkConfig: std {self.std} must be positive in every "
+                             f"channel")
 
 
 @dataclass(frozen=True)
@@ -337,9 +369,10 @@ class BoundaryExpandConfig(BoundaryConfig):
 # ----------------------------------------------------------------------------- shared pieces
 
 class OnDevice:
-    """A loader's batches moved to `device` as they come (a no-op for batches already there); len() and every
-    pass as the loader's own. A pass without a batch is a ValueError naming the loader (`role`):
-    a method would otherwise loop for ever (a cycled loader), change nothing, or fail unpacking."""
+    """A loader's batches moved to `device` as they come (a no-op for batches already there);
+    len() and every pass as the loader's own. A pass without a batch is a ValueError naming the
+    loader (`role`): a method would otherwise loop for ever (a cycled loader), change nothing, or
+    fail unpacking."""
 
     def __init__(self, loader, device, role):
         self.loader, self.device, self.role = loader, device, role
@@ -369,14 +402,14 @@ def no_batch(role):
 
 
 def sgd(model, cfg):
-    fused = True if next(model.parameters()).is_cuda else None  # one kernel per update on CUDA (rounding only)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov, fused=fused)
+    fused = True if next(model.parameters()).is_cuda else None  # one kernel per update on CUDA
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, fused=fused)
 
 
 def adam(params, lr):
-    """Adam with PyTorch's defaults, fused: its step counts stay on the device (the plain one reads each on
-    the host every step); the same update up to rounding."""
+    """Adam with PyTorch's defaults, fused: its step counts stay on the device (the plain one
+    reads each on the host every step); the same update up to rounding."""
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
@@ -385,12 +418,13 @@ def step(optimizer, loss, clip=0.0):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
 
 
-# Three ways the official loops pair and repeat their loaders; they differ only in what the forget loader does
-# when it runs out, which changes the batches seen, so keep each as its method's official code has it:
+# Three ways the official loops pair and repeat their loaders; they differ only in what the forget
+# loader does when it runs out, which changes the batches seen: each as its method's official code
 def passes(loader, epochs):
     """The batches of `epochs` passes over `loader`, one after the other (GA.py's epochs)."""
     for _ in range(epochs):
@@ -398,33 +432,36 @@ def passes(loader, epochs):
 
 
 def cycle(loader):
-    """The loader's batches forever, a fresh pass (new order and augmentation) each time round (AdvNegGrad)."""
+    """The loader's batches forever, a fresh pass (new order and augmentation) each time round
+    (AdvNegGrad)."""
     while True:
         yield from loader
 
 
 def paired(retain_loader, forget_loader, epochs):
-    """Per epoch, each retain batch beside the next batch of itertools.cycle(forget_loader), restarted every epoch:
-    the forget loader's first pass of the epoch, replayed (SCRUB's loops: zip(data_loader, cycle(forget_loader)))."""
+    """Per epoch, each retain batch beside the next batch of itertools.cycle(forget_loader),
+    restarted every epoch: the forget loader's first pass of the epoch, replayed (SCRUB's loops:
+    zip(data_loader, cycle(forget_loader)))."""
     for _ in range(epochs):
         yield from zip(retain_loader, itertools.cycle(forget_loader))
 
 
 def rebatch(loaders, batch_size):
-    """The batches a DataLoader over ConcatDataset(loaders' sets) gives: their examples in order, regrouped."""
-    xs, ys = [], []
+    """The batches a DataLoader over ConcatDataset(loaders' sets) gives."""
+    left_x, left_y = None, None  # examples read but not yet in a batch, in order
     for x, y in itertools.chain(*loaders):
-        xs, ys = [torch.cat(xs + [x])], [torch.cat(ys + [y])]
-        while len(ys[0]) >= batch_size:
-            yield xs[0][:batch_size], ys[0][:batch_size]
-            xs, ys = [xs[0][batch_size:]], [ys[0][batch_size:]]
-    if ys and len(ys[0]):
-        yield xs[0], ys[0]
+        left_x = x if left_x is None else torch.cat([left_x, x])
+        left_y = y if left_y is None else torch.cat([left_y, y])
+        while len(left_y) >= batch_size:
+            yield left_x[:batch_size], left_y[:batch_size]
+            left_x, left_y = left_x[batch_size:], left_y[batch_size:]
+    if left_y is not None and len(left_y):  # the last, smaller batch
+        yield left_x, left_y
 
 
 def class_count(model, x):
-    """How many classes the model predicts, from one image's logits in eval mode (which changes nothing and draws
-    no random number): no assumption on the name of its last layer."""
+    """How many classes the model predicts, from one image's logits in eval mode (which changes
+    nothing and draws no random number): no assumption on the name of its last layer."""
     training = model.training
     model.eval()
     with torch.no_grad():
@@ -443,7 +480,8 @@ def set_ieee_fp32(ieee):
     allowTF32CuBLAS, float32MatmulPrecision), which max-autotune, torch.export or a user's
     library may read."""
     if not new_fp32_api():  # torch before 2.9: the legacy flags are the only ones
-        previous = ("legacy", torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        backends = torch.backends
+        previous = ("legacy", backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not ieee
         return previous
     previous = ("api", per_op_fp32(), legacy_tf32())
@@ -497,7 +535,8 @@ def restore_fp32(previous):
 
 @contextlib.contextmanager
 def ieee_fp32():
-    """Inside: fp32 convolutions and matmuls in IEEE fp32 on CUDA; the settings before are restored after."""
+    """Inside: fp32 convolutions and matmuls in IEEE fp32 on CUDA; the settings before are
+    restored after."""
     previous = set_ieee_fp32(True)
     try:
         yield
@@ -508,7 +547,8 @@ def ieee_fp32():
 # ----------------------------------------------------------------------------- SSD
 
 def importance_batch(model, loader):
-    """Official SSD: sum over mini-batches of the squared gradient of the batch-mean cross-entropy, / #batches."""
+    """Official SSD: sum over mini-batches of the squared gradient of the batch-mean
+    cross-entropy, / #batches."""
     params = [p for _, p in model.named_parameters()]
     total, batches = [torch.zeros_like(p) for p in params], 0
     for x, y in loader:
@@ -518,7 +558,8 @@ def importance_batch(model, loader):
 
 
 def importance_per_sample(model, loader):
-    """Mean over examples of the squared per-example gradient (torch.func): independent of batching and order."""
+    """Mean over examples of the squared per-example gradient (torch.func): independent of
+    batching and order."""
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
@@ -534,15 +575,17 @@ def importance_per_sample(model, loader):
 
 @torch.no_grad()
 def dampen(model, full_importance, forget_importance, lam, alpha):
-    """Where I_f > alpha * I_D, multiply the weight by min(lambda * I_D / I_f, 1): weights only ever shrink."""
+    """Where I_f > alpha * I_D, multiply the weight by min(lambda * I_D / I_f, 1): weights only
+    ever shrink."""
     for name, p in model.named_parameters():
         i_d, i_f = full_importance[name], forget_importance[name]
-        selected = i_f > alpha * i_d  # where, not a boolean index: its size would be read back from a GPU
+        selected = i_f > alpha * i_d  # where, not a boolean index: its size reads a GPU back
         p.copy_(torch.where(selected, p * (lam * i_d / i_f).clamp(max=1), p))
 
 
 def importance_label_free(model, loader):
-    """LFSSD: sum over mini-batches of |gradient of the batch mean of ||logits||_2^2|, / #batches (labels unused)."""
+    """LFSSD: sum over mini-batches of |gradient of the batch mean of ||logits||_2^2|, / #batches
+    (labels unused)."""
     params = [p for _, p in model.named_parameters()]
     total, batches = [torch.zeros_like(p) for p in params], 0
     for x, _ in loader:
@@ -551,17 +594,20 @@ def importance_label_free(model, loader):
     return {name: t / batches for (name, _), t in zip(model.named_parameters(), total)}
 
 
-IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample, "label-free": importance_label_free}
+IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample,
+              "label-free": importance_label_free}
 
 
 def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
-    """I_f over the forget set, I_D over D (retain then forget, or the retain set alone), both unshuffled in the
-    loaders' order (cfg.loaders(): it decides which weights are selected), then dampen. The importances are
-    squared gradients, ratios of which select weights: always IEEE fp32, even under bf16 autocast."""
+    """I_f over the forget set, I_D over D (retain then forget, or the retain set alone), both
+    unshuffled in the loaders' order (cfg.loaders(): it decides which weights are selected), then
+    dampen. The importances are squared gradients, ratios of which select weights: always IEEE
+    fp32, even under bf16 autocast."""
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     model.eval()
     importance = IMPORTANCE[cfg.importance]
-    full_set = [retain_loader, forget_loader] if cfg.full_set == "retain+forget" else [retain_loader]
+    whole = cfg.full_set == "retain+forget"
+    full_set = [retain_loader, forget_loader] if whole else [retain_loader]
     with torch.autocast(device.type, enabled=False), ieee_fp32():  # IEEE fp32 on CUDA too, not TF32
         forget_importance = importance(model, forget_loader)
         full_importance = importance(model, rebatch(full_set, cfg.batch_size))
@@ -572,13 +618,14 @@ def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
 # ----------------------------------------------------------------------------- gradient methods
 
 def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
-    """One step per retain batch on (1 - alpha) CE on retain - alpha CE on the next forget batch, the whole gradient
-    clipped; the forget loader cycles, a fresh pass each time round."""
+    """One step per retain batch on (1 - alpha) CE on retain - alpha CE on the next forget batch,
+    the whole gradient clipped; the forget loader cycles, a fresh pass each time round."""
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     optimizer = sgd(model, cfg)
     model.train()
     for (xr, yr), (xf, yf) in zip(passes(retain_loader, cfg.epochs), cycle(forget_loader)):
-        loss = (1 - cfg.alpha) * F.cross_entropy(model(xr), yr) - cfg.alpha * F.cross_entropy(model(xf), yf)
+        retain_term, forget_term = F.cross_entropy(model(xr), yr), F.cross_entropy(model(xf), yf)
+        loss = (1 - cfg.alpha) * retain_term - cfg.alpha * forget_term
         step(optimizer, loss, cfg.clip)
     return model
 
@@ -608,7 +655,8 @@ def unlearn_ga(model, retain_loader, forget_loader, cfg, device):
 
 
 def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
-    """SGD on the retain set with the cosine schedule stepped once per epoch (the starting kit's fine-tuning)."""
+    """SGD on the retain set with the cosine schedule stepped once per epoch (the starting kit's
+    fine-tuning)."""
     retain_loader = OnDevice(retain_loader, device, "retain")
     optimizer = sgd(model, cfg)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
@@ -621,9 +669,10 @@ def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
 
 
 def random_labels(model, retain_loader, forget_loader, cfg, device, keep=None):
-    """RL.py's CIFAR-10 branch, every epoch: a pass over the forget set with each label drawn uniformly from all
-    classes (torch.randint(0, num_classes): sometimes the true one), then a pass over the retain set, one step per
-    batch. keep = (mask, original weights): after every step, weights outside the mask are put back exactly (SalUn)."""
+    """RL.py's CIFAR-10 branch, every epoch: a pass over the forget set with each label drawn
+    uniformly from all classes (torch.randint(0, num_classes): sometimes the true one), then a
+    pass over the retain set, one step per batch. keep = (mask, original weights): after every
+    step, weights outside the mask are put back exactly (SalUn)."""
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     optimizer = sgd(model, cfg)
     model.train()
@@ -636,8 +685,8 @@ def random_labels(model, retain_loader, forget_loader, cfg, device, keep=None):
 
 
 def relabel(loader, model):
-    """The loader's batches, each label drawn uniformly from the model's classes (on the labels' device: no host
-    sync); the class count read once, from the first batch."""
+    """The loader's batches, each label drawn uniformly from the model's classes (on the labels'
+    device: no host sync); the class count read once, from the first batch."""
     classes = None
     for x, y in loader:
         classes = classes or class_count(model, x)
@@ -649,22 +698,27 @@ def unlearn_rl(model, retain_loader, forget_loader, cfg, device):
 
 
 def saliency_mask(model, forget_loader, ratio):
-    """True for the `ratio` largest |gradient of the forget loss| over all parameters (one global threshold)."""
+    """True for the `ratio` largest |gradient of the forget loss| over all parameters (one global
+    threshold)."""
     model.eval()
     params = [p for _, p in model.named_parameters()]
     total = [torch.zeros_like(p) for p in params]
     for x, y in forget_loader:
-        total = [t + g for t, g in zip(total, torch.autograd.grad(F.cross_entropy(model(x), y), params))]
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        total = [t + g for t, g in zip(total, grads)]
     flat = torch.cat([t.abs().flatten() for t in total])
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[flat.topk(mask_size(ratio, flat.numel())).indices] = True
-    return {name: m.view_as(p) for (name, p), m in zip(model.named_parameters(), keep.split([p.numel() for p in params]))}
+    masks = keep.split([p.numel() for p in params])
+    return {name: m.view_as(p) for (name, p), m in zip(model.named_parameters(), masks)}
 
 
 def mask_size(ratio, n):
-    """How many of n weights a mask ratio keeps trainable: at least one, or the run would change nothing."""
+    """How many of n weights a mask ratio keeps trainable: at least one, or the run would change
+    nothing."""
     if int(ratio * n) == 0:
-        raise ValueError(f"mask_ratio {ratio:g} of {n:,} weights keeps none trainable; give at least {1 / n:.2g}")
+        raise ValueError(f"mask_ratio {ratio:g} of {n:,} weights keeps none trainable; give at "
+                         f"least {1 / n:.2g}")
     return int(ratio * n)
 
 
@@ -675,31 +729,39 @@ def restore_outside_mask(model, mask, original):
 
 
 def unlearn_salun(model, retain_loader, forget_loader, cfg, device):
-    """SalUn: the saliency mask from the forget loader's first pass, then RL with the weights outside it kept."""
+    """SalUn: the saliency mask from the forget loader's first pass, then RL with the weights
+    outside it kept."""
     mask = saliency_mask(model, OnDevice(forget_loader, device, "forget"), cfg.mask_ratio)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     return random_labels(model, retain_loader, forget_loader, cfg, device, keep=(mask, original))
 
 
 def distill_kl(student_logits, teacher_logits, temperature):
-    """KL(teacher || student) of the softened outputs, times T^2, mean over the batch (SCRUB's DistillKL)."""
-    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
-                    reduction="batchmean") * temperature ** 2
+    """KL(teacher || student) of the softened outputs, times T^2, mean over the batch (SCRUB's
+    DistillKL)."""
+    student = F.log_softmax(student_logits / temperature, 1)
+    teacher = F.softmax(teacher_logits / temperature, 1)
+    return F.kl_div(student, teacher, reduction="batchmean") * temperature ** 2
 
 
 def scrub_pass(model, teacher, loader, optimizer, cfg, maximize):
-    """max-step: ascend the divergence on the forget set; min-step: gamma CE + alpha divergence on the retain set."""
+    """max-step: ascend the divergence on the forget set; min-step: gamma CE + alpha divergence
+    on the retain set."""
     for x, y in loader:
         logits = model(x)
         with torch.no_grad():
             target = teacher(x)
         divergence = distill_kl(logits, target, cfg.temperature)
-        loss = -divergence if maximize else cfg.gamma * F.cross_entropy(logits, y) + cfg.alpha * divergence
+        if maximize:
+            loss = -divergence
+        else:
+            loss = cfg.gamma * F.cross_entropy(logits, y) + cfg.alpha * divergence
         step(optimizer, loss)
 
 
 def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
-    """SCRUB: per epoch a max-step pass over the forget set (the first max_epochs), then a min-step pass."""
+    """SCRUB: per epoch a max-step pass over the forget set (the first max_epochs), then a
+    min-step pass."""
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     teacher = copy.deepcopy(model).eval()
     optimizer = sgd(model, cfg)
@@ -711,12 +773,13 @@ def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
     return model
 
 
-# ----------------------------------------------------------------------------- the competition's winners
+# ------------------------------------------------------------------ the competition's winners
 
 def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
-    """Every Conv2d kernel transposed (weight.swapaxes(2, 3)), then SGD with the cosine schedule stepped per epoch
-    over the retain set, train mode; the forget set is never read. A frozen convolution is refused
-    before any change (kgltop5.py's new nn.Parameter would unfreeze it; see docs/CHOICES.md)."""
+    """Every Conv2d kernel transposed (weight.swapaxes(2, 3)), then SGD with the cosine schedule
+    stepped per epoch over the retain set, train mode; the forget set is never read. A frozen
+    convolution is refused before any change (kgltop5.py's new nn.Parameter would unfreeze it;
+    see docs/CHOICES.md)."""
     retain_loader = OnDevice(retain_loader, device, "retain")
     convolutions = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     frozen = [n for n, m in convolutions if not m.weight.requires_grad]
@@ -739,8 +802,8 @@ def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
 
 
 def first_images(loader, n):
-    """The first n (images, labels) of a pass over `loader`, as batches (the last one cut): of a shuffled loader, a
-    uniformly random sample of n."""
+    """The first n (images, labels) of a pass over `loader`, as batches (the last one cut): of a
+    shuffled loader, a uniformly random sample of n."""
     for x, y in loader:
         if n <= 0:
             return
@@ -749,8 +812,9 @@ def first_images(loader, n):
 
 
 def saliency_gradients(model, retain_sample, forget_loader):
-    """MSG's get_grads_for_snip: the model's current mode (train: BN statistics move), one zero_grad, then
-    CE (mean) on every batch of the retain sample and -CE on every forget batch, backward each: accumulated .grad."""
+    """MSG's get_grads_for_snip: the model's current mode (train: BN statistics move), one
+    zero_grad, then CE (mean) on every batch of the retain sample and -CE on every forget batch,
+    backward each: accumulated .grad."""
     model.zero_grad()
     for x, y in retain_sample:
         F.cross_entropy(model(x), y).backward()
@@ -797,25 +861,31 @@ def default_conv_bias(conv):
 
 
 def linear_warmup_decay(epoch, epochs):
-    """deepunlearn's LinearAnnealingLR per epoch: up to 1 at epoch (epochs + 1) // 2, then down; epoch from 0."""
+    """deepunlearn's LinearAnnealingLR per epoch: up to 1 at epoch (epochs + 1) // 2, then down;
+    epoch from 0."""
     c, a, t = epoch + 1, (epochs + 1) // 2, epochs + 1
     return c / a if c <= a else (t - c) / (t - a)
 
 
 def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
-    """MSG: the saliency gradients in the mode the model comes in (train, as the pipeline hands it over), the
-    smallest init_rate of each convolution drawn again (its bias, if any, drawn afresh), then SGD
-    on the retain set, train mode, the lr rising linearly to cfg.lr and back per epoch, convolution
-    gradients scaled 1 (drawn again) or kept_scale (kept); eval mode at the end, as kgltop2.py."""
+    """MSG: the saliency gradients in the mode the model comes in (train, as the pipeline hands
+    it over), the smallest init_rate of each convolution drawn again (its bias, if any, drawn
+    afresh), then SGD on the retain set, train mode, the lr rising linearly to cfg.lr and back
+    per epoch, convolution gradients scaled 1 (drawn again) or kept_scale (kept); eval mode at
+    the end, as kgltop2.py."""
     retain_loader = OnDevice(retain_loader, device, "retain")
     forget_batches = list(OnDevice(forget_loader, device, "forget"))  # one pass: size, gradients
     model.train()
-    saliency_gradients(model, first_images(retain_loader, sum(len(y) for _, y in forget_batches)), forget_batches)
+    retain_sample = first_images(retain_loader, sum(len(y) for _, y in forget_batches))
+    saliency_gradients(model, retain_sample, forget_batches)
     redrawn = redraw_small_gradients(model, cfg.init_rate)
-    hooks = [w.register_hook(lambda g, scale=(m.float() + (~m).float() * cfg.kept_scale).to(w.dtype): g * scale)
-             for w, m in redrawn.items()]  # Masker: gradient x mask (float32, as kgltop2's) before weight decay
+    hooks = []
+    for w, m in redrawn.items():  # Masker: gradient x mask (float32, as kgltop2's) before decay
+        scale = (m.float() + (~m).float() * cfg.kept_scale).to(w.dtype)
+        hooks.append(w.register_hook(lambda g, scale=scale: g * scale))
     optimizer = sgd(model, cfg)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: linear_warmup_decay(e, cfg.epochs))
+    warmup_decay = lambda e: linear_warmup_decay(e, cfg.epochs)  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_decay)
     model.train()
     for _ in range(cfg.epochs):
         for x, y in retain_loader:
@@ -826,7 +896,7 @@ def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
     return model.eval()  # kgltop2.py's last step: net.eval()
 
 
-# ----------------------------------------------------------------------------- the SSD paper's baselines
+# ------------------------------------------------------------------ the SSD paper's baselines
 
 def collect(loader):
     """Every (image, label) of one pass, as two tensors."""
@@ -835,7 +905,8 @@ def collect(loader):
 
 
 def shuffled_batches(x, y, batch_size, *extra):
-    """One pass over (x, y, extra...) in a random order from torch's global generator (a DataLoader's shuffle)."""
+    """One pass over (x, y, extra...) in a random order from torch's global generator (a
+    DataLoader's shuffle)."""
     order = torch.randperm(len(y)).to(y.device)
     for start in range(0, len(y), batch_size):
         idx = order[start:start + batch_size]
@@ -879,23 +950,26 @@ def post_order(module, seen=None):
 
 
 def unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, temperature):
-    """UnlearnerLoss: KL(teacher || student) at T, the teacher per example the incompetent one (label 1: forget)
-    or the trained one (0: retain); F.kl_div's default reduction, 'mean': divided by batch x classes."""
+    """UnlearnerLoss: KL(teacher || student) at T, the teacher per example the incompetent one
+    (label 1: forget) or the trained one (0: retain); F.kl_div's default reduction, 'mean':
+    divided by batch x classes."""
     labels = labels.unsqueeze(1)
     teacher = labels * F.softmax(unlearn_teacher_logits / temperature, 1) + \
         (1 - labels) * F.softmax(full_teacher_logits / temperature, 1)
     kl = F.kl_div(F.log_softmax(output / temperature, 1), teacher, reduction="sum")
-    return kl / teacher.numel()  # kl_div's "mean", spelt out: torch plans to make "mean" mean "batchmean"
+    return kl / teacher.numel()  # kl_div's "mean" spelt out: torch plans "mean" = "batchmean"
 
 
 def unlearn_bad_teacher(model, retain_loader, forget_loader, cfg, device):
-    """The incompetent teacher drawn first (torch's generator), then the retain sample (random.sample: here the
-    first int(fraction x n) of a torch.randperm), the forget set and the sample shuffled together, 1 = forget;
-    Adam on the student (train mode), both teachers in eval mode."""
+    """The incompetent teacher drawn first (torch's generator), then the retain sample
+    (random.sample: here the first int(fraction x n) of a torch.randperm), the forget set and the
+    sample shuffled together, 1 = forget; Adam on the student (train mode), both teachers in eval
+    mode."""
     retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
     forget_x, _ = collect(OnDevice(forget_loader, device, "forget"))
     full_teacher, bad_teacher = copy.deepcopy(model).eval(), fresh_copy(model).eval()
-    sample = torch.randperm(len(retain_y))[:int(cfg.retain_fraction * len(retain_y))].to(retain_x.device)
+    kept = int(cfg.retain_fraction * len(retain_y))
+    sample = torch.randperm(len(retain_y))[:kept].to(retain_x.device)
     x = torch.cat([forget_x, retain_x[sample]])
     is_forget = torch.cat([torch.ones(len(forget_x)), torch.zeros(len(sample))]).long().to(x.device)
     optimizer = adam(model.parameters(), cfg.lr)
@@ -910,18 +984,19 @@ def unlearn_bad_teacher(model, retain_loader, forget_loader, cfg, device):
 
 
 def first_per_class(x, y, n, skip):
-    """The first n images of every class but `skip`, in class order (get_classwise_ds + [:num_samples]); one
-    host read (how many)."""
+    """The first n images of every class but `skip`, in class order (get_classwise_ds +
+    [:num_samples]); one host read (how many)."""
     order = torch.argsort(y, stable=True)  # class by class, dataset order within each
     sorted_y = y[order]
-    rank = torch.arange(len(y), device=y.device) - torch.searchsorted(sorted_y, sorted_y)  # place in its class
+    first = torch.searchsorted(sorted_y, sorted_y)  # where each one's class starts
+    rank = torch.arange(len(y), device=y.device) - first  # its place in its class
     idx = order[torch.nonzero((rank < n) & (sorted_y != skip)).flatten()]
     return x[idx], y[idx]
 
 
 def adam_epoch(model, batches, lr, zero_first):
-    """fit_one_unlearning_cycle's epoch: Adam, train mode, CE; backward, step, then zero_grad (so gradients left
-    on the model before it join the first step unless zero_first)."""
+    """fit_one_unlearning_cycle's epoch: Adam, train mode, CE; backward, step, then zero_grad (so
+    gradients left on the model before it join the first step unless zero_first)."""
     optimizer = adam(model.parameters(), lr)
     model.train()
     if zero_first:
@@ -933,50 +1008,54 @@ def adam_epoch(model, batches, lr, zero_first):
 
 
 def unlearn_unsir(model, retain_loader, forget_loader, cfg, device):
-    """UNSIR, the SSD repository's run: the noise learnt against the model (train mode) for the forget class, the
-    impair epoch on noise_copies copies of its first 3 images and the retain sample, the repair epoch on the sample."""
+    """UNSIR, the SSD repository's run: the noise learnt against the model (train mode) for the
+    forget class, the impair epoch on noise_copies copies of its first 3 images and the retain
+    sample, the repair epoch on the sample."""
     retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
     forget_x, forget_y = collect(OnDevice(forget_loader, device, "forget"))
-    # UNSIR is class-wise; for a random or given forget set (never run by the reference) the noise takes the forget
-    # set's most frequent label and the retain sample keeps every other class
+    # UNSIR is class-wise; for a random or given forget set (never run by the reference) the noise
+    # takes the forget set's most frequent label and the retain sample keeps every other class
     forget_class = int(torch.mode(forget_y).values)
-    sample_x, sample_y = first_per_class(torch.cat([retain_x, forget_x]), torch.cat([retain_y, forget_y]),
-                                         cfg.retain_per_class, forget_class)
-    noise = torch.nn.Parameter(torch.randn(cfg.noise_batch, *retain_x.shape[1:], dtype=retain_x.dtype)
-                               .to(retain_x.device))  # drawn on the CPU, as UNSIR_noise
-    label = torch.full((cfg.noise_batch,), forget_class, device=noise.device)  # the noise is learnt against it
-    copies_class = forget_class if cfg.noise_label == "forget" else 0  # the notebook labels the copies 0
+    all_x, all_y = torch.cat([retain_x, forget_x]), torch.cat([retain_y, forget_y])
+    sample_x, sample_y = first_per_class(all_x, all_y, cfg.retain_per_class, forget_class)
+    drawn = torch.randn(cfg.noise_batch, *retain_x.shape[1:], dtype=retain_x.dtype)  # on the CPU,
+    noise = torch.nn.Parameter(drawn.to(retain_x.device))  # as UNSIR_noise
+    label = torch.full((cfg.noise_batch,), forget_class, device=noise.device)  # learnt against
+    copies_class = forget_class if cfg.noise_label == "forget" else 0  # the notebook's: 0
     noise_optimizer = adam([noise], cfg.noise_lr)
     model.train()
     for _ in range(cfg.noise_steps):
-        loss = -F.cross_entropy(model(noise), label) + cfg.noise_lambda * torch.mean(torch.sum(noise ** 2, [1, 2, 3]))
+        norm = torch.mean(torch.sum(noise ** 2, [1, 2, 3]))
+        loss = -F.cross_entropy(model(noise), label) + cfg.noise_lambda * norm
         noise_optimizer.zero_grad()
-        loss.backward()  # the model's .grad fill too: kept for the first impair step when keep_noise_grads
+        loss.backward()  # the model's .grad fill too: kept for the first impair step when asked
         noise_optimizer.step()
-    copies = noise.detach()[:3].repeat(cfg.noise_copies, 1, 1, 1)  # 3 images per copy: the official loop's bug
+    copies = noise.detach()[:3].repeat(cfg.noise_copies, 1, 1, 1)  # 3 a copy: the official bug
     impair_x = torch.cat([copies, sample_x])
-    impair_y = torch.cat([torch.full((len(copies),), copies_class, device=sample_y.device), sample_y])
+    copies_y = torch.full((len(copies),), copies_class, device=sample_y.device)
+    impair_y = torch.cat([copies_y, sample_y])
     adam_epoch(model, shuffled_batches(impair_x, impair_y, cfg.impair_batch), cfg.impair_lr,
                zero_first=not cfg.keep_noise_grads)
-    adam_epoch(model, shuffled_batches(sample_x, sample_y, cfg.repair_batch), cfg.repair_lr, zero_first=True)
+    repair = shuffled_batches(sample_x, sample_y, cfg.repair_batch)
+    adam_epoch(model, repair, cfg.repair_lr, zero_first=True)
     return model
 
 
 def unlearn_amnesiac(model, retain_loader, forget_loader, cfg, device):
-    """Amnesiac: every forget image relabelled once, uniformly to another class (random.choice over the others:
-    here torch.randint over C - 1, shifted past the true class), the whole retain set beside them, one shuffled
-    loader, Adam, train mode."""
+    """Amnesiac: every forget image relabelled once, uniformly to another class (random.choice
+    over the others: here torch.randint over C - 1, shifted past the true class), the whole
+    retain set beside them, one shuffled loader, Adam, train mode."""
     retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
     forget_x, forget_y = collect(OnDevice(forget_loader, device, "forget"))
     classes = class_count(model, retain_x)
     other = torch.randint(0, classes - 1, forget_y.shape).to(forget_y.device)
-    relabelled = other + (other >= forget_y).long()  # a uniform draw over the classes but the true one
+    relabelled = other + (other >= forget_y).long()  # uniform over the classes but the true one
     x, y = torch.cat([forget_x, retain_x]), torch.cat([relabelled, retain_y])
     optimizer = adam(model.parameters(), cfg.lr)
     model.train()
     for _ in range(cfg.epochs):
         for xb, yb in shuffled_batches(x, y, cfg.batch_size):
-            optimizer.zero_grad(set_to_none=True)  # no gradient is left before: the order does not matter
+            optimizer.zero_grad(set_to_none=True)  # no gradient left before: the order is free
             F.cross_entropy(model(xb), yb).backward()
             optimizer.step()
     return model
@@ -985,12 +1064,14 @@ def unlearn_amnesiac(model, retain_loader, forget_loader, cfg, device):
 # ----------------------------------------------------------------------------- SalUn's table
 
 def l1_norm(model):
-    """||theta||_1 over every parameter, as Unlearn-Sparse's l1_regularization (linalg.norm of all, ord 1)."""
+    """||theta||_1 over every parameter, as Unlearn-Sparse's l1_regularization (linalg.norm of
+    all, ord 1)."""
     return torch.linalg.norm(torch.cat([p.view(-1) for p in model.parameters()]), ord=1)
 
 
 def unlearn_l1_sparse(model, retain_loader, forget_loader, cfg, device):
-    """FT_l1: per epoch t, SGD on the retain set, train mode, loss CE + alpha (1 - t / epochs) ||theta||_1."""
+    """FT_l1: per epoch t, SGD on the retain set, train mode, loss CE + alpha (1 - t / epochs)
+    ||theta||_1."""
     retain_loader = OnDevice(retain_loader, device, "retain")
     optimizer = sgd(model, cfg)
     model.train()
@@ -1002,19 +1083,20 @@ def unlearn_l1_sparse(model, retain_loader, forget_loader, cfg, device):
 
 
 def pixel_space(cfg, x):
-    """(mean, std) that map the images back to [0, 1] pixels, as x's device and dtype: cfg's normalisation, or
-    (0, 1) when cfg gives none (the images are pixels already)."""
+    """(mean, std) that map the images back to [0, 1] pixels, as x's device and dtype: cfg's
+    normalisation, or (0, 1) when cfg gives none (the images are pixels already)."""
     if cfg.mean is None:
-        return torch.zeros(1, x.shape[1], 1, 1, device=x.device), torch.ones(1, x.shape[1], 1, 1, device=x.device)
+        shape = (1, x.shape[1], 1, 1)
+        return torch.zeros(shape, device=x.device), torch.ones(shape, device=x.device)
     return (torch.tensor(cfg.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1),
             torch.tensor(cfg.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1))
 
 
 def fgsm(model, x, y, bound, mean, std):
-    """FGSM_perturb in [0, 1] pixels: one step bound * sign(gradient of CE on the true labels), clamped to [0, 1],
-    rounded to 1/255 (torch.round), and normalised again."""
+    """FGSM_perturb in [0, 1] pixels: one step bound * sign(gradient of CE on the true labels),
+    clamped to [0, 1], rounded to 1/255 (torch.round), and normalised again."""
     model.zero_grad()
-    pixels = torch.round((x * std + mean) * 255) / 255  # back on the 8-bit grid: +-0.1 lands on ties, as theirs
+    pixels = torch.round((x * std + mean) * 255) / 255  # on the 8-bit grid: +-0.1 ties, as theirs
     pixels = pixels.detach().requires_grad_(True)
     F.cross_entropy(model((pixels - mean) / std), y).backward()
     pixels = torch.round((pixels + bound * pixels.grad.sign()).clamp(0, 1) * 255) / 255
@@ -1022,8 +1104,9 @@ def fgsm(model, x, y, bound, mean, std):
 
 
 def unlearn_boundary_shrink(model, retain_loader, forget_loader, cfg, device):
-    """Per forget batch: the original model (a frozen copy, eval mode) attacked by FGSM, its prediction on the
-    adversarial image the label the model learns the clean image with (train mode)."""
+    """Per forget batch: the original model (a frozen copy, eval mode) attacked by FGSM, its
+    prediction on the adversarial image the label the model learns the clean image with (train
+    mode)."""
     forget_loader = OnDevice(forget_loader, device, "forget")
     original = copy.deepcopy(model).eval()
     optimizer = sgd(model, cfg)
@@ -1052,13 +1135,14 @@ def last_linear(model):
 
 
 def unlearn_boundary_expand(model, retain_loader, forget_loader, cfg, device):
-    """The classifier widened by a shadow unit (PyTorch's default init, the old rows copied in), every parameter
-    trained on the forget set labelled as the shadow class (train mode), then the shadow row removed (the original
-    method; SalUn's port keeps it and evaluates 11 outputs)."""
+    """The classifier widened by a shadow unit (PyTorch's default init, the old rows copied in),
+    every parameter trained on the forget set labelled as the shadow class (train mode), then the
+    shadow row removed (the original method; SalUn's port keeps it and evaluates 11 outputs)."""
     forget_loader = OnDevice(forget_loader, device, "forget")
     parent, name, fc = last_linear(model)
     classes = fc.out_features
-    wide = torch.nn.Linear(fc.in_features, classes + 1, device=fc.weight.device, dtype=fc.weight.dtype)
+    like = dict(device=fc.weight.device, dtype=fc.weight.dtype)
+    wide = torch.nn.Linear(fc.in_features, classes + 1, **like)
     with torch.no_grad():
         wide.weight[:classes], wide.bias[:classes] = fc.weight, fc.bias
     setattr(parent, name, wide)
@@ -1067,7 +1151,7 @@ def unlearn_boundary_expand(model, retain_loader, forget_loader, cfg, device):
         model.train()
         for x, y in forget_loader:
             step(optimizer, F.cross_entropy(model(x), torch.full_like(y, classes)))
-    narrow = torch.nn.Linear(fc.in_features, classes, device=fc.weight.device, dtype=fc.weight.dtype)
+    narrow = torch.nn.Linear(fc.in_features, classes, **like)
     with torch.no_grad():
         narrow.weight.copy_(wide.weight[:classes])
         narrow.bias.copy_(wide.bias[:classes])
@@ -1075,7 +1159,7 @@ def unlearn_boundary_expand(model, retain_loader, forget_loader, cfg, device):
     return model
 
 
-# name -> (function, config with the published defaults, name used in checkpoint files); unlearn.py adds retrain
+# name -> (function, config of published defaults, name in checkpoint files); unlearn.py: + retrain
 # Mode returned: eval by ssd, lfssd, ct, msg, neggrad+ (not train_mode), as officially; else train
 METHODS = {
     "ssd": (unlearn_ssd, SSDConfig, "SSD"),

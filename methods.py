@@ -369,10 +369,10 @@ class BoundaryExpandConfig(BoundaryConfig):
 # ----------------------------------------------------------------------------- shared pieces
 
 class OnDevice:
-    """A loader's batches moved to `device` as they come (a no-op for batches already there);
-    len() and every pass as the loader's own. A pass without a batch is a ValueError naming the
-    loader (`role`): a method would otherwise loop for ever (a cycled loader), change nothing, or
-    fail unpacking."""
+    """A loader's batches moved to `device` as they come; len() and passes as the loader's."""
+    # a pass without a batch is a ValueError naming the loader (`role`): a method would otherwise
+    # loop for ever (a cycled loader), change nothing, or fail unpacking; batches already there: a
+    # no-op
 
     def __init__(self, loader, device, role):
         self.loader, self.device, self.role = loader, device, role
@@ -408,8 +408,8 @@ def sgd(model, cfg):
 
 
 def adam(params, lr):
-    """Adam with PyTorch's defaults, fused: its step counts stay on the device (the plain one
-    reads each on the host every step); the same update up to rounding."""
+    """Adam with PyTorch's defaults, fused: the same update up to rounding."""
+    # fused: its step counts stay on the device (the plain one reads each on the host every step)
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
@@ -432,16 +432,16 @@ def passes(loader, epochs):
 
 
 def cycle(loader):
-    """The loader's batches forever, a fresh pass (new order and augmentation) each time round
-    (AdvNegGrad)."""
+    """The loader's batches forever, a fresh pass each time round (AdvNegGrad)."""
+    # new order and augmentation each pass
     while True:
         yield from loader
 
 
 def paired(retain_loader, forget_loader, epochs):
-    """Per epoch, each retain batch beside the next batch of itertools.cycle(forget_loader),
-    restarted every epoch: the forget loader's first pass of the epoch, replayed (SCRUB's loops:
-    zip(data_loader, cycle(forget_loader)))."""
+    """Per epoch, each retain batch beside the next of itertools.cycle(forget_loader)."""
+    # restarted every epoch: the forget loader's first pass of the epoch, replayed (SCRUB's loops:
+    # zip(data_loader, cycle(forget_loader)))
     for _ in range(epochs):
         yield from zip(retain_loader, itertools.cycle(forget_loader))
 
@@ -460,8 +460,8 @@ def rebatch(loaders, batch_size):
 
 
 def class_count(model, x):
-    """How many classes the model predicts, from one image's logits in eval mode (which changes
-    nothing and draws no random number): no assumption on the name of its last layer."""
+    """How many classes the model predicts, from one image's logits in eval mode."""
+    # eval mode changes nothing and draws no random number; no assumption on the last layer's name
     training = model.training
     model.eval()
     with torch.no_grad():
@@ -471,14 +471,14 @@ def class_count(model, x):
 
 
 def set_ieee_fp32(ieee):
-    """CUDA's fp32 convolutions and matmuls: IEEE fp32 (ieee=True) or TF32 (10-bit mantissa,
-    cuDNN's default for convolutions). Returns the previous settings, for restore_fp32. A CPU
-    ignores these flags. torch >= 2.9 has two APIs, and both are set: the legacy flags first
-    (they write the new one's values too), then each op's own (over an "all" a user set). Every
-    getter of either then reads the same answer: the new API alone leaves the legacy getters
-    raising "a mix of the legacy and new APIs" (aten/src/ATen/Context.cpp: allowTF32CuDNN,
-    allowTF32CuBLAS, float32MatmulPrecision), which max-autotune, torch.export or a user's
-    library may read."""
+    """CUDA's fp32 convolutions and matmuls in IEEE fp32 (ieee) or TF32; returns the previous."""
+    # TF32: a 10-bit mantissa, cuDNN's default for convolutions; a CPU ignores these flags; the
+    # previous settings are for restore_fp32. torch >= 2.9 has two APIs, and both are set: the
+    # legacy flags first (they write the new one's values too), then each op's own (over an "all" a
+    # user set). Every getter of either then reads the same answer: the new API alone leaves the
+    # legacy getters raising "a mix of the legacy and new APIs" (aten/src/ATen/Context.cpp:
+    # allowTF32CuDNN, allowTF32CuBLAS, float32MatmulPrecision), which max-autotune, torch.export or
+    # a user's library may read
     if not new_fp32_api():  # torch before 2.9: the legacy flags are the only ones
         backends = torch.backends
         previous = ("legacy", backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
@@ -500,8 +500,8 @@ def new_fp32_api():
 
 
 def fp32_settings():
-    """The new API's per-op settings that set_ieee_fp32 and restore_fp32 write (mkldnn's matmul:
-    torch.set_float32_matmul_precision writes it)."""
+    """The new API's per-op settings that set_ieee_fp32 and restore_fp32 write."""
+    # mkldnn's matmul: torch.set_float32_matmul_precision writes it
     b = torch.backends
     mkldnn = [b.mkldnn.matmul] if hasattr(b.mkldnn, "matmul") else []
     return [b.cudnn.conv, b.cudnn.rnn, b.cuda.matmul] + mkldnn
@@ -512,8 +512,8 @@ def per_op_fp32():
 
 
 def legacy_tf32():
-    """(cudnn.allow_tf32, the matmul precision), or None where a mix of the two APIs made before
-    makes their getters raise."""
+    """(cudnn.allow_tf32, the matmul precision), or None where their getters raise."""
+    # they raise after a mix of the two APIs made before
     try:
         return torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     except RuntimeError:
@@ -535,8 +535,7 @@ def restore_fp32(previous):
 
 @contextlib.contextmanager
 def ieee_fp32():
-    """Inside: fp32 convolutions and matmuls in IEEE fp32 on CUDA; the settings before are
-    restored after."""
+    """Inside: IEEE fp32 convolutions and matmuls on CUDA; the settings restored after."""
     previous = set_ieee_fp32(True)
     try:
         yield
@@ -547,8 +546,7 @@ def ieee_fp32():
 # ----------------------------------------------------------------------------- SSD
 
 def importance_batch(model, loader):
-    """Official SSD: sum over mini-batches of the squared gradient of the batch-mean
-    cross-entropy, / #batches."""
+    """Official SSD: mean over mini-batches of the squared gradient of the batch-mean CE."""
     params = [p for _, p in model.named_parameters()]
     total, batches = [torch.zeros_like(p) for p in params], 0
     for x, y in loader:
@@ -558,8 +556,8 @@ def importance_batch(model, loader):
 
 
 def importance_per_sample(model, loader):
-    """Mean over examples of the squared per-example gradient (torch.func): independent of
-    batching and order."""
+    """Mean over examples of the squared per-example gradient (torch.func)."""
+    # independent of batching and order
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
@@ -575,8 +573,7 @@ def importance_per_sample(model, loader):
 
 @torch.no_grad()
 def dampen(model, full_importance, forget_importance, lam, alpha):
-    """Where I_f > alpha * I_D, multiply the weight by min(lambda * I_D / I_f, 1): weights only
-    ever shrink."""
+    """Where I_f > alpha * I_D, the weight times min(lambda * I_D / I_f, 1): it only shrinks."""
     for name, p in model.named_parameters():
         i_d, i_f = full_importance[name], forget_importance[name]
         selected = i_f > alpha * i_d  # where, not a boolean index: its size reads a GPU back
@@ -584,8 +581,8 @@ def dampen(model, full_importance, forget_importance, lam, alpha):
 
 
 def importance_label_free(model, loader):
-    """LFSSD: sum over mini-batches of |gradient of the batch mean of ||logits||_2^2|, / #batches
-    (labels unused)."""
+    """LFSSD: mean over mini-batches of |grad of the batch mean of ||logits||_2^2|."""
+    # labels unused
     params = [p for _, p in model.named_parameters()]
     total, batches = [torch.zeros_like(p) for p in params], 0
     for x, _ in loader:
@@ -599,10 +596,10 @@ IMPORTANCE = {"batch": importance_batch, "per-sample": importance_per_sample,
 
 
 def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
-    """I_f over the forget set, I_D over D (retain then forget, or the retain set alone), both
-    unshuffled in the loaders' order (cfg.loaders(): it decides which weights are selected), then
-    dampen. The importances are squared gradients, ratios of which select weights: always IEEE
-    fp32, even under bf16 autocast."""
+    """SSD: I_f over the forget set, I_D over D, both unshuffled, then dampen."""
+    # D: retain then forget, or the retain set alone; the loaders' order (cfg.loaders()) decides
+    # which weights are selected. The importances are squared gradients, ratios of which select
+    # weights: always IEEE fp32, even under bf16 autocast
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     model.eval()
     importance = IMPORTANCE[cfg.importance]
@@ -618,8 +615,8 @@ def unlearn_ssd(model, retain_loader, forget_loader, cfg, device):
 # ----------------------------------------------------------------------------- gradient methods
 
 def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
-    """One step per retain batch on (1 - alpha) CE on retain - alpha CE on the next forget batch,
-    the whole gradient clipped; the forget loader cycles, a fresh pass each time round."""
+    """AdvNegGrad: per retain batch, (1 - alpha) CE_r - alpha CE on the next forget batch."""
+    # the whole gradient clipped; the forget loader cycles, a fresh pass each time round
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     optimizer = sgd(model, cfg)
     model.train()
@@ -631,8 +628,8 @@ def unlearn_advneggrad(model, retain_loader, forget_loader, cfg, device):
 
 
 def unlearn_neggrad_plus(model, retain_loader, forget_loader, cfg, device):
-    """The notebook's run_neggrad_epoch: one step per retain batch on
-    alpha (CE_r + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE_f, theta_0 the original weights."""
+    """NegGrad+: the notebook's run_neggrad_epoch, one step per retain batch."""
+    # alpha (CE_r + l2/2 ||theta - theta_0||^2) - (1 - alpha) CE_f, theta_0 the original weights
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     original = [p.detach().clone() for p in model.parameters()]
     optimizer = sgd(model, cfg)
@@ -655,8 +652,7 @@ def unlearn_ga(model, retain_loader, forget_loader, cfg, device):
 
 
 def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
-    """SGD on the retain set with the cosine schedule stepped once per epoch (the starting kit's
-    fine-tuning)."""
+    """Fine-tuning: SGD on the retain set, cosine schedule per epoch (the starting kit's)."""
     retain_loader = OnDevice(retain_loader, device, "retain")
     optimizer = sgd(model, cfg)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
@@ -669,10 +665,10 @@ def unlearn_finetune(model, retain_loader, forget_loader, cfg, device):
 
 
 def random_labels(model, retain_loader, forget_loader, cfg, device, keep=None):
-    """RL.py's CIFAR-10 branch, every epoch: a pass over the forget set with each label drawn
-    uniformly from all classes (torch.randint(0, num_classes): sometimes the true one), then a
-    pass over the retain set, one step per batch. keep = (mask, original weights): after every
-    step, weights outside the mask are put back exactly (SalUn)."""
+    """RL.py's CIFAR-10 branch: per epoch the forget set relabelled at random, then the retain."""
+    # labels drawn uniformly from all classes (torch.randint(0, num_classes): sometimes the true
+    # one), one step per batch. keep = (mask, original weights): after every step, weights outside
+    # the mask are put back exactly (SalUn)
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     optimizer = sgd(model, cfg)
     model.train()
@@ -685,8 +681,8 @@ def random_labels(model, retain_loader, forget_loader, cfg, device, keep=None):
 
 
 def relabel(loader, model):
-    """The loader's batches, each label drawn uniformly from the model's classes (on the labels'
-    device: no host sync); the class count read once, from the first batch."""
+    """The loader's batches, each label drawn uniformly from the model's classes."""
+    # drawn on the labels' device: no host sync; the class count read once, from the first batch
     classes = None
     for x, y in loader:
         classes = classes or class_count(model, x)
@@ -698,8 +694,7 @@ def unlearn_rl(model, retain_loader, forget_loader, cfg, device):
 
 
 def saliency_mask(model, forget_loader, ratio):
-    """True for the `ratio` largest |gradient of the forget loss| over all parameters (one global
-    threshold)."""
+    """True for the `ratio` largest |gradient of the forget loss| (one global threshold)."""
     model.eval()
     params = [p for _, p in model.named_parameters()]
     total = [torch.zeros_like(p) for p in params]
@@ -714,8 +709,8 @@ def saliency_mask(model, forget_loader, ratio):
 
 
 def mask_size(ratio, n):
-    """How many of n weights a mask ratio keeps trainable: at least one, or the run would change
-    nothing."""
+    """How many of n weights a mask ratio keeps trainable: at least one, else an error."""
+    # a mask of no weight would change nothing
     if int(ratio * n) == 0:
         raise ValueError(f"mask_ratio {ratio:g} of {n:,} weights keeps none trainable; give at "
                          f"least {1 / n:.2g}")
@@ -729,24 +724,22 @@ def restore_outside_mask(model, mask, original):
 
 
 def unlearn_salun(model, retain_loader, forget_loader, cfg, device):
-    """SalUn: the saliency mask from the forget loader's first pass, then RL with the weights
-    outside it kept."""
+    """SalUn: the saliency mask from the forget set's first pass, then RL inside it."""
+    # the weights outside the mask kept
     mask = saliency_mask(model, OnDevice(forget_loader, device, "forget"), cfg.mask_ratio)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     return random_labels(model, retain_loader, forget_loader, cfg, device, keep=(mask, original))
 
 
 def distill_kl(student_logits, teacher_logits, temperature):
-    """KL(teacher || student) of the softened outputs, times T^2, mean over the batch (SCRUB's
-    DistillKL)."""
+    """KL(teacher || student) of the softened outputs x T^2, batch mean (SCRUB's DistillKL)."""
     student = F.log_softmax(student_logits / temperature, 1)
     teacher = F.softmax(teacher_logits / temperature, 1)
     return F.kl_div(student, teacher, reduction="batchmean") * temperature ** 2
 
 
 def scrub_pass(model, teacher, loader, optimizer, cfg, maximize):
-    """max-step: ascend the divergence on the forget set; min-step: gamma CE + alpha divergence
-    on the retain set."""
+    """SCRUB's max-step (ascend the divergence) or min-step (gamma CE + alpha divergence) pass."""
     for x, y in loader:
         logits = model(x)
         with torch.no_grad():
@@ -760,8 +753,7 @@ def scrub_pass(model, teacher, loader, optimizer, cfg, maximize):
 
 
 def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
-    """SCRUB: per epoch a max-step pass over the forget set (the first max_epochs), then a
-    min-step pass."""
+    """SCRUB: per epoch a max-step pass on the forget set (the first max_epochs), then min."""
     retain_loader, forget_loader = on_device(retain_loader, forget_loader, device)
     teacher = copy.deepcopy(model).eval()
     optimizer = sgd(model, cfg)
@@ -776,10 +768,10 @@ def unlearn_scrub(model, retain_loader, forget_loader, cfg, device):
 # ------------------------------------------------------------------ the competition's winners
 
 def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
-    """Every Conv2d kernel transposed (weight.swapaxes(2, 3)), then SGD with the cosine schedule
-    stepped per epoch over the retain set, train mode; the forget set is never read. A frozen
-    convolution is refused before any change (kgltop5.py's new nn.Parameter would unfreeze it;
-    see docs/CHOICES.md)."""
+    """CT: every Conv2d kernel transposed, then SGD on the retain set (kgltop5.py)."""
+    # weight.swapaxes(2, 3); the cosine schedule stepped per epoch, train mode; the forget set is
+    # never read. A frozen convolution is refused before any change (kgltop5.py's new nn.Parameter
+    # would unfreeze it; see docs/CHOICES.md)
     retain_loader = OnDevice(retain_loader, device, "retain")
     convolutions = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     frozen = [n for n, m in convolutions if not m.weight.requires_grad]
@@ -802,8 +794,8 @@ def unlearn_ct(model, retain_loader, forget_loader, cfg, device):
 
 
 def first_images(loader, n):
-    """The first n (images, labels) of a pass over `loader`, as batches (the last one cut): of a
-    shuffled loader, a uniformly random sample of n."""
+    """The first n (images, labels) of a pass, as batches (the last one cut)."""
+    # of a shuffled loader: a uniformly random sample of n
     for x, y in loader:
         if n <= 0:
             return
@@ -812,9 +804,9 @@ def first_images(loader, n):
 
 
 def saliency_gradients(model, retain_sample, forget_loader):
-    """MSG's get_grads_for_snip: the model's current mode (train: BN statistics move), one
-    zero_grad, then CE (mean) on every batch of the retain sample and -CE on every forget batch,
-    backward each: accumulated .grad."""
+    """MSG's get_grads_for_snip: CE on the retain sample, -CE on the forget set, into .grad."""
+    # the model's current mode (train: BN statistics move), one zero_grad, then a backward per
+    # batch: the gradients accumulate
     model.zero_grad()
     for x, y in retain_sample:
         F.cross_entropy(model(x), y).backward()
@@ -824,11 +816,11 @@ def saliency_gradients(model, retain_sample, forget_loader):
 
 @torch.no_grad()
 def redraw_small_gradients(model, rate):
-    """In each Conv2d (module order), the round(rate * n) weights of smallest |grad| drawn again:
-    what MaskConv2d's construction draws (its default init: Kaiming uniform for the weight,
-    discarded, then the bias's uniform draw, kept, as kgltop2.py copies back the kept weights only;
-    then Kaiming normal, fan_out, relu, the whole weight), kept where the gradient was large.
-    Returns {weight: 1 where drawn again, else 0}."""
+    """In each Conv2d, the round(rate * n) weights of smallest |grad| drawn again."""
+    # module order; what MaskConv2d's construction draws (its default init: Kaiming uniform for the
+    # weight, discarded, then the bias's uniform draw, kept, as kgltop2.py copies back the kept
+    # weights only; then Kaiming normal, fan_out, relu, the whole weight), kept where the gradient
+    # was large. Returns {weight: 1 where drawn again, else 0}
     redrawn = {}
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d):
@@ -861,18 +853,18 @@ def default_conv_bias(conv):
 
 
 def linear_warmup_decay(epoch, epochs):
-    """deepunlearn's LinearAnnealingLR per epoch: up to 1 at epoch (epochs + 1) // 2, then down;
-    epoch from 0."""
+    """deepunlearn's LinearAnnealingLR per epoch: up to 1 at (epochs + 1) // 2, then down."""
+    # epoch counts from 0
     c, a, t = epoch + 1, (epochs + 1) // 2, epochs + 1
     return c / a if c <= a else (t - c) / (t - a)
 
 
 def unlearn_msg(model, retain_loader, forget_loader, cfg, device):
-    """MSG: the saliency gradients in the mode the model comes in (train, as the pipeline hands
-    it over), the smallest init_rate of each convolution drawn again (its bias, if any, drawn
-    afresh), then SGD on the retain set, train mode, the lr rising linearly to cfg.lr and back
-    per epoch, convolution gradients scaled 1 (drawn again) or kept_scale (kept); eval mode at
-    the end, as kgltop2.py."""
+    """MSG (kgltop2.py): small-gradient convolution weights redrawn, then masked fine-tuning."""
+    # the saliency gradients in the mode the model comes in (train, as the pipeline hands it over),
+    # the smallest init_rate of each convolution drawn again (its bias, if any, drawn afresh), then
+    # SGD on the retain set, train mode, the lr rising linearly to cfg.lr and back per epoch,
+    # convolution gradients scaled 1 (drawn again) or kept_scale (kept); eval mode at the end
     retain_loader = OnDevice(retain_loader, device, "retain")
     forget_batches = list(OnDevice(forget_loader, device, "forget"))  # one pass: size, gradients
     model.train()
@@ -905,8 +897,8 @@ def collect(loader):
 
 
 def shuffled_batches(x, y, batch_size, *extra):
-    """One pass over (x, y, extra...) in a random order from torch's global generator (a
-    DataLoader's shuffle)."""
+    """One pass over (x, y, extra...) in a random order (a DataLoader's shuffle)."""
+    # the order from torch's global generator
     order = torch.randperm(len(y)).to(y.device)
     for start in range(0, len(y), batch_size):
         idx = order[start:start + batch_size]
@@ -914,13 +906,13 @@ def shuffled_batches(x, y, batch_size, *extra):
 
 
 def fresh_copy(model):
-    """A model of the same architecture, untrained (the incompetent teacher: the SSD repository
-    builds a fresh ResNet18, which has no init of its own: PyTorch's default init of every module).
-    Every module's own reset, children first as a constructor runs them (reset_parameters;
-    MultiheadAttention's _reset_parameters), BatchNorm statistics reset; then each parameter that
-    no module reset (a bare nn.Parameter: a position embedding, a learnt scale) drawn from
-    N(0, 0.02^2), in named_parameters order. Other buffers are kept: constants that a fresh build
-    has too (docs/CHOICES.md)."""
+    """A model of the same architecture, untrained: the incompetent teacher."""
+    # the SSD repository builds a fresh ResNet18, which has no init of its own: PyTorch's default
+    # init of every module. Every module's own reset, children first as a constructor runs them
+    # (reset_parameters; MultiheadAttention's _reset_parameters), BatchNorm statistics reset; then
+    # each parameter that no module reset (a bare nn.Parameter: a position embedding, a learnt
+    # scale) drawn from N(0, 0.02^2), in named_parameters order. Other buffers are kept: constants
+    # that a fresh build has too (docs/CHOICES.md)
     fresh = copy.deepcopy(model)
     reset = set()
     for m in post_order(fresh):
@@ -939,8 +931,8 @@ def fresh_copy(model):
 
 
 def post_order(module, seen=None):
-    """The module and its submodules, each once and after its children (the order a constructor
-    finishes them; the leaves in modules()'s order)."""
+    """The module and its submodules, each once and after its children."""
+    # the order a constructor finishes them; the leaves in modules()'s order
     seen = set() if seen is None else seen
     for child in module.children():
         if id(child) not in seen:
@@ -950,9 +942,9 @@ def post_order(module, seen=None):
 
 
 def unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, temperature):
-    """UnlearnerLoss: KL(teacher || student) at T, the teacher per example the incompetent one
-    (label 1: forget) or the trained one (0: retain); F.kl_div's default reduction, 'mean':
-    divided by batch x classes."""
+    """Bad Teacher's UnlearnerLoss: KL(teacher || student) at T, per example its teacher."""
+    # the teacher: the incompetent one (label 1: forget) or the trained one (0: retain); F.kl_div's
+    # default reduction, 'mean': divided by batch x classes
     labels = labels.unsqueeze(1)
     teacher = labels * F.softmax(unlearn_teacher_logits / temperature, 1) + \
         (1 - labels) * F.softmax(full_teacher_logits / temperature, 1)
@@ -961,10 +953,11 @@ def unlearner_loss(output, labels, full_teacher_logits, unlearn_teacher_logits, 
 
 
 def unlearn_bad_teacher(model, retain_loader, forget_loader, cfg, device):
-    """The incompetent teacher drawn first (torch's generator), then the retain sample
-    (random.sample: here the first int(fraction x n) of a torch.randperm), the forget set and the
-    sample shuffled together, 1 = forget; Adam on the student (train mode), both teachers in eval
-    mode."""
+    """Bad Teacher: the student distilled from two teachers on forget + retain sample."""
+    # the incompetent teacher drawn first (torch's generator), then the retain sample
+    # (random.sample: here the first int(fraction x n) of a torch.randperm), the forget set and the
+    # sample shuffled together, 1 = forget; Adam on the student (train mode), both teachers in eval
+    # mode
     retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
     forget_x, _ = collect(OnDevice(forget_loader, device, "forget"))
     full_teacher, bad_teacher = copy.deepcopy(model).eval(), fresh_copy(model).eval()
@@ -984,8 +977,8 @@ def unlearn_bad_teacher(model, retain_loader, forget_loader, cfg, device):
 
 
 def first_per_class(x, y, n, skip):
-    """The first n images of every class but `skip`, in class order (get_classwise_ds +
-    [:num_samples]); one host read (how many)."""
+    """The first n images of every class but `skip`, in class order."""
+    # get_classwise_ds + [:num_samples]; one host read (how many)
     order = torch.argsort(y, stable=True)  # class by class, dataset order within each
     sorted_y = y[order]
     first = torch.searchsorted(sorted_y, sorted_y)  # where each one's class starts
@@ -995,8 +988,8 @@ def first_per_class(x, y, n, skip):
 
 
 def adam_epoch(model, batches, lr, zero_first):
-    """fit_one_unlearning_cycle's epoch: Adam, train mode, CE; backward, step, then zero_grad (so
-    gradients left on the model before it join the first step unless zero_first)."""
+    """fit_one_unlearning_cycle's epoch: Adam, train mode, CE; backward, step, zero_grad."""
+    # gradients left on the model before it join the first step unless zero_first
     optimizer = adam(model.parameters(), lr)
     model.train()
     if zero_first:
@@ -1008,9 +1001,10 @@ def adam_epoch(model, batches, lr, zero_first):
 
 
 def unlearn_unsir(model, retain_loader, forget_loader, cfg, device):
-    """UNSIR, the SSD repository's run: the noise learnt against the model (train mode) for the
-    forget class, the impair epoch on noise_copies copies of its first 3 images and the retain
-    sample, the repair epoch on the sample."""
+    """UNSIR, the SSD repository's run: noise, an impair epoch, a repair epoch."""
+    # the noise learnt against the model (train mode) for the forget class, the impair epoch on
+    # noise_copies copies of its first 3 images and the retain sample, the repair epoch on the
+    # sample
     retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
     forget_x, forget_y = collect(OnDevice(forget_loader, device, "forget"))
     # UNSIR is class-wise; for a random or given forget set (never run by the reference) the noise
@@ -1042,9 +1036,9 @@ def unlearn_unsir(model, retain_loader, forget_loader, cfg, device):
 
 
 def unlearn_amnesiac(model, retain_loader, forget_loader, cfg, device):
-    """Amnesiac: every forget image relabelled once, uniformly to another class (random.choice
-    over the others: here torch.randint over C - 1, shifted past the true class), the whole
-    retain set beside them, one shuffled loader, Adam, train mode."""
+    """Amnesiac: each forget image relabelled once to another class, with the retain set."""
+    # uniformly (random.choice over the others: here torch.randint over C - 1, shifted past the true
+    # class), the whole retain set beside them, one shuffled loader, Adam, train mode
     retain_x, retain_y = collect(OnDevice(retain_loader, device, "retain"))
     forget_x, forget_y = collect(OnDevice(forget_loader, device, "forget"))
     classes = class_count(model, retain_x)
@@ -1064,14 +1058,14 @@ def unlearn_amnesiac(model, retain_loader, forget_loader, cfg, device):
 # ----------------------------------------------------------------------------- SalUn's table
 
 def l1_norm(model):
-    """||theta||_1 over every parameter, as Unlearn-Sparse's l1_regularization (linalg.norm of
-    all, ord 1)."""
+    """||theta||_1 over every parameter, as Unlearn-Sparse's l1_regularization."""
+    # linalg.norm of all of them, ord 1
     return torch.linalg.norm(torch.cat([p.view(-1) for p in model.parameters()]), ord=1)
 
 
 def unlearn_l1_sparse(model, retain_loader, forget_loader, cfg, device):
-    """FT_l1: per epoch t, SGD on the retain set, train mode, loss CE + alpha (1 - t / epochs)
-    ||theta||_1."""
+    """FT_l1: per epoch t, SGD on the retain set, CE + alpha (1 - t / epochs) ||theta||_1."""
+    # train mode
     retain_loader = OnDevice(retain_loader, device, "retain")
     optimizer = sgd(model, cfg)
     model.train()
@@ -1083,8 +1077,8 @@ def unlearn_l1_sparse(model, retain_loader, forget_loader, cfg, device):
 
 
 def pixel_space(cfg, x):
-    """(mean, std) that map the images back to [0, 1] pixels, as x's device and dtype: cfg's
-    normalisation, or (0, 1) when cfg gives none (the images are pixels already)."""
+    """(mean, std) that map the images back to [0, 1] pixels, as x's device and dtype."""
+    # cfg's normalisation, or (0, 1) when cfg gives none (the images are pixels already)
     if cfg.mean is None:
         shape = (1, x.shape[1], 1, 1)
         return torch.zeros(shape, device=x.device), torch.ones(shape, device=x.device)
@@ -1093,8 +1087,8 @@ def pixel_space(cfg, x):
 
 
 def fgsm(model, x, y, bound, mean, std):
-    """FGSM_perturb in [0, 1] pixels: one step bound * sign(gradient of CE on the true labels),
-    clamped to [0, 1], rounded to 1/255 (torch.round), and normalised again."""
+    """FGSM_perturb in [0, 1] pixels: one step bound * sign(grad CE), clamped, on the 8-bit grid."""
+    # clamped to [0, 1], rounded to 1/255 (torch.round), and normalised again
     model.zero_grad()
     pixels = torch.round((x * std + mean) * 255) / 255  # on the 8-bit grid: +-0.1 ties, as theirs
     pixels = pixels.detach().requires_grad_(True)
@@ -1104,9 +1098,10 @@ def fgsm(model, x, y, bound, mean, std):
 
 
 def unlearn_boundary_shrink(model, retain_loader, forget_loader, cfg, device):
-    """Per forget batch: the original model (a frozen copy, eval mode) attacked by FGSM, its
-    prediction on the adversarial image the label the model learns the clean image with (train
-    mode)."""
+    """Boundary shrink (boundary_sh.py): forget images relabelled at FGSM points."""
+    # per forget batch: the original model (a frozen copy, eval mode) attacked by FGSM, its
+    # prediction on the adversarial image the label the model learns the clean image with (train
+    # mode)
     forget_loader = OnDevice(forget_loader, device, "forget")
     original = copy.deepcopy(model).eval()
     optimizer = sgd(model, cfg)
@@ -1135,9 +1130,10 @@ def last_linear(model):
 
 
 def unlearn_boundary_expand(model, retain_loader, forget_loader, cfg, device):
-    """The classifier widened by a shadow unit (PyTorch's default init, the old rows copied in),
-    every parameter trained on the forget set labelled as the shadow class (train mode), then the
-    shadow row removed (the original method; SalUn's port keeps it and evaluates 11 outputs)."""
+    """Boundary expand (boundary_ex.py): a shadow class takes the forget set, then goes."""
+    # the classifier widened by a shadow unit (PyTorch's default init, the old rows copied in),
+    # every parameter trained on the forget set labelled as the shadow class (train mode), then the
+    # shadow row removed (the original method; SalUn's port keeps it and evaluates 11 outputs)
     forget_loader = OnDevice(forget_loader, device, "forget")
     parent, name, fc = last_linear(model)
     classes = fc.out_features

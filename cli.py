@@ -425,13 +425,14 @@ def add_config_args(parser, config_class, defaults=None):
 
 
 def flag_fields(config_class):
-    """The fields a user sets by flag: all but those marked flag=None, which the script fills in from the data."""
+    """The fields a user sets by flag: all but those marked flag=None (the script fills them)."""
     return [f for f in dataclasses.fields(config_class) if f.metadata.get("flag", "") is not None]
 
 
 def config_from_args(config_class, args, **code):
-    """The config of the flags' values; code: the fields without a flag (flag=None), from the script."""
-    return config_class(**{f.name: getattr(args, f.name) for f in flag_fields(config_class)}, **code)
+    """The config of the flags' values; code: the fields without a flag, from the script."""
+    flags = {f.name: getattr(args, f.name) for f in flag_fields(config_class)}
+    return config_class(**flags, **code)
 
 
 def config_from_json(config_class, values, source):

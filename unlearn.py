@@ -125,16 +125,19 @@ def parse_args(argv=None):
 
 
 def from_the_data(config_class, data):
-    """The config fields that have no flag, from the data: boundary-shrink's normalisation is our Loader's (the
-    dataset's mean and std, or the model's where with_normalization set them), so it attacks in [0, 1] pixels."""
+    """The config fields that have no flag, from the data: our Loader's normalisation."""
+    # boundary-shrink attacks in [0, 1] pixels: our Loader normalises with data.mean / data.std
+    # (the dataset's, or the model's where with_normalization set them)
     flagged = {f.name for f in flag_fields(config_class)}
     values = {"mean": tuple(data.mean), "std": tuple(data.std)}
-    return {f.name: values[f.name] for f in dataclasses.fields(config_class) if f.name not in flagged}
+    fields = dataclasses.fields(config_class)
+    return {f.name: values[f.name] for f in fields if f.name not in flagged}
 
 
 def flag_values(cfg):
-    """The config's values that the flags set: the identity of an output (the fields from the data follow from
-    its source model and dataset, already in the identity; outputs made before they existed stay valid)."""
+    """The config's values that the flags set: the config part of an output's identity."""
+    # the fields from the data follow from its source model and dataset, already in the identity;
+    # outputs made before those fields existed stay valid
     return {f.name: getattr(cfg, f.name) for f in flag_fields(type(cfg))}
 
 
@@ -185,10 +188,10 @@ def what_moves_the_steps(cfg, lr_verb, temperature_verb):
     return hint
 
 
-# Images whose activations one step of a method holds at once (the memory planner's unit): methods that forward
-# a retain and a forget batch before one backward hold both; the rest their largest batch.
+# Images whose activations one step of a method holds at once (the memory planner's unit): methods
+# that forward a retain and a forget batch before one backward hold both; the rest their largest.
 STEP_IMAGES = {
-    methods.AdvNegGradConfig: lambda cfg: 2 * cfg.batch_size,  # both its loaders batch at batch_size
+    methods.AdvNegGradConfig: lambda cfg: 2 * cfg.batch_size,  # both loaders at batch_size
     methods.NegGradPlusConfig: lambda cfg: cfg.batch_size + cfg.forget_batch_size,
     methods.UNSIRConfig: lambda cfg: max(cfg.impair_batch, cfg.repair_batch, cfg.noise_batch),
 }

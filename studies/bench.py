@@ -128,8 +128,8 @@ def method_rows(model, data, retain, forget, device, amp):
     rows = []
     for name, (fn, config_class, _) in METHODS.items():  # methods.py's: retrain is unlearn.py's
         fields = {f.name for f in dataclasses.fields(config_class)}
-        cfg = config_class(**{k: v for k, v in {"epochs": 1, "max_epochs": 1}.items() if k in fields},
-                           **from_the_data(config_class, data))  # boundary-shrink: our Loader's normalisation
+        one_epoch = {k: v for k, v in {"epochs": 1, "max_epochs": 1}.items() if k in fields}
+        cfg = config_class(**one_epoch, **from_the_data(config_class, data))  # our normalisation
         loaders = [Loader(data, idx, train_set=True, batch_size=getattr(cfg, key, 128), device=device,
                           shuffle=name != "ssd")
                    for idx, key in ((retain, "batch_size"), (forget, "forget_batch_size"))]

@@ -306,8 +306,10 @@ def test_boundary_shrink_equals_boundary_sh(model64, sets, interleaved):
     adv_label), a step. SGD(lr, 0.9, 5e-4). lr 0.05 here."""
     mean = torch.tensor(interleaved.mean, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(interleaved.std, dtype=torch.float64).view(1, 3, 1, 1)
-    cfg = BoundaryShrinkConfig(lr=0.05, epochs=2, batch_size=8, mean=interleaved.mean, std=interleaved.std)
-    ours = methods.unlearn_boundary_shrink(copy.deepcopy(model64), Untouchable(), loaders(sets)[1], cfg, CPU)
+    cfg = BoundaryShrinkConfig(lr=0.05, epochs=2, batch_size=8, mean=interleaved.mean,
+                               std=interleaved.std)  # the images' normalisation, given
+    ours = methods.unlearn_boundary_shrink(copy.deepcopy(model64), Untouchable(), loaders(sets)[1],
+                                           cfg, CPU)
     model, normalized = copy.deepcopy(model64), lambda net: (lambda pixels: net((pixels - mean) / std))
     test_model = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9, weight_decay=5e-4)

@@ -114,6 +114,7 @@ NORMALISING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a lone copy run in a subprocess, as the test above
 def test_boundary_shrink_on_a_normalising_dataloader_attacks_the_pixels(tmp_path):
     """A lone copy: boundary-shrink on a DataLoader with torchvision's Normalize, told the
     normalisation, computes the FGSM points and labels it computes on the same images as pixels

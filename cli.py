@@ -22,7 +22,8 @@ import traceback
 
 import numpy as np
 
-TEMP = ".tmp-"  # atomic_write's temp files: .tmp-<pid>-<random>
+# atomic_write's temp files, <TEMP><pid>-<random>: a prefix no user's file has (remove_stale_temps)
+TEMP = ".unlearning-recipes-tmp-"
 
 
 class OutOfGPUMemory(Exception):
@@ -83,16 +84,18 @@ def atomic_writes(files):
 
 
 def remove_stale_temps(folder):
-    """Delete the temp files of atomic_write whose process is gone (a run killed while writing)."""
+    """Delete the temp files of atomic_write whose process is gone (a run killed while writing):
+    only names that start with TEMP, this project's own, then a pid and a dash; no other file."""
     for name in os.listdir(folder):
-        pid = name[len(TEMP):].split("-")[0]
-        if name.startswith(TEMP) and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-            except ProcessLookupError:
-                os.unlink(os.path.join(folder, name))
-            except PermissionError:  # alive, another user's
-                pass
+        pid, dash, _ = name[len(TEMP):].partition("-")
+        if not (name.startswith(TEMP) and pid.isdigit() and dash):
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            os.unlink(os.path.join(folder, name))
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def check_writable(path, flag="--out"):

@@ -338,11 +338,16 @@ def test_two_runs_on_one_out_do_not_race(tiny, tmp_path):
     assert first.returncode == 130
 
 
-def test_temp_files_of_killed_runs_are_removed(tiny, tmp_path):
-    stale = tmp_path / ".tmp-999999999-abcd"  # a temp file whose process is gone (pids are below 2^22)
+def test_temp_files_of_killed_runs_are_removed_and_no_other_file(tiny, tmp_path):
+    """TMP01: any .tmp-<pid of no process>-* in an output's folder was deleted, whoever made it."""
+    stale = tmp_path / ".unlearning-recipes-tmp-999999999-abcd"  # of a gone process (pids < 2^22)
     stale.write_bytes(b"left by kill -9")
-    assert unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.pth", "--no-eval").returncode == 0
-    assert not stale.exists() and sorted(files(tmp_path)) == ["u.json", "u.pth"]
+    mine = tmp_path / ".tmp-999999999-notes.pth"  # a user's file named as temp files used to be
+    mine.write_bytes(b"three weeks of work")
+    r = unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.pth", "--no-eval")
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and mine.read_bytes() == b"three weeks of work"
+    assert sorted(files(tmp_path)) == [mine.name, "u.json", "u.pth"]
 
 
 # ----------------------------------------------------------------------------- the three hazards

@@ -115,7 +115,7 @@ unlearn-table: $(INSTALL)  ## METHOD for every class of MODEL, then the model ca
 	  $(PY) unlearn.py $(DATA) --method $(METHOD) --model $(MODEL) --forget-class $$c $(PROBE) \
 	    --out runs/table-$(METHOD)/$(NAME)_$(METHOD)_$$c.pth || exit 1; \
 	done; \
-	$(PY) evaluate.py --table $$(seq -f "runs/table-$(METHOD)/$(NAME)_$(METHOD)_%g.json" 0 $$((classes - 1))) --out tables/$(METHOD).md
+	$(PY) evaluate.py --table $$(seq -f "runs/table-$(METHOD)/$(NAME)_$(METHOD)_%g.pth" 0 $$((classes - 1))) --out tables/$(METHOD).md
 	cat tables/$(METHOD).md
 
 ensemble: $(INSTALL)  ## N members (seeds 0..N-1), JOBS at a time on DEVICES, then the ensemble evaluated

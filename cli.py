@@ -13,6 +13,8 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import glob
+import hashlib
 import json
 import os
 import sys
@@ -24,6 +26,8 @@ import numpy as np
 
 # atomic_write's temp files, <TEMP><pid>-<random>: a prefix no user's file has (remove_stale_temps)
 TEMP = ".unlearning-recipes-tmp-"
+# Checkpoint endings: an older sidecar x.json may belong to any x.<ending> beside it (owns_legacy).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 
 class OutOfGPUMemory(Exception):
@@ -111,23 +115,128 @@ def check_writable(path, flag="--out"):
 
 
 def check_out(path, flag="--out", inputs=(), mine=None, overwrite=False):
-    """The one check of an output file, before any work: `path` names a file (not a folder) in a folder that takes
-    files; it is none of `inputs` (the files and folders the run reads: a folder stands for every file under it;
-    a checkpoint's sidecar counts as part of it), and a file already there is this output's own kind
-    (mine(path) is True: a rerun replaces it) unless `overwrite`. Raises ValueError naming the flag."""
+    """The one check of an output file, before any work: `path` names a file (not a folder) in a
+    folder that takes files; it is none of `inputs` (check_inputs), and a file already there is
+    this output's own kind (mine(path) is True: a rerun replaces it) unless `overwrite`. Raises
+    ValueError naming the flag."""
     check_writable(path, flag)
-    target = os.path.realpath(path)
-    for source in inputs:
-        if not source or not os.path.exists(source):
-            continue
-        real = os.path.realpath(source)
-        if os.path.isdir(real) and target.startswith(real + os.sep):
-            raise ValueError(f"{flag} {path} is inside {source}, whose files this run reads; write it elsewhere")
-        if target in (real, os.path.splitext(real)[0] + ".json", os.path.splitext(real)[0] + ".pth"):
-            raise ValueError(f"{flag} {path} would replace the input {source} (or its sidecar); give another path")
+    check_inputs(path, flag, inputs)
     if os.path.exists(path) and not overwrite and not (mine and mine(path)):
         raise ValueError(f"{flag} {path} exists and is not an output of this kind (another run's file?): pass "
                          f"--overwrite to replace it, or give another path")
+
+
+def check_inputs(path, flag, inputs, writes=None):
+    """Whatever --overwrite says, none of the files the output `path` writes (`writes`: default
+    path alone; a checkpoint and its sidecar) is one of `inputs` (the files and folders the run
+    reads: a folder stands for every file under it) or goes with one (companions). Raises
+    ValueError naming the flag and the file that would be lost."""
+    for written in writes or [path]:
+        target = os.path.realpath(written)
+        for source in filter(None, inputs):
+            if not os.path.exists(source):
+                continue
+            real = os.path.realpath(source)
+            if os.path.isdir(real) and target.startswith(real + os.sep):
+                raise ValueError(f"{flag} {path} is inside {source}, whose files this run "
+                                 f"reads; write it elsewhere")
+            lost = [f for f in companions(source) if os.path.realpath(f) == target]
+            whose = "" if written == path else f": its sidecar {written}"
+            if lost:
+                raise ValueError(f"{flag} {path}{whose} would replace the input {source}"
+                                 f"{role(source, lost[0])}; give another path")
+
+
+def companions(source):
+    """An input file and the files that go with it: a checkpoint's sidecar (also under the older
+    name for the CHECKPOINT_SUFFIXES), a sidecar's checkpoint (x.pth.json, the older x.json ->
+    x.pth). A folder (a dataset) has none: the whole folder is the input."""
+    if os.path.isdir(source):
+        return [source]
+    if source.endswith(".json"):
+        return [source, source[:-len(".json")], os.path.splitext(source)[0] + ".pth"]
+    older = [legacy_sidecar(source)] * (os.path.splitext(source)[1] in CHECKPOINT_SUFFIXES)
+    return [source, sidecar_name(source), sidecar_path(source), *older]
+
+
+def role(source, companion):
+    """How a refusal names a companion of the input `source`: "'s sidecar x.pth.json"."""
+    if companion == source:
+        return ""
+    return f"'s {'checkpoint' if source.endswith('.json') else 'sidecar'} {companion}"
+
+
+# ----------------------------------------------------------------------------- checkpoint sidecars
+
+def sidecar_name(path):
+    """Where a checkpoint's JSON sidecar is written: its whole name + .json (x.pth -> x.pth.json),
+    so x.pt and x.pth beside each other have one each (docs/CHOICES.md)."""
+    return path + ".json"
+
+
+def legacy_sidecar(path):
+    """The sidecar's name until December 2026, the ending replaced (x.pth -> x.json): one name
+    for x.pt and x.pth."""
+    return os.path.splitext(path)[0] + ".json"
+
+
+def sidecar_path(path):
+    """The sidecar to read for the checkpoint `path`: sidecar_name(path) when it is there, else an
+    older x.json that is this file's (owns_legacy), else sidecar_name(path) (absent). Every
+    reader of a sidecar goes through here."""
+    new, old = sidecar_name(path), legacy_sidecar(path)
+    if os.path.isfile(new) or old == new or not os.path.isfile(old):
+        return new
+    return old if owns_legacy(path, old) else new
+
+
+def owns_legacy(path, old):
+    """Whether the older sidecar `old` (x.json) is the checkpoint `path`'s. When another file it
+    could describe (x.<ending>, or x, whose sidecar_name it is) is beside it, only if it names
+    path's sha256 (of an older-style x.pt and x.pth, the one it describes). Else when `path` is
+    there, whatever it holds (reading it names any damage); when `path` is not (a run kept
+    without its weights), only if it is a sidecar of this project (argv or sha256), so that a
+    user's own x.json is nobody's."""
+    stem = old[:-len(".json")]
+    candidates = [stem] + [stem + ending for ending in CHECKPOINT_SUFFIXES]
+    others = [f for f in candidates if f != path and os.path.isfile(f)]
+    if not others and os.path.isfile(path):
+        return True
+    try:
+        meta = read_json(old)
+    except (ValueError, OSError):
+        return False
+    if not isinstance(meta, dict):
+        return False
+    if not others:
+        return bool({"argv", "sha256"} & meta.keys())
+    recorded = meta.get("sha256")
+    return isinstance(recorded, str) and os.path.isfile(path) and sha256_file(path) == recorded
+
+
+def sidecars_of(pattern):
+    """The sidecars of the checkpoints the glob `pattern` names (run/no_*.pth), each once, under
+    the name sidecar_path reads; also those whose checkpoint is gone (a run kept without its
+    weights), found by their own names."""
+    stem, ending = os.path.splitext(pattern)
+    owners = set(glob.glob(pattern)) | {s[:-len(".json")] for s in glob.glob(pattern + ".json")}
+    older = [s[:-len(".json")] for s in glob.glob(stem + ".json")]  # also matches x.pth.json
+    owners |= {s + ending for s in older if os.path.splitext(s)[1] not in CHECKPOINT_SUFFIXES}
+    return sorted(s for s in {sidecar_path(o) for o in owners} if os.path.isfile(s))
+
+
+def checkpoint_of(sidecar):
+    """The checkpoint a sidecar describes, by its name: x.pth.json, an older x.json -> x.pth."""
+    base = sidecar[:-len(".json")] if sidecar.endswith(".json") else sidecar
+    return base if os.path.splitext(base)[1] in CHECKPOINT_SUFFIXES else base + ".pth"
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def json_of_kind(kind):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind, pick_device,
-                 positive_int, read_json, run, text_of_kind, write_json)
+                 positive_int, read_json, run, sidecar_path, text_of_kind, write_json)
 from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
                   with_normalization)
 from methods import ieee_fp32
@@ -404,7 +404,8 @@ def parse_args(argv=None):
     parser.add_argument("--model", action="append", default=[], help="checkpoint to evaluate: a path, an https:// "
                         "URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it; repeat for several")
     parser.add_argument("--table", nargs="+", default=None, help="instead: build the model cards' per-class table "
-                        "from these unlearn.py JSON sidecars, to stdout or --out (default: off)")
+                        "from the JSON sidecars of these unlearn.py checkpoints (or the sidecars "
+                        "themselves), to stdout or --out (default: off)")
     parser.add_argument("--out", default=None, help="with --table: write the Markdown table to this file (default: stdout)")
     parser.add_argument("--retrained", default=None, help="the retrained (gold standard) checkpoint, named "
                         "as --model: evaluated too, and every model's average gap to it reported (default: none)")
@@ -437,7 +438,7 @@ def main(argv=None):
     if args.table:
         if args.out:
             check_out(args.out, "--out", args.table, text_of_kind(CARD_HEADER.split("\n")[0]), args.overwrite)
-        table = card_table(args.table)
+        table = card_table([p if p.endswith(".json") else sidecar_path(p) for p in args.table])
         atomic_write(args.out, lambda f: f.write(table.encode())) if args.out else print(table, end="")
         return
     if not args.model:

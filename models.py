@@ -34,7 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from cli import atomic_writes, check_writable, json_bytes, read_json, run, to_json
+from cli import (CHECKPOINT_SUFFIXES, atomic_writes, check_inputs, check_writable, json_bytes,
+                 read_json, run, sha256_file, sidecar_name, sidecar_path, to_json)  # noqa: F401
 from published import CIFAR_MODELS, cifar_model_stats, cifar_model_url, url_from_env
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
@@ -341,14 +342,6 @@ def cache_path(url):
     return os.path.join(torch.hub.get_dir(), "checkpoints", parsed.netloc or "localhost", *parts)
 
 
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(name):
     """The local path of a checkpoint name: a path as it is; an hf://, https:// or file:// name downloaded once
     (torch's own downloader, with progress) into the hub cache and reused from there. A `#sha256=HEX` suffix is
@@ -555,10 +548,6 @@ def load_model(name, arch=None, num_classes=None):
     return model
 
 
-def sidecar_path(path):
-    return os.path.splitext(path)[0] + ".json"
-
-
 def non_finite(state):
     """How many floating-point tensors of a state_dict (on one device) hold a NaN or an infinity: one host read."""
     finite = [torch.isfinite(v).all() for v in state.values() if v.is_floating_point()]
@@ -580,43 +569,63 @@ def save_model(path, model, meta):
                 "torchvision": torchvision.__version__, "numpy": np.__version__}
     sidecar = {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions,
                "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), **meta}
-    atomic_writes([(sidecar_path(path), lambda f: f.write(json_bytes(sidecar))),
+    atomic_writes([(sidecar_name(path), lambda f: f.write(json_bytes(sidecar))),
                    (path, lambda f: f.write(buffer.getvalue()))])
 
 
 def finished(path):
     """True when `path` and its sidecar are both there and the sidecar names this very file's sha256 (sidecars
     written before checkpoints carried one count when both files are there)."""
-    if not (os.path.isfile(path) and os.path.isfile(sidecar_path(path))):
+    sidecar = sidecar_path(path)
+    if not (os.path.isfile(path) and os.path.isfile(sidecar)):
         return False
     try:
-        expected = read_json(sidecar_path(path)).get("sha256")
+        meta = read_json(sidecar)
     except ValueError:
         return False
-    with open(path, "rb") as f:
-        return expected in (None, hashlib.sha256(f.read()).hexdigest())
+    return isinstance(meta, dict) and meta.get("sha256") in (None, sha256_file(path))
 
 
 def check_output(path, identity, overwrite=False, inputs=()):
-    """Before any work: `path` can be written (not a folder, not a .json, which names the sidecar, not one of the
-    `inputs`, in a folder that takes files), and whatever is there already was made by this project with the same
-    `identity` (the settings that decide the result), or `overwrite` says it may go. Returns True when a finished
-    checkpoint with that identity is there: nothing to do. One with that identity but unfinished (a run stopped
-    between its sidecar and its checkpoint) is redone."""
+    """Before any work: `path` can be written (not a folder, not a .json, which names a sidecar,
+    in a folder that takes files); neither it nor its sidecar is one of the `inputs` or goes with
+    one (cli.check_inputs: the checkpoints read, their sidecars, the data); its sidecar's name is
+    no other checkpoint's older sidecar; and whatever is there already was made by this project
+    with the same `identity` (the settings that decide the result), or `overwrite` says it may go.
+    Returns True when a finished checkpoint with that identity is there: nothing to do. One with
+    that identity but unfinished (a run stopped between its sidecar and its checkpoint) is
+    redone."""
     if path.endswith(".json"):
         raise ValueError(f"--out {path}: a checkpoint path cannot end in .json (its sidecar takes that name); use .pth")
-    for source in inputs:
-        if os.path.exists(source) and os.path.realpath(source) in (os.path.realpath(path),
-                                                                   os.path.realpath(sidecar_path(path))):
-            raise ValueError(f"--out {path} would replace the input {source}; give another --out")
+    check_inputs(path, "--out", inputs, writes=[path, sidecar_name(path)])
     check_writable(path)
-    if overwrite or not (os.path.exists(path) or os.path.exists(sidecar_path(path))):
+    owner = other_owner(path)
+    if owner:
+        raise ValueError(f"--out {path}: its sidecar would be {sidecar_name(path)}, the "
+                         f"sidecar of {owner}; give another --out, such as {path}.pth")
+    sidecar = sidecar_path(path)
+    if overwrite or not (os.path.exists(path) or os.path.exists(sidecar)):
         return False
-    meta = read_json(sidecar_path(path)) if os.path.isfile(sidecar_path(path)) else {}
+    meta = read_json(sidecar) if os.path.isfile(sidecar) else {}
+    meta = meta if isinstance(meta, dict) else {}
     if meta.get("identity") == json.loads(json.dumps(identity, default=to_json)):
         return finished(path)
+    if not os.path.exists(path):  # a sidecar alone: a run stopped before its checkpoint's rename
+        raise ValueError(f"--out {path} is not there, but its sidecar {sidecar} is, written by a "
+                         f"run with other settings: pass --overwrite to replace it, or give "
+                         f"another --out")
     made = "a checkpoint made with other settings" if "identity" in meta else "a file without a sidecar of this project"
     raise ValueError(f"--out {path} holds {made}: pass --overwrite to replace it, or give another --out")
+
+
+def other_owner(path):
+    """Another checkpoint whose older sidecar (x.json) has the name that `path`'s sidecar would
+    take (`path` is x beside x.pth, or x.pth beside an older x.pth.pt), or None."""
+    name = sidecar_name(path)
+    if not os.path.isfile(name):
+        return None
+    others = [path + ending for ending in CHECKPOINT_SUFFIXES if os.path.isfile(path + ending)]
+    return next((other for other in others if sidecar_path(other) == name), None)
 
 
 def parse_args(argv=None):

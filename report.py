@@ -4,10 +4,12 @@
     python report.py runs/reproduce-small               # -> report.md, plots/*.png, cards/*.md in that folder
     python report.py --card checkpoints/resnet18_cifar10_full.pth   # one model card, from the checkpoint's sidecar
 
-A run folder holds what the Makefile's reproduce targets write: full.json (+ full.log.jsonl), no_<class>.json,
-unlearn/<method>/<class>.json, eval_<class>.json (evaluate.py --json --losses), sisa/eval.json, ensemble/eval.json.
-Every number comes from those JSON sidecars; parts not run are named as missing. Plots need matplotlib (optional:
-`pip install matplotlib`); without it the report is written without them and says so.
+A run folder holds what the Makefile's reproduce targets write: full.pth (+ full.log.jsonl),
+no_<class>.pth, unlearn/<method>/<class>.pth, each with its JSON sidecar (x.pth.json; an older
+run's x.json is read too), eval_<class>.json (evaluate.py --json --losses), sisa/eval.json,
+ensemble/eval.json. Every number comes from those JSON files; parts not run are named as missing.
+Plots need matplotlib (optional: `pip install matplotlib`); without it the report is written
+without them and says so.
 """
 import argparse
 import glob
@@ -18,7 +20,8 @@ import sys
 import numpy as np
 
 from cli import (ANY, COUNT, FILE_PART, OBJECT, REMAKE, TEXT, Each, ListOf, Maybe, atomic_write,
-                 check_out, checked, number, read_json, run, text_of_kind)
+                 check_out, checked, checkpoint_of, number, read_json, run, sidecar_path,
+                 sidecars_of, text_of_kind)
 from published import (DATASET_IDS, PUBLISHED_ENSEMBLE, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_SISA,
                        PUBLISHED_UNLEARN, hub_name, published_names)
 
@@ -281,7 +284,7 @@ def card_table(sidecars):
             raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table reads those of unlearned "
                              f"models")
         checked(meta, UNLEARNED, path)
-        metas.append((meta, os.path.splitext(os.path.basename(path))[0] + ".pth"))
+        metas.append((meta, os.path.basename(checkpoint_of(path))))
     beneath = any(has_beneath(meta) for meta, _ in metas)
     rows = [card_row(meta, name, beneath) for meta, name in metas]
     return "\n".join([card_header(beneath), *rows]) + "\n"
@@ -300,10 +303,15 @@ def read_run(rundir):
     def many(pattern, read):
         paths = sorted(glob.glob(os.path.join(rundir, pattern)))
         return {os.path.relpath(p, rundir): read(p) for p in paths}
-    return {"full": one("full.json", FULL),
+
+    def sidecars(pattern, spec):  # of the checkpoints `pattern` names (cli.sidecars_of)
+        found = sidecars_of(os.path.join(rundir, pattern))
+        return {os.path.relpath(p, rundir): read_checked(p, spec) for p in found}
+    full = os.path.relpath(sidecar_path(os.path.join(rundir, "full.pth")), rundir)
+    return {"full": one(full, FULL),
             "log": read_log(os.path.join(rundir, "full.log.jsonl")),
-            "retrains": many("no_*.json", lambda p: read_checked(p, TRAINED)),
-            "unlearn": many("unlearn/*/*.json", lambda p: read_checked(p, UNLEARNED)),
+            "retrains": sidecars("no_*.pth", TRAINED),
+            "unlearn": sidecars("unlearn/*/*.pth", UNLEARNED),
             "evals": many("eval_*.json", read_evaluation),
             "sisa": one("sisa/eval.json", SISA_EVALUATION),
             "ensemble": one("ensemble/eval.json", ENSEMBLE_EVALUATION),
@@ -322,7 +330,7 @@ def table(header, rows):
 def section_full(run):
     full = run["full"]
     if full is None:
-        return "## Full model\n\nNot run (no full.json)."
+        return "## Full model\n\nNot run (no full.pth.json)."
     acc = full["metrics"]["test_acc"]
     rows = [["full", full["arch"], f"{acc:.2f}%", f"{PUBLISHED_FULL:.1f}%", diff(acc, PUBLISHED_FULL),
              f"{full['seconds']:.1f}"]]
@@ -345,7 +353,7 @@ def section_retrains(run):
         rows.append([name, f"{meta['metrics']['test_acc']:.2f}%", "-" if kept is None else f"{kept:.2f}%",
                      "-" if published is None else f"{published:.1f}%", diff(kept, published), f"{meta['seconds']:.1f}"])
     if not rows:
-        return "## Retrained without a class\n\nNot run (no no_<class>.json)."
+        return "## Retrained without a class\n\nNot run (no no_<class>.pth.json)."
     return ("## Retrained without a class (the gold standard)\n\nThe card's accuracies are on the nine kept classes "
             "(96.6% without cat cannot be on all ten), so they are compared with ours on those.\n\n" +
             table(["Forgotten class", "Test top-1 (all classes)", "Test top-1 (kept classes)", "Published", "Diff",
@@ -446,7 +454,7 @@ def section_unlearn(run):
     metas = sorted((meta for meta in run["unlearn"].values() if meta.get("metrics")),
                    key=lambda meta: (order.get(meta["method"], len(order)), forget_label(meta)))
     if not metas:
-        return "## Unlearning\n\nNot run (no unlearn/<method>/<class>.json)."
+        return "## Unlearning\n\nNot run (no unlearn/<method>/<class>.pth.json)."
     header = ["Method", "Class", "Forget acc (loss)", "Retain acc (loss)", "Test top-1", "Test top-5", "MIA",
               "Avg gap to retrained", "Seconds", "Published forget", "Published retain", "Diff retain"]
     header, rows = with_beneath(header, [unlearn_row(meta["method"], meta) for meta in metas],
@@ -699,7 +707,7 @@ def write_cards(rundir):
     """A card for every checkpoint of the run (a .pth with a JSON sidecar): cards/<path with / as _>.md."""
     written = []
     for pth in sorted(glob.glob(os.path.join(rundir, "**", "*.pth"), recursive=True)):
-        sidecar = os.path.splitext(pth)[0] + ".json"
+        sidecar = sidecar_path(pth)
         if not os.path.exists(sidecar):
             continue
         if "split" not in read_object(sidecar) or os.path.relpath(pth, rundir).startswith("pools"):
@@ -750,7 +758,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.card:
-        sidecar = os.path.splitext(args.card)[0] + ".json"
+        sidecar = sidecar_path(args.card)
         if not os.path.exists(sidecar):
             raise ValueError(f"{sidecar} not found: a card is built from the JSON sidecar the scripts write")
         out = os.path.splitext(args.card)[0] + ".md"

@@ -28,13 +28,15 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args, config_from_json, eval_batch_size,
-                 lock, non_negative_int, pick_device, positive_int, read_json, run, write_json)
+from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args,
+                 config_from_json, eval_batch_size, lock, non_negative_int, pick_device,
+                 positive_int, read_json, run, write_json)
 from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, sisa_order, split_from_args
 from evaluate import predict
 from methods import hp
-from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size, load_model, non_finite,
-                    load_pretrained, save_model, to_device)
+from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size,
+                    load_model, load_pretrained, non_finite, save_model, sidecar_path,
+                    to_device)
 from published import pretrained_name
 
 
@@ -406,7 +408,7 @@ def train_shard(data, slices, forgotten, cfg, sisa, identity, folder, device, sh
             with lock(path):
                 train_slice(data, seen, cfg, epochs, previous, path, device, cfg.seed * 1000 + shard, len(data.classes))
             (trained if epochs else carried).append(k)
-        seconds.append(read_json(os.path.splitext(path)[0] + ".json")["seconds"])
+        seconds.append(read_json(sidecar_path(path))["seconds"])
         checkpoints.append(os.path.basename(path))  # relative to the manifest's folder
         previous = path
     print(f"shard {shard}: trained slices {trained or 'none (all reused)'}"

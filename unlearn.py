@@ -21,13 +21,14 @@ import torch
 import methods
 from methods import Shuffled, hp
 
-from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out, config_from_args,
-                 flag_fields, json_of_kind, lock, pick_device, read_json, run, write_json)
+from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out,
+                 config_from_args, flag_fields, json_of_kind, lock, pick_device, read_json, run,
+                 sidecar_name, sidecar_path, write_json)
 from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
                   with_normalization)
 from evaluate import beneath_outputs, evaluate_model, format_table, load_evaluable, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
-                    save_model, sidecar_path, to_device)
+                    save_model, to_device)
 from train import TrainConfig, fit, normalization, read_manifest, train_sisa
 
 
@@ -354,8 +355,10 @@ def evaluate_saved(args, data, split, model, retrained, out, seconds, device):
         named.append(("original", original, evaluate_model(original, data, split, device)))
         beneath_outputs(named, data, split, device, original="original",
                         retrained=args.retrained if retrained else None)
-    write_json(sidecar_path(out), {**read_json(sidecar_path(out)), "metrics": strip_losses(rows[-1][1]),
-                                   "retrained_metrics": strip_losses(rows[0][1]) if retrained else None})
+    metrics = {"metrics": strip_losses(rows[-1][1]),
+               "retrained_metrics": strip_losses(rows[0][1]) if retrained else None}
+    # read where it is (an older run's x.json too), written under the one name (cli.sidecar_name)
+    write_json(sidecar_name(out), {**read_json(sidecar_path(out)), **metrics})
     print(format_table(rows, rows[0][1] if retrained else None))
 
 

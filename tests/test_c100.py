@@ -120,17 +120,18 @@ def test_every_script_normalises_as_the_model_was_trained(tmp_path):
     r = call("train.py", "--arch", "resnet20b", "--epochs", "1", "--batch-size", "8", "--out", tmp_path / "m.pth",
              *flags)
     assert r.returncode == 0, r.stderr
-    meta = json.loads((tmp_path / "m.json").read_text())
+    meta = json.loads((tmp_path / "m.pth.json").read_text())
     own = meta["normalization"]
     assert meta["arch"] == "resnet20b" and len(own["mean"]) == 3  # the dataset's own statistics, recorded
     meta["normalization"] = {"mean": [0.25, 0.5, 0.75], "std": [0.5, 0.5, 0.5]}  # as if trained with others
-    (tmp_path / "m.json").write_text(json.dumps(meta))
+    (tmp_path / "m.pth.json").write_text(json.dumps(meta))
     r = call("evaluate.py", "--model", tmp_path / "m.pth", "--json", tmp_path / "e.json", *flags)
     assert r.returncode == 0 and "normalising as" in r.stderr and "mean (0.25, 0.5, 0.75)" in r.stderr
     r = call("unlearn.py", "--method", "ga", "--epochs", "1", "--model", tmp_path / "m.pth", "--forget-class",
              "alpha", "--out", tmp_path / "u.pth", "--no-eval", *flags)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "u.json").read_text())["normalization"]["mean"] == [0.25, 0.5, 0.75]
+    unlearned = json.loads((tmp_path / "u.pth.json").read_text())
+    assert unlearned["normalization"]["mean"] == [0.25, 0.5, 0.75]
     save_model(str(tmp_path / "other.pth"), build_model("resnet20b", 3),
                {"normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
     assert_clean_error(call("evaluate.py", "--model", tmp_path / "m.pth", "--model", tmp_path / "other.pth", *flags),
@@ -194,7 +195,7 @@ def test_reproduce_c100_small_end_to_end(c100_small):
     assert list(results["models"]) == ["cifar100_resnet32"]
     for name in ("cifar100_resnet32",):
         model = results["models"][name]
-        sidecar = json.loads((out / "finetune" / f"{name}.json").read_text())
+        sidecar = json.loads((out / "finetune" / f"{name}.pth.json").read_text())
         assert sidecar["normalization"]["mean"] == [0.5070, 0.4865, 0.4409]  # the weights' own, not the dataset's
         assert sidecar["split"]["forget_positions"] == [200, 300] and sidecar["config"]["epochs"] == 1
         assert model["after"]["test"]["acc"] == sidecar["metrics"]["test"]["acc"]

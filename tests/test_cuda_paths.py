@@ -63,7 +63,7 @@ def test_train_cli_compiles_and_reports_compile_time_apart(tmp_path):
              "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--compile", "aot_eager", "--save-every", "2",
              "--out", out)
     assert r.returncode == 0, r.stderr
-    meta = json.load(open(tmp_path / "m.json"))
+    meta = json.load(open(tmp_path / "m.pth.json"))
     assert meta["compile"] == "aot_eager" and meta["compile_seconds"] > 0 and meta["precision"] == "fp32"
     assert meta["first_epoch_seconds"] > 0 and meta["median_epoch_seconds"] > 0
     assert "compiling" in r.stdout.splitlines()[0] + r.stdout  # printed beside the epoch, not inside its seconds
@@ -408,10 +408,11 @@ def test_unlearn_records_the_precision_that_ran(tmp_path, conv_dtypes):
     r = call("unlearn.py", "--method", "finetune", "--epochs", "1", "--precision", "bf16", *common,
              "--out", tmp_path / "ft.pth")
     assert r.returncode == 0, r.stderr
-    assert json.load(open(tmp_path / "ft.json"))["precision"] == "bf16" and set(conv_dtypes) == {torch.bfloat16}
+    assert json.load(open(tmp_path / "ft.pth.json"))["precision"] == "bf16"
+    assert set(conv_dtypes) == {torch.bfloat16}
     r = call("unlearn.py", "--method", "ssd", "--precision", "bf16", *common, "--out", tmp_path / "ssd.pth")
     assert r.returncode == 0, r.stderr
-    meta = json.load(open(tmp_path / "ssd.json"))
+    meta = json.load(open(tmp_path / "ssd.pth.json"))
     assert meta["precision"] == "fp32" and meta["changed_weights"] >= 0 and "SSD dampened" in r.stdout
     conv_dtypes.clear()  # lfssd runs SSD's passes, IEEE fp32 under bf16 too: its label says so
     r = call("unlearn.py", "--method", "lfssd", "--precision", "bf16", *common,

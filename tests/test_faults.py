@@ -8,6 +8,7 @@ import os
 import pickle
 import pty
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,7 +263,8 @@ def test_bad_flags_are_refused_where_they_are_parsed(tiny, args, message):
 
 
 def test_a_table_of_a_train_sidecar_and_broken_json_are_named(tiny, tmp_path):
-    assert_clean_error(call("evaluate.py", "--table", tiny / "model.json"), "model.json is not an unlearn.py sidecar")
+    assert_clean_error(call("evaluate.py", "--table", tiny / "model.pth.json"),
+                       "model.pth.json is not an unlearn.py sidecar")
     (tmp_path / "broken.json").write_text('{"method": "ssd", ')
     assert_clean_error(call("evaluate.py", "--table", tmp_path / "broken.json"), "broken.json: not valid JSON")
 
@@ -347,7 +349,7 @@ def test_temp_files_of_killed_runs_are_removed_and_no_other_file(tiny, tmp_path)
     r = unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.pth", "--no-eval")
     assert r.returncode == 0, r.stderr
     assert not stale.exists() and mine.read_bytes() == b"three weeks of work"
-    assert sorted(files(tmp_path)) == [mine.name, "u.json", "u.pth"]
+    assert sorted(files(tmp_path)) == [mine.name, "u.pth", "u.pth.json"]
 
 
 # ----------------------------------------------------------------------------- the three hazards
@@ -366,4 +368,94 @@ def test_a_finished_checkpoint_is_never_replaced_silently(tiny, tmp_path):
                             "--forget-class", "alpha", "--out", tmp_path / "m.pth"), "would replace the input")
     assert files(tmp_path) == before
     r = train(tiny, tmp_path / "m.pth", "--epochs", 2, "--overwrite")
-    assert r.returncode == 0 and json.loads((tmp_path / "m.json").read_text())["config"]["epochs"] == 2
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m.pth.json").read_text())["config"]["epochs"] == 2
+
+
+# ---------------------------------------------------------------- one sidecar per checkpoint file
+
+def as_older(checkpoint):
+    """Its sidecar moved to the name used until December 2026: x.pth.json -> x.json."""
+    import cli
+    os.replace(cli.sidecar_path(str(checkpoint)), cli.legacy_sidecar(str(checkpoint)))
+
+
+def copy_model(tiny, path):
+    """tiny's model.pth and its sidecar, as `path` (a checkpoint) and its sidecar."""
+    import cli
+    shutil.copy(tiny / "model.pth", path)
+    shutil.copy(cli.sidecar_path(str(tiny / "model.pth")), cli.sidecar_name(str(path)))
+
+
+def test_an_out_beside_the_input_with_another_ending_leaves_the_inputs_sidecar(tiny, tmp_path):
+    """OA01: --out m.pt beside the input m.pth, whose sidecar had the name m.pt's took (m.json):
+    refused as 'holds a checkpoint made with other settings', and --overwrite replaced m.json."""
+    import models
+    copy_model(tiny, tmp_path / "m.pth")
+    as_older(tmp_path / "m.pth")
+    older = (tmp_path / "m.json").read_bytes()
+    assert models.finished(str(tmp_path / "m.pth"))  # an older sidecar is still read
+    command = ["unlearn.py", *data_flags(tiny), "--method", "ga", "--model", tmp_path / "m.pth",
+               "--forget-class", "alpha", "--no-eval", "--epochs", 1, "--out", tmp_path / "m.pt"]
+    r = call(*command)
+    assert r.returncode == 0, r.stderr
+    r = call(*command, "--lr", "0.5", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.json").read_bytes() == older
+    assert json.loads((tmp_path / "m.pt.json").read_text())["config"]["lr"] == 0.5
+    assert models.finished(str(tmp_path / "m.pth")) and models.finished(str(tmp_path / "m.pt"))
+
+
+def test_training_x_pt_with_overwrite_leaves_a_finished_x_pth_finished(tiny, tmp_path):
+    """OA02: train.py --out b.pt --overwrite beside a finished b.pth replaced its sidecar b.json:
+    the command that made b.pth then said 'made with other settings'."""
+    assert train(tiny, tmp_path / "b.pth").returncode == 0
+    as_older(tmp_path / "b.pth")
+    assert train(tiny, tmp_path / "b.pt", "--seed", 1, "--overwrite").returncode == 0
+    r = train(tiny, tmp_path / "b.pth", "--resume")
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr
+
+
+def test_an_older_sidecar_is_read_only_by_the_checkpoint_it_describes(tmp_path):
+    """x.pt and x.pth both older-style: the one x.json left names one of them, and only it."""
+    import cli
+    import models
+    for name, classes in (("x.pt", 3), ("x.pth", 4)):  # x.pth last: x.json is x.pth's
+        save_model(str(tmp_path / name), build_model("resnet20", classes), {})
+    os.remove(tmp_path / "x.pt.json")
+    as_older(tmp_path / "x.pth")
+    assert cli.sidecar_path(str(tmp_path / "x.pth")) == str(tmp_path / "x.json")
+    assert cli.sidecar_path(str(tmp_path / "x.pt")) == str(tmp_path / "x.pt.json")  # absent
+    assert models.finished(str(tmp_path / "x.pth")) and not models.finished(str(tmp_path / "x.pt"))
+    (tmp_path / "notes.json").write_text('{"mine": true}')  # a user's own JSON is nobody's sidecar
+    assert cli.sidecar_path(str(tmp_path / "notes.pth")) == str(tmp_path / "notes.pth.json")
+
+
+def test_a_runs_sidecars_are_found_under_either_name_with_or_without_weights(tmp_path):
+    """What report.py reads of a run folder: each checkpoint's sidecar once, older ones too."""
+    import cli
+    for name in ("no_cat", "no_dog", "no_fox"):
+        save_model(str(tmp_path / f"{name}.pth"), build_model("resnet20", 3), {})
+    as_older(tmp_path / "no_cat.pth")
+    as_older(tmp_path / "no_fox.pth")
+    os.remove(tmp_path / "no_dog.pth")  # a run kept without its weights
+    os.remove(tmp_path / "no_fox.pth")
+    (tmp_path / "no_notes.json").write_text('{"mine": true}')  # not a sidecar
+    found = cli.sidecars_of(str(tmp_path / "no_*.pth"))
+    assert found == [str(tmp_path / n) for n in ("no_cat.json", "no_dog.pth.json", "no_fox.json")]
+
+
+def test_refusals_name_the_file_that_is_there(tiny, tmp_path):
+    import cli
+    copy_model(tiny, tmp_path / "m.pth")
+    as_older(tmp_path / "m.pth")
+    before = files(tmp_path)
+    r = call("unlearn.py", *data_flags(tiny), "--method", "ga", "--model", tmp_path / "m.pth",
+             "--forget-class", "alpha", "--out", tmp_path / "m", "--overwrite")  # m's: m.json
+    assert_clean_error(r, f"its sidecar {tmp_path / 'm.json'} would replace the input "
+                          f"{tmp_path / 'm.pth'}'s sidecar {tmp_path / 'm.json'}")
+    shutil.copy(cli.sidecar_path(str(tiny / "model.pth")), tmp_path / "u.pth.json")  # no u.pth
+    r = unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.pth")
+    assert_clean_error(r, f"--out {tmp_path / 'u.pth'} is not there, but its sidecar "
+                          f"{tmp_path / 'u.pth.json'} is")
+    assert files(tmp_path) == {**before, "u.pth.json": files(tmp_path)["u.pth.json"]}

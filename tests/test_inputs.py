@@ -51,11 +51,11 @@ def toy(tmp_path):
 def test_evaluate_never_writes_over_what_it_reads(toy):
     from conftest import assert_clean_error, call
     tmp, flags = toy
-    sidecar = (tmp / "m.json").read_bytes()
-    for target in ("m.pth", "m.json"):
+    sidecar = (tmp / "m.pth.json").read_bytes()
+    for target in ("m.pth", "m.pth.json", "m.json"):  # the checkpoint, its sidecar, older name
         r = call("evaluate.py", "--model", tmp / "m.pth", "--json", tmp / target, *flags)
         assert_clean_error(r, f"--json {tmp / target} would replace the input")
-    assert (tmp / "m.json").read_bytes() == sidecar
+    assert (tmp / "m.pth.json").read_bytes() == sidecar
     (tmp / "notes.json").write_text('{"mine": true}')
     assert_clean_error(call("evaluate.py", "--model", tmp / "m.pth", "--json", tmp / "notes.json", *flags),
                        "exists and is not an output of this kind")
@@ -72,7 +72,7 @@ def test_table_and_report_outputs_are_never_their_inputs(toy):
     r = call("unlearn.py", "--method", "ga", "--epochs", "1", "--model", tmp / "m.pth", "--forget-class", "alpha",
              "--out", tmp / "run" / "unlearn" / "ga" / "alpha.pth", *flags)
     assert r.returncode == 0, r.stderr
-    sidecar = tmp / "run" / "unlearn" / "ga" / "alpha.json"
+    sidecar = tmp / "run" / "unlearn" / "ga" / "alpha.pth.json"
     before = sidecar.read_bytes()
     assert_clean_error(call("evaluate.py", "--table", sidecar, "--out", sidecar), "would replace the input")
     assert_clean_error(call("report.py", tmp / "run", "--out", sidecar), "would replace the input")
@@ -97,7 +97,7 @@ def test_a_value_that_would_make_the_run_a_no_op_is_refused_before_any_work(toy,
         args = args[:args.index("--forget-class")]
     r = call(script, *args, *common, "--out", tmp / "o.pth", *flags)
     assert_clean_error(r, message)
-    assert not (tmp / "o.pth").exists() and not (tmp / "o.json").exists()
+    assert not (tmp / "o.pth").exists() and not (tmp / "o.pth.json").exists()
 
 
 def test_forget_indices_as_a_user_writes_them(toy):
@@ -148,7 +148,7 @@ def test_a_waiting_run_finds_the_output_the_first_one_made(toy):
             held.set()
             released.wait(5)
             shutil.copy(tmp / "a.pth", tmp / "b.pth")
-            shutil.copy(tmp / "a.json", tmp / "b.json")
+            shutil.copy(tmp / "a.pth.json", tmp / "b.pth.json")
     holder = threading.Thread(target=first_run)
     holder.start()
     held.wait(5)
@@ -229,7 +229,7 @@ def test_odd_hub_names_are_one_line(toy, monkeypatch, args, message):
 def test_report_on_run_files_that_are_not_objects_is_one_line(tmp_path):
     from conftest import assert_clean_error, call
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "full.json").write_text("[]")
+    (tmp_path / "run" / "full.pth.json").write_text("[]")
     assert_clean_error(call("report.py", tmp_path / "run"), "holds a JSON list, not the object")
 
 

@@ -58,9 +58,9 @@ def test_save_model_writes_a_plain_state_dict_and_a_sidecar(tmp_path):
     state = torch.load(path, weights_only=True)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
     assert all(v.device.type == "cpu" for v in state.values())
-    meta = json.load(open(tmp_path / "sub" / "m.json"))
+    meta = json.load(open(tmp_path / "sub" / "m.pth.json"))
     assert meta["config"] == {"lr": 0.1} and meta["versions"]["torch"] == torch.__version__ and "argv" in meta
-    assert sorted(os.listdir(tmp_path / "sub")) == ["m.json", "m.pth"]  # no temp files left
+    assert sorted(os.listdir(tmp_path / "sub")) == ["m.pth", "m.pth.json"]  # no temp files left
 
 
 @pytest.mark.parametrize("content, message", [

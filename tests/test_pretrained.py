@@ -107,7 +107,7 @@ def test_a_one_epoch_ensemble_member_trains_from_them_and_its_sidecar_names_them
              "--subset", 1, "--test-subset", 1, "--epochs", 1, "--batch-size", 8, "--device", "cpu",
              "--out", out)
     assert r.returncode == 0, r.stderr
-    meta = json.loads((tmp_path / "member.json").read_text())
+    meta = json.loads((tmp_path / "member.pth.json").read_text())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["pretrained"] == {"name": published.pretrained_name(), "file": TIMM_FILE,
                                   "sha256": digest}
@@ -214,7 +214,7 @@ def test_sisas_transfer_slices_start_from_pretrained_and_old_identities_hold(tmp
                 10)  # 0 epochs: no data read, the fresh model saved as it is
     saved = torch.load(tmp_path / "s.pth", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in state.items() if not k.startswith("fc."))
-    meta = json.loads((tmp_path / "s.json").read_text())
+    meta = json.loads((tmp_path / "s.pth.json").read_text())
     assert meta["pretrained"]["sha256"] == hashlib.sha256(
         (tmp_path / "start.pth").read_bytes()).hexdigest()
     # torchvision, the only starting point before --pretrained, is left out of identities, so

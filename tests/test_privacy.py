@@ -635,8 +635,8 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     run_lines(left)
     assert jobs(pool, *design, "--n", 6, *groups, data=data) == []
     for group in ("original", "retrain", "ssd"):
-        assert sorted(os.listdir(pool / group)) == sorted(f"s{k}.{ext}" for k in range(6) for ext in ("pth", "npz",
-                                                          "json") + (("log.jsonl",) if group != "ssd" else ()))
+        endings = ("pth", "npz", "pth.json") + (("log.jsonl",) if group != "ssd" else ())
+        assert sorted(os.listdir(pool / group)) == sorted(f"s{k}.{e}" for k in range(6) for e in endings)
     ssd = [torch.load(pool / "ssd" / f"s{k}.pth", weights_only=True)["fc.weight"] for k in range(6)]
     assert all(not torch.equal(ssd[0], w) for w in ssd[1:])  # a deterministic method from 6 originals: 6 models
 
@@ -1016,6 +1016,6 @@ def test_outputs_of_a_model_made_for_these_flags_or_without_a_sidecar_are_made(t
     r = outputs(tiny, tmp_path / "bare.pth", tmp_path / "bare.npz", "--keep-half", 0)
     assert r.returncode == 0 and (tmp_path / "bare.npz").exists()
     assert f"warning: {tmp_path / 'bare.pth'} has no sidecar" in r.stderr
-    shutil.copy(tiny / "original.json", tmp_path / "bare.json")  # the sidecar of another checkpoint
+    shutil.copy(tiny / "original.pth.json", tmp_path / "bare.pth.json")  # another's sidecar
     r = outputs(tiny, tmp_path / "bare.pth", tmp_path / "bare.npz", "--forget-class", "beta")
     assert_clean_error(r, "describes another checkpoint")

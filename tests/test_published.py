@@ -112,7 +112,7 @@ def test_unlearn_and_evaluate_take_hf_names(hub, trained, cifar_jpeg, data_dir, 
     r = call("unlearn.py", "--method", "ssd", "--model", "hf://o/r/full.pth", "--retrained", "hf://o/r/full.pth",
              "--out", tmp_path / "u.pth", *flags)
     assert r.returncode == 0, r.stderr
-    meta = json.loads((tmp_path / "u.json").read_text())
+    meta = json.loads((tmp_path / "u.pth.json").read_text())
     assert meta["source"] == "hf://o/r/full.pth" and meta["identity"]["source"] == "hf://o/r/full.pth"
     via_hub = call("evaluate.py", "--model", "hf://o/r/full.pth", "--json", tmp_path / "a.json", *flags)
     local = call("evaluate.py", "--model", trained[0], "--json", tmp_path / "b.json", *flags)

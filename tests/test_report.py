@@ -53,21 +53,23 @@ def test_the_report_shows_the_sidecars_numbers_beside_the_published_ones(rundir)
     r = run_script("report.py", rundir)  # report.py's one run in its own interpreter, as make report runs it
     assert r.returncode == 0, r.stderr
     text = (rundir / "report.md").read_text()
-    full = read(rundir / "full.json")
+    full = read(rundir / "full.pth.json")
     assert f"| full | resnet20 | {full['metrics']['test_acc']:.2f}% | 95.4% |" in text
     for name, published in (("airplane", "95.3%"), ("cat", "96.6%")):
-        kept = read(rundir / "unlearn" / "ssd" / f"{name}.json")["retrained_metrics"]["test_retain"]["acc"]
-        line = row(text, name)
-        assert f"| {read(rundir / f'no_{name}.json')['metrics']['test_acc']:.2f}% | {kept:.2f}% | {published} |" in line
+        unlearned = read(rundir / "unlearn" / "ssd" / f"{name}.pth.json")
+        kept = unlearned["retrained_metrics"]["test_retain"]["acc"]
+        retrained = read(rundir / f"no_{name}.pth.json")["metrics"]["test_acc"]
+        assert f"| {retrained:.2f}% | {kept:.2f}% | {published} |" in row(text, name)
     for method, name in (("ssd", "airplane"), ("ssd", "cat"), ("advneggrad", "cat"), ("ga", "cat")):
-        meta = read(rundir / "unlearn" / method / f"{name}.json")
+        meta = read(rundir / "unlearn" / method / f"{name}.pth.json")
         m = meta["metrics"]
         forget, retain = m["test_forget"], m["test_retain"]
         assert row(text, method, name).startswith(
             f"| {method} | {name} | {forget['acc']:.2f}% ({forget['loss']:.3f}) | {retain['acc']:.2f}% "
             f"({retain['loss']:.3f}) | {m['test']['acc']:.2f}% | {m['test']['top5']:.2f}% | {m['mia']:.3f} | ")
         assert f"| {meta['seconds']:.1f} |" in row(text, method, name)
-    retain = read(rundir / "unlearn" / "ssd" / "airplane.json")["metrics"]["test_retain"]["acc"]
+    metrics = read(rundir / "unlearn" / "ssd" / "airplane.pth.json")["metrics"]
+    retain = metrics["test_retain"]["acc"]
     assert row(text, "ssd", "airplane").endswith(f"| 0.00% (8.102) | 83.38% (0.527) | {retain - 83.38:+.2f} |")
     assert "| 0.00% (26.171) | 92.44% (0.512) |" in row(text, "advneggrad", "cat")
     assert row(text, "ga", "cat").endswith("| - | - | - |")  # nothing published for ga
@@ -124,18 +126,33 @@ def test_every_checkpoint_gets_a_model_card_in_the_published_layout(rundir):
     for field in ["license: mit", "datasets:\n- uoft-cs/cifar10", "metrics:\n- accuracy", "base_model:\n- full.pth",
                   "tags:\n- machine_unlearning\n- ssd"]:
         assert field in front, field
-    m = read(rundir / "unlearn" / "ssd" / "cat.json")["metrics"]
+    m = read(rundir / "unlearn" / "ssd" / "cat.pth.json")["metrics"]
     assert (f"| `cat.pth` | cat | {m['test_forget']['acc']:.2f} ({m['test_forget']['loss']:.3f}) | "
             f"{m['test_retain']['acc']:.2f} ({m['test_retain']['loss']:.3f}) | {m['mia']:.3f} |") in card
     assert "- **lam**: 1.0" in card and "- **alpha**: 10.0" in card  # the recipe's settings, from the sidecar
     full = (rundir / "cards" / "full.md").read_text()
-    assert f"| `full.pth` | None | {read(rundir / 'full.json')['metrics']['test_acc']:.2f}% |" in full
+    acc = read(rundir / "full.pth.json")["metrics"]["test_acc"]
+    assert f"| `full.pth` | None | {acc:.2f}% |" in full
+
+
+def test_a_run_of_older_sidecars_gives_the_same_report(rundir, tmp_path):
+    """Sidecars written before December 2026 are x.json beside x.pth: read as x.pth.json is."""
+    assert call("report.py", rundir).returncode == 0
+    older = tmp_path / "run"
+    shutil.copytree(rundir, older, ignore=shutil.ignore_patterns("plots", "cards", "report.md"))
+    for sidecar in older.rglob("*.pth.json"):
+        sidecar.rename(sidecar.with_name(sidecar.name[:-len(".pth.json")] + ".json"))
+    assert not list(older.rglob("*.pth.json")) and (older / "no_cat.json").exists()
+    r = call("report.py", older)
+    assert r.returncode == 0, r.stderr
+    assert (older / "report.md").read_text() == (rundir / "report.md").read_text()
+    assert sorted(os.listdir(older / "cards")) == sorted(os.listdir(rundir / "cards"))
 
 
 @pytest.mark.slow
 def test_a_card_for_one_checkpoint(rundir, tmp_path):
     shutil.copy(rundir / "no_cat.pth", tmp_path / "m.pth")
-    shutil.copy(rundir / "no_cat.json", tmp_path / "m.json")
+    shutil.copy(rundir / "no_cat.pth.json", tmp_path / "m.pth.json")
     r = call("report.py", "--card", tmp_path / "m.pth", "--license", "apache-2.0")
     assert r.returncode == 0, r.stderr
     card = (tmp_path / "m.md").read_text()
@@ -145,7 +162,7 @@ def test_a_card_for_one_checkpoint(rundir, tmp_path):
 def test_bad_input_is_refused(tmp_path):
     assert_clean_error(call("report.py", tmp_path / "missing"), "give a run folder")
     (tmp_path / "m.pth").write_bytes(b"x")
-    assert_clean_error(call("report.py", "--card", tmp_path / "m.pth"), "m.json not found")
+    assert_clean_error(call("report.py", "--card", tmp_path / "m.pth"), "m.pth.json not found")
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and
         rows = table_rows(report, title)
         assert list(rows) == list(CIFAR10), title
         for name, cells in rows.items():
-            meta = json.load(open(folder / sub / f"{name}.json"))
+            meta = json.load(open(folder / sub / f"{name}.pth.json"))
             forget, retain = meta["metrics"]["test_forget"], meta["metrics"]["test_retain"]
             published = PUBLISHED_UNLEARN[card][name]
             assert cells[0] == f"{forget['acc']:.2f} ({forget['loss']:.3f})"  # ours, from the run's own sidecar
@@ -51,7 +51,7 @@ def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and
             assert meta["config"].get("full_set", "retain") == ("retain" if sub != "ssd" else "retain+forget")
     assert "Not comparable with the card" in report  # a subset: the verdict says so instead of agreeing or not
     assert "12.53 (2.799)" in table_rows(report, "SSD, D = retain + forget")["dog"][4]  # the card's dog collapse
-    full = json.load(open(folder / "full.json"))
+    full = json.load(open(folder / "full.pth.json"))
     assert full["config"]["epochs"] == 2 and full["arch"] == "resnet20"
     assert f"first epoch {full['first_epoch_seconds']:.2f} s" in report
     results = json.load(open(folder / "cards.json"))

@@ -160,3 +160,4 @@ def test_the_reports_forget_positions_are_its_slices_and_sisa_redoes_what_the_re
     assert calls == [(kept(1, 1, 2, 3), 0), (kept(1, 1, 2, 3), 0),  # shard 1's slices 4, 5: carried, not trained
                      ([], 0), ([], 0),  # shard 2's slices 1, 2: the fresh model
                      (kept(2, 3), 1), (kept(2, 3, 4), 1), (kept(2, 3, 4, 5), 1)]  # shard 2 on its slices 3-5 only
+

@@ -44,7 +44,7 @@ def test_retrain_without_a_class_uses_the_published_name_and_saves_the_split(cif
     r = call("train.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--epochs", "1", "--forget-class", "cat", *TINY)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "checkpoints" / "resnet20_cifar10-jpeg_no_cat_subset20.pth"
-    meta = json.load(open(out.with_suffix(".json")))
+    meta = json.load(open(f"{out}.json"))
     assert meta["split"]["forget_class"] == "cat" and meta["split"]["n_forget"] == 20 and meta["split"]["n_retain"] == 180
     assert meta["config"]["lr"] == 0.1 and meta["config"]["nesterov"] is True and meta["arch"] == "resnet20"
 
@@ -82,8 +82,8 @@ def torchrun(data_dir, out, *extra):
 def test_ddp_with_two_gloo_processes_saves_one_checkpoint_equal_across_ranks_and_resumes(cifar_jpeg, data_dir, tmp_path):
     r = torchrun(data_dir, tmp_path / "m.pth")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(os.listdir(tmp_path)) == ["m.json", "m.log.jsonl", "m.pth"]  # rank 0 alone writes
-    meta = json.load(open(tmp_path / "m.json"))
+    assert sorted(os.listdir(tmp_path)) == ["m.log.jsonl", "m.pth", "m.pth.json"]  # rank 0 writes
+    meta = json.load(open(tmp_path / "m.pth.json"))
     assert meta["world_size"] == 2 and meta["ranks_agree"] is True
     assert r.stdout.count("epoch 2/2") == 1
     (tmp_path / "b").mkdir()
@@ -105,7 +105,8 @@ def test_retrain_all_runs_jobs_at_once_and_keeps_finished_models(tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     made = sorted(p for p in os.listdir(tmp_path / "ckpt") if p.endswith(".pth"))
     assert made == ["resnet20_toy_no_alpha.pth", "resnet20_toy_no_beta.pth", "resnet20_toy_no_gamma.pth"]
-    assert json.load(open(tmp_path / "ckpt" / "resnet20_toy_no_beta.json"))["split"]["forget_class"] == "beta"
+    meta = json.load(open(tmp_path / "ckpt" / "resnet20_toy_no_beta.pth.json"))
+    assert meta["split"]["forget_class"] == "beta"
     os.remove(tmp_path / "ckpt" / "resnet20_toy_no_gamma.pth")
     again = make(*command, timeout=300)
     assert again.returncode == 0 and again.stdout.count("saved ") == 1 and "no_gamma" in again.stdout  # only the missing one

@@ -253,12 +253,12 @@ def test_cli_writes_the_published_name_and_sidecar(cifar_jpeg, data_dir, trained
                    "--batch-size", 64, "--device", "cpu", "--retrained", trained[0])
     assert r.returncode == 0, r.stderr
     out = tmp_path / "checkpoints" / "cifar10-jpeg_resnet20_AdvNegGrad_0_subset20.pth"
-    meta = json.load(open(out.with_suffix(".json")))
+    meta = json.load(open(f"{out}.json"))
     assert meta["method"] == "advneggrad" and meta["config"]["alpha"] == 0.15 and meta["config"]["batch_size"] == 64
     assert meta["split"]["forget_class"] == "airplane" and meta["seconds"] > 0 and 0 <= meta["metrics"]["mia"] <= 1
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "Model" not in line]
     assert len(rows) == 2 and rows[0].endswith("| 0.00 | - |")  # the retrained row, then ours with its gap
-    table = call("evaluate.py", "--table", out.with_suffix(".json"), "--out", tmp_path / "t.md")
+    table = call("evaluate.py", "--table", out, "--out", tmp_path / "t.md")
     assert table.returncode == 0, table.stderr
     m = meta["metrics"]["test_forget"], meta["metrics"]["test_retain"]
     assert (tmp_path / "t.md").read_text().splitlines()[2] == (
@@ -271,7 +271,8 @@ def test_random_forgetting_from_the_cli(cifar_jpeg, data_dir, trained, tmp_path,
     r = call("unlearn.py", "--method", "ssd", "--model", trained[0], "--dataset", ARCHIVE, "--data-dir", data_dir,
                    "--subset", 20, "--test-subset", 10, "--forget-fraction", 0.1, "--device", "cpu", "--no-eval")
     assert r.returncode == 0, r.stderr
-    meta = json.load(open(tmp_path / "checkpoints" / "cifar10-jpeg_resnet20_SSD_forget0.1_seed0_subset20.json"))
+    out = tmp_path / "checkpoints" / "cifar10-jpeg_resnet20_SSD_forget0.1_seed0_subset20.pth"
+    meta = json.load(open(f"{out}.json"))
     assert meta["split"]["n_forget"] == 20 and len(meta["split"]["forget_indices"]) == 20 and meta["metrics"] is None
 
 

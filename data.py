@@ -810,6 +810,21 @@ def split_from_args(args, data, val_fraction=None):
                       forget_positions=getattr(args, "forget_positions", None))
 
 
+def input_files(args):
+    """Every file and folder of the data that a run with these flags reads, for cli.check_out's
+    inputs (no output replaces one or lands inside one): the --dataset folder or archive and its
+    decoded cache in --data-dir (CIFAR: its folder and downloaded archive there), the
+    --forget-indices file."""
+    if args.dataset in CIFAR:
+        download, folder = CIFAR[args.dataset][:2]
+        files = [os.path.join(args.data_dir, name) for name in (folder, download.filename)]
+    elif os.path.exists(args.dataset):
+        files = [args.dataset, cache_file(args.dataset, args.data_dir)[1]]
+    else:  # refused where it is loaded
+        files = []
+    return files + [args.forget_indices] * bool(args.forget_indices)
+
+
 def positions(text):
     """--forget-positions A:B -> (A, B)."""
     a, colon, b = text.partition(":")

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind, pick_device,
                  positive_int, read_json, run, sidecar_path, text_of_kind, write_json)
-from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
-                  with_normalization)
+from data import (Loader, add_data_args, common_normalization, describe_split, input_files,
+                  load_dataset, split_from_args, with_normalization)
 from methods import ieee_fp32
 from models import Ensemble, input_size, load_model, normalization_of, to_device
 from report import CARD_HEADER, card_table, format_per_class, format_table, headline, in_words
@@ -387,9 +387,10 @@ def strip_losses(metrics, keep=()):
 
 
 def evaluated_files(args):
-    """Every file an evaluation reads: the checkpoints (sidecars go with them), and the members a SISA manifest
-    names (a manifest that cannot be read is refused later, when it is loaded)."""
-    paths = [p for p in [args.retrained, args.original, *args.model] if p]
+    """Every file an evaluation reads: the checkpoints (sidecars go with them), the members a SISA
+    manifest names (a manifest that cannot be read is refused later, when it is loaded), the data
+    (data.input_files)."""
+    paths = [p for p in [args.retrained, args.original, *args.model] if p] + input_files(args)
     for manifest in [p for p in paths if p.endswith(".json") and os.path.isfile(p)]:
         try:
             members = read_json(manifest).get("members") or []

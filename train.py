@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args,
                  config_from_json, eval_batch_size, lock, non_negative_int, pick_device,
                  positive_int, read_json, run, write_json)
-from data import AUGMENT, Loader, add_data_args, describe_split, load_dataset, sisa_order, split_from_args
+from data import (AUGMENT, Loader, add_data_args, describe_split, input_files, load_dataset,
+                  sisa_order, split_from_args)
 from evaluate import predict
 from methods import hp
 from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size,
-                    load_model, load_pretrained, non_finite, save_model, sidecar_path,
-                    to_device)
+                    is_remote, load_model, load_pretrained, non_finite, save_model,
+                    sidecar_path, to_device)
 from published import pretrained_name
 
 
@@ -488,6 +489,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def inputs(args, cfg):
+    """What a training run reads, which its outputs never replace: the data, a local pretrained."""
+    pretrained = getattr(cfg, "pretrained", "torchvision")
+    local = pretrained != "torchvision" and not is_remote(pretrained)
+    return input_files(args) + [pretrained.split("#sha256=")[0]] * local
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(RECIPES[args.recipe], args)
@@ -498,13 +506,13 @@ def main(argv=None):
     out = args.out or default_out(cfg.arch, data, split, args.subset)
     identity = {"cfg": recipe_identity(cfg), "dataset": data.name, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
                 "split": describe_split(split, data.classes)["sha256"]}
-    if check_output(out, identity, args.overwrite):
+    if check_output(out, identity, args.overwrite, inputs(args, cfg)):
         print(f"{out} is already trained with these settings; nothing to do (--overwrite trains it again)")
         return
     print(f"{cfg}\n{cfg.arch} on {data.name}: {len(split.retain)} train images ({len(split.forget)} forgotten, "
           f"{len(split.val)} validation), {len(split.test)} test images -> {out}", flush=True)
     with lock(out, args.wait) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext() as waited:
-        if waited and check_output(out, identity, args.overwrite):  # the run it waited for made it
+        if waited and check_output(out, identity, args.overwrite, inputs(args, cfg)):  # made now
             print(f"{out} was trained meanwhile by the run this one waited for; nothing to do")
             return
         train(args, cfg, data, split, out, identity)

@@ -24,8 +24,8 @@ from methods import Shuffled, hp
 from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out,
                  config_from_args, flag_fields, json_of_kind, lock, pick_device, read_json, run,
                  sidecar_name, sidecar_path, write_json)
-from data import (Loader, add_data_args, common_normalization, describe_split, load_dataset, split_from_args,
-                  with_normalization)
+from data import (Loader, add_data_args, common_normalization, describe_split, input_files,
+                  load_dataset, split_from_args, with_normalization)
 from evaluate import beneath_outputs, evaluate_model, format_table, load_evaluable, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
                     save_model, to_device)
@@ -265,7 +265,7 @@ def main(argv=None):
     identity = {"method": args.method, "config": flag_values(cfg), "source": source,
                 "dataset": data.name, "split": describe_split(split, data.classes)["sha256"], "seed": args.seed,
                 "precision": args.precision}
-    inputs = [args.model, args.retrained or ""]
+    inputs = [args.model, args.retrained or "", *input_files(args)]  # never replaced, even --overwrite
     todo = left_to_do(out, identity, args, inputs)
     if todo is None:
         print(f"{out} is already unlearned with these settings; nothing to do (--overwrite runs "
@@ -400,7 +400,8 @@ def main_sisa(args, data, split):
     out = args.out or os.path.join(folder, f"{data.name}_{cfg.arch}_SISA_{target}.json")
     if not out.endswith(".json"):
         raise ValueError(f"--out {out}: a SISA manifest is a .json file")
-    check_out(out, "--out", [args.model, *slices], json_of_kind("sisa-manifest"), args.overwrite)
+    check_out(out, "--out", [args.model, *slices, *input_files(args)], json_of_kind("sisa-manifest"),
+              args.overwrite)
     device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
     start = time.time()
     new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}

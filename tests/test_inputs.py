@@ -81,6 +81,40 @@ def test_table_and_report_outputs_are_never_their_inputs(toy):
     assert call("evaluate.py", "--table", sidecar, "--out", tmp / "t.md").returncode == 0  # its own: replaced
 
 
+def test_no_output_lands_in_the_data_whatever_overwrite_says(toy):
+    """OA03-OA05: evaluate.py --json inside the image folder it reads broke the dataset; with
+    --overwrite it replaced the --dataset archive or the --forget-indices file. The decoded cache
+    in --data-dir counts as data too."""
+    import tarfile
+    from conftest import assert_clean_error, call
+    tmp, flags = toy
+    with tarfile.open(tmp / "toy.tar.gz", "w:gz") as tar:
+        tar.add(tmp / "toy" / "train", "train")
+        tar.add(tmp / "toy" / "test", "test")
+    (tmp / "idx.txt").write_text("0 1")
+    archive = ["--dataset", tmp / "toy.tar.gz", "--data-dir", tmp / "cache", "--device", "cpu"]
+    assert call("data.py", *archive[:4]).returncode == 0
+    cache, = (tmp / "cache").glob("toy-*.npz")
+    before = {p: p.read_bytes() for p in [tmp / "toy.tar.gz", tmp / "idx.txt", cache]}
+    images = sorted((tmp / "toy" / "train" / "alpha").iterdir())
+    model = ["--model", tmp / "m.pth"]
+    for args, message in [
+            ([*flags, "--json", tmp / "toy" / "train" / "alpha" / "x.png"], "is inside"),
+            ([*archive, "--json", tmp / "toy.tar.gz"], "would replace the input"),
+            ([*archive, "--forget-indices", tmp / "idx.txt", "--json", tmp / "idx.txt"],
+             "would replace the input"),
+            ([*archive, "--json", cache], "would replace the input")]:
+        assert_clean_error(call("evaluate.py", *model, *args, "--overwrite"), message)
+    r = call("unlearn.py", "--method", "ga", *model, "--forget-class", "alpha", *flags,
+             "--overwrite", "--out", tmp / "toy" / "train" / "alpha" / "u.pth")
+    assert_clean_error(r, "is inside")
+    r = call("train.py", "--arch", "resnet20", "--epochs", "1", *archive, "--overwrite",
+             "--out", tmp / "toy.tar.gz")
+    assert_clean_error(r, "would replace the input")
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert sorted((tmp / "toy" / "train" / "alpha").iterdir()) == images
+
+
 # ----------------------------------------------------------------------------- no-op values are refused
 
 @pytest.mark.parametrize("script, args, message", [

@@ -28,9 +28,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args,
+from cli import (add_config_args, add_runtime_args, atomic_write, check_out, config_from_args,
                  config_from_json, eval_batch_size, lock, non_negative_int, pick_device,
-                 positive_int, read_json, run, write_json)
+                 positive_int, read_json, run, to_json, write_json)
 from data import (AUGMENT, Loader, add_data_args, describe_split, input_files, load_dataset,
                   sisa_order, split_from_args)
 from evaluate import predict
@@ -633,21 +633,57 @@ def weights_digest(model):
 
 
 def main_sisa(args, cfg, data, split):
-    """train.py --sisa: the shard models, written to a folder with a manifest that evaluate.py loads as one model."""
+    """train.py --sisa: the shard models, written to a folder with a manifest that evaluate.py
+    loads as one model. A manifest already there is replaced only by a run with its settings
+    (whose slices are then all reused) or with --overwrite, and by one run at a time (cli.lock)."""
     sisa = config_from_args(SisaConfig, args)
     folder = args.out or os.path.join("checkpoints", f"sisa_{data.name}_{cfg.arch}")
-    print(f"{cfg}\n{sisa}\n{len(split.retain)} train images -> {folder}", flush=True)
     if args.shard is not None and not 0 <= args.shard < sisa.shards:
         raise ValueError(f"--shard must be in 0..{sisa.shards - 1}, got {args.shard}")
+    path = os.path.join(folder, f"manifest_{forget_name(data, split)}.json")
+    identity = {"recipe": args.recipe, "cfg": recipe_identity(cfg),
+                "sisa": dataclasses.asdict(sisa), "dataset": data.name,
+                "split": describe_split(split, data.classes)["sha256"]}
+    if args.shard is None:  # a --shard job writes no manifest
+        check_out(path, "--out", inputs(args, cfg), made_with(identity), args.overwrite)
+    print(f"{cfg}\n{sisa}\n{len(split.retain)} train images -> {folder}", flush=True)
     device, _ = pick_device(args.device, "fp32")
     if args.shard is not None:
         train_sisa(data, split, cfg, sisa, folder, device, only=args.shard)
         print(f"shard {args.shard} done; run again without --shard to write the manifest")
         return
-    manifest = {"recipe": args.recipe, **train_sisa(data, split, cfg, sisa, folder, device)}
-    path = os.path.join(folder, f"manifest_{forget_name(data, split)}.json")
-    write_json(path, manifest)
+    with lock(path, args.wait) as waited:
+        if waited:  # the run it waited for wrote a manifest: replaced only as check_out says
+            check_out(path, "--out", inputs(args, cfg), made_with(identity), args.overwrite)
+        made = train_sisa(data, split, cfg, sisa, folder, device)
+        write_json(path, {"recipe": args.recipe, **made, "identity": identity})
     print(f"saved {path} ({sisa.shards} shards; evaluate it with evaluate.py --model {path})")
+
+
+def made_with(identity):
+    """mine= for cli.check_out: a SISA manifest made with `identity` (manifest_identity), so that
+    only the same command replaces it."""
+    def mine(path):
+        try:
+            found = manifest_identity(*read_manifest(path)[:3])
+        except (ValueError, OSError, KeyError, TypeError, AttributeError):  # not one of ours
+            return False
+        return found == json.loads(json.dumps(identity, default=to_json))
+    return mine
+
+
+def manifest_identity(manifest, cfg, sisa):
+    """What made a SISA manifest, as its "identity": for train.py's, the recipe's identity, the
+    SISA settings, dataset and split; for unlearn.py's, its source manifest and split. One written
+    before manifests held it is judged by the same fields."""
+    if "identity" in manifest:
+        return manifest["identity"]
+    split = manifest["split"]["sha256"]
+    if "source" in manifest:  # unlearned
+        return {"method": "sisa", "source": os.path.abspath(manifest["source"]), "split": split}
+    return json.loads(json.dumps({"recipe": manifest["recipe"], "cfg": recipe_identity(cfg),
+                                  "sisa": dataclasses.asdict(sisa),
+                                  "dataset": manifest.get("dataset"), "split": split}))
 
 
 # what --resume continues from: the last state written (every --save-every epochs)

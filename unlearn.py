@@ -22,14 +22,14 @@ import methods
 from methods import Shuffled, hp
 
 from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out,
-                 config_from_args, flag_fields, json_of_kind, lock, pick_device, read_json, run,
-                 sidecar_name, sidecar_path, write_json)
+                 config_from_args, flag_fields, lock, pick_device, read_json, run, sidecar_name,
+                 sidecar_path, write_json)
 from data import (Loader, add_data_args, common_normalization, describe_split, input_files,
                   load_dataset, split_from_args, with_normalization)
 from evaluate import beneath_outputs, evaluate_model, format_table, load_evaluable, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
                     save_model, to_device)
-from train import TrainConfig, fit, normalization, read_manifest, train_sisa
+from train import TrainConfig, fit, made_with, normalization, read_manifest, train_sisa
 
 
 # ----------------------------------------------------------------------------- retraining (the gold standard)
@@ -77,6 +77,14 @@ def official_order(data, split):
 def default_out(data, arch, display, split, subset):
     """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0 (random),
     _forget<N> (given indices); + _subsetN, _halfK."""
+    target = forget_target(split, subset)
+    return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}.pth")
+
+
+def forget_target(split, subset):
+    """What tells one forget set from another in a file name: the class index, forget0.2_seed0
+    (a random fraction), forget20000-30000_seed0 (positions), forget<N> (given indices); +
+    _subsetN, _halfK."""
     if split.forget_class is not None:
         target = str(split.forget_class)
     elif split.forget_fraction is not None:
@@ -86,8 +94,7 @@ def default_out(data, arch, display, split, subset):
     else:
         target = f"forget{len(split.forget)}"
     target += f"_subset{subset}" if subset else ""
-    target += f"_half{split.keep_half}" if split.keep_half is not None else ""
-    return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}.pth")
+    return target + (f"_half{split.keep_half}" if split.keep_half is not None else "")
 
 
 def parse_args(argv=None):
@@ -396,23 +403,33 @@ def main_sisa(args, data, split):
                          f"{len(split.train)}: use the same --dataset / --subset")
     full = sum(sum(s["seconds"]) for s in manifest["shards"])
     folder = os.path.dirname(args.model)
-    target = str(split.forget_class) if split.forget_class is not None else f"forget{len(split.forget)}"
-    out = args.out or os.path.join(folder, f"{data.name}_{cfg.arch}_SISA_{target}.json")
+    name = f"{data.name}_{cfg.arch}_SISA_{forget_target(split, args.subset)}.json"
+    out = args.out or os.path.join(folder, name)
     if not out.endswith(".json"):
         raise ValueError(f"--out {out}: a SISA manifest is a .json file")
-    check_out(out, "--out", [args.model, *slices, *input_files(args)], json_of_kind("sisa-manifest"),
-              args.overwrite)
+    here = os.path.realpath(os.path.dirname(os.path.abspath(out)))
+    if here != os.path.realpath(folder or "."):
+        raise ValueError(f"--out {out}: a SISA manifest names its slices beside it, so it goes in "
+                         f"the folder of --model, {folder or '.'}; give a name there")
+    identity = {"method": "sisa", "source": os.path.abspath(args.model),
+                "split": describe_split(split, data.classes)["sha256"]}
+    inputs = [args.model, *slices, *input_files(args)]
+    check_out(out, "--out", inputs, made_with(identity), args.overwrite)  # another's: --overwrite
     device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
-    start = time.time()
-    new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}
-    seconds = time.time() - start
-    for shard, info in enumerate(new["shards"]):
-        print(f"shard {shard}: " + (f"retrained slices {info['trained']}" if info["trained"] else "untouched")
-              + (f" (slices {info['carried']}: only forgotten images, the model before them carried over)"
-                 if info.get("carried") else ""))
-    print(f"unlearning took {seconds:.1f}s; a full retrain of all shards would take about {full:.1f}s "
-          f"(their original training time)")
-    write_json(out, {**new, "seconds": seconds, "source": args.model})
+    with lock(out, args.wait) as waited:  # a second run on --out stops (or waits, then is checked)
+        if waited:
+            check_out(out, "--out", inputs, made_with(identity), args.overwrite)
+        start = time.time()
+        new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}
+        seconds = time.time() - start
+        for shard, info in enumerate(new["shards"]):
+            done = f"retrained slices {info['trained']}" if info["trained"] else "untouched"
+            carried = (f" (slices {info['carried']}: only forgotten images, the model before them "
+                       f"carried over)") if info.get("carried") else ""
+            print(f"shard {shard}: {done}{carried}")
+        print(f"unlearning took {seconds:.1f}s; a full retrain of all shards would take about "
+              f"{full:.1f}s (their original training time)")
+        write_json(out, {**new, "seconds": seconds, "source": args.model, "identity": identity})
     print(f"saved {out}")
     if not args.no_eval:
         model = to_device(load_evaluable(out, len(data.classes)), device)

@@ -115,7 +115,7 @@ def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
         expected = f"retrained slices {list(range(hit[0], 3))}" if hit else "untouched"
         assert f"shard {shard}: {expected}" in u.stdout
     assert "a full retrain of all shards" in u.stdout
-    out = tmp_path / "sisa" / "cifar10-jpeg_resnet20_SISA_3.json"
+    out = tmp_path / "sisa" / "cifar10-jpeg_resnet20_SISA_3_subset4.json"
     assert len(json.load(open(out))["members"]) == 2
     e = call("evaluate.py", "--model", out, "--forget-class", "cat", "--mia", *common)
     assert e.returncode == 0, e.stderr
@@ -161,3 +161,75 @@ def test_the_reports_forget_positions_are_its_slices_and_sisa_redoes_what_the_re
                      ([], 0), ([], 0),  # shard 2's slices 1, 2: the fresh model
                      (kept(2, 3), 1), (kept(2, 3, 4), 1), (kept(2, 3, 4, 5), 1)]  # shard 2 on its slices 3-5 only
 
+
+# ------------------------------------------------------------------- manifests are never lost
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A 3-class image folder (6 train, 2 test images a class) and the data flags that read it."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("sisa-folder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for name in ("alpha", "beta", "gamma"):
+            (root / "toy" / split / name).mkdir(parents=True)
+            for i in range(n):
+                image = Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8))
+                image.save(root / "toy" / split / name / f"{i}.png")
+    return ["--dataset", root / "toy", "--data-dir", root / "cache", "--device", "cpu"]
+
+
+def sisa_train(flags, out, *extra):
+    return call("train.py", "--sisa", "--arch", "resnet20", "--shards", 2, "--slices", 2,
+                "--slice-epochs", "1,1", "--batch-size", 8, *flags, "--out", out, *extra)
+
+
+def sisa_unlearn(flags, manifest, *extra):
+    return call("unlearn.py", "--method", "sisa", "--model", manifest, "--no-eval", *flags, *extra)
+
+
+def test_a_training_manifest_is_replaced_only_by_the_same_command_or_overwrite(folder, tmp_path):
+    """OA08: train.py --sisa --seed 2 into the folder of the seed-0 set replaced its manifest."""
+    import cli
+    manifest = tmp_path / "a" / "manifest_full.json"
+    assert sisa_train(folder, tmp_path / "a").returncode == 0
+    before = manifest.read_bytes()
+    r = sisa_train(folder, tmp_path / "a", "--seed", 2)
+    assert_clean_error(r, f"--out {manifest} exists and is not")
+    assert manifest.read_bytes() == before
+    r = sisa_train(folder, tmp_path / "a")  # the same command: every slice reused, the same file
+    assert r.returncode == 0 and "trained slices none (all reused)" in r.stdout, r.stderr
+    with cli.lock(str(manifest)):  # another run writing it now: no second one at once
+        assert_clean_error(sisa_train(folder, tmp_path / "a"), "another run is writing")
+    assert sisa_train(folder, tmp_path / "a", "--seed", 2, "--overwrite").returncode == 0
+    assert json.loads(manifest.read_text())["config"]["seed"] == 2
+
+
+def test_an_unlearned_manifest_never_replaces_another_sets(folder, tmp_path):
+    """OA07: --out naming another set's manifest replaced it with one naming slices elsewhere;
+    OA09: two forget sets of one size shared the default name; CC02: two runs on one --out both
+    said 'saved'."""
+    import cli
+    for name in ("a", "b"):
+        assert sisa_train(folder, tmp_path / name).returncode == 0
+    a, b = tmp_path / "a" / "manifest_full.json", tmp_path / "b" / "manifest_full.json"
+    before = b.read_bytes()
+    forget = ["--forget-fraction", "0.2"]
+    r = sisa_unlearn(folder, a, *forget, "--out", b, "--overwrite")
+    assert_clean_error(r, "goes in the folder of --model")
+    r = sisa_unlearn(folder, a, *forget, "--out", a, "--overwrite")
+    assert_clean_error(r, "would replace the input")
+    assert b.read_bytes() == before
+    for seed in (0, 1):
+        r = sisa_unlearn(folder, a, *forget, "--forget-seed", seed)
+        assert r.returncode == 0, r.stderr
+    one, other = (tmp_path / "a" / f"toy_resnet20_SISA_forget0.2_seed{k}.json" for k in (0, 1))
+    assert json.loads(one.read_text())["split"]["forget_seed"] == 0
+    assert json.loads(other.read_text())["split"]["forget_seed"] == 1
+    r = sisa_unlearn(folder, a, *forget, "--forget-seed", 1, "--out", one)
+    assert_clean_error(r, "exists and is not")
+    assert sisa_unlearn(folder, a, *forget, "--out", one).returncode == 0  # the same: its own
+    with cli.lock(str(tmp_path / "a" / "u.json")):  # another run writing it now
+        r = sisa_unlearn(folder, a, *forget, "--out", tmp_path / "a" / "u.json")
+    assert_clean_error(r, "another run is writing")
+    assert not (tmp_path / "a" / "u.json").exists()

@@ -205,14 +205,7 @@ def load_pretrained(model, arch, name="torchvision"):
                              f"valid: {', '.join(IMAGENET_WEIGHTS)}")
         path = imagenet_file(IMAGENET_WEIGHTS[arch])
     else:
-        try:
-            path = fetch(name)
-        except OSError as e:
-            raise OSError(f"--pretrained {name}: {e} (--pretrained torchvision starts from "
-                          f"torchvision's ImageNet weights instead)") from None
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--pretrained {name}: no such file; give a state_dict's "
-                                    f"path, URL or hf://OWNER/REPO/FILE, or torchvision")
+        path = pretrained_file(name)
     state = as_state_dict(read_checkpoint(path, name), name)
     if non_finite(state):
         raise ValueError(f"{name}: {non_finite(state)} of {len(state)} tensors hold NaN or inf; "
@@ -233,6 +226,29 @@ def load_pretrained(model, arch, name="torchvision"):
                          f"({len(extra)} such keys)")
     model.load_state_dict({k: state[k] for k in kept if k in state}, strict=False)
     return {"name": name, "file": os.path.basename(path), "sha256": sha256_file(path)}
+
+
+def pretrained_file(name):
+    """The local file of the starting weights `name` (not torchvision): a URL or hf:// name
+    downloaded once (fetch, which checks a #sha256=HEX suffix); a local path as it is, or with
+    the #sha256=HEX suffix that URLs take, checked against the file (a file whose own name holds
+    #sha256= is taken as it is)."""
+    try:
+        path = fetch(name)
+    except OSError as e:
+        raise OSError(f"--pretrained {name}: {e} (--pretrained torchvision starts from "
+                      f"torchvision's ImageNet weights instead)") from None
+    pinned, _, pin = path.rpartition("#sha256=")
+    if pinned and not is_remote(name) and not os.path.exists(path):
+        if os.path.isfile(pinned) and sha256_file(pinned) != pin.lower():
+            raise ValueError(f"--pretrained {name}: the sha256 of {pinned} is "
+                             f"{sha256_file(pinned)}, not the one the name asks for; give that "
+                             f"file, or the pin of this one")
+        path = pinned
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--pretrained {name}: no such file; give a state_dict's "
+                                f"path, URL or hf://OWNER/REPO/FILE, or torchvision")
+    return path
 
 
 def input_size(model):

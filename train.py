@@ -36,8 +36,8 @@ from data import (AUGMENT, Loader, add_data_args, describe_split, input_files, l
 from evaluate import predict
 from methods import hp
 from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size,
-                    is_remote, load_model, load_pretrained, non_finite, save_model,
-                    sidecar_path, to_device)
+                    is_remote, load_model, load_pretrained, non_finite, pretrained_file,
+                    save_model, sha256_file, sidecar_path, to_device)
 from published import pretrained_name
 
 
@@ -114,10 +114,16 @@ RECIPES = {"sgd": TrainConfig, "transfer": TransferConfig, "ensemble": EnsembleC
 def recipe_identity(cfg):
     """A recipe's settings as an output's identity: dataclasses.asdict, less pretrained where it is
     torchvision, the only starting point before --pretrained, so that what was trained then is
-    still found (and SISA's slices keep their hashes)."""
+    still found (and SISA's slices keep their hashes). A local --pretrained file counts by its
+    content, as PATH#sha256=<what it holds now>: a file replaced under the same name is other
+    settings, not "nothing to do". A URL or hf:// name counts as given: by content when it
+    carries a #sha256= pin, else by name (its download is kept and reused, as before)."""
     settings = dataclasses.asdict(cfg)
     if settings.get("pretrained") == "torchvision":
         del settings["pretrained"]
+    elif settings.get("pretrained") and not is_remote(settings["pretrained"]):
+        path = pretrained_file(settings["pretrained"])
+        settings["pretrained"] = f"{path}#sha256={sha256_file(path)}"
     return settings
 
 
@@ -489,6 +495,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def check_flags(args, cfg):
+    """Before the data: flags that cannot work together, each one line naming them."""
+    if cfg.patience and not cfg.val_fraction:  # it watches the validation accuracy: none, no stop
+        raise ValueError(f"--patience {cfg.patience} stops on the validation accuracy, but there "
+                         f"is no validation set: give --val-fraction (such as 0.1), or "
+                         f"--patience 0")
+    if args.sisa and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file; with --sisa, --out names a folder for the "
+                         f"slices and the manifest: give a folder path")
+
+
 def inputs(args, cfg):
     """What a training run reads, which its outputs never replace: the data, a local pretrained."""
     pretrained = getattr(cfg, "pretrained", "torchvision")
@@ -499,6 +516,7 @@ def inputs(args, cfg):
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(RECIPES[args.recipe], args)
+    check_flags(args, cfg)
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data, cfg.val_fraction or None)
     if args.sisa:

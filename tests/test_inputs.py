@@ -134,6 +134,22 @@ def test_a_value_that_would_make_the_run_a_no_op_is_refused_before_any_work(toy,
     assert not (tmp / "o.pth").exists() and not (tmp / "o.pth.json").exists()
 
 
+def test_train_flags_that_cannot_work_together_are_one_line_before_the_data(tmp_path):
+    """NA07: --patience without a validation set trained on with early stopping silently off;
+    OA15: train.py --sisa --out naming a file stopped after the data: '[Errno 17] File exists'."""
+    from conftest import assert_clean_error, call
+    (tmp_path / "m.pth").write_bytes(b"a checkpoint")
+    missing = ["--dataset", tmp_path / "no-such-data", "--device", "cpu"]  # read after the flags
+    r = call("train.py", "--patience", "1", *missing, "--out", tmp_path / "p.pth")
+    assert_clean_error(r, "--patience 1 stops on the validation accuracy, but there is no")
+    r = call("train.py", "--recipe", "ensemble", "--val-fraction", "0", *missing, "--out",
+             tmp_path / "p.pth")
+    assert_clean_error(r, "--patience 50 stops on the validation accuracy")  # the recipe's own
+    r = call("train.py", "--sisa", *missing, "--out", tmp_path / "m.pth")
+    assert_clean_error(r, f"--out {tmp_path / 'm.pth'} is a file; with --sisa, --out names a")
+    assert (tmp_path / "m.pth").read_bytes() == b"a checkpoint"
+
+
 def test_forget_indices_as_a_user_writes_them(toy):
     import data
     tmp, _ = toy

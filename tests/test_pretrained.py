@@ -220,13 +220,42 @@ def test_sisas_transfer_slices_start_from_pretrained_and_old_identities_hold(tmp
     # torchvision, the only starting point before --pretrained, is left out of identities, so
     # that what was trained before keeps its identity (and SISA's slices their hashes)
     assert "pretrained" not in recipe_identity(TransferConfig())
-    assert recipe_identity(cfg)["pretrained"] == str(tmp_path / "start.pth")
+    pinned = f"{tmp_path / 'start.pth'}#sha256={meta['pretrained']['sha256']}"
+    assert recipe_identity(cfg)["pretrained"] == pinned  # a local file: by its content
     manifest = {"recipe": "transfer", "config": {k: v for k, v in json.loads(json.dumps(
         recipe_identity(TransferConfig()))).items()}, "sisa": {"shards": 1, "slices": 1,
         "slice_epochs": [1], "aggregate": "vote"}, "shards": [{"checkpoints": ["s.pth"],
         "seconds": [0.0]}], "split": {"n_train": 3}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert read_manifest(str(tmp_path / "manifest.json"))[1].pretrained == "torchvision"
+
+
+def test_a_replaced_pretrained_file_is_other_settings_and_a_local_pin_is_checked(tmp_path):
+    """PT16: --pretrained replaced by other weights under its path, then the same command: 'already
+    trained with these settings; nothing to do'. PT13: a local path with the #sha256= pin that URLs
+    take: 'no such file'."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("alpha", "beta"):
+            (tmp_path / "toy" / split / name).mkdir(parents=True)
+            image = Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8))
+            image.save(tmp_path / "toy" / split / name / "0.png")
+    start = tmp_path / "start.pth"
+    torch.save(timm_state(seed=1), start)
+    command = ["train.py", "--recipe", "transfer", "--arch", ARCH, "--pretrained", start,
+               "--epochs", 1, "--dataset", tmp_path / "toy", "--data-dir", tmp_path / "cache",
+               "--device", "cpu", "--out", tmp_path / "m.pth"]
+    assert call(*command).returncode == 0
+    torch.save(timm_state(seed=2), start)  # other weights under the same name
+    assert_clean_error(call(*command), "holds a checkpoint made with other settings")
+    digest = hashlib.sha256(start.read_bytes()).hexdigest()
+    info = load_pretrained(build_model(ARCH, 2), ARCH, f"{start}#sha256={digest}")
+    assert info["sha256"] == digest
+    pinned = recipe_identity(TransferConfig(pretrained=f"{start}#sha256={digest}"))
+    assert pinned == recipe_identity(TransferConfig(pretrained=str(start)))  # the same file
+    with pytest.raises(ValueError, match=f"the sha256 of {start} is {digest}, not the one"):
+        load_pretrained(build_model(ARCH, 2), ARCH, f"{start}#sha256={'0' * 64}")
 
 
 # ----------------------------------------------------------------- hostile .safetensors (issue 32)

@@ -36,7 +36,7 @@ import threading
 import time
 
 from cli import (add_runtime_args, atomic_write, check_out, check_writable, json_of_kind,
-                 positive_int, read_json, run, text_of_kind, write_json)
+                 positive_int, read_json, run, sidecar_path, text_of_kind, write_json)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_TITLE = "# The first GPU call"  # the log's first line: a rerun knows its own log by it
@@ -210,8 +210,9 @@ def fresh(path, since):
 
 def training_figures(prefix, since):
     """A training's speed from its sidecar, or from its per-epoch log when it was stopped."""
-    if fresh(prefix + ".json", since) and fresh(prefix + ".pth", since):
-        meta = read_json(prefix + ".json")
+    sidecar = sidecar_path(prefix + ".pth")  # <prefix>.pth.json (an older run's <prefix>.json)
+    if fresh(sidecar, since) and fresh(prefix + ".pth", since):
+        meta = read_json(sidecar)
         keys = ("first_epoch_seconds", "median_epoch_seconds", "compile_seconds", "peak_memory_gb",
                 "cudagraph_skips", "compile_failed", "compile", "precision", "device", "seconds")
         return {"finished": True, **{k: meta.get(k) for k in keys},

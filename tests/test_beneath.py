@@ -177,14 +177,14 @@ def test_unlearn_probe_fills_the_sidecar_the_cards_table_and_the_model_card(
              "--probe", "--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 20,
              "--test-subset", 20, "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stderr
-    meta = json.load(open(tmp_path / "ssd.json"))
+    meta = json.load(open(tmp_path / "ssd.pth.json"))
     m = meta["metrics"]
     assert m["cka_retrained"] is None and m["relearn_cap"] == 100
     assert 0 <= m["probe_forget_acc"] <= 100 and set(m["beneath_seconds"]) == {
         "features", "probe", "cka", "relearn"}
     assert set(m["cka_original"]) == {"test", "forget"} and meta["retrained_metrics"] is None
     cells = report.beneath_cells(m)
-    r = call("evaluate.py", "--table", tmp_path / "ssd.json")
+    r = call("evaluate.py", "--table", tmp_path / "ssd.pth.json")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].endswith("| MIA | " + " | ".join(report.BENEATH_HEADER) + " |")
     assert r.stdout.splitlines()[2].endswith(f"| {m['mia']:.3f} | " + " | ".join(cells) + " |")

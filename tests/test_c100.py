@@ -225,7 +225,7 @@ def test_a_copied_c100_folder_continues_and_evaluates_a_stopped_fine_tuning(c100
     argv, out, *_ = c100_small
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    finetune = copy / "finetune" / "cifar100_resnet32.json"
+    finetune = copy / "finetune" / "cifar100_resnet32.pth.json"
     metrics = json.loads(finetune.read_text())["metrics"]
     finetune.write_text(json.dumps({**json.loads(finetune.read_text()), "metrics": None}))
     again = call("studies/reproduce_c100.py", *with_out(argv, copy))

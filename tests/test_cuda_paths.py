@@ -418,7 +418,7 @@ def test_unlearn_records_the_precision_that_ran(tmp_path, conv_dtypes):
     r = call("unlearn.py", "--method", "lfssd", "--precision", "bf16", *common,
              "--out", tmp_path / "lf.pth")
     assert r.returncode == 0, r.stderr
-    assert json.load(open(tmp_path / "lf.json"))["precision"] == "fp32"
+    assert json.load(open(tmp_path / "lf.pth.json"))["precision"] == "fp32"
     assert set(conv_dtypes) == {torch.float32}
 
 

@@ -67,7 +67,7 @@ def test_the_first_call_rehearsed_on_a_cpu(cifar_jpeg, data_dir, tmp_path):
         assert text in r.stdout  # ...and to the terminal
     with tarfile.open(out / "work.tar.gz") as tar:
         names = tar.getnames()
-    assert "work/eager.json" in names and "work/cards/cards.json" in names
+    assert "work/eager.pth.json" in names and "work/cards/cards.json" in names
     assert not [n for n in names if n.endswith((".pth", ".pt"))]  # logs and sidecars, no weights
 
 
@@ -146,6 +146,20 @@ def test_files_an_earlier_call_left_are_not_this_calls_figures(tmp_path):
     os.utime(tmp_path / "eager.log.jsonl")  # this call's first epoch, then stopped
     assert first_call.figures("eager", args, result) == {
         "finished": False, "epochs": 1, "epoch_seconds": [2.0], "compile_seconds": 0.0}
+
+
+def test_a_finished_trainings_figures_come_from_its_sidecar(tmp_path):
+    # train.py writes eager.pth's sidecar as eager.pth.json (cli.sidecar_name): read there, the
+    # step is finished; an older eager.json beside no newer one is still read
+    args = first_call.parse_args(["--work", str(tmp_path)])
+    (tmp_path / "eager.pth").write_bytes(b"weights")
+    meta = {"metrics": {"epoch": 2, "test_acc": 61.5}, "seconds": 9.0, "device": "cpu"}
+    (tmp_path / "eager.pth.json").write_text(json.dumps(meta))
+    result = {"started": time.time() - 5, "seconds": 1.0, "lines": []}
+    figures = first_call.figures("eager", args, result)
+    assert figures["finished"] and figures["epochs"] == 2 and figures["test_acc"] == 61.5
+    os.rename(tmp_path / "eager.pth.json", tmp_path / "eager.json")
+    assert first_call.figures("eager", args, result)["seconds"] == 9.0
 
 
 def first_call_main(*args):

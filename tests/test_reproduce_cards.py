@@ -166,7 +166,7 @@ def test_a_folder_of_other_settings_is_refused_naming_the_setting_or_redone(toy_
     argv = toy_argv(folder, dataset, "--epochs", "2", "--stage", "train", "--overwrite")
     r = call("studies/reproduce_cards.py", *argv)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.load(open(folder / "full.json"))["config"]["epochs"] == 2
+    assert json.load(open(folder / "full.pth.json"))["config"]["epochs"] == 2
     assert not (folder / "ssd" / "cat.pth").exists() and not (folder / "cards.md").exists()
     assert json.load(open(folder / "settings.json"))["--epochs"] == 2
 
@@ -179,8 +179,8 @@ def test_a_model_by_path_is_known_by_content_and_never_removed_by_overwrite(toy_
     argv = toy_argv(folder, toy_cards[1], "--model", folder / "full.pth")
     r = call("studies/reproduce_cards.py", *argv, "--overwrite")  # the folder's own model: --model
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (folder / "full.pth").exists() and (folder / "full.json").exists()  # the input kept
-    assert json.load(open(folder / "ssd" / "cat.json"))["source"] == str(folder / "full.pth")
+    assert (folder / "full.pth").exists() and (folder / "full.pth.json").exists()  # the input kept
+    assert json.load(open(folder / "ssd" / "cat.pth.json"))["source"] == str(folder / "full.pth")
     save_model(str(folder / "full.pth"), build_model("resnet20", 10), {"arch": "resnet20"})
     assert_clean_error(call("studies/reproduce_cards.py", *argv), "--model sha256:")  # another one
 
@@ -189,7 +189,7 @@ def test_a_model_by_path_is_known_by_content_and_never_removed_by_overwrite(toy_
 def test_a_run_stopped_between_saved_and_its_evaluation_is_evaluated_next_time(toy_cards):
     from conftest import call
     folder = toy_cards[0]  # not a copy: the runs' identity names their model's path; undone below
-    sidecar = folder / "ssd" / "cat.json"
+    sidecar = folder / "ssd" / "cat.pth.json"
     meta = json.load(open(sidecar))
     unlearn = [*toy_argv(folder, toy_cards[1])[:6], "--subset", "3", "--test-subset", "2",
                "--method", "ssd", "--model", folder / "full.pth", "--forget-class", "cat",
@@ -211,7 +211,7 @@ def test_a_run_stopped_between_saved_and_its_evaluation_is_evaluated_next_time(t
 def missing_cat_runs(folder):
     for sub in ("ssd", "ssd-retain", "advneggrad"):
         os.remove(folder / sub / "cat.pth")
-        os.remove(folder / sub / "cat.json")
+        os.remove(folder / sub / "cat.pth.json")
 
 
 @pytest.mark.slow

@@ -368,7 +368,7 @@ def test_boundary_shrink_gets_the_loaders_normalisation_from_the_script(cifar_jp
     r = unlearn_tiny(data_dir, untrained, tmp_path / "u.pth", "--method", "boundary-shrink",
                      "--forget-class", "cat", "--epochs", "1", "--lr", "0.01")
     assert r.returncode == 0, r.stderr
-    meta = json.load(open(tmp_path / "u.json"))
+    meta = json.load(open(tmp_path / "u.pth.json"))
     assert meta["config"]["mean"] == list(cifar_jpeg.mean)
     assert meta["config"]["std"] == list(cifar_jpeg.std)
     assert not {"mean", "std"} & set(meta["identity"]["config"])

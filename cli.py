@@ -119,8 +119,8 @@ def check_out(path, flag="--out", inputs=(), mine=None, overwrite=False):
     folder that takes files; it is none of `inputs` (check_inputs), and a file already there is
     this output's own kind (mine(path) is True: a rerun replaces it) unless `overwrite`. Raises
     ValueError naming the flag."""
+    check_inputs(path, flag, inputs)  # first: check_writable makes the folder, maybe in the data
     check_writable(path, flag)
-    check_inputs(path, flag, inputs)
     if os.path.exists(path) and not overwrite and not (mine and mine(path)):
         raise ValueError(f"{flag} {path} exists and is not an output of this kind (another run's file?): pass "
                          f"--overwrite to replace it, or give another path")

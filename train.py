@@ -28,9 +28,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import (add_config_args, add_runtime_args, atomic_write, check_out, config_from_args,
-                 config_from_json, eval_batch_size, lock, non_negative_int, pick_device,
-                 positive_int, read_json, run, to_json, write_json)
+from cli import (add_config_args, add_runtime_args, atomic_write, check_inputs, check_out,
+                 config_from_args, config_from_json, eval_batch_size, lock, non_negative_int,
+                 pick_device, positive_int, read_json, run, to_json, write_json)
 from data import (AUGMENT, Loader, add_data_args, describe_split, input_files, load_dataset,
                   sisa_order, split_from_args)
 from evaluate import predict
@@ -664,6 +664,8 @@ def main_sisa(args, cfg, data, split):
                 "split": describe_split(split, data.classes)["sha256"]}
     if args.shard is None:  # a --shard job writes no manifest
         check_out(path, "--out", inputs(args, cfg), made_with(identity), args.overwrite)
+    else:  # but its slices go in the same folder: not inside the data either
+        check_inputs(path, "--out", inputs(args, cfg))
     print(f"{cfg}\n{sisa}\n{len(split.retain)} train images -> {folder}", flush=True)
     device, _ = pick_device(args.device, "fp32")
     if args.shard is not None:

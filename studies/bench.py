@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 from cli import add_runtime_args, check_out, eval_batch_size, json_of_kind, pick_device, positive_int, run, write_json
-from data import Loader, add_data_args, color_jitter, draw_rotate_jitter, load_dataset, rotate, split_from_args
+from data import (Loader, add_data_args, color_jitter, draw_rotate_jitter, input_files,
+                  load_dataset, rotate, split_from_args)
 from evaluate import predict
 from models import ARCHS, build_model, to_device
 from train import TrainConfig, train_epoch
@@ -162,7 +163,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_out(args.out, "--out", [], json_of_kind("bench"), args.overwrite)
+    check_out(args.out, "--out", input_files(args), json_of_kind("bench"), args.overwrite)
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data)
     device, amp = pick_device(args.device, args.precision)

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, float_in,
                  glue_values, json_of_kind, lock, non_negative_int, pick_device, positive_int,
                  read_json, run, write_json)
-from data import (Loader, add_data_args, describe_split, load_dataset, split_from_args, subset_indices,
-                  with_normalization)
+from data import (Loader, add_data_args, describe_split, input_files, load_dataset,
+                  split_from_args, subset_indices, with_normalization)
 from evaluate import mia_score, predict
 from models import (fetch, finished, input_size, is_remote, load_model, normalization_of,
                     sha256_file, sidecar_path, to_device)
@@ -1049,6 +1049,7 @@ def outputs_command(args):
     this model file's outputs with these settings."""
     check_outputs_flags(args)
     inputs = [] if is_remote(args.model) else [args.model, sidecar_path(args.model)]
+    inputs += input_files(args)  # the data too: no --out in the image folder, even --overwrite
     check_out(args.out, "--out", inputs, outputs_of(args.model), args.overwrite)
     with lock(args.out):  # a second run on this --out stops at once: both would say "wrote" (CC04)
         make_outputs(args)

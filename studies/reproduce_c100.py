@@ -20,7 +20,8 @@ import time
 
 from cli import (add_runtime_args, atomic_write, check_out, pick_device, positive_int, read_json, run, text_of_kind,
                  write_json)
-from data import add_data_args, load_dataset, make_split, positions, with_normalization
+from data import (add_data_args, input_files, load_dataset, make_split, positions,
+                  with_normalization)
 from models import sidecar_path
 from published import CIFAR_MODELS, CIFAR_MODELS_STATS, PUBLISHED_CIFAR_MODELS, PUBLISHED_SISA
 from studies.reproduce_cards import (INTERRUPTED, check_settings, dataset_name, failure,
@@ -244,7 +245,8 @@ def main(argv=None):
     args = parse_args(argv)
     settings = check_args(args)
     out = args.out
-    check_out(os.path.join(out, "c100.md"), "--out", [], text_of_kind("# The CIFAR-100 report"), overwrite=False)
+    check_out(os.path.join(out, "c100.md"), "--out", input_files(args),  # no --out inside the data
+              text_of_kind("# The CIFAR-100 report"), overwrite=False)
     check_settings(out, settings, OUTPUTS, args.overwrite)
     data = load_dataset(args.dataset, args.data_dir)  # decoded or downloaded once, before the steps read it
     if len(data.classes) != 100:

@@ -38,7 +38,7 @@ import time
 
 from cli import (add_runtime_args, atomic_write, check_out, pick_device, positive_int, read_json, run, text_of_kind,
                  write_json)
-from data import add_data_args, load_dataset
+from data import add_data_args, input_files, load_dataset
 from models import finished, is_remote, sha256_file, sidecar_path
 from published import CIFAR10, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_UNLEARN
 
@@ -600,7 +600,8 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     out = args.out
-    check_out(os.path.join(out, "cards.md"), "--out", [args.model] if args.model else [],
+    inputs = [args.model] * bool(args.model) + input_files(args)  # the data: no --out inside it
+    check_out(os.path.join(out, "cards.md"), "--out", inputs,
               text_of_kind("# The model cards, reproduced"), overwrite=False)
     device, amp = pick_device(args.device, args.precision)
     local = args.model and not is_remote(args.model)

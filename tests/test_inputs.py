@@ -111,6 +111,15 @@ def test_no_output_lands_in_the_data_whatever_overwrite_says(toy):
     r = call("train.py", "--arch", "resnet20", "--epochs", "1", *archive, "--overwrite",
              "--out", tmp / "toy.tar.gz")
     assert_clean_error(r, "would replace the input")
+    inside = tmp / "toy" / "train" / "alpha"
+    for script, args in [  # every other script's outputs too; a new folder there breaks the data
+            ("studies/privacy.py", ["outputs", *model, "--forget-class", "alpha",
+                                    "--out", inside / "o.npz"]),
+            ("train.py", ["--sisa", "--shard", "0", "--out", inside / "sisa"]),
+            ("studies/bench.py", ["--out", inside / "new" / "b.json"]),
+            ("studies/reproduce_cards.py", ["--out", inside / "cards"]),
+            ("studies/reproduce_c100.py", ["--out", inside / "c100"])]:
+        assert_clean_error(call(script, *args, *flags, "--overwrite"), "is inside")
     assert all(p.read_bytes() == data for p, data in before.items())
     assert sorted((tmp / "toy" / "train" / "alpha").iterdir()) == images
 

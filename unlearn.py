@@ -272,7 +272,7 @@ def main(argv=None):
     identity = {"method": args.method, "config": flag_values(cfg), "source": source,
                 "dataset": data.name, "split": describe_split(split, data.classes)["sha256"], "seed": args.seed,
                 "precision": args.precision}
-    inputs = [args.model, args.retrained or "", *input_files(args)]  # never replaced, even --overwrite
+    inputs = [args.model, args.retrained or "", *input_files(args)]  # kept, even --overwrite
     todo = left_to_do(out, identity, args, inputs)
     if todo is None:
         print(f"{out} is already unlearned with these settings; nothing to do (--overwrite runs "

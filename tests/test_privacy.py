@@ -636,7 +636,8 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     assert jobs(pool, *design, "--n", 6, *groups, data=data) == []
     for group in ("original", "retrain", "ssd"):
         endings = ("pth", "npz", "pth.json") + (("log.jsonl",) if group != "ssd" else ())
-        assert sorted(os.listdir(pool / group)) == sorted(f"s{k}.{e}" for k in range(6) for e in endings)
+        expected = sorted(f"s{k}.{e}" for k in range(6) for e in endings)
+        assert sorted(os.listdir(pool / group)) == expected
     ssd = [torch.load(pool / "ssd" / f"s{k}.pth", weights_only=True)["fc.weight"] for k in range(6)]
     assert all(not torch.equal(ssd[0], w) for w in ssd[1:])  # a deterministic method from 6 originals: 6 models
 

@@ -209,9 +209,11 @@ def test_an_unlearned_manifest_never_replaces_another_sets(folder, tmp_path):
     """OA07: --out naming another set's manifest replaced it with one naming slices elsewhere;
     OA09: two forget sets of one size shared the default name; CC02: two runs on one --out both
     said 'saved'."""
+    import shutil
+
     import cli
-    for name in ("a", "b"):
-        assert sisa_train(folder, tmp_path / name).returncode == 0
+    assert sisa_train(folder, tmp_path / "a").returncode == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # another set, as trained: its own folder
     a, b = tmp_path / "a" / "manifest_full.json", tmp_path / "b" / "manifest_full.json"
     before = b.read_bytes()
     forget = ["--forget-fraction", "0.2"]

@@ -126,7 +126,7 @@ $(CHECKPOINTS)/ensemble/$(NAME)_seed%.pth: | $(INSTALL)
 	$(PY) train.py $(DATA) --recipe ensemble $(PRETRAINED_FLAG) --epochs $(EPOCHS) --seed $* \
 	  --out $@ --resume
 
-SISA = $(PY) train.py $(DATA) --sisa --recipe transfer --arch resnet34-imagenet --shards $(SHARDS)
+SISA = $(PY) sisa.py train $(DATA) --recipe transfer --arch resnet34-imagenet --shards $(SHARDS)
 sisa: $(INSTALL)  ## SISA 4 shards x 5 slices, ImageNet ResNet34 transfer; shards JOBS at a time on DEVICES
 	$(call parallel,$$(seq -f "sisa-shard-%g" 0 $$(($(SHARDS) - 1))))
 	$(SISA)
@@ -135,7 +135,7 @@ sisa-shard-%: | $(INSTALL)
 	$(SISA) --shard $*
 
 sisa-unlearn: $(INSTALL)  ## SISA unlearning of a random 20% (reuses every unaffected slice checkpoint)
-	$(PY) unlearn.py $(DATA) --method sisa --model checkpoints/sisa_$(NAME)_resnet34-imagenet/manifest_full.json \
+	$(PY) sisa.py unlearn $(DATA) --model checkpoints/sisa_$(NAME)_resnet34-imagenet/manifest_full.json \
 	  --forget-fraction 0.2
 
 clean-demo:  ## delete runs/demo

@@ -360,14 +360,14 @@ def member_mia(model, data, split, device, batch_size, amp=None):
 
 
 def load_evaluable(path, num_classes, aggregate=None):
-    """A checkpoint, or a SISA manifest (.json, from train.py --sisa or unlearn.py --method sisa) as one Ensemble
+    """A checkpoint, or a SISA manifest (.json, from sisa.py train or sisa.py unlearn) as one Ensemble
     of its shard models, aggregated as the manifest says unless `aggregate` is given."""
     if not path.endswith(".json"):
         return load_model(path, num_classes=num_classes)
     manifest = read_json(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list) or "aggregate" not in manifest:
         raise ValueError(f"{path} is not a SISA manifest of this project (no members / aggregate); write one with "
-                         f"train.py --sisa")
+                         f"sisa.py train")
     members = manifest["members"]
     if not members or not all(isinstance(m, str) and m and os.path.basename(m) == m and m not in (".", "..")
                               for m in members):

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import os
 import statistics
@@ -22,22 +21,20 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import (add_config_args, add_runtime_args, atomic_write, check_inputs, check_out,
-                 config_from_args, config_from_json, eval_batch_size, lock, non_negative_int,
-                 pick_device, positive_int, read_json, run, to_json, write_json)
+from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args,
+                 eval_batch_size, lock, pick_device, positive_int, run)
 from data import (AUGMENT, Loader, add_data_args, describe_split, input_files, load_dataset,
-                  sisa_order, split_from_args)
+                  split_from_args)
 from evaluate import predict
 from methods import hp
-from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, finished, input_size,
-                    is_remote, load_model, load_pretrained, non_finite, pretrained_file,
-                    save_model, sha256_file, sidecar_path, to_device)
+from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, input_size, is_remote,
+                    load_pretrained, non_finite, pretrained_file, save_model, sha256_file,
+                    to_device)
 from published import pretrained_name
 
 
@@ -306,139 +303,9 @@ def write_log(path, log):
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in log).encode()))
 
 
-# ----------------------------------------------------------------------------- SISA
-
-@dataclass(frozen=True)
-class SisaConfig:
-    """SISA (Bourtoule et al., 2021) as in the CIFAR-100 report: 4 shards x 5 slices, slice k trained 9 - k epochs.
-    The recipe's seed also seeds the shard permutation and each shard model's initialisation."""
-    shards: int = hp(4, "S, disjoint shards of the train set, one model each")
-    slices: int = hp(5, "R, slices per shard, trained cumulatively with a checkpoint after each")
-    slice_epochs: tuple = hp((8, 7, 6, 5, 4), "epochs for slice k = 1..R, comma-separated (the report: 9 - k)")
-    aggregate: str = hp("vote", "how the shard models' predictions combine", choices=("vote", "mean-softmax"))
-
-
-def shard_slices(train_indices, shards, slices, seed):
-    """The seeded order of the train indices (data.sisa_order: --forget-positions counts in it) cut into `shards`
-    disjoint shards of `slices` slices each, runs of consecutive positions."""
-    return [np.array_split(shard, slices) for shard in np.array_split(sisa_order(train_indices, seed), shards)]
-
-
-def slice_hash(previous, seen, epochs, identity):
-    """Names a slice checkpoint by everything that made it: the previous slice's hash, the exact indices seen so
-    far, the epochs and the recipe."""
-    h = hashlib.sha256(f"{previous}|{epochs}|{json.dumps(identity, sort_keys=True)}|".encode())
-    h.update(np.asarray(seen, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
-def train_sisa(data, split, cfg, sisa, folder, device, only=None):
-    """Train (or, with forgotten indices absent from split.retain, unlearn) a SISA model set: every shard trains on
-    cumulative slices, each slice checkpoint named by a hash of everything it has seen, so unchanged ones are
-    reused. Returns the manifest and, per shard, the slices that were trained. only: train that shard alone and
-    return None (shards as separate jobs; a later call reuses their checkpoints and returns the manifest)."""
-    if len(sisa.slice_epochs) != sisa.slices:
-        raise ValueError(f"--slice-epochs gives {len(sisa.slice_epochs)} values for {sisa.slices} slices")
-    plan = shard_slices(split.train, sisa.shards, sisa.slices, cfg.seed)
-    kept = np.isin(split.train, split.retain)
-    check_plan(plan, set(split.train[~kept].tolist()))
-    identity = {"cfg": recipe_identity(cfg), "dataset": data.name, "classes": len(data.classes)}
-    shards = [train_shard(data, slices, set(split.train[~kept].tolist()), cfg, sisa, identity, folder, device, s)
-              for s, slices in enumerate(plan) if only in (None, s)]
-    if only is not None:
-        return None
-    return {"kind": "sisa-manifest", "sisa": dataclasses.asdict(sisa), "config": dataclasses.asdict(cfg),
-            "dataset": data.name, "normalization": normalization(data),
-            "classes": data.classes, "aggregate": sisa.aggregate, "split": describe_split(split, data.classes),
-            "members": [s["checkpoints"][-1] for s in shards], "shards": shards}
-
-
-def read_manifest(path):
-    """A SISA manifest (train.py --sisa, unlearn.py --method sisa) with what unlearning reads checked: (manifest, its
-    recipe's config, its SisaConfig, the slice checkpoints it names). A hand-edited or foreign file is one line."""
-    manifest = read_json(path)
-    where = f"{path} is not a SISA manifest of this project as written"
-    if not isinstance(manifest, dict) or manifest.get("recipe") not in RECIPES:
-        raise ValueError(f"{path} is not a SISA manifest of this project (no recipe); write one with train.py --sisa")
-    config = manifest.get("config")
-    if isinstance(config, dict) and manifest["recipe"] != "sgd":  # older: torchvision's
-        config = {"pretrained": "torchvision", **config}
-    cfg = config_from_json(RECIPES[manifest["recipe"]], config, where)
-    sisa = config_from_json(SisaConfig, manifest.get("sisa"), where)
-    shards = manifest.get("shards")
-    if not (isinstance(shards, list) and len(shards) == sisa.shards and all(
-            isinstance(s, dict) and isinstance(s.get("checkpoints"), list) and len(s["checkpoints"]) == sisa.slices
-            and all(isinstance(c, str) and os.path.basename(c) == c for c in s["checkpoints"])
-            and isinstance(s.get("seconds"), list) and all(isinstance(x, (int, float)) for x in s["seconds"])
-            for s in shards)):
-        raise ValueError(f"{where}: shards must list {sisa.shards} shards of {sisa.slices} checkpoint names beside "
-                         f"it, with their seconds")
-    n_train = (manifest.get("split") or {}).get("n_train") if isinstance(manifest.get("split"), dict) else None
-    if not isinstance(n_train, int) or isinstance(n_train, bool):
-        raise ValueError(f"{where}: split.n_train is {n_train!r}, not a number of images")
-    folder = os.path.dirname(path)
-    return manifest, cfg, sisa, [os.path.join(folder, c) for s in shards for c in s["checkpoints"]]
-
-
 def normalization(data):
     """What a model's sidecar records of the normalisation it was trained with (models.normalization_of reads it)."""
     return {"mean": list(data.mean), "std": list(data.std)}
-
-
-def check_plan(plan, forgotten):
-    """Before any shard trains: every slice holds an image, and no shard is forgotten whole (it would have nothing
-    to train on, found after all the others had trained)."""
-    n = sum(len(part) for slices in plan for part in slices)
-    if min(len(part) for slices in plan for part in slices) == 0:
-        raise ValueError(f"{len(plan)} shards x {len(plan[0])} slices for {n} train images leave a slice empty; use "
-                         f"fewer --shards or --slices")
-    for shard, slices in enumerate(plan):
-        if all(i in forgotten for part in slices for i in part):
-            raise ValueError(f"every image of shard {shard} is forgotten, so it has nothing to train on; use fewer "
-                             f"--shards, or retrain without SISA")
-
-
-def train_shard(data, slices, forgotten, cfg, sisa, identity, folder, device, shard):
-    """One shard: for slice k, train on slices 1..k (forgotten indices dropped) for sisa.slice_epochs[k-1] epochs,
-    starting from slice k-1's checkpoint; a checkpoint whose hash exists is reused, not trained. A slice whose own
-    images are all forgotten adds nothing: its checkpoint is the previous one carried over (the shard's fresh
-    initialisation for a first slice), so that a shard whose last slices are forgotten goes back to its last
-    checkpoint, and one whose first slices are forgotten starts afresh at its first slice with images left."""
-    seen, digest, previous = np.zeros(0, np.int64), slice_hash(None, [], 0, identity | {"shard": shard}), None
-    checkpoints, trained, carried, seconds = [], [], [], []
-    for k, (part, epochs) in enumerate(zip(slices, sisa.slice_epochs), 1):
-        new = [i for i in part if i not in forgotten]
-        seen, epochs = np.concatenate([seen, new]).astype(np.int64), epochs if new else 0
-        digest = slice_hash(digest, seen, epochs, identity)
-        path = os.path.join(folder, f"shard{shard}_slice{k}_{digest}.pth")
-        if not finished(path):  # absent, or left unfinished by a fault between the checkpoint and its sidecar
-            with lock(path):
-                train_slice(data, seen, cfg, epochs, previous, path, device, cfg.seed * 1000 + shard, len(data.classes))
-            (trained if epochs else carried).append(k)
-        seconds.append(read_json(sidecar_path(path))["seconds"])
-        checkpoints.append(os.path.basename(path))  # relative to the manifest's folder
-        previous = path
-    print(f"shard {shard}: trained slices {trained or 'none (all reused)'}"
-          + (f"; slices {carried} hold only forgotten images: the model before them carried over" if carried else ""),
-          flush=True)
-    return {"checkpoints": checkpoints, "trained": trained, "carried": carried, "seconds": seconds}
-
-
-def train_slice(data, indices, cfg, epochs, previous, path, device, seed, num_classes):
-    """Slice checkpoint `path`: the previous one (or a fresh model) trained `epochs` on `indices`; with 0 epochs
-    (the slice's own images all forgotten), the previous model (or the fresh one) as it is."""
-    torch.manual_seed(seed)
-    model = load_model(previous) if previous else build_model(cfg.arch, num_classes)
-    pretrained = None if previous else starting_weights(model, cfg)
-    model = to_device(model, device)
-    start = time.time()
-    if epochs:
-        loader = Loader(data, indices, train_set=True, batch_size=cfg.batch_size, device=device, shuffle=True,
-                        augment=cfg.augment, seed=seed, size=input_size(model))
-        fit(model, loader, None, dataclasses.replace(cfg, epochs=epochs))
-    save_model(path, model, {"config": dataclasses.asdict(cfg), "epochs": epochs, "n_seen": len(indices),
-                             "seconds": time.time() - start, "device": str(device),
-                             "pretrained": pretrained})
 
 
 # ----------------------------------------------------------------------------- command line
@@ -465,12 +332,17 @@ def default_out(arch, data, split, subset):
 def parse_args(argv=None):
     first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--recipe", choices=list(RECIPES), default="sgd")
-    recipe = first.parse_known_args(argv)[0].recipe
+    first.add_argument("--sisa", action="store_true")  # moved to sisa.py: said so, below
+    known = first.parse_known_args(argv)[0]
+    recipe = known.recipe
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
+    if known.sisa:  # an old command fails clearly, never trains one full model instead
+        parser.error("--sisa moved to its own script: python sisa.py train <the same flags, "
+                     "less --sisa> (sisa.py train --help)")
     parser.add_argument("--recipe", choices=list(RECIPES), default="sgd", help="sgd: the 200-epoch recipe; transfer: "
                         "ImageNet weights + Adam; ensemble: the ensemble report's member recipe (default: sgd)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<arch>_<dataset>_<full|no_CLASS>"
-                        ".pth; with --sisa the folder checkpoints/sisa_<dataset>_<arch>)")
+                        ".pth)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt when it exists (default: off)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
                         "train again one made with these (default: refuse / keep it)")
@@ -478,9 +350,6 @@ def parse_args(argv=None):
                         "nothing is left to do) instead of stopping at once: parallel make jobs (default: stop)")
     parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
                         "resumable state; for splitting a run into jobs (default: run all epochs)")
-    parser.add_argument("--sisa", action="store_true", help="train a SISA model set: shards x slices (default: off)")
-    parser.add_argument("--shard", type=non_negative_int, default=None, help="with --sisa: train this shard only, so that shards "
-                        "run as parallel jobs; a run without it then reuses them and writes the manifest (default: all)")
     parser.add_argument("--compile", nargs="?", const="inductor", default="off",
                         choices=("off", "inductor", "aot_eager"), help="torch.compile the training step: inductor "
                         "(on CUDA with CUDA graphs, mode reduce-overhead; --compile alone), or aot_eager (graph "
@@ -490,7 +359,6 @@ def parse_args(argv=None):
                         "tenth of a fast GPU epoch (default: 1)")
     add_runtime_args(parser, seed=None)  # the seed is the recipe's (--seed below)
     add_config_args(parser, RECIPES[recipe])
-    add_config_args(parser, SisaConfig)
     add_data_args(parser)
     return parser.parse_args(argv)
 
@@ -501,9 +369,6 @@ def check_flags(args, cfg):
         raise ValueError(f"--patience {cfg.patience} stops on the validation accuracy, but there "
                          f"is no validation set: give --val-fraction (such as 0.1), or "
                          f"--patience 0")
-    if args.sisa and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out} is a file; with --sisa, --out names a folder for the "
-                         f"slices and the manifest: give a folder path")
 
 
 def inputs(args, cfg):
@@ -519,8 +384,6 @@ def main(argv=None):
     check_flags(args, cfg)
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data, cfg.val_fraction or None)
-    if args.sisa:
-        return main_sisa(args, cfg, data, split)
     out = args.out or default_out(cfg.arch, data, split, args.subset)
     identity = {"cfg": recipe_identity(cfg), "dataset": data.name, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
                 "split": describe_split(split, data.classes)["sha256"]}
@@ -612,8 +475,6 @@ def init_distributed(args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
-    if args.sisa:
-        raise ValueError("--sisa is not supported under torchrun: run shards as separate jobs (--shard)")
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -648,62 +509,6 @@ def finish_distributed(model):
 def weights_digest(model):
     """The sum of every state_dict entry in float64, as a 1-element tensor on the weights' own device."""
     return torch.stack([v.double().sum() for v in model.state_dict().values()]).sum().view(1)
-
-
-def main_sisa(args, cfg, data, split):
-    """train.py --sisa: the shard models, written to a folder with a manifest that evaluate.py
-    loads as one model. A manifest already there is replaced only by a run with its settings
-    (whose slices are then all reused) or with --overwrite, and by one run at a time (cli.lock)."""
-    sisa = config_from_args(SisaConfig, args)
-    folder = args.out or os.path.join("checkpoints", f"sisa_{data.name}_{cfg.arch}")
-    if args.shard is not None and not 0 <= args.shard < sisa.shards:
-        raise ValueError(f"--shard must be in 0..{sisa.shards - 1}, got {args.shard}")
-    path = os.path.join(folder, f"manifest_{forget_name(data, split)}.json")
-    identity = {"recipe": args.recipe, "cfg": recipe_identity(cfg),
-                "sisa": dataclasses.asdict(sisa), "dataset": data.name,
-                "split": describe_split(split, data.classes)["sha256"]}
-    if args.shard is None:  # a --shard job writes no manifest
-        check_out(path, "--out", inputs(args, cfg), made_with(identity), args.overwrite)
-    else:  # but its slices go in the same folder: not inside the data either
-        check_inputs(path, "--out", inputs(args, cfg))
-    print(f"{cfg}\n{sisa}\n{len(split.retain)} train images -> {folder}", flush=True)
-    device, _ = pick_device(args.device, "fp32")
-    if args.shard is not None:
-        train_sisa(data, split, cfg, sisa, folder, device, only=args.shard)
-        print(f"shard {args.shard} done; run again without --shard to write the manifest")
-        return
-    with lock(path, args.wait) as waited:
-        if waited:  # the run it waited for wrote a manifest: replaced only as check_out says
-            check_out(path, "--out", inputs(args, cfg), made_with(identity), args.overwrite)
-        made = train_sisa(data, split, cfg, sisa, folder, device)
-        write_json(path, {"recipe": args.recipe, **made, "identity": identity})
-    print(f"saved {path} ({sisa.shards} shards; evaluate it with evaluate.py --model {path})")
-
-
-def made_with(identity):
-    """mine= for cli.check_out: a SISA manifest made with `identity` (manifest_identity), so that
-    only the same command replaces it."""
-    def mine(path):
-        try:
-            found = manifest_identity(*read_manifest(path)[:3])
-        except (ValueError, OSError, KeyError, TypeError, AttributeError):  # not one of ours
-            return False
-        return found == json.loads(json.dumps(identity, default=to_json))
-    return mine
-
-
-def manifest_identity(manifest, cfg, sisa):
-    """What made a SISA manifest, as its "identity": for train.py's, the recipe's identity, the
-    SISA settings, dataset and split; for unlearn.py's, its source manifest and split. One written
-    before manifests held it is judged by the same fields."""
-    if "identity" in manifest:
-        return manifest["identity"]
-    split = manifest["split"]["sha256"]
-    if "source" in manifest:  # unlearned
-        return {"method": "sisa", "source": os.path.abspath(manifest["source"]), "split": split}
-    return json.loads(json.dumps({"recipe": manifest["recipe"], "cfg": recipe_identity(cfg),
-                                  "sisa": dataclasses.asdict(sisa),
-                                  "dataset": manifest.get("dataset"), "split": split}))
 
 
 # what --resume continues from: the last state written (every --save-every epochs)

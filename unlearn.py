@@ -21,15 +21,15 @@ import torch
 import methods
 from methods import Shuffled, hp
 
-from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, check_out,
-                 config_from_args, flag_fields, lock, pick_device, read_json, run, sidecar_name,
-                 sidecar_path, write_json)
+from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, config_from_args,
+                 flag_fields, lock, pick_device, read_json, run, sidecar_name, sidecar_path,
+                 write_json)
 from data import (Loader, add_data_args, common_normalization, describe_split, input_files,
                   load_dataset, split_from_args, with_normalization)
-from evaluate import beneath_outputs, evaluate_model, format_table, load_evaluable, strip_losses
+from evaluate import beneath_outputs, evaluate_model, format_table, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
                     save_model, to_device)
-from train import TrainConfig, fit, made_with, normalization, read_manifest, train_sisa
+from train import TrainConfig, fit, normalization
 
 
 # ----------------------------------------------------------------------------- retraining (the gold standard)
@@ -99,20 +99,23 @@ def forget_target(split, subset):
 
 def parse_args(argv=None):
     first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    first.add_argument("--method", choices=list(METHODS) + ["sisa"])
+    first.add_argument("--method")  # checked by the parser below
     first.add_argument("--forget-fraction", default=None)
     first.add_argument("--forget-indices", default=None)
     first.add_argument("--forget-positions", default=None)
     known = first.parse_known_args(argv)[0]
     method = known.method
+    if method == "sisa":  # moved to sisa.py: an old command fails clearly
+        argparse.ArgumentParser(allow_abbrev=False).error(
+            "--method sisa moved to its own script: python sisa.py unlearn --model MANIFEST "
+            "<the same forget and data flags> (sisa.py unlearn --help)")
     classwise = not (known.forget_fraction or known.forget_indices or known.forget_positions)
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
-    parser.add_argument("--method", required=True, choices=list(METHODS) + ["sisa"],
-                        help="unlearning method; `--method X --help` lists X's flags and defaults; sisa retrains "
-                        "the affected slices of a SISA model set (its settings are the manifest's)")
+    parser.add_argument("--method", required=True, choices=list(METHODS),
+                        help="unlearning method; `--method X --help` lists X's flags and defaults "
+                        "(SISA: sisa.py unlearn)")
     parser.add_argument("--model", required=True, help="the trained checkpoint to unlearn from: a "
-                        "path, an https:// URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it "
-                        "(sisa: the manifest written by train.py --sisa)")
+                        "path, an https:// URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it")
     parser.add_argument("--retrained", default=None, help="the retrained gold standard, evaluated beside it, "
                         "named as --model (default: none)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
@@ -259,8 +262,6 @@ def main(argv=None):
     split = split_from_args(args, data)
     if len(split.forget) == 0:
         raise ValueError("the forget set is empty: give --forget-class, --forget-fraction or --forget-indices")
-    if args.method == "sisa":  # not a model -> model function: it retrains parts of a model set
-        return main_sisa(args, data, split)
     fn, config_class, display = METHODS[args.method]
     cfg = config_from_args(config_class, args, **from_the_data(config_class, data))
     model = load_model(args.model, num_classes=len(data.classes))
@@ -392,48 +393,6 @@ def ssd_summary(changed, total, cfg, display="SSD"):
             f"{cfg.alpha:g} times its importance on D ({cfg.full_set}), so the model is "
             f"unchanged. With D = retain+forget (the official scripts') the forget set is part "
             f"of D and this is common; try --full-set retain or a smaller --alpha")
-
-
-def main_sisa(args, data, split):
-    """Each shard restarts from the checkpoint before its first slice holding a forgotten index and retrains the
-    later slices without it (train_sisa's hash-named checkpoints make that automatic); untouched shards are reused."""
-    manifest, cfg, sisa, slices = read_manifest(args.model)
-    if manifest["split"]["n_train"] != len(split.train):
-        raise ValueError(f"{args.model} was trained on {manifest['split']['n_train']} images, this split has "
-                         f"{len(split.train)}: use the same --dataset / --subset")
-    full = sum(sum(s["seconds"]) for s in manifest["shards"])
-    folder = os.path.dirname(args.model)
-    name = f"{data.name}_{cfg.arch}_SISA_{forget_target(split, args.subset)}.json"
-    out = args.out or os.path.join(folder, name)
-    if not out.endswith(".json"):
-        raise ValueError(f"--out {out}: a SISA manifest is a .json file")
-    here = os.path.realpath(os.path.dirname(os.path.abspath(out)))
-    if here != os.path.realpath(folder or "."):
-        raise ValueError(f"--out {out}: a SISA manifest names its slices beside it, so it goes in "
-                         f"the folder of --model, {folder or '.'}; give a name there")
-    identity = {"method": "sisa", "source": os.path.abspath(args.model),
-                "split": describe_split(split, data.classes)["sha256"]}
-    inputs = [args.model, *slices, *input_files(args)]
-    check_out(out, "--out", inputs, made_with(identity), args.overwrite)  # another's: --overwrite
-    device, _ = pick_device(args.device, "fp32")  # the methods' own math (SSD's importances) in fp32
-    with lock(out, args.wait) as waited:  # a second run on --out stops (or waits, then is checked)
-        if waited:
-            check_out(out, "--out", inputs, made_with(identity), args.overwrite)
-        start = time.time()
-        new = {"recipe": manifest["recipe"], **train_sisa(data, split, cfg, sisa, folder, device)}
-        seconds = time.time() - start
-        for shard, info in enumerate(new["shards"]):
-            done = f"retrained slices {info['trained']}" if info["trained"] else "untouched"
-            carried = (f" (slices {info['carried']}: only forgotten images, the model before them "
-                       f"carried over)") if info.get("carried") else ""
-            print(f"shard {shard}: {done}{carried}")
-        print(f"unlearning took {seconds:.1f}s; a full retrain of all shards would take about "
-              f"{full:.1f}s (their original training time)")
-        write_json(out, {**new, "seconds": seconds, "source": args.model, "identity": identity})
-    print(f"saved {out}")
-    if not args.no_eval:
-        model = to_device(load_evaluable(out, len(data.classes)), device)
-        print(format_table([(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from data import (add_data_args, input_files, load_dataset, make_split, position
                   with_normalization)
 from models import sidecar_path
 from published import CIFAR_MODELS, CIFAR_MODELS_STATS, PUBLISHED_CIFAR_MODELS, PUBLISHED_SISA
+import sisa as sisa_py
 from studies.reproduce_cards import (INTERRUPTED, check_settings, dataset_name, failure,
                                      metrics_of, parsed_flags, run_in_process)
 
@@ -41,11 +42,11 @@ PREPROCESSINGS = {"their CIFAR-100 statistics": CIFAR_MODELS_STATS["cifar100"],
 
 OUTPUTS = ("before/*", "finetune/*", "sisa.log", "sisa/manifest_full.*", "sisa/unlearned.*",
            "sisa/eval.*", "c100.*")  # the steps (SISA's slices, named by their making, are reused)
-SISA_FLAGS_SET_HERE = {  # train.py's flags that --sisa-flags cannot change: {dest: why}
+SISA_FLAGS_SET_HERE = {  # sisa.py train's flags that --sisa-flags cannot change: {dest: why}
     **dict.fromkeys(("dataset", "data_dir", "device", "subset", "test_subset", "forget_class",
                      "forget_fraction", "forget_seed", "forget_indices", "forget_positions",
                      "keep_half"), "is a flag of reproduce_c100.py itself: give it there"),
-    **dict.fromkeys(("out", "sisa", "shard", "resume", "overwrite", "stop_after"),
+    **dict.fromkeys(("out", "shard", "overwrite", "wait"),
                     "is set by reproduce_c100.py"),
     "seed": "is --forget-seed's: the forget positions count in the order SISA's shards are cut "
             "with it (the report's design); give --forget-seed instead",
@@ -120,8 +121,8 @@ def finetune(args, name, out):
 
 
 def sisa(args, out):
-    """train.py --sisa with the report's recipe on the whole train set, then --method sisa
-    forgetting the forget positions (their order is the shards': train.py's --seed is
+    """sisa.py train with the report's recipe on the whole train set, then sisa.py unlearn
+    forgetting the forget positions (their order is the shards': sisa.py's --seed is
     --forget-seed), then both evaluated with the MIA. Results are looked up by file name, so that
     the folder may be copied or spelt otherwise."""
     folder = os.path.join(out, "sisa")
@@ -130,10 +131,10 @@ def sisa(args, out):
     flags = data_flags(args)
     plain = flags[:flags.index("--forget-positions")]
     if not os.path.isfile(manifest):
-        step(["train.py", *plain, "--sisa", *args.sisa_flags.split(), "--seed",
+        step(["sisa.py", "train", *plain, *args.sisa_flags.split(), "--seed",
               str(args.forget_seed), "--out", folder])
     if not os.path.isfile(unlearned):
-        step(["unlearn.py", *flags, "--method", "sisa", "--model", manifest, "--out", unlearned, "--no-eval"])
+        step(["sisa.py", "unlearn", *flags, "--model", manifest, "--out", unlearned, "--no-eval"])
     if not os.path.isfile(evaluation):
         step(["evaluate.py", *flags, "--model", manifest, "--model", unlearned, "--mia", "--json", evaluation])
     models = {os.path.basename(path): m for path, m in read_json(evaluation)["models"].items()}
@@ -211,8 +212,8 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[m for m in PUBLISHED_CIFAR_MODELS
                                                                              if m.startswith("cifar100")],
                         help="the published models to start from (default: the report's ResNet32 and ResNet56)")
-    parser.add_argument("--sisa-flags", default="--recipe transfer --arch resnet34-imagenet", help="train.py's "
-                        "flags for SISA (default: the report's recipe, ImageNet ResNet34 transfer)")
+    parser.add_argument("--sisa-flags", default="--recipe transfer --arch resnet34-imagenet", help="sisa.py "
+                        "train's flags (default: the report's recipe, ImageNet ResNet34 transfer)")
     parser.add_argument("--no-sisa", action="store_true", help="skip SISA (default: run it)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo a folder made with other settings (its steps are removed); "
@@ -225,13 +226,14 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Before any work: the data flags the report's design cannot take, and --sisa-flags read with
-    train.py's parser (their slice epochs counted). Returns the folder's settings."""
+    sisa.py train's parser (their slice epochs counted). Returns the folder's settings."""
     for flag in ("forget_class", "forget_fraction", "forget_indices", "keep_half"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')}: the report's forget set is "
                              f"--forget-positions (of --forget-seed's order); leave it out")
-    given, sisa = parsed_flags(args.sisa_flags, "--sisa-flags", SISA_FLAGS_SET_HERE)
-    if len(given.slice_epochs) != given.slices:  # else found by train.py, after the other steps
+    given, sisa = parsed_flags(args.sisa_flags, "--sisa-flags", SISA_FLAGS_SET_HERE,
+                               parse=lambda argv: sisa_py.parse_args(["train", *argv])[1])
+    if len(given.slice_epochs) != given.slices:  # else found by sisa.py, after the other steps
         raise ValueError(f"--sisa-flags {args.sisa_flags!r}: --slice-epochs gives "
                          f"{len(given.slice_epochs)} values for {given.slices} slices")
     return {"script": "reproduce_c100.py", "--dataset": dataset_name(args.dataset),

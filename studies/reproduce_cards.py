@@ -53,7 +53,7 @@ SETTINGS = "settings.json"  # under --out: the settings its steps were made with
 OUTPUTS = ("full.*", "full_eval.*", "no_*.*", "ssd/*", "ssd-retain/*", "advneggrad/*",
            "cards.*")  # the steps under --out, by pattern
 TRAIN_FLAGS_SET_HERE = (  # train.py's flags that --train-flags cannot give: this script sets them
-    "arch", "epochs", "out", "resume", "overwrite", "stop_after", "sisa", "shard", "compile",
+    "arch", "epochs", "out", "resume", "overwrite", "stop_after", "compile",
     "save_every", "device", "precision", "dataset", "data_dir", "subset", "test_subset",
     "forget_class", "forget_fraction", "forget_seed", "forget_indices", "forget_positions",
     "keep_half")
@@ -304,17 +304,19 @@ def check_settings(out, settings, outputs, overwrite, keep=()):
     write_json(path, settings)
 
 
-def parsed_flags(text, flag, owned):
-    """--train-flags / --sisa-flags read with train.py's own parser, before any work: a bad flag or
-    value, or one of `owned` ({dest: why this script sets it}) given another value than its
-    default, is one line naming `flag`. Returns (train.py's arguments, {option: value} of those
-    that differ from its defaults: what the flags mean, however spelt)."""
+def parsed_flags(text, flag, owned, parse=None):
+    """--train-flags / --sisa-flags read with train.py's own parser (or `parse`, such as sisa.py
+    train's), before any work: a bad flag or value, or one of `owned` ({dest: why this script sets
+    it}) given another value than its default, is one line naming `flag`. Returns (the parsed
+    arguments, {option: value} of those that differ from their defaults: what the flags mean,
+    however spelt)."""
     import train
+    parse = parse or train.parse_args
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):  # argparse's usage
-            given = train.parse_args(text.split())
-            default = train.parse_args(["--recipe", given.recipe])
+            given = parse(text.split())
+            default = parse(["--recipe", given.recipe])
     except SystemExit:
         reason = (err.getvalue().strip().splitlines() or ["not train.py's flags"])[-1]
         raise ValueError(f"{flag} {text!r}: {reason.split('error: ', 1)[-1]}") from None

@@ -229,10 +229,10 @@ $(R)/eval_%.json: $(R)/full.pth $(R)/no_%.pth $$(foreach m,$$(EVERY_CLASS) $$(ON
 	  --forget-class '$*' --mia --losses --json $@ $(if $(PROBE),$(PROBE) --original $(R)/full.pth)
 
 $(R)/sisa/manifest_full.json: | $(INSTALL)
-	$(PY) train.py $(SISA_DATA) --sisa $(SISA_RECIPE) --out $(R)/sisa
+	$(PY) sisa.py train $(SISA_DATA) $(SISA_RECIPE) --out $(R)/sisa
 
 $(R)/sisa/unlearned.json: $(R)/sisa/manifest_full.json
-	$(PY) unlearn.py $(SISA_DATA) --method sisa --model $< --forget-fraction $(FORGET_FRACTION) --out $@ --no-eval
+	$(PY) sisa.py unlearn $(SISA_DATA) --model $< --forget-fraction $(FORGET_FRACTION) --out $@ --no-eval
 
 $(R)/sisa/eval.json: $(R)/sisa/manifest_full.json $(R)/sisa/unlearned.json
 	$(PY) evaluate.py $(SISA_DATA) $(addprefix --model ,$^) --forget-fraction $(FORGET_FRACTION) --mia --json $@

@@ -121,7 +121,7 @@ def test_a_planted_cifar_batch_cannot_run_code(tmp_path):
 
 
 def sisa(tiny, folder):
-    return call("train.py", *data_flags(tiny), "--sisa", "--arch", "resnet20", "--shards", 2, "--slices", 2,
+    return call("sisa.py", "train", *data_flags(tiny), "--arch", "resnet20", "--shards", 2, "--slices", 2,
                 "--slice-epochs", "1,1", "--batch-size", 8, "--out", folder)
 
 
@@ -135,7 +135,7 @@ def test_a_fault_between_a_slice_and_its_sidecar_is_redone_by_the_next_run(tiny,
     assert slice_.exists()
     next((tmp_path / "sisa").glob("shard1_slice1_*.json")).unlink()  # written the other way round, met by unlearning
     (tmp_path / "forget.txt").write_text("0")
-    r = call("unlearn.py", *data_flags(tiny), "--method", "sisa", "--model", tmp_path / "sisa" / "manifest_full.json",
+    r = call("sisa.py", "unlearn", *data_flags(tiny), "--model", tmp_path / "sisa" / "manifest_full.json",
              "--forget-indices", tmp_path / "forget.txt", "--no-eval")
     assert r.returncode == 0, r.stderr
 
@@ -274,7 +274,7 @@ def test_a_manifest_missing_a_field_is_refused(tiny, tmp_path):
     assert_clean_error(call("evaluate.py", *data_flags(tiny), "--model", tmp_path / "m.json"),
                        "m.json is not a SISA manifest of this project")
     (tmp_path / "s.json").write_text(json.dumps({"sisa": {}, "split": {"n_train": 18}, "recipe": "sgd", "config": {}}))
-    assert_clean_error(call("unlearn.py", *data_flags(tiny), "--method", "sisa", "--model", tmp_path / "s.json",
+    assert_clean_error(call("sisa.py", "unlearn", *data_flags(tiny), "--model", tmp_path / "s.json",
                             "--forget-class", "alpha"), "s.json is not a SISA manifest of this project")
 
 

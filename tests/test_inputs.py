@@ -115,7 +115,7 @@ def test_no_output_lands_in_the_data_whatever_overwrite_says(toy):
     for script, args in [  # every other script's outputs too; a new folder there breaks the data
             ("studies/privacy.py", ["outputs", *model, "--forget-class", "alpha",
                                     "--out", inside / "o.npz"]),
-            ("train.py", ["--sisa", "--shard", "0", "--out", inside / "sisa"]),
+            ("sisa.py", ["train", "--shard", "0", "--out", inside / "sisa"]),
             ("studies/bench.py", ["--out", inside / "new" / "b.json"]),
             ("studies/reproduce_cards.py", ["--out", inside / "cards"]),
             ("studies/reproduce_c100.py", ["--out", inside / "c100"])]:
@@ -145,7 +145,7 @@ def test_a_value_that_would_make_the_run_a_no_op_is_refused_before_any_work(toy,
 
 def test_train_flags_that_cannot_work_together_are_one_line_before_the_data(tmp_path):
     """NA07: --patience without a validation set trained on with early stopping silently off;
-    OA15: train.py --sisa --out naming a file stopped after the data: '[Errno 17] File exists'."""
+    OA15: train.py --sisa (now sisa.py train) --out naming a file stopped after the data: '[Errno 17] File exists'."""
     from conftest import assert_clean_error, call
     (tmp_path / "m.pth").write_bytes(b"a checkpoint")
     missing = ["--dataset", tmp_path / "no-such-data", "--device", "cpu"]  # read after the flags
@@ -154,8 +154,8 @@ def test_train_flags_that_cannot_work_together_are_one_line_before_the_data(tmp_
     r = call("train.py", "--recipe", "ensemble", "--val-fraction", "0", *missing, "--out",
              tmp_path / "p.pth")
     assert_clean_error(r, "--patience 50 stops on the validation accuracy")  # the recipe's own
-    r = call("train.py", "--sisa", *missing, "--out", tmp_path / "m.pth")
-    assert_clean_error(r, f"--out {tmp_path / 'm.pth'} is a file; with --sisa, --out names a")
+    r = call("sisa.py", "train", *missing, "--out", tmp_path / "m.pth")
+    assert_clean_error(r, f"--out {tmp_path / 'm.pth'} is a file; sisa.py's --out names a")
     assert (tmp_path / "m.pth").read_bytes() == b"a checkpoint"
 
 
@@ -184,7 +184,7 @@ def test_forget_indices_as_a_user_writes_them(toy):
 def test_sisa_with_more_slices_than_images_stops_before_training(toy):
     from conftest import assert_clean_error, call
     tmp, flags = toy
-    r = call("train.py", "--sisa", "--arch", "resnet20", "--shards", "4", "--slices", "5", "--slice-epochs",
+    r = call("sisa.py", "train", "--arch", "resnet20", "--shards", "4", "--slices", "5", "--slice-epochs",
              "1,1,1,1,1", "--epochs", "1", "--out", tmp / "sisa", *flags)
     assert_clean_error(r, "leave a slice empty")
     assert not (tmp / "sisa").exists() or not any((tmp / "sisa").iterdir())
@@ -260,8 +260,8 @@ def test_a_bad_file_is_one_line_in_every_script_never_a_bug(toy, name):
     tmp, flags = toy
     path = bad_files(tmp)[name]
     commands = [("evaluate.py", "--model", path, *flags), ("models.py", "--model", path),
-                ("unlearn.py", "--method", "sisa" if path.suffix == ".json" else "ssd", "--model", path,
-                 "--forget-class", "alpha", *flags),
+                (*(("sisa.py", "unlearn") if path.suffix == ".json" else ("unlearn.py", "--method", "ssd")),
+                 "--model", path, "--forget-class", "alpha", *flags),
                 ("studies/privacy.py", "outputs", "--model", path, "--forget-class", "alpha",
                  "--out", tmp / "o.npz", *flags)]
     for command in commands:

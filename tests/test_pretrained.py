@@ -14,7 +14,8 @@ import torchvision
 import published
 from conftest import ARCHIVE, assert_clean_error, call
 from models import build_model, cache_path, file_url, load_model, load_pretrained
-from train import EnsembleConfig, TransferConfig, read_manifest, recipe_identity, train_slice
+from sisa import read_manifest, train_slice
+from train import EnsembleConfig, TransferConfig, recipe_identity
 
 ARCH = "resnet18-imagenet"
 TIMM_REPO, TIMM_FILE = published.PUBLISHED_PRETRAINED["ensemble"]

@@ -29,7 +29,7 @@ def rundir(cifar_jpeg, data_dir, tmp_path_factory):
                              f"DATA_DIR={data_dir}", *TINY)
     # 3 models, 2 x 2 + 1 unlearned, their evaluation; SISA trained, unlearned, evaluated; 2 members, the ensemble
     assert [c[0] for c in commands] == ["train.py"] * 2 + ["unlearn.py"] * 2 + ["train.py"] + ["unlearn.py"] * 3 + [
-        "evaluate.py", "train.py", "unlearn.py", "evaluate.py", "train.py", "train.py", "evaluate.py"], commands
+        "evaluate.py", "sisa.py", "sisa.py", "evaluate.py", "train.py", "train.py", "evaluate.py"], commands
     for command in commands:
         r = call(*command)
         assert r.returncode == 0, (command, r.stdout[-3000:] + r.stderr[-3000:])

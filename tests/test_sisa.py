@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-import train
+import sisa as sisa_py
 from conftest import ARCHIVE, assert_clean_error, call
 from data import Dataset, make_split
 from models import Ensemble
-from train import SisaConfig, TrainConfig, shard_slices, train_sisa
+from sisa import SisaConfig, shard_slices, train_sisa
+from train import TrainConfig
 
 CPU = torch.device("cpu")
 CFG = TrainConfig(arch="resnet20", epochs=1, batch_size=16)
@@ -40,12 +41,12 @@ def test_shards_and_slices_are_disjoint_complete_and_seeded():
 def recorded(monkeypatch):
     """Every (indices) a slice was trained on, through the real training code."""
     calls = []
-    real = train.train_slice
+    real = sisa_py.train_slice
 
     def spy(data, indices, *args):
         calls.append(np.array(indices))
         return real(data, indices, *args)
-    monkeypatch.setattr(train, "train_slice", spy)
+    monkeypatch.setattr(sisa_py, "train_slice", spy)
     return calls
 
 
@@ -98,16 +99,16 @@ def test_vote_and_mean_softmax_match_a_hand_computation():
 
 def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
     common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--subset", 4, "--test-subset", 2, "--device", "cpu"]
-    sisa = ["--sisa", "--arch", "resnet20", "--batch-size", 16, "--shards", 2, "--slices", 2, "--slice-epochs", "1,1",
+    sisa = ["train", "--arch", "resnet20", "--batch-size", 16, "--shards", 2, "--slices", 2, "--slice-epochs", "1,1",
             "--out", tmp_path / "sisa", *common]
-    one = call("train.py", *sisa, "--shard", 1)  # a shard as its own job, as `make -j sisa` runs them
+    one = call("sisa.py", *sisa, "--shard", 1)  # a shard as its own job, as `make -j sisa` runs them
     assert one.returncode == 0 and not (tmp_path / "sisa" / "manifest_full.json").exists(), one.stderr
-    r = call("train.py", *sisa)
+    r = call("sisa.py", *sisa)
     assert r.returncode == 0, r.stderr
     assert "shard 0: trained slices [1, 2]" in r.stdout and "shard 1: trained slices none (all reused)" in r.stdout
-    assert_clean_error(call("train.py", *sisa, "--shard", 2), "--shard must be in 0..1")
+    assert_clean_error(call("sisa.py", *sisa, "--shard", 2), "--shard must be in 0..1")
     manifest = tmp_path / "sisa" / "manifest_full.json"
-    u = call("unlearn.py", "--method", "sisa", "--model", manifest, "--forget-class", "cat", *common)
+    u = call("sisa.py", "unlearn", "--model", manifest, "--forget-class", "cat", *common)
     assert u.returncode == 0, u.stderr
     split = make_split(cifar_jpeg, forget_class=3, subset=4)
     for shard, slices in enumerate(shard_slices(split.train, 2, 2, 0)):
@@ -120,8 +121,22 @@ def test_sisa_from_the_command_line(cifar_jpeg, data_dir, tmp_path):
     e = call("evaluate.py", "--model", out, "--forget-class", "cat", "--mia", *common)
     assert e.returncode == 0, e.stderr
     assert "(shards " in e.stdout  # the per-shard MIA mean beside the aggregate's
-    bad = call("train.py", "--sisa", "--arch", "resnet20", "--slices", 3, "--slice-epochs", "1,1", *common)
+    bad = call("sisa.py", "train", "--arch", "resnet20", "--slices", 3, "--slice-epochs", "1,1", *common)
     assert bad.returncode != 0 and "gives 2 values for 3 slices" in bad.stderr
+
+
+def test_the_old_sisa_commands_end_in_one_line_naming_sisa_py(tmp_path):
+    """train.py --sisa and unlearn.py --method sisa moved to sisa.py: they fail as argparse does
+    (exit 2) with the command to use, and train nothing."""
+    for script, flags, instead in (
+            ("train.py", ["--sisa", "--shards", 2, "--out", tmp_path / "s"], "python sisa.py train"),
+            ("unlearn.py", ["--method", "sisa", "--model", tmp_path / "m.json", "--forget-class",
+                            "cat", "--out", tmp_path / "u.json"], "python sisa.py unlearn")):
+        r = call(script, *flags)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert last.startswith(f"{script}: error: ") and instead in last, last
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_reports_forget_positions_are_its_slices_and_sisa_redoes_what_the_report_says(tmp_path, monkeypatch):
@@ -145,8 +160,8 @@ def test_the_reports_forget_positions_are_its_slices_and_sisa_redoes_what_the_re
     sisa = SisaConfig(shards=4, slices=5, slice_epochs=(1, 1, 1, 1, 1))
     cfg = TrainConfig(arch="resnet20", epochs=1, batch_size=32)
     first = train_sisa(small, make_split(small), cfg, sisa, str(tmp_path), CPU)
-    calls, real = [], train.train_slice
-    monkeypatch.setattr(train, "train_slice", lambda data, indices, cfg, epochs, *rest: calls.append(
+    calls, real = [], sisa_py.train_slice
+    monkeypatch.setattr(sisa_py, "train_slice", lambda data, indices, cfg, epochs, *rest: calls.append(
         (np.sort(indices).tolist(), epochs)) or real(data, indices, cfg, epochs, *rest))
     after = train_sisa(small, make_split(small, forget_positions=(80, 120)), cfg, sisa, str(tmp_path), CPU)
     assert [s["trained"] for s in after["shards"]] == [[], [], [3, 4, 5], []]
@@ -180,12 +195,12 @@ def folder(tmp_path_factory):
 
 
 def sisa_train(flags, out, *extra):
-    return call("train.py", "--sisa", "--arch", "resnet20", "--shards", 2, "--slices", 2,
+    return call("sisa.py", "train", "--arch", "resnet20", "--shards", 2, "--slices", 2,
                 "--slice-epochs", "1,1", "--batch-size", 8, *flags, "--out", out, *extra)
 
 
 def sisa_unlearn(flags, manifest, *extra):
-    return call("unlearn.py", "--method", "sisa", "--model", manifest, "--no-eval", *flags, *extra)
+    return call("sisa.py", "unlearn", "--model", manifest, "--no-eval", *flags, *extra)
 
 
 def test_a_training_manifest_is_replaced_only_by_the_same_command_or_overwrite(folder, tmp_path):
@@ -235,3 +250,4 @@ def test_an_unlearned_manifest_never_replaces_another_sets(folder, tmp_path):
         r = sisa_unlearn(folder, a, *forget, "--out", tmp_path / "a" / "u.json")
     assert_clean_error(r, "another run is writing")
     assert not (tmp_path / "a" / "u.json").exists()
+

@@ -206,25 +206,34 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
     return state["log"], state["best"]
 
 
-def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identity=None, stop_after=None,
-        val_loader=None, amp=None, step_model=None, write=True, save_every=1):
+@dataclass(frozen=True)
+class Run:
+    """How one fit() keeps its work (log, resumable state), stops early, and steps (DDP, compile)."""
+    prefix: str | None = None  # <prefix>.log.jsonl every epoch, <prefix>.state.pt; None: no files
+    resume: bool = False  # continue from <prefix>.state.pt when it exists
+    identity: dict | None = None  # what made the state: a state made otherwise is refused
+    stop_after: int | None = None  # stop after this epoch, its state written, to resume later
+    save_every: int = 1  # the state every K epochs (and at stop_after)
+    write: bool = True  # False on DDP ranks > 0: they read the state, rank 0 alone writes it
+    step_model: object = None  # what the step calls, if not the model: torch.compile, DDP wrapper
+
+
+def fit(model, train_loader, test_loader, cfg, val_loader=None, amp=None, run=Run()):
     """Train `model` with the recipe `cfg`. After every epoch: a printed line, the test (and
-    validation) accuracy when a loader is given, and with a path prefix the log <prefix>.log.jsonl
-    and, every `save_every` epochs (and at stop_after), the resumable state <prefix>.state.pt. With
-    val_loader and cfg.patience, stop after `patience` epochs without a better validation accuracy.
-    When done, the best-validation weights are restored. amp: autocast dtype (bf16) or None (the
-    caller's: fp32 in train.py); step_model: what the training step calls, when not the model
-    itself: torch.compile(model) or a DistributedDataParallel wrapper (evaluation and checkpoints
-    use the model itself); a compiled step that fails (compilation, a CUDA graph) falls back to the
-    eager one from the start of its epoch (fall_back_to_eager); write: False on the ranks other
-    than 0 of a distributed run, which read the resumable state but leave writing it to rank 0.
-    Returns (log, done); done is False only after stop_after, when the run is to be resumed."""
+    validation) accuracy when a loader is given, and with run.prefix the log and the resumable
+    state (Run). With val_loader and cfg.patience, stop after `patience` epochs without a better
+    validation accuracy. When done, the best-validation weights are restored. amp: autocast dtype
+    (bf16) or None (the caller's: fp32 in train.py). run.step_model: evaluation and checkpoints use
+    the model itself; a compiled step that fails (compilation, a CUDA graph) falls back to the
+    eager one from the start of its epoch (fall_back_to_eager). Returns (log, done); done is False
+    only after run.stop_after, when the run is to be resumed."""
+    prefix, identity, stop_after = run.prefix, run.identity, run.stop_after
+    step_model = model if run.step_model is None else run.step_model  # a compiled one has no bool()
     optimizer, scheduler = cfg.optimizer(model)
-    step_model = model if step_model is None else step_model  # not `or`: a compiled module has no bool()
     compiled = set() if step_model is not model and hasattr(step_model, "_orig_mod") else None
     state_path = prefix and prefix + ".state.pt"
     log, best = [], {"acc": -1.0, "epoch": 0, "model": None}
-    if resume and state_path and os.path.exists(state_path):
+    if run.resume and state_path and os.path.exists(state_path):
         log, best = load_state(state_path, model, optimizer, scheduler, train_loader, identity)
         print(f"resumed from {state_path} after epoch {len(log)}", file=sys.stderr)
     for epoch in range(len(log) + 1, cfg.epochs + 1):
@@ -258,9 +267,9 @@ def fit(model, train_loader, test_loader, cfg, prefix=None, resume=False, identi
             f" {k[:-4]} {record[k]:.2f}%" for k in ("test_acc", "val_acc") if record[k] is not None) +
             f" lr {lr:.5f} {record['seconds']:.1f}s" + (f" (+{compiling:.1f}s compiling)" if compiling else ""),
             flush=True)
-        if prefix and write and (epoch % save_every == 0 or epoch == stop_after):
+        if prefix and run.write and (epoch % run.save_every == 0 or epoch == stop_after):
             save_state(state_path, model, optimizer, scheduler, train_loader, log, best, identity)
-        if prefix and write:  # every epoch: a run stopped from outside leaves its epochs' lines
+        if prefix and run.write:  # every epoch: a run stopped from outside leaves its epochs' lines
             write_log(prefix + ".log.jsonl", log)
         if epoch == stop_after and epoch < cfg.epochs:
             return log, False
@@ -418,8 +427,10 @@ def train(args, cfg, data, split, out, identity):
                          size=size)
     val_loader = Loader(data, split.val, train_set=True, batch_size=eval_batch_size(device), device=device,
                         size=size) if len(split.val) else None
-    log, done = fit(model, train_loader, test_loader, cfg, prefix, args.resume, identity, args.stop_after, val_loader,
-                    amp, step_model, write=rank == 0, save_every=args.save_every)
+    log, done = fit(model, train_loader, test_loader, cfg, val_loader, amp,
+                    Run(prefix=prefix, resume=args.resume, identity=identity,
+                        stop_after=args.stop_after, save_every=args.save_every,
+                        write=rank == 0, step_model=step_model))
     if world > 1:
         agree = finish_distributed(model)
         if rank != 0:

@@ -18,7 +18,7 @@ import unlearn
 from conftest import assert_clean_error, call, write_folder
 from data import Dataset, Loader
 from models import build_model, save_model
-from train import TrainConfig, fit, weights_digest
+from train import Run, TrainConfig, fit, weights_digest
 
 CPU = torch.device("cpu")
 
@@ -39,7 +39,8 @@ def train_twice(step_model_of, epochs=2):
         torch.manual_seed(0)
         model = build_model("resnet20", 7)
         loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, augment="crop-flip", seed=1)
-        log, _ = fit(model, loader, None, TrainConfig(arch="resnet20", epochs=epochs, batch_size=32), step_model=make(model))
+        log, _ = fit(model, loader, None, TrainConfig(arch="resnet20", epochs=epochs, batch_size=32),
+                     run=Run(step_model=make(model)))
         runs.append((log, model))
     return runs
 
@@ -81,8 +82,8 @@ def test_the_resumable_state_is_written_every_k_epochs_and_at_stop_after(tmp_pat
         writes.clear(), logs.clear()
         model = build_model("resnet20", 7)
         loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, seed=1)
-        fit(model, loader, None, TrainConfig(arch="resnet20", epochs=5, batch_size=32), prefix=str(tmp_path / "m"),
-            stop_after=stop_after, save_every=2)
+        fit(model, loader, None, TrainConfig(arch="resnet20", epochs=5, batch_size=32),
+            run=Run(prefix=str(tmp_path / "m"), stop_after=stop_after, save_every=2))
         assert writes == expected
         assert logs == lines  # every epoch: a run killed from outside leaves its epochs' lines
     assert len(open(tmp_path / "m.log.jsonl").readlines()) == 3  # every epoch run, also after the last state
@@ -115,8 +116,8 @@ def test_ctrl_c_promises_the_resume_point_that_resume_uses(tmp_path, monkeypatch
     def run(resume):
         model = build_model("resnet20", 7)
         loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True, seed=1)
-        return fit(model, loader, None, cfg, prefix=prefix, resume=resume, identity={},
-                   save_every=2)
+        return fit(model, loader, None, cfg, run=Run(prefix=prefix, resume=resume, identity={},
+                                                     save_every=2))
     with pytest.raises(KeyboardInterrupt):
         run(resume=False)
     state = torch.load(prefix + ".state.pt", weights_only=True)
@@ -166,8 +167,8 @@ def test_a_compile_failure_after_a_resumed_state_falls_back_to_eager(tmp_path, c
         model = build_model("resnet20", 7)
         loader = Loader(data, np.arange(70), train_set=True, batch_size=32, shuffle=True,
                         augment="crop-flip", seed=1)
-        log, _ = fit(model, loader, None, cfg, identity={}, step_model=step_model_of(model),
-                     **kwargs)
+        log, _ = fit(model, loader, None, cfg, run=Run(identity={}, step_model=step_model_of(model),
+                                                       **kwargs))
         return log, model
     eager_log, eager = run(lambda m: None)
     run(lambda m: None, prefix=prefix, stop_after=2)

@@ -611,6 +611,21 @@ def indices_in(values, n):
     return np.unique(values.astype(np.int64))
 
 
+def forget_name(split, classes, subset=None, *, unlearned=False):
+    """The forget part of every output's name: what tells one forget set from another."""
+    if split.forget_class is not None:  # the published names: resnet18_cifar10_no_cat.pth for
+        name = (str(split.forget_class) if unlearned  # the retrain, cifar10_resnet18_SSD_3.pth
+                else f"no_{classes[split.forget_class]}")  # for a method unlearning class 3
+    elif split.forget_fraction is not None:
+        name = f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
+    elif split.forget_positions is not None:
+        name = "forget{}-{}_seed{}".format(*split.forget_positions, split.forget_seed)
+    else:  # given indices: their count; none: the whole train set
+        name = f"forget{len(split.forget)}" if len(split.forget) else "full"
+    name += f"_subset{subset}" if subset else ""
+    return name + (f"_half{split.keep_half}" if split.keep_half is not None else "")
+
+
 def describe_split(split, classes):
     """The split as saved with every run: its arguments, sizes, a hash of the indices, the forget indices."""
     digest = hashlib.sha256(np.concatenate([split.forget, [-1], split.retain, [-1], split.val]).astype(np.int64).tobytes())

@@ -29,15 +29,14 @@ import torch
 from cli import (add_config_args, add_runtime_args, check_inputs, check_out, config_from_args,
                  config_from_json, lock, non_negative_int, pick_device, read_json, run, to_json,
                  write_json)
-from data import (Loader, add_data_args, describe_split, input_files, load_dataset, sisa_order,
-                  split_from_args)
+from data import (Loader, add_data_args, describe_split, forget_name, input_files, load_dataset,
+                  sisa_order, split_from_args)
 from evaluate import evaluate_model, format_table, load_evaluable
 from methods import hp
 from models import (build_model, finished, input_size, is_remote, load_model, save_model,
                     sidecar_path, to_device)
-from train import (RECIPES, check_flags, fit, forget_name, inputs, normalization,
-                   recipe_identity, starting_weights)
-from unlearn import forget_target
+from train import (RECIPES, check_flags, fit, inputs, normalization, recipe_identity,
+                   starting_weights)
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ def train_main(args):
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data, cfg.val_fraction or None)
     folder = args.out or os.path.join("checkpoints", f"sisa_{data.name}_{cfg.arch}")
-    path = os.path.join(folder, f"manifest_{forget_name(data, split)}.json")
+    path = os.path.join(folder, f"manifest_{forget_name(split, data.classes)}.json")
     identity = {"recipe": args.recipe, "cfg": recipe_identity(cfg),
                 "sisa": dataclasses.asdict(sisa), "dataset": data.name,
                 "split": describe_split(split, data.classes)["sha256"]}
@@ -303,8 +302,9 @@ def unlearn_main(args):
 
 
 def unlearned_name(data, arch, split, subset):
-    """<dataset>_<arch>_SISA_<forget set>.json: the forget part as unlearn.py's outputs'."""
-    return f"{data.name}_{arch}_SISA_{forget_target(split, subset)}.json"
+    """<dataset>_<arch>_SISA_<forget set>.json: the forget part as every output's (forget_name)."""
+    forget = forget_name(split, data.classes, subset, unlearned=True)
+    return f"{data.name}_{arch}_SISA_{forget}.json"
 
 
 def check_unlearned_out(out, folder):

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from cli import (add_config_args, add_runtime_args, atomic_write, config_from_args,
                  eval_batch_size, lock, pick_device, positive_int, run)
-from data import (AUGMENT, Loader, add_data_args, describe_split, input_files, load_dataset,
-                  split_from_args)
+from data import (AUGMENT, Loader, add_data_args, describe_split, forget_name, input_files,
+                  load_dataset, split_from_args)
 from evaluate import predict
 from methods import hp
 from models import (ARCHS, IMAGENET_WEIGHTS, build_model, check_output, input_size, is_remote,
@@ -319,22 +319,10 @@ def normalization(data):
 
 # ----------------------------------------------------------------------------- command line
 
-def forget_name(data, split):
-    """full, no_cat, forget0.2_seed0 or forget<N> (given indices): what a run left out, for file names."""
-    if split.forget_class is not None:
-        return f"no_{data.classes[split.forget_class]}"
-    if split.forget_fraction is not None:
-        return f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
-    if split.forget_positions is not None:
-        return "forget{}-{}_seed{}".format(*split.forget_positions, split.forget_seed)
-    return f"forget{len(split.forget)}" if len(split.forget) else "full"
-
-
 def default_out(arch, data, split, subset):
     """The published names: resnet18_cifar10_full.pth, resnet18_cifar10_no_cat.pth (+ _forget0.2_seed0, _subsetN,
     _halfK)."""
-    name = (forget_name(data, split) + (f"_subset{subset}" if subset else "") +
-            (f"_half{split.keep_half}" if split.keep_half is not None else ""))
+    name = forget_name(split, data.classes, subset)
     return os.path.join("checkpoints", f"{arch}_{data.name}_{name}.pth")
 
 

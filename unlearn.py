@@ -24,8 +24,8 @@ from methods import Shuffled, hp
 from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, config_from_args,
                  flag_fields, lock, pick_device, read_json, run, sidecar_name, sidecar_path,
                  write_json)
-from data import (Loader, add_data_args, common_normalization, describe_split, input_files,
-                  load_dataset, split_from_args, with_normalization)
+from data import (Loader, add_data_args, common_normalization, describe_split, forget_name,
+                  input_files, load_dataset, split_from_args, with_normalization)
 from evaluate import beneath_outputs, evaluate_model, format_table, strip_losses
 from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
                     save_model, to_device)
@@ -77,24 +77,8 @@ def official_order(data, split):
 def default_out(data, arch, display, split, subset):
     """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0 (random),
     _forget<N> (given indices); + _subsetN, _halfK."""
-    target = forget_target(split, subset)
+    target = forget_name(split, data.classes, subset, unlearned=True)
     return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}.pth")
-
-
-def forget_target(split, subset):
-    """What tells one forget set from another in a file name: the class index, forget0.2_seed0
-    (a random fraction), forget20000-30000_seed0 (positions), forget<N> (given indices); +
-    _subsetN, _halfK."""
-    if split.forget_class is not None:
-        target = str(split.forget_class)
-    elif split.forget_fraction is not None:
-        target = f"forget{split.forget_fraction:g}_seed{split.forget_seed}"
-    elif split.forget_positions is not None:
-        target = "forget{}-{}_seed{}".format(*split.forget_positions, split.forget_seed)
-    else:
-        target = f"forget{len(split.forget)}"
-    target += f"_subset{subset}" if subset else ""
-    return target + (f"_half{split.keep_half}" if split.keep_half is not None else "")
 
 
 def parse_args(argv=None):

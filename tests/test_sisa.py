@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import sisa as sisa_py
+import train
 from conftest import ARCHIVE, assert_clean_error, call
 from data import Dataset, make_split
 from models import Ensemble
@@ -251,3 +252,26 @@ def test_an_unlearned_manifest_never_replaces_another_sets(folder, tmp_path):
     assert_clean_error(r, "another run is writing")
     assert not (tmp_path / "a" / "u.json").exists()
 
+
+@pytest.mark.parametrize("flags, part", [
+    ({"forget_fraction": 0.2}, "forget0.2_seed0_subset8"),
+    ({"forget_fraction": 0.2, "forget_seed": 1, "keep_half": 1}, "forget0.2_seed1_subset8_half1"),
+    ({"forget_positions": (2, 6)}, "forget2-6_seed0_subset8"),
+    ({"forget_indices": [0, 3, 5]}, "forget3_subset8")])
+def test_one_forget_set_has_one_name_in_every_output(flags, part):
+    """Issue 29: the forget part was spelt in three places that disagreed (unlearn.py --method
+    sisa --forget-fraction 0.2 wrote forget10000, unlearn.py forget0.2_seed0): train.py's
+    retrained name, unlearn.py's default --out and sisa.py's unlearned manifest now say the same."""
+    import unlearn
+    data = Dataset("toy", ("a", "b"), np.zeros((20, 8, 8, 3), np.uint8), np.arange(20) % 2,
+                   np.zeros((2, 8, 8, 3), np.uint8), np.arange(2) % 2, (0.5,) * 3, (0.2,) * 3)
+    split = make_split(data, subset=8, **flags)
+    names = [train.default_out("resnet20", data, split, 8),
+             unlearn.default_out(data, "resnet20", "SSD", split, 8),
+             sisa_py.unlearned_name(data, "resnet20", split, 8)]
+    assert names == [f"checkpoints/resnet20_toy_{part}.pth",
+                     f"checkpoints/toy_resnet20_SSD_{part}.pth", f"toy_resnet20_SISA_{part}.json"]
+    # a class keeps the published spellings: resnet18_cifar10_no_cat.pth, cifar10_resnet18_SSD_3.pth
+    split = make_split(data, forget_class=1, subset=8)
+    assert train.default_out("resnet20", data, split, 8) == "checkpoints/resnet20_toy_no_b_subset8.pth"
+    assert sisa_py.unlearned_name(data, "resnet20", split, 8) == "toy_resnet20_SISA_1_subset8.json"

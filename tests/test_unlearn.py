@@ -16,7 +16,7 @@ from evaluate import evaluate_model, predict
 from models import build_model, save_model
 from methods import (AdvNegGradConfig, SalUnConfig, SSDConfig, importance_per_sample, saliency_mask,
                      unlearn_advneggrad, unlearn_salun, unlearn_ssd)
-from unlearn import METHODS, make_loaders
+from unlearn import METHODS, from_the_data, make_loaders
 
 CPU = torch.device("cpu")
 
@@ -197,7 +197,7 @@ def before(cifar_jpeg, trained):
 def unlearned(data, trained, split, method, fn=None):
     """The session model after `method` with its QUICK settings (fn: another function in its place)."""
     function, config_class, _ = METHODS[method]
-    cfg = dataclasses.replace(config_class(), **QUICK[method])
+    cfg = config_class(**from_the_data(config_class, data), **QUICK[method])  # as unlearn.py builds it
     thin = dataclasses.replace(split, retain=split.retain[::5]) if method in THIN else split
     retain_loader, forget_loader = make_loaders(data, thin, cfg, CPU, 0)
     torch.manual_seed(0)

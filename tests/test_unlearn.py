@@ -205,7 +205,7 @@ def unlearned(data, trained, split, method, fn=None):
     return accuracy_on_test_set(model, data, evaluation_images(data))
 
 
-SLOW_METHODS = {"retrain", "neggrad+", "scrub"}  # 17-25 s each on CI's 2 cores: make test runs them
+SLOW_METHODS = {"retrain", "neggrad+", "scrub", "salun", "finetune", "advneggrad"}  # 15-31 s on 2 cores
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_METHODS

@@ -208,7 +208,7 @@ def load_state(path, model, optimizer, scheduler, loader, identity):
 
 @dataclass(frozen=True)
 class Run:
-    """How one fit() keeps its work (log, resumable state), stops early, and steps (DDP, compile)."""
+    """How one fit() keeps its work (log, resumable state), stops, and steps (DDP, compile)."""
     prefix: str | None = None  # <prefix>.log.jsonl every epoch, <prefix>.state.pt; None: no files
     resume: bool = False  # continue from <prefix>.state.pt when it exists
     identity: dict | None = None  # what made the state: a state made otherwise is refused

@@ -323,12 +323,13 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
             "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
             "normalization": normalization(data),
             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
-            "precision": "fp32" if amp is None or fn is methods.unlearn_ssd else "bf16",  # ssd, lfssd: IEEE passes
+            # ssd and lfssd pass in IEEE fp32 whatever --precision says
+            "precision": "fp32" if amp is None or fn is methods.unlearn_ssd else "bf16",
             "changed_weights": changed, "weights": sum(p.numel() for p in before.values()),
             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
             "metrics": None, "retrained": args.retrained, "retrained_metrics": None, "identity": identity}
     save_model(out, model, meta)
-    if isinstance(cfg, methods.SSDConfig):  # ssd and lfssd: dampening no weight is a result, said so
+    if isinstance(cfg, methods.SSDConfig):  # ssd, lfssd: dampening no weight is a result, said
         print(ssd_summary(changed, meta["weights"], cfg, METHODS[args.method][2]))
     print(f"saved {out} ({seconds:.1f}s)", flush=True)
     if not args.no_eval:

@@ -272,7 +272,8 @@ def interrupt_the_fine_tuning(argv, monkeypatch):
     (["--sisa-flags", "--arch resnet20 --subset 5"], "--subset is a flag of reproduce_c100.py"),
     (["--sisa-flags", "--arch resnet20 --slice-epochs 1,1,1"],
      "--slice-epochs gives 3 values for 5 slices"),
-    (["--sisa-flags", "--arch resnet20 --slice-epochs 0"], "must be a positive integer below 2,147,483,648 (2**31), got '0'"),
+    (["--sisa-flags", "--arch resnet20 --slice-epochs 0"],
+     "must be a positive integer below 2,147,483,648 (2**31), got '0'"),
     (["--sisa-flags", "--arch resnet20 --slice-epoch 1"], "unrecognized arguments: --slice-epoch 1")])
 def test_reproduce_c100_refuses_flags_it_cannot_honour_before_any_work(tmp_path, flags, refusal):
     r = call("studies/reproduce_c100.py", "--data-dir", tmp_path / "data", "--device", "cpu",

@@ -78,7 +78,9 @@ class SSDConfig:
     full_set: str = hp("retain+forget", "D of I_D: retain+forget, the whole train set (the "
                        "official scripts' full_train_dl); retain, the retain set alone",
                        choices=("retain+forget", "retain"))
-    batch_size: int = hp(64, "batch size of the I_D pass (the scripts' -b)")
+    batch_size: int = hp(64, "batch size of the I_D pass, the scripts' -b: 64 class-wise "
+                         "(forget_full_class_main.py); 128 is set for random or given forget "
+                         "sets (forget_random_main.py's -b default)")
     forget_batch_size: int = hp(64, "batch size of the I_f pass: 64 class-wise "
                                 "(forget_full_class_main.py); 128 is set for random or given "
                                 "forget sets (forget_random_main.py)")
@@ -97,8 +99,8 @@ class SSDConfig:
 
     @staticmethod
     def scenario_defaults(classwise):
-        """forget_random_main.py's forget loader: DataLoader(forget_train, 128)."""
-        return {} if classwise else {"forget_batch_size": 128}
+        """forget_random_main.py: DataLoader(forget_train, 128); full_train_dl at its -b, 128."""
+        return {} if classwise else {"batch_size": 128, "forget_batch_size": 128}
 
 
 @dataclass(frozen=True)

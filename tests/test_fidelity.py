@@ -40,10 +40,10 @@ def images(data, indices):
 
 # ----------------------------------------------------------------------------- SSD (if-loops/selective-synaptic-dampening)
 
-def official_ssd(model, retain, forget, forget_batch, lam, alpha, full_set):
+def official_ssd(model, retain, forget, forget_batch, lam, alpha, full_set, full_batch=64):
     """src/ssd.py ParameterPerturber: calc_importance (eval mode; per unshuffled batch of the DataLoader,
     .grad ** 2 of the batch-mean CE; / number of batches) on the forget set, then on
-    ConcatDataset((retain, forget)) at batch 64; modify_weight."""
+    ConcatDataset((retain, forget)) at the script's -b (full_batch); modify_weight."""
     model = copy.deepcopy(model).eval()
 
     def calc_importance(x, y, batch_size):
@@ -57,7 +57,7 @@ def official_ssd(model, retain, forget, forget_batch, lam, alpha, full_set):
         return {n: imp / len(starts) for n, imp in importances.items()}
     sample_importances = calc_importance(*forget, forget_batch)
     full = [torch.cat(t) for t in zip(retain, forget)] if full_set == "retain+forget" else retain
-    original_importances = calc_importance(*full, 64)
+    original_importances = calc_importance(*full, full_batch)
     dampened = {}
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -98,23 +98,26 @@ def test_ssd_class_wise_equals_forget_full_class_main(interleaved, trained, full
 def test_ssd_random_forgetting_equals_forget_random_main(interleaved, trained):
     split = make_split(interleaved, forget_fraction=0.2, forget_seed=1, subset=40)
     # random_split(trainset, [0.2, 0.8]): one permutation of the train set, the forget set its first part, both
-    # sets in the permutation's order; the forget pass at batch 128, the full pass at 64
+    # sets in the permutation's order; the forget pass at batch 128, the full pass at -b, whose
+    # default in forget_random_main.py is 128 (cifar10_random_exps.sh passes no -b)
     perm = np.random.default_rng(1).permutation(len(split.train))
     k = round(0.2 * len(split.train))
     forget, retain = split.train[perm[:k]], split.train[perm[k:]]
     assert np.array_equal(np.sort(forget), split.forget)
-    expected, dampened = official_ssd(trained[1], images(interleaved, retain), images(interleaved, forget), 128, 1.0,
-                                      1.0, "retain+forget")
-    cfg = SSDConfig(alpha=1.0, forget_batch_size=128)
+    expected, dampened = official_ssd(trained[1], images(interleaved, retain),
+                                      images(interleaved, forget), 128, 1.0, 1.0, "retain+forget",
+                                      full_batch=128)
+    cfg = SSDConfig(alpha=1.0, **SSDConfig.scenario_defaults(False))  # as unlearn.py sets them
     ours = unlearn_ssd(copy.deepcopy(trained[1]), *make_loaders(interleaved, split, cfg, CPU, 0), cfg, CPU)
     check_ssd(ours, expected, dampened, trained[1])
 
 
-def test_ssd_forget_batch_follows_the_official_script_of_the_scenario():
+def test_ssd_batches_follow_the_official_script_of_the_scenario():
     args = ["--method", "ssd", "--model", "m.pth"]
-    assert unlearn.parse_args(args + ["--forget-class", "cat"]).forget_batch_size == 64
-    assert unlearn.parse_args(args + ["--forget-fraction", "0.1"]).forget_batch_size == 128
-    assert unlearn.parse_args(args + ["--forget-indices", "f.npy"]).forget_batch_size == 128
+    for scenario, batch in [(["--forget-class", "cat"], 64), (["--forget-fraction", "0.1"], 128),
+                            (["--forget-indices", "f.npy"], 128)]:
+        parsed = unlearn.parse_args(args + scenario)
+        assert (parsed.batch_size, parsed.forget_batch_size) == (batch, batch), scenario
     assert unlearn.parse_args(args + ["--forget-fraction", "0.1", "--forget-batch-size", "32"]).forget_batch_size == 32
 
 

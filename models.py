@@ -16,6 +16,7 @@ sidecar beside it (argv, config, split, seed, versions, device, wall time, metri
 import argparse
 import errno
 import hashlib
+import importlib.metadata
 import io
 import json
 import math
@@ -32,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from cli import (CHECKPOINT_SUFFIXES, atomic_writes, check_inputs, check_writable, json_bytes,
                  read_json, run, sha256_file, sidecar_name, sidecar_path, to_json)  # noqa: F401
@@ -46,6 +46,7 @@ HF_ENDPOINT = "https://huggingface.co"  # $HF_ENDPOINT overrides it, as in huggi
 
 def resnet18(num_classes=10):
     """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, exactly as the model card builds it."""
+    import torchvision  # here, not at the top: it doubles a script's start-up (2 s of 4 on 2 cores)
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -134,17 +135,18 @@ class CifarResNetB(CifarResNet):
                 nn.init.zeros_(m.bias)
 
 
-def imagenet_resnet(builder, num_classes):
-    """torchvision's ImageNet ResNet (7x7 stem, max-pool, 224x224 input) with a new classifier."""
-    model = builder(weights=None)
+def imagenet_resnet(name, num_classes):
+    """torchvision's ImageNet ResNet `name` (7x7 stem, max-pool, 224x224) with a new classifier."""
+    import torchvision  # here, not at the top: see resnet18
+    model = getattr(torchvision.models, name)(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
 
 ARCHS = {
     "resnet18": resnet18,
-    "resnet18-imagenet": lambda num_classes=10: imagenet_resnet(torchvision.models.resnet18, num_classes),
-    "resnet34-imagenet": lambda num_classes=10: imagenet_resnet(torchvision.models.resnet34, num_classes),
+    "resnet18-imagenet": lambda num_classes=10: imagenet_resnet("resnet18", num_classes),
+    "resnet34-imagenet": lambda num_classes=10: imagenet_resnet("resnet34", num_classes),
     "resnet20": lambda num_classes=10: CifarResNet(20, num_classes),
     "resnet32": lambda num_classes=10: CifarResNet(32, num_classes),
     "resnet44": lambda num_classes=10: CifarResNet(44, num_classes),
@@ -157,9 +159,9 @@ ARCHS = {
 
 
 # The ImageNet-1K weights (IMAGENET1K_V1) of the transfer architectures, as torchvision publishes them.
-IMAGENET_WEIGHTS = {
-    "resnet18-imagenet": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34-imagenet": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+IMAGENET_WEIGHTS = {  # the weights enum of torchvision.models, by name (imported when needed)
+    "resnet18-imagenet": "ResNet18_Weights",
+    "resnet34-imagenet": "ResNet34_Weights",
 }
 
 
@@ -203,7 +205,8 @@ def load_pretrained(model, arch, name="torchvision"):
         if arch not in IMAGENET_WEIGHTS:
             raise ValueError(f"--pretrained torchvision: torchvision has no weights of {arch}; "
                              f"valid: {', '.join(IMAGENET_WEIGHTS)}")
-        path = imagenet_file(IMAGENET_WEIGHTS[arch])
+        import torchvision  # here, not at the top: see resnet18
+        path = imagenet_file(getattr(torchvision.models, IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1)
     else:
         path = pretrained_file(name)
     state = as_state_dict(read_checkpoint(path, name), name)
@@ -582,7 +585,8 @@ def save_model(path, model, meta):
     buffer = io.BytesIO()
     torch.save(state, buffer)
     versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "numpy": np.__version__}
+                "torchvision": importlib.metadata.version("torchvision"),  # see resnet18
+                "numpy": np.__version__}
     sidecar = {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions,
                "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), **meta}
     atomic_writes([(sidecar_name(path), lambda f: f.write(json_bytes(sidecar))),

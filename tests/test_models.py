@@ -1,12 +1,15 @@
 """Models: our ResNet18 is the model card's, checkpoints round-trip both ways, bad files give clear errors."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
 
+from conftest import ROOT
 from models import ARCHS, build_model, infer_arch, load_model, resnet18, save_model
 
 
@@ -95,3 +98,19 @@ def test_other_architectures_and_class_counts_are_refused(tmp_path):
     assert set(ARCHS) == {"resnet18", "resnet20", "resnet32", "resnet44", "resnet56",
                           "resnet20b", "resnet32b", "resnet44b", "resnet56b",
                           "resnet18-imagenet", "resnet34-imagenet"}
+
+
+def test_the_scripts_start_without_torchvision_until_a_model_or_download_needs_it():
+    # torchvision's import doubles a script's start-up (2 s of 4 on 2 cores): paid by resnet18 and
+    # CIFAR downloads only, not by --help, resnet20 runs or the tests' many child processes
+    code = ("import sys, train, unlearn, evaluate, sisa, report, data, models\n"
+            "import studies.privacy, studies.reproduce_cards, studies.verify_published\n"
+            "before = 'torchvision' in sys.modules\n"
+            "models.build_model('resnet20', 10)\n"
+            "after_resnet20 = 'torchvision' in sys.modules\n"
+            "model = models.build_model('resnet18-imagenet', 10)\n"
+            "print(before, after_resnet20, 'torchvision' in sys.modules, model.fc.out_features)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False", "True", "10"]

@@ -130,7 +130,7 @@ def head_edited(model, data, split, path):
     return path
 
 
-@pytest.mark.slow  # 22 s, and 61 s for the `retrained` fixture that only it uses (CI, 2 cores)
+@pytest.mark.slow  # 22 s, and 30 s for the `retrained` fixture (shared with the forgetting test)
 def test_a_head_edit_forgets_on_outputs_only_and_a_retrained_model_beneath_too(
         cifar_jpeg, data_dir, trained, retrained, tmp_path):
     """Issue 31's known answers, on the real images at toy scale through the command line: the

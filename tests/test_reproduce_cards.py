@@ -3,6 +3,7 @@ own sidecars, and a rerun that continues instead of starting again."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -300,6 +301,13 @@ def test_a_child_process_output_reaches_its_log_and_the_terminal_as_it_comes(tmp
     assert "slow] first line" in capsys.readouterr().out  # after the job's name
 
 
+def ctrl_c_default():
+    """Ctrl-C's default action in the driver, as a terminal gives it, even where pytest runs in
+    the background (nohup, &), whose children inherit SIGINT ignored (the driver then ran all
+    three jobs and exited 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_child_processes_running_and_waiting(tmp_path):
     # The driver gets SIGINT (as from `timeout -s INT`) while its first job runs: that job is
     # interrupted, the two waiting never start, and the driver exits 130 with its own line.
@@ -310,7 +318,7 @@ def test_ctrl_c_stops_child_processes_running_and_waiting(tmp_path):
             f"cli.run(lambda: reproduce_cards.run_jobs({jobs!r}, 1, in_process=False), "
             f"reproduce_cards.INTERRUPTED)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, preexec_fn=ctrl_c_default)
     assert r.returncode == 130, r.stderr
     assert "finished steps are kept under --out" in r.stderr.splitlines()[-1]
     assert (tmp_path / "first.started").exists()

@@ -209,12 +209,8 @@ def unlearned(data, trained, split, method, fn=None):
     return accuracy_on_test_set(model, data, evaluation_images(data))
 
 
-SLOW_METHODS = {"retrain", "neggrad+", "scrub",  # 15-31 s each on 2 cores
-                "salun", "finetune", "advneggrad"}
-
-
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_METHODS
-                                    else m for m in METHODS])
+@pytest.mark.slow  # 4-30 s a method on 2 cores, 3 minutes in all: make test runs it
+@pytest.mark.parametrize("method", METHODS)
 def test_every_method_forgets_and_keeps_the_rest(cifar_jpeg, trained, before, method, request):
     split, original = before
     if method == "retrain":  # made once for this test and those beneath the outputs: conftest
@@ -236,6 +232,7 @@ def neggrad_plus_without_its_retain_term(model, retain_loader, forget_loader, cf
     return model
 
 
+@pytest.mark.slow  # 11 s on 2 cores
 def test_the_bars_fail_a_method_that_does_nothing_or_lost_its_retain_term(cifar_jpeg, trained,
                                                                           before):
     split, original = before

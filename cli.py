@@ -1,13 +1,15 @@
-"""Every script's edges in one place: the error boundary, files written whole, outputs checked, JSON read with its
-name, locks, flags (their types and a config's flags), the device and precision, progress on a terminal.
+"""Every script's edges in one place: the error boundary, files written whole, outputs checked,
+JSON read with its name, locks, flags (their types and a config's flags), the device and
+precision, progress on a terminal.
 
-    python -c "import cli; cli.run(lambda: open('missing.pth'))"    # error: [Errno 2] ... 'missing.pth'
+    python -c "import cli; cli.run(lambda: open('missing.pth'))"
+    # error: [Errno 2] ... 'missing.pth'
 
-Expected failures are bad input (ValueError, argparse's own exit), missing or unreadable files and full or
-read-only disks (OSError), running out of GPU memory, and Ctrl-C: each is one line on stderr naming the file or
-flag and what to do, with a non-zero exit (1; 130 for Ctrl-C). Anything else is a bug in this project: its
-traceback is shown, followed by a line asking to report it. torch is imported only where a device is chosen, so
-that report.py, which reads JSON, starts without it.
+Expected failures are bad input (ValueError, argparse's own exit), missing or unreadable files and
+full or read-only disks (OSError), running out of GPU memory, and Ctrl-C: each is one line on stderr
+naming the file or flag and what to do, with a non-zero exit (1; 130 for Ctrl-C). Anything else is a
+bug in this project: its traceback is shown, followed by a line asking to report it. torch is
+imported only where a device is chosen, so that report.py, which reads JSON, starts without it.
 """
 import argparse
 import contextlib
@@ -35,8 +37,8 @@ class OutOfGPUMemory(Exception):
 
 
 def run(main, interrupted="interrupted; nothing was written"):
-    """Call main() and turn an expected failure into one line and an exit code. interrupted: the line for Ctrl-C
-    (say what was kept and how to continue)."""
+    """Call main() and turn an expected failure into one line and an exit code. interrupted: the
+    line for Ctrl-C (say what was kept and how to continue)."""
     try:
         main()
     except KeyboardInterrupt:
@@ -45,24 +47,28 @@ def run(main, interrupted="interrupted; nothing was written"):
     except (ValueError, OSError, OutOfGPUMemory) as e:
         sys.exit(f"error: {e}")
     except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError" and type(e).__module__.startswith("torch"):  # torch, not imported
-            sys.exit("error: out of GPU memory; run fewer jobs at once on this GPU (make's JOBS) or use another "
-                     "--device (a smaller batch size would change the published recipe)")
+        if (type(e).__name__ == "OutOfMemoryError"  # torch, not imported
+                and type(e).__module__.startswith("torch")):
+            sys.exit("error: out of GPU memory; run fewer jobs at once on this GPU "
+                     "(make's JOBS) or use another --device (a smaller batch size would "
+                     "change the published recipe)")
         traceback.print_exc()
-        sys.exit("error: this is a bug in this project, not in your input: please report it with the command and "
-                 "the traceback above")
+        sys.exit("error: this is a bug in this project, not in your input: please report it with "
+                 "the command and the traceback above")
 
 
 def atomic_write(path, write):
-    """Call write(file) on a temp file beside `path`, then rename it into place: no half-written files."""
+    """Call write(file) on a temp file beside `path`,
+    then rename it into place: no half-written files."""
     atomic_writes([(path, write)])
 
 
 def atomic_writes(files):
-    """Each (path, write) written to a temp file beside its path, and only when every one is written, renamed into
-    place in the order given: a full disk or an error leaves every target as it was. A failure while writing (even
-    inside torch.save) is an OSError naming the file; the temp files are removed either way, and those that killed
-    runs left in the folders are removed first."""
+    """Each (path, write) written to a temp file beside its path, and only when every one is
+    written, renamed into place in the order given: a full disk or an error leaves every
+    target as it was. A failure while writing (even inside torch.save) is an OSError naming
+    the file; the temp files are removed either way, and those that killed runs left in the
+    folders are removed first."""
     temps = []
     try:
         for path, write in files:
@@ -75,8 +81,9 @@ def atomic_writes(files):
                 with os.fdopen(fd, "wb") as f:
                     write(f)
             except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-                raise OSError(f"could not write {path}: {getattr(e, 'strerror', None) or str(e).splitlines()[0]} "
-                              f"(is the disk full or read-only?)") from None
+                raise OSError(f"could not write {path}: "
+                              f"{getattr(e, 'strerror', None) or str(e).splitlines()[0]} (is the "
+                              "disk full or read-only?)") from None
             os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         for (path, _), tmp in zip(files, temps):
             os.replace(tmp, path)
@@ -103,15 +110,18 @@ def remove_stale_temps(folder):
 
 
 def check_writable(path, flag="--out"):
-    """Before any work: `path` names a file (not a folder) in a folder where files can be made (made if needed)."""
+    """Before any work: `path` names a file
+    (not a folder) in a folder where files can be made (made if needed)."""
     if os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder; give a file path, such as {os.path.join(path, 'out')}")
+        raise ValueError(f"{flag} {path} is a folder; give a file path, such as "
+                         f"{os.path.join(path, 'out')}")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write in {folder} ({e.strerror}); give another path") from None
+        raise ValueError(f"{flag} {path}: cannot write in {folder} "
+                         f"({e.strerror}); give another path") from None
 
 
 def check_out(path, flag="--out", inputs=(), mine=None, overwrite=False):
@@ -122,8 +132,8 @@ def check_out(path, flag="--out", inputs=(), mine=None, overwrite=False):
     check_inputs(path, flag, inputs)  # first: check_writable makes the folder, maybe in the data
     check_writable(path, flag)
     if os.path.exists(path) and not overwrite and not (mine and mine(path)):
-        raise ValueError(f"{flag} {path} exists and is not an output of this kind (another run's file?): pass "
-                         f"--overwrite to replace it, or give another path")
+        raise ValueError(f"{flag} {path} exists and is not an output of this kind (another run's "
+                         "file?): pass --overwrite to replace it, or give another path")
 
 
 def check_inputs(path, flag, inputs, writes=None):
@@ -240,7 +250,8 @@ def sha256_file(path):
 
 
 def json_of_kind(kind):
-    """mine= for check_out: a JSON file whose "kind" is `kind` (what write_json(..., kind=) writes)."""
+    """mine= for check_out: a JSON file whose "kind" is `kind`
+    (what write_json(..., kind=) writes)."""
     def mine(path):
         try:
             obj = read_json(path)
@@ -276,7 +287,8 @@ def read_json(path):
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); was it written by this project's scripts?") from None
+        raise ValueError(f"{path}: not valid JSON ({e}); "
+                         "was it written by this project's scripts?") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a JSON (text) file") from None
 
@@ -372,16 +384,18 @@ def bad(source, field, value, what):
 
 def to_json(obj):
     """JSON for numpy scalars/arrays and tensors met in configs and metrics."""
-    if isinstance(obj, (np.ndarray, np.generic)) or type(obj).__module__.startswith("torch"):  # a tensor
+    if (isinstance(obj, (np.ndarray, np.generic))
+            or type(obj).__module__.startswith("torch")):  # a tensor
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 @contextlib.contextmanager
 def lock(path, wait=False):
-    """Hold an exclusive lock on `path`'s run (a hidden .lock file beside it) for the block; a second run on the same
-    output stops at once instead of racing for its files, or with `wait` waits for the first to end (make's jobs:
-    the caller then finds the output made). Yields whether it waited. The OS releases it when a process dies."""
+    """Hold an exclusive lock on `path`'s run (a hidden .lock file beside it) for the block; a
+    second run on the same output stops at once instead of racing for its files, or with `wait`
+    waits for the first to end (make's jobs: the caller then finds the output made). Yields whether
+    it waited. The OS releases it when a process dies."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     lock_path = os.path.join(folder, f".{os.path.basename(path)}.lock")
@@ -394,11 +408,12 @@ def lock(path, wait=False):
             waited = True
             if not wait:
                 f.close()
-                raise ValueError(f"another run is writing {path} now; wait for it to finish or give another "
-                                 f"--out") from None
+                raise ValueError(f"another run is writing {path} now; wait for it to finish "
+                                 "or give another --out") from None
             print(f"waiting for another run writing {path}", file=sys.stderr, flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
-        # the run that held it may have removed the file between our open and flock: then lock the new one
+        # the run that held it may have removed the file
+        # between our open and flock: then lock the new one
         if os.path.exists(lock_path) and os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
             break
         f.close()
@@ -411,10 +426,11 @@ def lock(path, wait=False):
 
 # ----------------------------------------------------------------------------- flags
 
-# The values a float flag may take, by field name (a learning rate is positive in every recipe and method); other
-# floats are finite and non-negative unless their field says otherwise. NaN and inf are refused everywhere.
-INTERVALS = {"lr": "(0, inf)", "lr_fc": "(0, inf)", "momentum": "[0, 1)", "beta1": "[0, 1)", "beta2": "[0, 1)",
-             "val_fraction": "[0, 1)", "temperature": "(0, inf)"}
+# The values a float flag may take, by field name (a learning rate is positive in every recipe and
+# method); other floats are finite and non-negative unless their field says otherwise. NaN and inf
+# are refused everywhere.
+INTERVALS = {"lr": "(0, inf)", "lr_fc": "(0, inf)", "momentum": "[0, 1)", "beta1": "[0, 1)",
+             "beta2": "[0, 1)", "val_fraction": "[0, 1)", "temperature": "(0, inf)"}
 INTERVAL_SUFFIXES = {"_lr": "(0, inf)"}  # learning rates too: UNSIR's noise, impair, repair lr
 
 COUNT_LIMIT = 2 ** 31  # counts (epochs, batches, images) below it: torch takes them as sizes
@@ -468,8 +484,9 @@ def positive_ints(text):
 
 
 def float_in(interval):
-    """An argparse type: a finite float inside `interval`, written "[0, 1)" (a bracket includes the end). Finite
-    means representable in float32, the weights' type (torch cannot step with an lr of 1e39)."""
+    """An argparse type: a finite float inside `interval`, written "[0, 1)" (a bracket
+    includes the end). Finite means representable in float32, the weights' type (torch cannot
+    step with an lr of 1e39)."""
     lo, hi = (float(end) for end in interval[1:-1].split(","))
 
     def parse(text):
@@ -477,7 +494,8 @@ def float_in(interval):
             x = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (abs(x) <= float(np.finfo(np.float32).max) and (lo < x or (interval[0] == "[" and x == lo))
+        if not (abs(x) <= float(np.finfo(np.float32).max)
+                and (lo < x or (interval[0] == "[" and x == lo))
                 and (x < hi or (interval[-1] == "]" and x == hi))):
             raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
         return x
@@ -485,32 +503,37 @@ def float_in(interval):
 
 
 def device_name(text):
-    """--device: auto, cpu, cuda or cuda:N (whether that CUDA device exists is checked where it is used)."""
+    """--device: auto, cpu, cuda or cuda:N
+    (whether that CUDA device exists is checked where it is used)."""
     kind, _, index = text.partition(":")
-    if text == "auto" or (kind in ("cpu", "cuda") and (not index or (index.isdigit() and kind == "cuda"))):
+    if text == "auto" or (kind in ("cpu", "cuda")
+                          and (not index or (index.isdigit() and kind == "cuda"))):
         return text
     raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, got {text!r}")
 
 
-def add_runtime_args(parser, precision="auto", seed="seed of batch order, augmentation, random draws"):
-    """--device, --precision and --seed, spelled and checked the same in every script. precision: the default
-    (auto: bf16 autocast on CUDA, fp32 on a CPU; fp32 where the published numbers are fp32), or None where the
-    script's numbers must be fp32 (verify_published.py); seed: its help, or None where the seed is a recipe's
-    field (train.py) or there is none."""
+def add_runtime_args(parser, precision="auto",
+                     seed="seed of batch order, augmentation, random draws"):
+    """--device, --precision and --seed, spelled and checked the same in every script. precision:
+    the default (auto: bf16 autocast on CUDA, fp32 on a CPU; fp32 where the published numbers are
+    fp32), or None where the script's numbers must be fp32 (verify_published.py); seed: its help, or
+    None where the seed is a recipe's field (train.py) or there is none."""
     g = parser.add_argument_group("runtime")
-    g.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--device", type=device_name, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto)")
     if precision:
-        g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=precision, help="bf16: autocast "
-                       "with fp32 weights and optimizer state; fp32: IEEE fp32 (on CUDA too, not TF32); auto: bf16 "
-                       f"on CUDA, fp32 on a CPU (default: {precision})")
+        g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=precision,
+                       help="bf16: autocast with fp32 weights and optimizer state; fp32: IEEE fp32 "
+                       "(on CUDA too, not TF32); auto: bf16 on CUDA, fp32 on a CPU (default: "
+                       f"{precision})")
     if seed:
         g.add_argument("--seed", type=seed_int, default=0, help=f"{seed} (default: 0)")
     return parser
 
 
 def field_type(f):
-    """The argparse type of a config field: what its flag accepts (positive ints, floats in the field's interval,
-    comma-separated positive ints for a tuple, the string itself)."""
+    """The argparse type of a config field: what its flag accepts (positive ints, floats in the
+    field's interval, comma-separated positive ints for a tuple, the string itself)."""
     if isinstance(f.default, tuple):
         return positive_ints
     if isinstance(f.default, int) and (f.name == "seed" or f.name.endswith("_seed")):
@@ -523,12 +546,15 @@ def field_type(f):
 
 
 def add_config_args(parser, config_class, defaults=None):
-    """One flag per field of a config dataclass, its help naming the paper's symbol and the published default.
-    defaults: {field: value} where the official code sets another value for the case at hand."""
-    group = parser.add_argument_group(f"{config_class.__name__}: {config_class.__doc__.split(chr(10))[0].rstrip('.')}")
+    """One flag per field of a config dataclass, its help naming the paper's symbol and
+    the published default. defaults: {field: value} where the official code sets another
+    value for the case at hand."""
+    group = parser.add_argument_group(f"{config_class.__name__}: "
+                                      f"{config_class.__doc__.split(chr(10))[0].rstrip('.')}")
     for f in flag_fields(config_class):
         meta, default = f.metadata, (defaults or {}).get(f.name, f.default)
-        kwargs = {"dest": f.name, "default": default, "help": f"{meta['help']} (default: {default})"}
+        kwargs = {"dest": f.name, "default": default,
+                  "help": f"{meta['help']} (default: {default})"}
         flag = meta.get("flag", "--" + f.name.replace("_", "-"))
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -548,36 +574,39 @@ def config_from_args(config_class, args, **code):
 
 
 def config_from_json(config_class, values, source):
-    """A config from a JSON dict (a manifest's): every field there, of its type and accepted by its flag's checks,
-    else one line naming the file and the field (a hand-edited file must not reach the training as a string)."""
+    """A config from a JSON dict (a manifest's): every field there, of its type and accepted by its
+    flag's checks, else one line naming the file and the field (a hand-edited file must not reach
+    the training as a string)."""
     if not isinstance(values, dict):
-        raise ValueError(f"{source}: its {config_class.__name__} is not a JSON object; write the file again with "
-                         f"this project's scripts")
+        raise ValueError(f"{source}: its {config_class.__name__} is not a JSON object; write the "
+                         "file again with this project's scripts")
     kwargs = {}
     for f in dataclasses.fields(config_class):
         value, kind = values.get(f.name), type(f.default)
-        ok = (isinstance(value, bool) if kind is bool else isinstance(value, (list, tuple)) if kind is tuple else
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, (list, tuple)) if kind is tuple else
               isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
               isinstance(value, kind) and not isinstance(value, bool))
         if not ok:
-            raise ValueError(f"{source}: {f.name} is {value!r}, not of type {kind.__name__}; write the file again "
-                             f"with this project's scripts")
+            raise ValueError(f"{source}: {f.name} is {value!r}, not of type {kind.__name__}; write "
+                             "the file again with this project's scripts")
         text = ",".join(map(str, value)) if kind is tuple else str(value)
         try:
             kwargs[f.name] = value if kind is bool else field_type(f)(text)
         except (argparse.ArgumentTypeError, ValueError) as e:
             raise ValueError(f"{source}: {f.name} {e}") from None
         if f.metadata.get("choices") and kwargs[f.name] not in f.metadata["choices"]:
-            raise ValueError(f"{source}: {f.name} is {value!r}; one of {', '.join(f.metadata['choices'])}")
+            raise ValueError(f"{source}: {f.name} is {value!r}; one of "
+                             f"{', '.join(f.metadata['choices'])}")
     return config_class(**kwargs)
 
 
 # ----------------------------------------------------------------------------- device and precision
 
 def pick_device(name="auto", precision="auto"):
-    """The one place device and precision are chosen, printed once. Returns (device, amp): amp is the autocast
-    dtype (bfloat16 on CUDA by default: fp32 weights and optimizer state, bf16 matmuls) or None for fp32, which
-    on CUDA is IEEE fp32 (cuDNN's default would be TF32 convolutions)."""
+    """The one place device and precision are chosen, printed once. Returns (device, amp): amp is
+    the autocast dtype (bfloat16 on CUDA by default: fp32 weights and optimizer state, bf16 matmuls)
+    or None for fp32, which on CUDA is IEEE fp32 (cuDNN's default would be TF32 convolutions)."""
     import torch
     from methods import set_ieee_fp32
     if name == "auto":
@@ -587,34 +616,38 @@ def pick_device(name="auto", precision="auto"):
     except RuntimeError:
         raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+        raise ValueError(f"--device {name}: this project runs on cpu or cuda; use "
+                         "auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), 0 to "
-                         f"{torch.cuda.device_count() - 1}")
+        raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                         f"0 to {torch.cuda.device_count() - 1}")
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     amp = torch.bfloat16 if precision == "bf16" else None
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # the fastest kernels for each batch shape, chosen once
+        # the fastest kernels for each batch shape, chosen once
+        torch.backends.cudnn.benchmark = True
         set_ieee_fp32(amp is None)
-    detail = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    detail = (torch.cuda.get_device_name(device) if device.type == "cuda"
+              else f"{torch.get_num_threads()} threads")
     print(f"device: {device} ({detail}), {'bf16 autocast' if amp else 'fp32'}", file=sys.stderr)
     return device, amp
 
 
 def eval_batch_size(device):
-    """Large batches fill a GPU; on a CPU, 128 keeps activations in cache (3.3x faster than 1000 for resnet20 on
-    2 cores, measured with bench.py's evaluation row)."""
+    """Large batches fill a GPU; on a CPU, 128 keeps activations in cache (3.3x faster than 1000 for
+    resnet20 on 2 cores, measured with bench.py's evaluation row)."""
     return 1000 if device.type == "cuda" else 128
 
 
 # ----------------------------------------------------------------------------- progress
 
 class Progress:
-    """A loader's batches, and on a terminal a line on stderr saying how far the pass has gone ("label 12/352"),
-    redrawn at most twice a second. It reads no tensor, so it adds no host sync; silent when stderr is no terminal."""
+    """A loader's batches, and on a terminal a line on stderr saying how far the pass has gone
+    ("label 12/352"), redrawn at most twice a second. It reads no tensor, so it adds no host sync;
+    silent when stderr is no terminal."""
 
     def __init__(self, loader, label):
         self.loader, self.label = loader, label

@@ -1,11 +1,14 @@
 """Architectures and checkpoints: the model card's CIFAR ResNet18 and He et al.'s CIFAR ResNets.
 
-    python models.py                                          # parameter counts of every architecture
-    python models.py --model checkpoints/resnet18_cifar10_full.pth   # what a checkpoint holds
-    python models.py --model hf://jaeunglee/resnet18-cifar10-unlearning/resnet18_cifar10_full.pth  # downloaded once
+    python models.py                                    # parameter counts of every architecture
+    python models.py --model checkpoints/resnet18_cifar10_full.pth
+                                                        # what a checkpoint holds
+    python models.py --model hf://jaeunglee/resnet18-cifar10-unlearning/resnet18_cifar10_full.pth
+                                                        # downloaded once
 
-A checkpoint is a plain CPU state_dict with torchvision's keys, written atomically, with a JSON
-sidecar beside it (argv, config, split, seed, versions, device, wall time, metrics). Load one elsewhere:
+A checkpoint is a plain CPU state_dict with torchvision's keys, written atomically, with
+a JSON sidecar beside it (argv, config, split, seed, versions, device, wall time,
+metrics). Load one elsewhere:
 
     model = torchvision.models.resnet18(weights=None)
     model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -41,11 +44,13 @@ from published import CIFAR_MODELS, cifar_model_stats, cifar_model_url, url_from
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")  # dicts that hold a state_dict
 REMOTE = ("hf://", "https://", "http://", "file://")  # checkpoint names that are downloaded
-HF_ENDPOINT = "https://huggingface.co"  # $HF_ENDPOINT overrides it, as in huggingface_hub (a mirror; the tests)
+# $HF_ENDPOINT overrides it, as in huggingface_hub (a mirror; the tests)
+HF_ENDPOINT = "https://huggingface.co"
 
 
 def resnet18(num_classes=10):
-    """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, exactly as the model card builds it."""
+    """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool,
+    exactly as the model card builds it."""
     import torchvision  # here, not at the top: it doubles a script's start-up (2 s of 4 on 2 cores)
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -54,7 +59,8 @@ def resnet18(num_classes=10):
 
 
 class BasicBlock(nn.Module):
-    """He et al. (2016) CIFAR block; the shortcut is option A (stride-2 subsampling + zero channels), no parameters."""
+    """He et al. (2016) CIFAR block; the shortcut is option A (stride-2 subsampling + zero
+    channels), no parameters."""
 
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -74,7 +80,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 images: 3 stages of n blocks with 16/32/64 channels (He et al. 2016, sec. 4.2)."""
+    """ResNet-(6n+2) for 32x32 images:
+    3 stages of n blocks with 16/32/64 channels (He et al. 2016, sec. 4.2)."""
     block = BasicBlock
 
     def __init__(self, depth, num_classes=10):
@@ -84,7 +91,8 @@ class CifarResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(16)
         widths = [(16, 16, 1), (16, 32, 2), (32, 64, 2)]
         self.layer1, self.layer2, self.layer3 = (
-            nn.Sequential(*[self.block(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
+            nn.Sequential(*[self.block(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                            for i in range(n)])
             for cin, cout, stride in widths)
         self.fc = nn.Linear(64, num_classes)
         self.init_weights()
@@ -101,9 +109,9 @@ class CifarResNet(nn.Module):
 
 
 class ProjectionBlock(nn.Module):
-    """The CIFAR block of chenyaofo/pytorch-cifar-models (torchvision's BasicBlock): where a stage narrows the
-    image or widens the channels, the shortcut is option B, a 1x1 stride-2 convolution + BatchNorm (downsample.0,
-    downsample.1); elsewhere the identity."""
+    """The CIFAR block of chenyaofo/pytorch-cifar-models (torchvision's BasicBlock): where a stage
+    narrows the image or widens the channels, the shortcut is option B, a 1x1 stride-2 convolution +
+    BatchNorm (downsample.0, downsample.1); elsewhere the identity."""
 
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -111,7 +119,8 @@ class ProjectionBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                         nn.BatchNorm2d(cout))
                            if stride != 1 or cin != cout else None)
 
     def forward(self, x):
@@ -121,9 +130,10 @@ class ProjectionBlock(nn.Module):
 
 
 class CifarResNetB(CifarResNet):
-    """He et al.'s CIFAR ResNet-(6n+2) with option-B shortcuts, as chenyaofo/pytorch-cifar-models builds it (the
-    CIFAR-100 report's starting weights): convolutions Kaiming-normal (fan_out, relu), BatchNorm 1 / 0, the
-    classifier PyTorch's default. Its state_dict: option A's keys and layer2.0 / layer3.0's downsample.{0,1}."""
+    """He et al.'s CIFAR ResNet-(6n+2) with option-B shortcuts, as chenyaofo/pytorch-cifar-models
+    builds it (the CIFAR-100 report's starting weights): convolutions Kaiming-normal (fan_out,
+    relu), BatchNorm 1 / 0, the classifier PyTorch's default. Its state_dict: option A's keys and
+    layer2.0 / layer3.0's downsample.{0,1}."""
     block = ProjectionBlock
 
     def init_weights(self):
@@ -158,7 +168,8 @@ ARCHS = {
 }
 
 
-# The ImageNet-1K weights (IMAGENET1K_V1) of the transfer architectures, as torchvision publishes them.
+# The ImageNet-1K weights (IMAGENET1K_V1) of the
+# transfer architectures, as torchvision publishes them.
 IMAGENET_WEIGHTS = {  # the weights enum of torchvision.models, by name (imported when needed)
     "resnet18-imagenet": "ResNet18_Weights",
     "resnet34-imagenet": "ResNet34_Weights",
@@ -184,8 +195,8 @@ def imagenet_file(weights):
         try:
             torch.hub.download_url_to_file(weights.url, path, progress=True)
         except Exception:  # offline: URLError, socket errors, ...
-            raise FileNotFoundError(f"ImageNet weights not found and not downloadable: put {weights.url} "
-                                    f"at {path}") from None
+            raise FileNotFoundError("ImageNet weights not found and not downloadable: put "
+                                    f"{weights.url} at {path}") from None
     return path
 
 
@@ -255,28 +266,32 @@ def pretrained_file(name):
 
 
 def input_size(model):
-    """224 for ImageNet-stem models (CIFAR images are upsampled to it), None for the CIFAR ones (native 32)."""
+    """224 for ImageNet-stem models (CIFAR images are upsampled to it),
+    None for the CIFAR ones (native 32)."""
     return 224 if model.conv1.kernel_size == (7, 7) else None
 
 
 class Ensemble(nn.Module):
-    """Members' predictions combined. mean-softmax: log of the mean probability. vote: the class with most votes
-    (ties broken by the mean probability), returned as the log of the vote fractions smoothed with 0.1% of the
-    mean probability, so that losses stay finite and argmax is the vote."""
+    """Members' predictions combined. mean-softmax: log of the mean probability. vote: the
+    class with most votes (ties broken by the mean probability), returned as the log of the
+    vote fractions smoothed with 0.1% of the mean probability, so that losses stay finite
+    and argmax is the vote."""
 
     def __init__(self, members, aggregate="mean-softmax"):
         super().__init__()
         if aggregate not in ("mean-softmax", "vote"):
             raise ValueError(f"unknown aggregation {aggregate!r}; valid: mean-softmax, vote")
         if len({input_size(m) for m in members}) > 1:
-            raise ValueError(f"the members see images of different sizes ({sorted({input_size(m) or 32 for m in members})}"
-                             f" px): an ensemble needs one input size")
+            raise ValueError("the members see images of different sizes "
+                             f"({sorted({input_size(m) or 32 for m in members})} px): an ensemble "
+                             "needs one input size")
         self.members, self.aggregate = nn.ModuleList(members), aggregate
         self.conv1 = members[0].conv1  # so that input_size() sees the members' stem
 
     def forward(self, x):
         log_probs = torch.stack([m(x).float().log_softmax(1) for m in self.members])
-        log_mean = torch.logsumexp(log_probs, 0) - math.log(len(self.members))  # log of the mean, without underflow
+        # log of the mean, without underflow
+        log_mean = torch.logsumexp(log_probs, 0) - math.log(len(self.members))
         if self.aggregate == "mean-softmax":
             return log_mean
         votes = F.one_hot(log_probs.argmax(2), log_probs.shape[2]).float().mean(0)
@@ -286,9 +301,11 @@ class Ensemble(nn.Module):
 # ----------------------------------------------------------------------------- checkpoints
 
 def to_device(model, device):
-    """The model on `device`; on CUDA in channels_last memory order, as Loader's batches are there (cuDNN's fastest
-    convolutions). The values, and so the saved state_dicts, are the same either way."""
-    return model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    """The model on `device`; on CUDA in channels_last memory order, as Loader's batches
+    are there (cuDNN's fastest convolutions). The values, and so the saved state_dicts,
+    are the same either way."""
+    return model.to(device, memory_format=(torch.channels_last if device.type == "cuda"
+                                           else torch.preserve_format))
 
 
 def clean_state_dict(state):
@@ -302,7 +319,8 @@ def clean_state_dict(state):
 
 
 def infer_arch(state):
-    """(arch, num_classes) from a state_dict's keys and shapes; ValueError if it is none of ARCHS."""
+    """(arch, num_classes) from a state_dict's keys and shapes;
+    ValueError if it is none of ARCHS."""
     if "fc.weight" not in state or "conv1.weight" not in state:
         raise ValueError("not a ResNet state_dict (no conv1.weight / fc.weight)")
     blocks = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
@@ -324,21 +342,24 @@ def is_remote(name):
 
 
 def normalization_of(name):
-    """The (mean, std) a model was trained with: a published model's (published.py), or what its sidecar records
-    (train.py and unlearn.py write it); None when neither says (an older sidecar, a foreign file)."""
+    """The (mean, std) a model was trained with: a published model's (published.py), or what its
+    sidecar records (train.py and unlearn.py write it); None when neither says (an older
+    sidecar, a foreign file)."""
     if name.startswith(CIFAR_MODELS):
         return cifar_model_stats(name)
     sidecar = sidecar_path(name)
     if not is_remote(name) and os.path.isfile(sidecar):
         meta = read_json(sidecar)
         stats = meta.get("normalization") if isinstance(meta, dict) else None
-        if isinstance(stats, dict) and all(isinstance(stats.get(k), list) and len(stats[k]) == 3 for k in ("mean", "std")):
+        if isinstance(stats, dict) and all(isinstance(stats.get(k), list) and len(stats[k]) == 3
+                                           for k in ("mean", "std")):
             return tuple(stats["mean"]), tuple(stats["std"])
     return None
 
 
 def file_url(name):
-    """hf://OWNER/REPO[@REV]/FILE -> the Hub's plain file URL (revision main unless @REV); other URLs as they are."""
+    """hf://OWNER/REPO[@REV]/FILE -> the Hub's plain file URL
+    (revision main unless @REV); other URLs as they are."""
     if not name.startswith("hf://"):
         return name
     parts = name[len("hf://"):].split("/", 2)
@@ -347,13 +368,16 @@ def file_url(name):
     owner, repo, file = parts
     repo, _, revision = repo.partition("@")
     endpoint = url_from_env("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
-    quote = urllib.parse.quote  # a space or a non-ASCII letter in a name is sent percent-encoded, as the Hub expects
-    return f"{endpoint}/{quote(owner)}/{quote(repo)}/resolve/{quote(revision or 'main', safe='')}/{quote(file)}"
+    # a space or a non-ASCII letter in a name is sent percent-encoded, as the Hub expects
+    quote = urllib.parse.quote
+    return (f"{endpoint}/{quote(owner)}/{quote(repo)}/resolve/"
+            f"{quote(revision or 'main', safe='')}/{quote(file)}")
 
 
 def cache_path(url):
-    """Where a downloaded checkpoint lives: torch's hub cache ($TORCH_HOME/hub/checkpoints, as torchvision's
-    weights), under the URL's host and path so that two repositories' files of one name never meet."""
+    """Where a downloaded checkpoint lives: torch's hub cache ($TORCH_HOME/hub/checkpoints,
+    as torchvision's weights), under the URL's host and path so that two repositories' files
+    of one name never meet."""
     parsed = urllib.parse.urlsplit(url)
     parts = [p for p in urllib.parse.unquote(parsed.path).split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
@@ -362,36 +386,46 @@ def cache_path(url):
 
 
 def fetch(name):
-    """The local path of a checkpoint name: a path as it is; an hf://, https:// or file:// name downloaded once
-    (torch's own downloader, with progress) into the hub cache and reused from there. A `#sha256=HEX` suffix is
-    checked on every use: a cached copy that differs is downloaded again, a download that differs is removed."""
+    """The local path of a checkpoint name: a path as it is; an hf://, https:// or file:// name
+    downloaded once (torch's own downloader, with progress) into the hub cache and reused from
+    there. A `#sha256=HEX` suffix is checked on every use: a cached copy that differs is downloaded
+    again, a download that differs is removed."""
     if not is_remote(name):
         return name
-    url, _, fragment = (cifar_model_url(name) if name.startswith(CIFAR_MODELS) else name).partition("#")
+    url, _, fragment = (cifar_model_url(name) if name.startswith(CIFAR_MODELS)
+                        else name).partition("#")
     if fragment and not fragment.startswith("sha256="):
         raise ValueError(f"{name}: the only suffix understood is #sha256=<64 hex digits>")
     expected = fragment[len("sha256="):].lower() or None
     url = file_url(url)
-    prefix = re.fullmatch(r".+-([0-9a-f]{8,64})\.pth?", os.path.basename(url))  # torch.hub's name-<sha256 start>.pt
+    # torch.hub's name-<sha256 start>.pt
+    prefix = re.fullmatch(r".+-([0-9a-f]{8,64})\.pth?", os.path.basename(url))
     prefix = prefix.group(1) if prefix else ""
     cached = cache_path(url)
-    if os.path.isfile(cached) and expected in (None, sha256_file(cached)) and sha256_file(cached).startswith(prefix):
+    if (os.path.isfile(cached) and expected in (None, sha256_file(cached))
+            and sha256_file(cached).startswith(prefix)):
         return cached
     check_local_url(url)
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     print(f"downloading {url} -> {cached}", file=sys.stderr, flush=True)
-    try:  # writes a temp file beside `cached` and renames it: an interrupted download leaves nothing behind
+    # writes a temp file beside `cached` and renames it:
+    # an interrupted download leaves nothing behind
+    try:
         torch.hub.download_url_to_file(url, cached, progress=sys.stderr.isatty())
-    except OSError as e:  # urllib's HTTPError (404, 401) and URLError (offline, no such host) are OSErrors
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):  # our disk, not the network
-            raise OSError(f"could not save {url} at {cached}: {e.strerror}; free space there or set $TORCH_HOME to a "
-                          f"folder that takes files") from None
-        raise OSError(f"could not download {url} ({getattr(e, 'reason', None) or e}). Without network access, download "
-                      f"it elsewhere and place it at {cached}, or pass the file's local path") from None
+    except OSError as e:
+        # urllib's HTTPError (404, 401) and URLError (offline, no such host) are OSErrors
+        # our disk, not the network
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise OSError(f"could not save {url} at {cached}: {e.strerror}; free space there or "
+                          "set $TORCH_HOME to a folder that takes files") from None
+        raise OSError(f"could not download {url} ({getattr(e, 'reason', None) or e}). Without "
+                      f"network access, download it elsewhere and place it at {cached}, or pass "
+                      "the file's local path") from None
     found = sha256_file(cached)
     if (expected and found != expected) or not found.startswith(prefix):
         os.remove(cached)
-        raise ValueError(f"{url}: the downloaded file's sha256 is {found}, not {expected or prefix + '...'} as "
+        raise ValueError(f"{url}: the downloaded file's sha256 is {found}, not "
+                         f"{expected or prefix + '...'} as "
                          f"{'its name says' if not expected else name + ' asks'}; removed it")
     return cached
 
@@ -412,20 +446,23 @@ def read_checkpoint(path, name):
         return read_safetensors(path, name)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only met a class: a pickled model object, not a state_dict
+    except pickle.UnpicklingError as e:
+        # weights_only met a class: a pickled model object, not a state_dict
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if not found:  # not a pickle of an object at all: garbage, or another format
             raise ValueError(f"{name}: not a PyTorch checkpoint (UnpicklingError)") from None
         raise ValueError(f"{name}: holds a pickled object ({found.group(1)}), not a state_dict, "
-                         f"and loading it could run code; save the weights with torch.save(model.state_dict(), "
-                         f"path)") from None
+                         "and loading it could run code; save the weights with "
+                         "torch.save(model.state_dict(), path)") from None
     except RuntimeError as e:
-        newer = re.search(r"read a PyTorch file with version (\d+), but the maximum supported version for reading "
-                          r"is (\d+)", str(e))
+        newer = re.search(r"read a PyTorch file with version (\d+), but the maximum supported "
+                          r"version for reading is (\d+)", str(e))
         if newer:
-            raise ValueError(f"{name}: written by a newer PyTorch (file format {newer.group(1)}; this torch "
-                             f"{torch.__version__} reads up to {newer.group(2)}); upgrade torch") from None
-        raise ValueError(f"{name}: not a PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+            raise ValueError(f"{name}: written by a newer PyTorch (file format "
+                             f"{newer.group(1)}; this torch {torch.__version__} reads up to "
+                             f"{newer.group(2)}); upgrade torch") from None
+        raise ValueError(f"{name}: not a PyTorch checkpoint "
+                         f"({str(e).splitlines()[0][:200]})") from None
     except Exception as e:  # zip and other format errors all mean "not a checkpoint we load"
         raise ValueError(f"{name}: not a PyTorch checkpoint ({type(e).__name__})") from None
 
@@ -540,9 +577,9 @@ def as_state_dict(loaded, name):
 
 
 def load_model(name, arch=None, num_classes=None):
-    """Load a checkpoint (bare state_dict or a dict holding one) with weights_only=True, from a path or a
-    downloaded name (see fetch); infer its architecture and class count, and check them against `arch` /
-    `num_classes` when given."""
+    """Load a checkpoint (bare state_dict or a dict holding one) with weights_only=True, from a path
+    or a downloaded name (see fetch); infer its architecture and class count, and check them against
+    `arch` / `num_classes` when given."""
     path = fetch(name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
@@ -551,51 +588,58 @@ def load_model(name, arch=None, num_classes=None):
         found_arch, found_classes = infer_arch(state)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
-    except (IndexError, KeyError, TypeError):  # a crafted file: tensors of the wrong rank where shapes are read
-        raise ValueError(f"{name}: holds no ResNet state_dict (tensors of unexpected shapes)") from None
+    except (IndexError, KeyError, TypeError):
+        # a crafted file: tensors of the wrong rank where shapes are read
+        raise ValueError(f"{name}: holds no ResNet state_dict (tensors "
+                         "of unexpected shapes)") from None
     if (arch or found_arch) != found_arch or (num_classes or found_classes) != found_classes:
         raise ValueError(f"{name} is a {found_arch} with {found_classes} classes, "
                          f"expected {arch or found_arch} with {num_classes or found_classes}")
     if non_finite(state):
-        raise ValueError(f"{name}: {non_finite(state)} of {len(state)} tensors hold NaN or inf (a diverged run); "
-                         f"not loaded")
+        raise ValueError(f"{name}: {non_finite(state)} of {len(state)} tensors hold NaN or inf (a "
+                         "diverged run); not loaded")
     try:
-        model = build_model(found_arch, found_classes)  # weights come from the file: no ImageNet download
+        # weights come from the file: no ImageNet download
+        model = build_model(found_arch, found_classes)
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{name}: does not fit {found_arch}: {str(e).splitlines()[-1].strip()}") from None
+        raise ValueError(f"{name}: does not fit {found_arch}: "
+                         f"{str(e).splitlines()[-1].strip()}") from None
     return model
 
 
 def non_finite(state):
-    """How many floating-point tensors of a state_dict (on one device) hold a NaN or an infinity: one host read."""
+    """How many floating-point tensors of a state_dict
+    (on one device) hold a NaN or an infinity: one host read."""
     finite = [torch.isfinite(v).all() for v in state.values() if v.is_floating_point()]
     return int((~torch.stack(finite)).sum()) if finite else 0
 
 
 def save_model(path, model, meta):
-    """Plain CPU state_dict at `path`, with `meta` plus argv, versions, time and the checkpoint's sha256 in a JSON
-    sidecar beside it. Both are written whole before either is renamed into place, the sidecar first: a full disk
-    changes neither, and a crash between the two renames leaves a sidecar whose sha256 the checkpoint does not
-    have, an unfinished checkpoint that the next run redoes. Non-finite weights are refused: nothing is written."""
+    """Plain CPU state_dict at `path`, with `meta` plus argv, versions, time and the checkpoint's
+    sha256 in a JSON sidecar beside it. Both are written whole before either is renamed into place,
+    the sidecar first: a full disk changes neither, and a crash between the two renames leaves a
+    sidecar whose sha256 the checkpoint does not have, an unfinished checkpoint that the next run
+    redoes. Non-finite weights are refused: nothing is written."""
     state = clean_state_dict(model.state_dict())
     if non_finite(state):
-        raise ValueError(f"{path} not saved: {non_finite(state)} of {len(state)} tensors hold NaN or inf (the run "
-                         f"diverged; lower --lr)")
+        raise ValueError(f"{path} not saved: {non_finite(state)} of {len(state)} tensors hold NaN "
+                         "or inf (the run diverged; lower --lr)")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "torchvision": importlib.metadata.version("torchvision"),  # see resnet18
                 "numpy": np.__version__}
-    sidecar = {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions,
-               "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), **meta}
+    sidecar = {"argv": sys.argv, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "versions": versions, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+               **meta}
     atomic_writes([(sidecar_name(path), lambda f: f.write(json_bytes(sidecar))),
                    (path, lambda f: f.write(buffer.getvalue()))])
 
 
 def finished(path):
-    """True when `path` and its sidecar are both there and the sidecar names this very file's sha256 (sidecars
-    written before checkpoints carried one count when both files are there)."""
+    """True when `path` and its sidecar are both there and the sidecar names this very file's sha256
+    (sidecars written before checkpoints carried one count when both files are there)."""
     sidecar = sidecar_path(path)
     if not (os.path.isfile(path) and os.path.isfile(sidecar)):
         return False
@@ -616,7 +660,8 @@ def check_output(path, identity, overwrite=False, inputs=()):
     that identity but unfinished (a run stopped between its sidecar and its checkpoint) is
     redone."""
     if path.endswith(".json"):
-        raise ValueError(f"--out {path}: a checkpoint path cannot end in .json (its sidecar takes that name); use .pth")
+        raise ValueError(f"--out {path}: a checkpoint path cannot end in .json (its sidecar takes "
+                         "that name); use .pth")
     check_inputs(path, "--out", inputs, writes=[path, sidecar_name(path)])
     check_writable(path)
     owner = other_owner(path)
@@ -634,8 +679,10 @@ def check_output(path, identity, overwrite=False, inputs=()):
         raise ValueError(f"--out {path} is not there, but its sidecar {sidecar} is, written by a "
                          f"run with other settings: pass --overwrite to replace it, or give "
                          f"another --out")
-    made = "a checkpoint made with other settings" if "identity" in meta else "a file without a sidecar of this project"
-    raise ValueError(f"--out {path} holds {made}: pass --overwrite to replace it, or give another --out")
+    made = ("a checkpoint made with other settings" if "identity" in meta
+            else "a file without a sidecar of this project")
+    raise ValueError(f"--out {path} holds {made}: pass --overwrite to replace it, "
+                     "or give another --out")
 
 
 def other_owner(path):
@@ -650,9 +697,10 @@ def other_owner(path):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="a checkpoint to describe: a path, an https:// URL "
-                        "or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it (default: list the "
-                        "architectures)")
+    parser.add_argument("--model", default=None,
+                        help="a checkpoint to describe: a path, an https:// URL or "
+                        "hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it "
+                        "(default: list the architectures)")
     return parser.parse_args(argv)
 
 
@@ -661,10 +709,12 @@ def main(argv=None):
     if args.model:
         model = load_model(args.model)
         arch, num_classes = infer_arch(model.state_dict())
-        print(f"{args.model}: {arch}, {num_classes} classes, {sum(p.numel() for p in model.parameters()):,} parameters")
+        print(f"{args.model}: {arch}, {num_classes} classes, "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters")
         return
     for arch in ARCHS:
-        print(f"{arch}: {sum(p.numel() for p in build_model(arch, 10).parameters()):,} parameters (10 classes)")
+        print(f"{arch}: {sum(p.numel() for p in build_model(arch, 10).parameters()):,} "
+              "parameters (10 classes)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Train with the published 200-epoch recipe, on the whole train set or on the retain set (the retrain gold standard).
 
-    python train.py                                   # ResNet18, CIFAR-10 -> checkpoints/resnet18_cifar10_full.pth
-    python train.py --forget-class cat --resume       # retrain without cat -> checkpoints/resnet18_cifar10_no_cat.pth
-    python train.py --dataset ../shared/data/cifar10-jpeg.tar.gz --arch resnet20 --subset 100 --epochs 5 --device cpu
-    torchrun --nproc_per_node=2 train.py             # DistributedDataParallel: the global batch of 128 split across ranks
+    python train.py           # ResNet18, CIFAR-10 -> checkpoints/resnet18_cifar10_full.pth
+    python train.py --forget-class cat --resume
+                              # retrain without cat -> checkpoints/resnet18_cifar10_no_cat.pth
+    python train.py --dataset ../shared/data/cifar10-jpeg.tar.gz --arch resnet20 --subset 100 \
+        --epochs 5 --device cpu
+    torchrun --nproc_per_node=2 train.py
+                              # DistributedDataParallel: the global batch of 128 split across ranks
 
-Recipe (the model card's, adapted from Benchopt): SGD lr 0.1, momentum 0.9, weight decay 5e-4, Nesterov;
-CosineAnnealingLR(T_max=epochs) stepped per epoch; 200 epochs; batch 128; cross-entropy; RandomCrop(32, 4) + flip.
-Every epoch writes a resumable state (model, optimizer, scheduler, RNG) beside the output; --resume continues it.
+Recipe (the model card's, adapted from Benchopt): SGD lr 0.1, momentum 0.9, weight decay 5e-4,
+Nesterov; CosineAnnealingLR(T_max=epochs) stepped per epoch; 200 epochs; batch 128; cross-entropy;
+RandomCrop(32, 4) + flip. Every epoch writes a resumable state (model, optimizer, scheduler, RNG)
+beside the output; --resume continues it.
 """
 import argparse
 import contextlib
@@ -48,15 +52,18 @@ class TrainConfig:
     momentum: float = hp(0.9, "SGD momentum")
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(True, "Nesterov momentum")
-    augment: str = hp("crop-flip", "train augmentation: RandomCrop(32, 4) + flip", choices=tuple(AUGMENT))
-    patience: int = hp(0, "early stopping after this many epochs without a better validation accuracy; 0 = off",
+    augment: str = hp("crop-flip", "train augmentation: RandomCrop(32, 4) + flip",
+                      choices=tuple(AUGMENT))
+    patience: int = hp(0, "early stopping after this many epochs without a better "
+                          "validation accuracy; 0 = off",
                        minimum=0)
     val_fraction: float = hp(0.0, "fraction of the retain set held out for validation; 0 = none")
     seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=0)
 
     def optimizer(self, model):
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
-                                    weight_decay=self.weight_decay, nesterov=self.nesterov, fused=on_cuda(model))
+                                    weight_decay=self.weight_decay, nesterov=self.nesterov,
+                                    fused=on_cuda(model))
         return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
 
 
@@ -64,7 +71,8 @@ class TrainConfig:
 class TransferConfig:
     """The CIFAR-100 report's transfer recipe: ImageNet-1K weights, images upsampled to 224x224 (nearest), Adam
     with a 10x larger learning rate for the new classifier, cosine schedule, cross-entropy."""
-    arch: str = hp("resnet18-imagenet", "architecture (an ImageNet one)", choices=tuple(IMAGENET_WEIGHTS))
+    arch: str = hp("resnet18-imagenet", "architecture (an ImageNet one)",
+                   choices=tuple(IMAGENET_WEIGHTS))
     pretrained: str = hp("torchvision", "starting weights: torchvision (its IMAGENET1K_V1), or "
                          "a state_dict of arch by path, URL or hf://OWNER/REPO/FILE (.safetensors "
                          "too); fc is new either way")
@@ -75,7 +83,8 @@ class TransferConfig:
     beta1: float = hp(0.9, "Adam beta_1")
     beta2: float = hp(0.999, "Adam beta_2")
     augment: str = hp("crop-flip", "train augmentation", choices=tuple(AUGMENT))
-    patience: int = hp(0, "early stopping after this many epochs without a better validation accuracy; 0 = off",
+    patience: int = hp(0, "early stopping after this many epochs without a better "
+                          "validation accuracy; 0 = off",
                        minimum=0)
     val_fraction: float = hp(0.0, "fraction of the retain set held out for validation; 0 = none")
     seed: int = hp(0, "seed of initialisation, batch order and augmentation", minimum=0)
@@ -83,7 +92,8 @@ class TransferConfig:
     def optimizer(self, model):
         fc = [p for n, p in model.named_parameters() if n.startswith("fc.")]
         rest = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
-        optimizer = torch.optim.Adam([{"params": rest, "lr": self.lr}, {"params": fc, "lr": self.lr_fc}],
+        optimizer = torch.optim.Adam([{"params": rest, "lr": self.lr},
+                                      {"params": fc, "lr": self.lr_fc}],
                                      betas=(self.beta1, self.beta2), fused=on_cuda(model))
         return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
 
@@ -91,9 +101,9 @@ class TransferConfig:
 @dataclass(frozen=True)
 class EnsembleConfig(TransferConfig):
     """The ensemble report's recipe per member: ImageNet ResNet18 at 224x224 (Resize 256 + RandomCrop 224),
-    RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1), batch 512, early stopping with patience 50 keeping the
-    best model, selected on a held-out 10% of the train set (the report selected on the test set).
-    Members start from the report's weights, timm's ResNet18 pretrained on Instagram-1B
+    RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1), batch 512, early stopping with patience 50
+    keeping the best model, selected on a held-out 10% of the train set (the report selected on the
+    test set). Members start from the report's weights, timm's ResNet18 pretrained on Instagram-1B
     (published.PUBLISHED_PRETRAINED); --pretrained torchvision starts them from torchvision's."""
     pretrained: str = hp(pretrained_name(), "starting weights: the report's (timm's Instagram-1B "
                          "ResNet18), torchvision (its IMAGENET1K_V1), or a state_dict of arch by "
@@ -101,8 +111,10 @@ class EnsembleConfig(TransferConfig):
     epochs: int = hp(200, "maximum epochs = cosine T_max (early stopping ends sooner)")
     batch_size: int = hp(512, "batch size")
     augment: str = hp("rotate-jitter", "train augmentation", choices=tuple(AUGMENT))
-    patience: int = hp(50, "early stopping after this many epochs without a better validation accuracy", minimum=0)
-    val_fraction: float = hp(0.1, "fraction of the retain set held out for validation and model selection")
+    patience: int = hp(50, "early stopping after this many epochs without a "
+                           "better validation accuracy", minimum=0)
+    val_fraction: float = hp(0.1, "fraction of the retain set held out for "
+                                  "validation and model selection")
 
 
 RECIPES = {"sgd": TrainConfig, "transfer": TransferConfig, "ensemble": EnsembleConfig}
@@ -134,17 +146,17 @@ def starting_weights(model, cfg):
 
 
 def on_cuda(model):
-    """Fused optimizers on CUDA: one kernel for every parameter's update instead of dozens (rounding only);
-    None elsewhere, torch's default (foreach), which keeps CPU runs bitwise as before."""
+    """Fused optimizers on CUDA: one kernel for every parameter's update instead of dozens (rounding
+    only); None elsewhere, torch's default (foreach), which keeps CPU runs bitwise as before."""
     return True if next(model.parameters()).is_cuda else None
 
 
 def train_epoch(model, loader, optimizer, label="", amp=None, compiled=None):
-    """One pass of cross-entropy SGD. Loss and accuracy accumulate on the device and are read once, at the end;
-    on a terminal a progress line (which reads the loss) is shown every 20 steps. amp: autocast dtype, or None to
-    keep the caller's (none: fp32). compiled: the batch shapes a compiled model has already seen, or None: the
-    first step of each new shape (its compilation, on CUDA its graph capture) is timed apart. Returns (loss,
-    accuracy %, seconds spent compiling)."""
+    """One pass of cross-entropy SGD. Loss and accuracy accumulate on the device and are read once,
+    at the end; on a terminal a progress line (which reads the loss) is shown every 20 steps. amp:
+    autocast dtype, or None to keep the caller's (none: fp32). compiled: the batch shapes a compiled
+    model has already seen, or None: the first step of each new shape (its compilation, on CUDA its
+    graph capture) is timed apart. Returns (loss, accuracy %, seconds spent compiling)."""
     model.train()
     show = sys.stderr.isatty()
     total, correct, seen, compiling = 0, 0, 0, 0.0
@@ -157,12 +169,14 @@ def train_epoch(model, loader, optimizer, label="", amp=None, compiled=None):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total, correct, seen = total + loss.detach() * len(y), correct + (logits.argmax(1) == y).sum(), seen + len(y)
+        total, correct, seen = (total + loss.detach() * len(y),
+                                correct + (logits.argmax(1) == y).sum(), seen + len(y))
         if new_shape:  # once per shape: the sync is not in the steady loop
             compiling += synchronized(x.device) - start
             compiled.add(x.shape)
         if show and step % 20 == 0:
-            print(f"\r{label} step {step}/{len(loader)} loss {loss.item():.4f}", end="", file=sys.stderr)
+            print(f"\r{label} step {step}/{len(loader)} loss {loss.item():.4f}", end="",
+                  file=sys.stderr)
     if show:
         print("\r\x1b[K", end="", file=sys.stderr)
     if not torch.isfinite(total):
@@ -183,9 +197,11 @@ def accuracy(model, loader, amp=None):
 
 
 def save_state(path, model, optimizer, scheduler, loader, log, best, identity):
-    """Everything --resume needs to continue bitwise: weights, optimizer, schedule, data RNG, log, best so far."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "data_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(), "log": log, "best": best,
+    """Everything --resume needs to continue bitwise:
+    weights, optimizer, schedule, data RNG, log, best so far."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "data_rng": loader.generator.get_state(),
+             "torch_rng": torch.get_rng_state(), "log": log, "best": best,
              "identity": json.dumps(identity, sort_keys=True)}
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -193,11 +209,14 @@ def save_state(path, model, optimizer, scheduler, loader, log, best, identity):
 def load_state(path, model, optimizer, scheduler, loader, identity):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        foreign = not isinstance(state, dict) or state.get("identity") != json.dumps(identity, sort_keys=True)
+        foreign = (not isinstance(state, dict)
+                   or state.get("identity") != json.dumps(identity, sort_keys=True))
     except Exception as e:  # a truncated or damaged file: zip, pickle or weights_only errors
-        raise ValueError(f"{path} is damaged ({type(e).__name__}); delete it to start again, or drop --resume") from None
+        raise ValueError(f"{path} is damaged ({type(e).__name__}); delete it to start "
+                         "again, or drop --resume") from None
     if foreign:
-        raise ValueError(f"{path} was written by a run with other settings; delete it or drop --resume")
+        raise ValueError(f"{path} was written by a run with other settings; "
+                         "delete it or drop --resume")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -253,7 +272,8 @@ def fit(model, train_loader, test_loader, cfg, val_loader=None, amp=None, run=Ru
                                                      amp)
             compiling += lost  # the failed try counts as compiling, not as the epoch's seconds
         if non_finite(model.state_dict()):
-            raise ValueError(f"epoch {epoch}: the weights hold NaN or inf (the run diverged); lower --lr")
+            raise ValueError(f"epoch {epoch}: the weights hold NaN or inf (the run "
+                             "diverged); lower --lr")
         scheduler.step()
         record = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
                   "test_acc": accuracy(model, test_loader, amp) if test_loader else None,
@@ -262,10 +282,13 @@ def fit(model, train_loader, test_loader, cfg, val_loader=None, amp=None, run=Ru
                   "compile_failed": failed}
         log.append(record)
         if val_loader and record["val_acc"] > best["acc"]:
-            best = {"acc": record["val_acc"], "epoch": epoch, "model": copy.deepcopy(model.state_dict())}
+            best = {"acc": record["val_acc"], "epoch": epoch,
+                    "model": copy.deepcopy(model.state_dict())}
         print(f"epoch {epoch}/{cfg.epochs} loss {loss:.4f} train {train_acc:.2f}%" + "".join(
-            f" {k[:-4]} {record[k]:.2f}%" for k in ("test_acc", "val_acc") if record[k] is not None) +
-            f" lr {lr:.5f} {record['seconds']:.1f}s" + (f" (+{compiling:.1f}s compiling)" if compiling else ""),
+            f" {k[:-4]} {record[k]:.2f}%" for k in ("test_acc", "val_acc")
+            if record[k] is not None) +
+            f" lr {lr:.5f} {record['seconds']:.1f}s" +
+            (f" (+{compiling:.1f}s compiling)" if compiling else ""),
             flush=True)
         if prefix and run.write and (epoch % run.save_every == 0 or epoch == stop_after):
             save_state(state_path, model, optimizer, scheduler, train_loader, log, best, identity)
@@ -274,7 +297,8 @@ def fit(model, train_loader, test_loader, cfg, val_loader=None, amp=None, run=Ru
         if epoch == stop_after and epoch < cfg.epochs:
             return log, False
         if val_loader and cfg.patience and epoch - best["epoch"] >= cfg.patience:
-            print(f"early stop: no better validation accuracy since epoch {best['epoch']}", flush=True)
+            print(f"early stop: no better validation accuracy since epoch {best['epoch']}",
+                  flush=True)
             break
     if best["model"] is not None:
         model.load_state_dict(best["model"])
@@ -313,15 +337,16 @@ def write_log(path, log):
 
 
 def normalization(data):
-    """What a model's sidecar records of the normalisation it was trained with (models.normalization_of reads it)."""
+    """What a model's sidecar records of the normalisation it was trained with
+    (models.normalization_of reads it)."""
     return {"mean": list(data.mean), "std": list(data.std)}
 
 
 # ----------------------------------------------------------------------------- command line
 
 def default_out(arch, data, split, subset):
-    """The published names: resnet18_cifar10_full.pth, resnet18_cifar10_no_cat.pth (+ _forget0.2_seed0, _subsetN,
-    _halfK)."""
+    """The published names: resnet18_cifar10_full.pth, resnet18_cifar10_no_cat.pth (+
+    _forget0.2_seed0, _subsetN, _halfK)."""
     name = forget_name(split, data.classes, subset)
     return os.path.join("checkpoints", f"{arch}_{data.name}_{name}.pth")
 
@@ -336,24 +361,32 @@ def parse_args(argv=None):
     if known.sisa:  # an old command fails clearly, never trains one full model instead
         parser.error("--sisa moved to its own script: python sisa.py train <the same flags, "
                      "less --sisa> (sisa.py train --help)")
-    parser.add_argument("--recipe", choices=list(RECIPES), default="sgd", help="sgd: the 200-epoch recipe; transfer: "
-                        "ImageNet weights + Adam; ensemble: the ensemble report's member recipe (default: sgd)")
-    parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<arch>_<dataset>_<full|no_CLASS>"
-                        ".pth)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt when it exists (default: off)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
-                        "train again one made with these (default: refuse / keep it)")
-    parser.add_argument("--wait", action="store_true", help="when another run is writing --out, wait for it (then "
-                        "nothing is left to do) instead of stopping at once: parallel make jobs (default: stop)")
-    parser.add_argument("--stop-after", type=positive_int, default=None, help="stop after this epoch, leaving a "
-                        "resumable state; for splitting a run into jobs (default: run all epochs)")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="sgd",
+                        help="sgd: the 200-epoch recipe; transfer: ImageNet weights + Adam; "
+                        "ensemble: the ensemble report's member recipe (default: sgd)")
+    parser.add_argument("--out", default=None, help="checkpoint path "
+                        "(default: checkpoints/<arch>_<dataset>_<full|no_CLASS>.pth)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <out>.state.pt when it exists (default: off)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished --out made with other settings, or train again "
+                        "one made with these (default: refuse / keep it)")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another run is writing --out, wait for it (then nothing is left "
+                        "to do) instead of stopping at once: parallel make jobs (default: stop)")
+    parser.add_argument("--stop-after", type=positive_int, default=None,
+                        help="stop after this epoch, leaving a resumable state; for splitting a "
+                        "run into jobs (default: run all epochs)")
     parser.add_argument("--compile", nargs="?", const="inductor", default="off",
-                        choices=("off", "inductor", "aot_eager"), help="torch.compile the training step: inductor "
-                        "(on CUDA with CUDA graphs, mode reduce-overhead; --compile alone), or aot_eager (graph "
-                        "capture only, fast to start); compile time is logged apart from the epochs (default: off)")
-    parser.add_argument("--save-every", type=positive_int, default=1, help="write the resumable state every K "
-                        "epochs: an interruption then loses up to K - 1 epochs; its ~90 MB write costs about a "
-                        "tenth of a fast GPU epoch (default: 1)")
+                        choices=("off", "inductor", "aot_eager"),
+                        help="torch.compile the training step: inductor (on CUDA with CUDA graphs, "
+                        "mode reduce-overhead; --compile alone), or aot_eager (graph capture only, "
+                        "fast to start); compile time is logged apart from the epochs "
+                        "(default: off)")
+    parser.add_argument("--save-every", type=positive_int, default=1,
+                        help="write the resumable state every K epochs: an interruption then loses "
+                        "up to K - 1 epochs; its ~90 MB write costs about a tenth of a fast GPU "
+                        "epoch (default: 1)")
     add_runtime_args(parser, seed=None)  # the seed is the recipe's (--seed below)
     add_config_args(parser, RECIPES[recipe])
     add_data_args(parser)
@@ -382,14 +415,18 @@ def main(argv=None):
     data = load_dataset(args.dataset, args.data_dir)
     split = split_from_args(args, data, cfg.val_fraction or None)
     out = args.out or default_out(cfg.arch, data, split, args.subset)
-    identity = {"cfg": recipe_identity(cfg), "dataset": data.name, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+    identity = {"cfg": recipe_identity(cfg), "dataset": data.name,
+                "world_size": int(os.environ.get("WORLD_SIZE", 1)),
                 "split": describe_split(split, data.classes)["sha256"]}
     if check_output(out, identity, args.overwrite, inputs(args, cfg)):
-        print(f"{out} is already trained with these settings; nothing to do (--overwrite trains it again)")
+        print(f"{out} is already trained with these settings; nothing to do "
+              "(--overwrite trains it again)")
         return
-    print(f"{cfg}\n{cfg.arch} on {data.name}: {len(split.retain)} train images ({len(split.forget)} forgotten, "
-          f"{len(split.val)} validation), {len(split.test)} test images -> {out}", flush=True)
-    with lock(out, args.wait) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext() as waited:
+    print(f"{cfg}\n{cfg.arch} on {data.name}: {len(split.retain)} train images "
+          f"({len(split.forget)} forgotten, {len(split.val)} validation), {len(split.test)} "
+          f"test images -> {out}", flush=True)
+    with (lock(out, args.wait) if int(os.environ.get("RANK", 0)) == 0
+          else contextlib.nullcontext()) as waited:
         if waited and check_output(out, identity, args.overwrite, inputs(args, cfg)):  # made now
             print(f"{out} was trained meanwhile by the run this one waited for; nothing to do")
             return
@@ -397,24 +434,28 @@ def main(argv=None):
 
 
 def train(args, cfg, data, split, out, identity):
-    """The recipe on the split's retain set, resumable from <out>.state.pt, saved at `out` with its sidecar."""
+    """The recipe on the split's retain set,
+    resumable from <out>.state.pt, saved at `out` with its sidecar."""
     prefix = os.path.splitext(out)[0]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, len(data.classes))
     pretrained = starting_weights(model, cfg)  # fails (offline, no weights) before any work
     rank, world = init_distributed(args)
-    device, amp = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if world > 1 and torch.cuda.is_available()
-                              and args.device != "cpu" else args.device, args.precision)
+    device, amp = pick_device(f"cuda:{os.environ['LOCAL_RANK']}"
+                              if world > 1 and torch.cuda.is_available() and args.device != "cpu"
+                              else args.device, args.precision)
     model = to_device(model, device)
     step_model = wrap_distributed(model, device) if world > 1 else model
-    step_model = compile_step(step_model, device, args.compile) if args.compile != "off" else step_model
+    step_model = (compile_step(step_model, device, args.compile) if args.compile != "off"
+                  else step_model)
     size = input_size(model)
-    train_loader = Loader(data, split.retain, train_set=True, batch_size=cfg.batch_size, device=device,
-                          shuffle=True, augment=cfg.augment, seed=cfg.seed, size=size, shard=(rank, world))
-    test_loader = Loader(data, split.test, train_set=False, batch_size=eval_batch_size(device), device=device,
-                         size=size)
-    val_loader = Loader(data, split.val, train_set=True, batch_size=eval_batch_size(device), device=device,
-                        size=size) if len(split.val) else None
+    train_loader = Loader(data, split.retain, train_set=True, batch_size=cfg.batch_size,
+                          device=device, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                          size=size, shard=(rank, world))
+    test_loader = Loader(data, split.test, train_set=False, batch_size=eval_batch_size(device),
+                         device=device, size=size)
+    val_loader = Loader(data, split.val, train_set=True, batch_size=eval_batch_size(device),
+                        device=device, size=size) if len(split.val) else None
     log, done = fit(model, train_loader, test_loader, cfg, val_loader, amp,
                     Run(prefix=prefix, resume=args.resume, identity=identity,
                         stop_after=args.stop_after, save_every=args.save_every,
@@ -426,24 +467,27 @@ def train(args, cfg, data, split, out, identity):
     if not done:
         print(f"stopped after epoch {len(log)}; continue with --resume", file=sys.stderr)
         return
-    save_model(out, model, {"recipe": args.recipe, "config": dataclasses.asdict(cfg), "arch": cfg.arch,
-                            "dataset": data.name, "classes": data.classes, "normalization": normalization(data),
-                            "pretrained": pretrained, "split": describe_split(split, data.classes),
-                            "device": str(device), "precision": "bf16" if amp else "fp32", "compile": args.compile,
+    save_model(out, model, {"recipe": args.recipe, "config": dataclasses.asdict(cfg),
+                            "arch": cfg.arch, "dataset": data.name, "classes": data.classes,
+                            "normalization": normalization(data), "pretrained": pretrained,
+                            "split": describe_split(split, data.classes), "device": str(device),
+                            "precision": "bf16" if amp else "fp32", "compile": args.compile,
                             "seconds": sum(r["seconds"] for r in log), **runtime_stats(log, device),
                             "compile_failed": compile_failure(log),
-                            "metrics": log[-1], "log": os.path.basename(prefix + ".log.jsonl"), "world_size": world,
-                            "ranks_agree": agree if world > 1 else None, "identity": identity})
+                            "metrics": log[-1], "log": os.path.basename(prefix + ".log.jsonl"),
+                            "world_size": world, "ranks_agree": agree if world > 1 else None,
+                            "identity": identity})
     if os.path.exists(prefix + ".state.pt"):  # none when the run was shorter than --save-every
         os.remove(prefix + ".state.pt")
     print(f"saved {out}")
 
 
 def compile_step(model, device, backend):
-    """torch.compile of the training step's model. inductor on CUDA: mode reduce-overhead, each batch shape (the
-    full batches and the epoch's last, smaller one) captured once as a CUDA graph and replayed, so that a step
-    costs a few launches instead of about 360; dynamic=False keeps the two shapes two static graphs. aot_eager:
-    the same graph capture without code generation (fast to start: what the CPU tests run)."""
+    """torch.compile of the training step's model. inductor on CUDA: mode reduce-overhead, each
+    batch shape (the full batches and the epoch's last, smaller one) captured once as a CUDA graph
+    and replayed, so that a step costs a few launches instead of about 360; dynamic=False keeps the
+    two shapes two static graphs. aot_eager: the same graph capture without code generation (fast to
+    start: what the CPU tests run)."""
     mode = "reduce-overhead" if backend == "inductor" and device.type == "cuda" else None
     return torch.compile(model, backend=backend, mode=mode, dynamic=False)
 
@@ -460,8 +504,8 @@ def runtime_stats(log, device):
     seconds, the GPU's peak memory, and CUDA graphs torch.compile had to skip."""
     stats = {"first_epoch_seconds": log[0]["seconds"],
              "median_epoch_seconds": statistics.median(r["seconds"] for r in log),
-             "compile_seconds": sum(r.get("compile_seconds", 0.0) for r in log), "peak_memory_gb": None,
-             "cudagraph_skips": None}
+             "compile_seconds": sum(r.get("compile_seconds", 0.0) for r in log),
+             "peak_memory_gb": None, "cudagraph_skips": None}
     if device.type == "cuda":
         stats["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         from torch._dynamo.utils import counters  # filled only when torch.compile ran
@@ -470,7 +514,8 @@ def runtime_stats(log, device):
 
 
 def init_distributed(args):
-    """Under torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, or CPU processes with gloo. (rank, world)."""
+    """Under torchrun (WORLD_SIZE > 1):
+    one process per GPU with NCCL, or CPU processes with gloo. (rank, world)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
@@ -479,34 +524,40 @@ def init_distributed(args):
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")
     if dist.get_rank() != 0:
-        sys.stdout = open(os.devnull, "w")  # one log: rank 0's (its share of each batch); errors still show
+        # one log: rank 0's (its share of each batch); errors still show
+        sys.stdout = open(os.devnull, "w")
     return dist.get_rank(), world
 
 
 def wrap_distributed(model, device):
-    """DistributedDataParallel, with SyncBatchNorm on GPUs so that BN sees the global batch of 128. PyTorch's
-    SyncBatchNorm runs on GPUs only: on CPUs (gloo) each rank normalises its own share of the batch."""
+    """DistributedDataParallel, with SyncBatchNorm on GPUs so that BN sees the global batch of
+    128. PyTorch's SyncBatchNorm runs on GPUs only: on CPUs (gloo) each rank normalises its
+    own share of the batch."""
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def finish_distributed(model):
-    """Give every rank rank 0's buffers (BN running statistics; identical already with SyncBatchNorm), then check
-    that all ranks hold the same weights. Returns whether they agree; rank 0 alone saves."""
+    """Give every rank rank 0's buffers (BN running statistics; identical already with
+    SyncBatchNorm), then check that all ranks hold the same weights. Returns whether they
+    agree; rank 0 alone saves."""
     for buffer in model.buffers():
         dist.broadcast(buffer, 0)
     digest = weights_digest(model)  # on the weights' device: NCCL gathers CUDA tensors only
     digests = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
     dist.all_gather(digests, digest)
     agree = bool(torch.stack(digests).eq(digest).all())
-    dist.barrier()  # no rank tears its connections down while another is still finishing a collective (gloo aborts)
+    # no rank tears its connections down while another is still finishing a collective (gloo aborts)
+    dist.barrier()
     dist.destroy_process_group()
     return agree
 
 
 def weights_digest(model):
-    """The sum of every state_dict entry in float64, as a 1-element tensor on the weights' own device."""
+    """The sum of every state_dict entry in float64,
+    as a 1-element tensor on the weights' own device."""
     return torch.stack([v.double().sum() for v in model.state_dict().values()]).sum().view(1)
 
 

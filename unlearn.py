@@ -1,12 +1,13 @@
 """Make a trained model forget a class or a set of samples, with the published recipes and the standard baselines.
 
     python unlearn.py --method ssd --model checkpoints/resnet18_cifar10_full.pth --forget-class cat
-    python unlearn.py --method advneggrad --model checkpoints/resnet18_cifar10_full.pth --forget-class 3 --retrained checkpoints/resnet18_cifar10_no_cat.pth
+    python unlearn.py --method advneggrad --model checkpoints/resnet18_cifar10_full.pth \
+        --forget-class 3 --retrained checkpoints/resnet18_cifar10_no_cat.pth
     python unlearn.py --method ssd --help        # the method's own flags and published defaults
 
-Every method is a function unlearn_<name>(model, retain_loader, forget_loader, cfg, device) -> model with a
-frozen config dataclass of published defaults, chosen from the literal METHODS dict. Methods never compute
-metrics: this script evaluates afterwards with evaluate.py (skip with --no-eval).
+Every method is a function unlearn_<name>(model, retain_loader, forget_loader, cfg, device) -> model
+with a frozen config dataclass of published defaults, chosen from the literal METHODS dict. Methods
+never compute metrics: this script evaluates afterwards with evaluate.py (skip with --no-eval).
 """
 import argparse
 import copy
@@ -27,12 +28,12 @@ from cli import (OutOfGPUMemory, Progress, add_config_args, add_runtime_args, co
 from data import (Loader, add_data_args, common_normalization, describe_split, forget_name,
                   input_files, load_dataset, split_from_args, with_normalization)
 from evaluate import beneath_outputs, evaluate_model, format_table, strip_losses
-from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model, normalization_of,
-                    save_model, to_device)
+from models import (build_model, check_output, infer_arch, input_size, is_remote, load_model,
+                    normalization_of, save_model, to_device)
 from train import TrainConfig, fit, normalization
 
 
-# ----------------------------------------------------------------------------- retraining (the gold standard)
+# ------------------------------------------------------------------- retraining (the gold standard)
 
 @dataclass(frozen=True)
 class RetrainConfig(Shuffled):
@@ -43,29 +44,34 @@ class RetrainConfig(Shuffled):
     weight_decay: float = hp(5e-4, "weight decay")
     nesterov: bool = hp(True, "Nesterov momentum")
     batch_size: int = hp(128, "batch size")
-    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the loaders shuffle either way)")
+    augment: bool = hp(True, "augment like training: RandomCrop(32, 4) + flip (the "
+                             "loaders shuffle either way)")
 
 
 def unlearn_retrain(model, retain_loader, forget_loader, cfg, device):
-    """A fresh model of the same architecture (every module re-initialised from the seeded RNG, as train.py does;
-    an ImageNet architecture starts again from the ImageNet weights), trained with train.py's recipe."""
+    """A fresh model of the same architecture (every module re-initialised from the seeded RNG,
+    as train.py does; an ImageNet architecture starts again from the ImageNet weights), trained
+    with train.py's recipe."""
     model = to_device(build_model(*infer_arch(model.state_dict()), pretrained=True), device)
-    recipe = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    recipe = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                         nesterov=cfg.nesterov)
     fit(model, retain_loader, None, recipe)
     return model
 
 
-# name -> (function, config with the published defaults, name used in checkpoint files): methods.py's, and retrain
+# name -> (function, config with the published defaults, name used in checkpoint files):
+# methods.py's, and retrain
 METHODS = {**methods.METHODS, "retrain": (unlearn_retrain, RetrainConfig, "Retrain")}
 
 
 def official_order(data, split):
-    """(retain, forget) train indices in the order the official SSD scripts pass them, unshuffled. Class-wise
-    (forget_full_class_strategies.py: get_classwise_ds + build_retain_forget_sets): the retain set class by class,
-    each class in dataset order, so that a batch of 64 holds one class; the forget class in dataset order. Otherwise
-    (forget_random_main.py: random_split): both in the order of one seeded permutation of the train set, the one
-    whose first part --forget-fraction takes as the forget set."""
+    """(retain, forget) train indices in the order the official SSD scripts pass them, unshuffled.
+    Class-wise (forget_full_class_strategies.py: get_classwise_ds + build_retain_forget_sets): the
+    retain set class by class, each class in dataset order, so that a batch of 64 holds one class;
+    the forget class in dataset order. Otherwise (forget_random_main.py: random_split): both in the
+    order of one seeded permutation of the train set, the one whose first part --forget-fraction
+    takes as the forget set."""
     if split.forget_class is not None:
         return split.retain[np.argsort(data.train_y[split.retain], kind="stable")], split.forget
     order = np.random.default_rng(split.forget_seed).permutation(split.train)
@@ -75,8 +81,8 @@ def official_order(data, split):
 # ----------------------------------------------------------------------------- command line
 
 def default_out(data, arch, display, split, subset):
-    """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or _forget0.2_seed0 (random),
-    _forget<N> (given indices); + _subsetN, _halfK."""
+    """The published names: checkpoints/cifar10_resnet18_SSD_3.pth (class index), or
+    _forget0.2_seed0 (random), _forget<N> (given indices); + _subsetN, _halfK."""
     target = forget_name(split, data.classes, subset, unlearned=True)
     return os.path.join("checkpoints", f"{data.name}_{arch}_{display}_{target}.pth")
 
@@ -99,23 +105,32 @@ def parse_args(argv=None):
                         help="unlearning method; `--method X --help` lists X's flags and defaults "
                         "(SISA: sisa.py unlearn)")
     parser.add_argument("--model", required=True, help="the trained checkpoint to unlearn from: a "
-                        "path, an https:// URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it")
-    parser.add_argument("--retrained", default=None, help="the retrained gold standard, evaluated beside it, "
-                        "named as --model (default: none)")
-    parser.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished --out made with other settings, or "
-                        "run again one made with these (default: refuse / keep it)")
-    parser.add_argument("--wait", action="store_true", help="when another run is writing --out, wait for it (then "
-                        "nothing is left to do) instead of stopping at once: parallel make jobs (default: stop)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation (default: evaluate)")
+                        "path, an https:// URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; "
+                        "#sha256=HEX checks it")
+    parser.add_argument("--retrained", default=None,
+                        help="the retrained gold standard, evaluated beside it, named as --model "
+                        "(default: none)")
+    parser.add_argument("--out", default=None, help="checkpoint path "
+                        "(default: checkpoints/<dataset>_<arch>_<Method>_<class>.pth)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished --out made with other settings, or run again "
+                        "one made with these (default: refuse / keep it)")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another run is writing --out, wait for it (then nothing is left "
+                        "to do) instead of stopping at once: parallel make jobs (default: stop)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the evaluation (default: evaluate)")
     parser.add_argument("--probe", action="store_true", help="evaluate beneath the outputs too: "
                         "linear probe, CKA to the --retrained and to the --model it started from, "
                         "relearn steps (evaluate.py --probe; default: off)")
-    add_runtime_args(parser, seed="seed of batch order, augmentation, random labels")  # SSD and evaluation: fp32
+    # SSD and evaluation: fp32
+    add_runtime_args(parser, seed="seed of batch order, augmentation, random labels")
     add_data_args(parser)
     if method in METHODS:
-        config_class = METHODS[method][1]  # its official defaults for a random or given forget set, where they differ
-        add_config_args(parser, config_class, getattr(config_class, "scenario_defaults", lambda c: {})(classwise))
+        # its official defaults for a random or given forget set, where they differ
+        config_class = METHODS[method][1]
+        add_config_args(parser, config_class,
+                        getattr(config_class, "scenario_defaults", lambda c: {})(classwise))
     return parser.parse_args(argv)
 
 
@@ -137,21 +152,23 @@ def flag_values(cfg):
 
 
 def make_loaders(data, split, cfg, device, seed, size=None):
-    """Retain and forget loaders as the method's official code builds them (cfg.loaders(): batch sizes, shuffled or
-    not, augmented like training or not, SSD's official order). size: the model's input size (224 for ImageNet
-    models)."""
+    """Retain and forget loaders as the method's official code builds them (cfg.loaders(): batch
+    sizes, shuffled or not, augmented like training or not, SSD's official order). size: the model's
+    input size (224 for ImageNet models)."""
     spec = cfg.loaders()
-    retain, forget = official_order(data, split) if spec.order == "official" else (split.retain, split.forget)
-    common = dict(train_set=True, device=device, shuffle=spec.shuffle, augment="crop-flip" if spec.augment else None,
-                  size=size)
+    retain, forget = (official_order(data, split) if spec.order == "official"
+                      else (split.retain, split.forget))
+    common = dict(train_set=True, device=device, shuffle=spec.shuffle,
+                  augment="crop-flip" if spec.augment else None, size=size)
     return (Loader(data, retain, batch_size=spec.retain_batch, seed=seed, **common),
             Loader(data, forget, batch_size=spec.forget_batch, seed=seed + 1, **common))
 
 
 def run_method(fn, model, retain_loader, forget_loader, cfg, device, amp=None):
-    """(model, seconds) of the method alone; a non-finite weight afterwards stops everything with a clear error.
-    amp: autocast dtype (bf16) for the method's forward passes, or None; weights and optimizer state stay fp32.
-    Out of GPU memory is an OutOfGPUMemory error naming what the published settings need (never a smaller batch)."""
+    """(model, seconds) of the method alone; a non-finite weight afterwards stops everything with a
+    clear error. amp: autocast dtype (bf16) for the method's forward passes, or None; weights and
+    optimizer state stay fp32. Out of GPU memory is an OutOfGPUMemory error naming what the
+    published settings need (never a smaller batch)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
@@ -200,10 +217,10 @@ def step_images(cfg):
 
 
 def memory_need(model, cfg, amp, size=None):
-    """About how many bytes of GPU memory one run of a method needs: what a step saves for backward, measured on a
-    CPU copy at 1 and 3 images (the slope is per image, the rest, such as bf16 copies of the weights, per step)
-    and scaled to step_images(cfg), plus the weights, their gradients and the optimizer's state (4 copies). SSD's
-    passes run in fp32 whatever amp says."""
+    """About how many bytes of GPU memory one run of a method needs: what a step saves for backward,
+    measured on a CPU copy at 1 and 3 images (the slope is per image, the rest, such as bf16 copies
+    of the weights, per step) and scaled to step_images(cfg), plus the weights, their gradients and
+    the optimizer's state (4 copies). SSD's passes run in fp32 whatever amp says."""
     probe = copy.deepcopy(model).float().cpu().train()
     amp = None if isinstance(cfg, methods.SSDConfig) else amp
 
@@ -227,25 +244,29 @@ def out_of_memory(model, cfg, amp, free, size):
     need = memory_need(model, cfg, amp, size) / 2 ** 30
     had = "" if free is None else f", and {free / 2 ** 30:.1f} GB was free when it started"
     return (f"out of GPU memory: this method with its published settings (batch {cfg.batch_size}, "
-            f"{step_images(cfg)} images a step) needs about {need:.1f} GB{had}. Run fewer jobs at once on this GPU "
-            f"(make's JOBS, studies/reproduce_cards.py --jobs) or use one with more memory: a smaller --batch-size would "
-            f"change the published method")
+            f"{step_images(cfg)} images a step) needs about {need:.1f} GB{had}. Run fewer jobs at "
+            "once on this GPU (make's JOBS, studies/reproduce_cards.py --jobs) or use one with "
+            "more memory: a smaller --batch-size would change the published method")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if not is_remote(args.model) and not os.path.isfile(args.model):  # before the data: the model is the first need
-        raise FileNotFoundError(f"--model {args.model} not found: train one (make train, or python train.py), or "
-                                f"give a checkpoint's path or hf:// name")
-    if all(f is None for f in (args.forget_class, args.forget_fraction, args.forget_indices, args.forget_positions)):
-        raise ValueError("the forget set is empty: give --forget-class, --forget-fraction, --forget-indices or "
-                         "--forget-positions")
+    # before the data: the model is the first need
+    if not is_remote(args.model) and not os.path.isfile(args.model):
+        raise FileNotFoundError(f"--model {args.model} not found: train one (make train, or python "
+                                "train.py), or give a checkpoint's path or hf:// name")
+    if all(f is None for f in (args.forget_class, args.forget_fraction, args.forget_indices,
+                               args.forget_positions)):
+        raise ValueError("the forget set is empty: give --forget-class, --forget-fraction, "
+                         "--forget-indices or --forget-positions")
     data = load_dataset(args.dataset, args.data_dir)
-    data = with_normalization(data, common_normalization({n: normalization_of(n) for n in (args.model, args.retrained)
+    data = with_normalization(data, common_normalization({n: normalization_of(n)
+                                                          for n in (args.model, args.retrained)
                                                           if n}), args.model)
     split = split_from_args(args, data)
     if len(split.forget) == 0:
-        raise ValueError("the forget set is empty: give --forget-class, --forget-fraction or --forget-indices")
+        raise ValueError("the forget set is empty: give --forget-class, "
+                         "--forget-fraction or --forget-indices")
     fn, config_class, display = METHODS[args.method]
     cfg = config_from_args(config_class, args, **from_the_data(config_class, data))
     model = load_model(args.model, num_classes=len(data.classes))
@@ -255,8 +276,8 @@ def main(argv=None):
     out = args.out or default_out(data, arch, display, split, args.subset)
     source = args.model if is_remote(args.model) else os.path.abspath(args.model)
     identity = {"method": args.method, "config": flag_values(cfg), "source": source,
-                "dataset": data.name, "split": describe_split(split, data.classes)["sha256"], "seed": args.seed,
-                "precision": args.precision}
+                "dataset": data.name, "split": describe_split(split, data.classes)["sha256"],
+                "seed": args.seed, "precision": args.precision}
     inputs = [args.model, args.retrained or "", *input_files(args)]  # kept, even --overwrite
     todo = left_to_do(out, identity, args, inputs)
     if todo is None:
@@ -310,9 +331,11 @@ def evaluate_stopped(args, data, split, retrained, out):
 
 
 def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
-    """The method, the model saved at once (with its sidecar), then the evaluation added to the sidecar."""
+    """The method, the model saved at once (with its sidecar),
+    then the evaluation added to the sidecar."""
     device, amp = pick_device(args.device, args.precision)
-    retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed, input_size(model))
+    retain_loader, forget_loader = make_loaders(data, split, cfg, device, args.seed,
+                                                input_size(model))
     torch.manual_seed(args.seed)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model, seconds = run_method(fn, to_device(model, device), Progress(retain_loader, "retain"),
@@ -320,14 +343,16 @@ def unlearn(args, data, split, fn, cfg, model, retrained, out, identity):
     changed = changed_weights(before, model)
     check_changed(changed, args.method, cfg)
     meta = {"method": args.method, "config": dataclasses.asdict(cfg), "source": args.model,
-            "arch": infer_arch(model.state_dict())[0], "dataset": data.name, "classes": data.classes, "seed": args.seed,
-            "normalization": normalization(data),
+            "arch": infer_arch(model.state_dict())[0], "dataset": data.name,
+            "classes": data.classes, "seed": args.seed, "normalization": normalization(data),
             "split": describe_split(split, data.classes), "device": str(device), "seconds": seconds,
             # ssd and lfssd pass in IEEE fp32 whatever --precision says
             "precision": "fp32" if amp is None or fn is methods.unlearn_ssd else "bf16",
             "changed_weights": changed, "weights": sum(p.numel() for p in before.values()),
-            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
-            "metrics": None, "retrained": args.retrained, "retrained_metrics": None, "identity": identity}
+            "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2 ** 30
+                               if device.type == "cuda" else None),
+            "metrics": None, "retrained": args.retrained, "retrained_metrics": None,
+            "identity": identity}
     save_model(out, model, meta)
     if isinstance(cfg, methods.SSDConfig):  # ssd, lfssd: dampening no weight is a result, said
         print(ssd_summary(changed, meta["weights"], cfg, METHODS[args.method][2]))
@@ -341,7 +366,8 @@ def evaluate_saved(args, data, split, model, retrained, out, seconds, device):
     then the table."""
     rows = [(out, {**evaluate_model(model, data, split, device, mia=True), "seconds": seconds})]
     if retrained:
-        rows.insert(0, (args.retrained, evaluate_model(to_device(retrained, device), data, split, device, mia=True)))
+        rows.insert(0, (args.retrained, evaluate_model(to_device(retrained, device), data, split,
+                                                       device, mia=True)))
     if args.probe:  # the original read again (the method changed `model`): the reference
         original = to_device(load_model(args.model, num_classes=len(data.classes)), device)
         named = [(p, retrained if p == args.retrained else model, m) for p, m in rows]
@@ -366,7 +392,8 @@ def check_changed(changed, method, cfg):
 
 
 def changed_weights(before, model):
-    """How many parameter entries the method changed (SSD: the weights it dampened); one host read."""
+    """How many parameter entries the method changed
+    (SSD: the weights it dampened); one host read."""
     return int(sum((p.detach().cpu() != before[n]).sum() for n, p in model.named_parameters()))
 
 
@@ -381,5 +408,5 @@ def ssd_summary(changed, total, cfg, display="SSD"):
 
 
 if __name__ == "__main__":
-    run(main, "interrupted; the model is saved as soon as the method ends (the line 'saved ...'): if it was, "
-              "evaluate it with evaluate.py")
+    run(main, "interrupted; the model is saved as soon as the method ends (the line 'saved ...'): "
+              "if it was, evaluate it with evaluate.py")

@@ -1,17 +1,21 @@
 """Evaluate checkpoints with the published tables' columns: forget/retain accuracy (loss), top-1/5, MIA.
 
     python evaluate.py --model checkpoints/resnet18_cifar10_full.pth
-    python evaluate.py --model checkpoints/cifar10_resnet18_SSD_3.pth --retrained checkpoints/resnet18_cifar10_no_cat.pth --forget-class cat --mia
-    python evaluate.py --model m.pth --dataset ../shared/data/cifar10-jpeg.tar.gz --subset 100 --forget-class cat --mia --device cpu --json out.json
+    python evaluate.py --model checkpoints/cifar10_resnet18_SSD_3.pth \
+        --retrained checkpoints/resnet18_cifar10_no_cat.pth --forget-class cat --mia
+    python evaluate.py --model m.pth --dataset ../shared/data/cifar10-jpeg.tar.gz --subset 100 \
+        --forget-class cat --mia --device cpu --json out.json
     python evaluate.py --ensemble --model runs/ensemble/seed0.pth --model runs/ensemble/seed1.pth
-    python evaluate.py --model ssd.pth --original full.pth --retrained no_cat.pth --forget-class cat --probe
+    python evaluate.py --model ssd.pth --original full.pth --retrained no_cat.pth \
+        --forget-class cat --probe
 
-A SISA manifest (.json) evaluates as one model (its shards' vote); --ensemble adds the mean-softmax ensemble of
-all --model checkpoints as a row. The membership-inference attack (MIA) is the NeurIPS 2023 starting kit's
-simple_mia, hand-rolled: an L2-regularised logistic regression (C=1) on one raw feature, the per-example
-cross-entropy loss, scored by 10 stratified shuffle splits with 10% held out. Members are the forget set;
-non-members the forgotten class's test images (class-wise forgetting) or the whole test set (random forgetting).
-0.5 means the attacker cannot tell them apart.
+A SISA manifest (.json) evaluates as one model (its shards' vote); --ensemble adds the
+mean-softmax ensemble of all --model checkpoints as a row. The membership-inference attack (MIA)
+is the NeurIPS 2023 starting kit's simple_mia, hand-rolled: an L2-regularised logistic
+regression (C=1) on one raw feature, the per-example cross-entropy loss, scored by 10 stratified
+shuffle splits with 10% held out. Members are the forget set; non-members the forgotten class's
+test images (class-wise forgetting) or the whole test set (random forgetting). 0.5 means the
+attacker cannot tell them apart.
 
 --probe looks beneath the outputs (docs/PRIVACY.md): a linear probe on each model's penultimate
 features, their linear CKA to the retrained and the original model, and relearn time.
@@ -29,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind, pick_device,
-                 positive_int, read_json, run, sidecar_path, text_of_kind, write_json)
+from cli import (Progress, add_runtime_args, atomic_write, check_out, eval_batch_size, json_of_kind,
+                 pick_device, positive_int, read_json, run, sidecar_path, text_of_kind, write_json)
 from data import (Loader, add_data_args, common_normalization, describe_split, input_files,
                   load_dataset, split_from_args, with_normalization)
 from methods import ieee_fp32
@@ -40,7 +44,8 @@ from report import CARD_HEADER, card_table, format_per_class, format_table, head
 
 @torch.no_grad()
 def predict(model, loader, amp=None):
-    """Logits and labels of every example of `loader`, in eval mode, on the CPU. amp: autocast dtype or None."""
+    """Logits and labels of every example of `loader`, in eval mode, on the CPU.
+    amp: autocast dtype or None."""
     model.eval()
     logits, labels = [], []
     with contextlib.nullcontext() if amp else ieee_fp32():  # fp32: IEEE, as the published losses
@@ -58,7 +63,8 @@ def summarize(logits, labels):
     losses = F.cross_entropy(logits, labels, reduction="none")
     top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
     return {"n": len(labels), "acc": 100 * (logits.argmax(1) == labels).float().mean().item(),
-            "loss": losses.mean().item(), "top5": 100 * (top5 == labels[:, None]).any(1).float().mean().item(),
+            "loss": losses.mean().item(),
+            "top5": 100 * (top5 == labels[:, None]).any(1).float().mean().item(),
             "losses": losses.numpy()}
 
 
@@ -71,8 +77,8 @@ def confusion_matrix(logits, labels, num_classes):
 # ----------------------------------------------------------------------------- membership inference
 
 def fit_logistic(x, y, C=1.0, iters=100):
-    """argmin_{w,b} 0.5 w^2 + C sum log(1 + exp(-(2y-1)(w x + b))) by damped Newton; the intercept is
-    not penalised (scikit-learn's convention). Returns (w, b)."""
+    """argmin_{w,b} 0.5 w^2 + C sum log(1 + exp(-(2y-1)(w x + b))) by damped Newton; the intercept
+    is not penalised (scikit-learn's convention). Returns (w, b)."""
     X = np.stack([x, np.ones_like(x)], 1)
     reg = np.array([1.0, 0.0])
 
@@ -82,7 +88,8 @@ def fit_logistic(x, y, C=1.0, iters=100):
 
     theta = np.zeros(2)
     for _ in range(iters):
-        p = 0.5 + 0.5 * np.tanh(0.5 * (X @ theta))  # the sigmoid, without overflow on raw (large) losses
+        # the sigmoid, without overflow on raw (large) losses
+        p = 0.5 + 0.5 * np.tanh(0.5 * (X @ theta))
         grad = C * X.T @ (p - y) + reg * theta
         hess = C * (X.T * (p * (1 - p))) @ X + np.diag(reg) + 1e-12 * np.eye(2)
         step, t = np.linalg.solve(hess, grad), 1.0
@@ -95,21 +102,24 @@ def fit_logistic(x, y, C=1.0, iters=100):
 
 
 def mia_score(forget_losses, test_losses, n_splits=10, seed=0):
-    """Mean held-out accuracy of a logistic-regression attack telling forget (member) losses from test
-    (non-member) losses: the NeurIPS 2023 starting kit's simple_mia (scikit-learn's LogisticRegression(), C = 1,
-    on the raw loss; StratifiedShuffleSplit, 10 splits, 10% held out); groups balanced by random subsampling."""
+    """Mean held-out accuracy of a logistic-regression attack telling forget (member) losses from
+    test (non-member) losses: the NeurIPS 2023 starting kit's simple_mia (scikit-learn's
+    LogisticRegression(), C = 1, on the raw loss; StratifiedShuffleSplit, 10 splits, 10% held out);
+    groups balanced by random subsampling."""
     rng = np.random.default_rng(seed)
     n = min(len(forget_losses), len(test_losses))
     if n < 2:
         raise ValueError(f"the MIA needs at least 2 examples on each side, got {n}")
-    x = np.concatenate([rng.choice(forget_losses, n, replace=False), rng.choice(test_losses, n, replace=False)])
+    x = np.concatenate([rng.choice(forget_losses, n, replace=False),
+                        rng.choice(test_losses, n, replace=False)])
     y = np.concatenate([np.ones(n), np.zeros(n)])
     n_held = math.ceil(0.1 * n)  # per group, so the held-out part is stratified
     accuracies = []
     for _ in range(n_splits):
         held = np.zeros(2 * n, dtype=bool)
         held[np.concatenate([rng.permutation(n)[:n_held], n + rng.permutation(n)[:n_held]])] = True
-        w, b = fit_logistic(x[~held], y[~held])  # the raw loss, as the kit's LogisticRegression() sees it
+        # the raw loss, as the kit's LogisticRegression() sees it
+        w, b = fit_logistic(x[~held], y[~held])
         accuracies.append(np.mean((x[held] * w + b > 0) == y[held]))
     return float(np.mean(accuracies))
 
@@ -317,12 +327,13 @@ def beneath_outputs(named, data, split, device, batch_size=None, retrained=None,
                        relearn_target=target, beneath_seconds=clocks[name])
 
 
-# ----------------------------------------------------------------------------- one model, many models
+# --------------------------------------------------------------------------- one model, many models
 
 def evaluate_model(model, data, split, device, batch_size=None, mia=False, amp=None):
-    """Every metric of one model on the split: test / test-forget / test-retain / train-forget /
-    train-retain summaries, per-class accuracy, confusion matrix and (optionally) the MIA.
-    batch_size: eval_batch_size(device) when None; amp: autocast dtype of the forward passes, or None (fp32)."""
+    """Every metric of one model on the split: test / test-forget / test-retain /
+    train-forget / train-retain summaries, per-class accuracy, confusion matrix and
+    (optionally) the MIA. batch_size: eval_batch_size(device) when None; amp: autocast dtype
+    of the forward passes, or None (fp32)."""
     batch_size = batch_size or eval_batch_size(device)
     def predict_set(indices, label, train_set):
         loader = Loader(data, indices, train_set=train_set, batch_size=batch_size, device=device,
@@ -336,7 +347,8 @@ def evaluate_model(model, data, split, device, batch_size=None, mia=False, amp=N
         "test": summarize(logits, labels),
         "test_forget": summarize(logits[in_forget], labels[in_forget]),
         "test_retain": summarize(logits[~in_forget], labels[~in_forget]),
-        "train_forget": summarize(*predict_set(split.forget, "train forget", train_set=True)) if len(split.forget) else None,
+        "train_forget": (summarize(*predict_set(split.forget, "train forget", train_set=True))
+                         if len(split.forget) else None),
         "train_retain": summarize(*predict_set(split.retain, "train retain", train_set=True)),
         "per_class": (100 * confusion.diagonal() / np.maximum(confusion.sum(1), 1)).tolist(),
         "confusion": confusion.tolist(),
@@ -346,7 +358,8 @@ def evaluate_model(model, data, split, device, batch_size=None, mia=False, amp=N
         nonmembers = metrics["test_forget"] or metrics["test"]
         metrics["mia"] = mia_score(metrics["train_forget"]["losses"], nonmembers["losses"])
         if isinstance(model, Ensemble):
-            metrics["member_mia"] = [member_mia(m, data, split, device, batch_size, amp) for m in model.members]
+            metrics["member_mia"] = [member_mia(m, data, split, device, batch_size, amp)
+                                     for m in model.members]
     return metrics
 
 
@@ -356,33 +369,38 @@ def member_mia(model, data, split, device, batch_size, amp=None):
         loader = Loader(data, indices, train_set=train_set, batch_size=batch_size, device=device,
                         size=input_size(model))
         return summarize(*predict(model, loader, amp))["losses"]
-    return mia_score(losses(split.forget, True), losses(split.test_forget if len(split.test_forget) else split.test, False))
+    return mia_score(losses(split.forget, True),
+                     losses(split.test_forget if len(split.test_forget) else split.test, False))
 
 
 def load_evaluable(path, num_classes, aggregate=None):
-    """A checkpoint, or a SISA manifest (.json, from sisa.py train or sisa.py unlearn) as one Ensemble
-    of its shard models, aggregated as the manifest says unless `aggregate` is given."""
+    """A checkpoint, or a SISA manifest (.json, from sisa.py train or sisa.py unlearn) as one
+    Ensemble of its shard models, aggregated as the manifest says unless `aggregate` is given."""
     if not path.endswith(".json"):
         return load_model(path, num_classes=num_classes)
     manifest = read_json(path)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list) or "aggregate" not in manifest:
-        raise ValueError(f"{path} is not a SISA manifest of this project (no members / aggregate); write one with "
-                         f"sisa.py train")
+    if (not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list)
+            or "aggregate" not in manifest):
+        raise ValueError(f"{path} is not a SISA manifest of this project (no members / aggregate); "
+                         "write one with sisa.py train")
     members = manifest["members"]
-    if not members or not all(isinstance(m, str) and m and os.path.basename(m) == m and m not in (".", "..")
-                              for m in members):
-        raise ValueError(f"{path}: members must be a non-empty list of checkpoint file names beside it, got "
-                         f"{members!r:.80}")
+    if not members or not all(isinstance(m, str) and m and os.path.basename(m) == m
+                              and m not in (".", "..") for m in members):
+        raise ValueError(f"{path}: members must be a non-empty list of checkpoint file names "
+                         f"beside it, got {members!r:.80}")
     if (aggregate or manifest["aggregate"]) not in ("vote", "mean-softmax"):
         raise ValueError(f"{path}: aggregate is {manifest['aggregate']!r}; vote or mean-softmax")
     folder = os.path.dirname(path)
-    members = [load_model(os.path.join(folder, m), num_classes=num_classes) for m in manifest["members"]]
+    members = [load_model(os.path.join(folder, m), num_classes=num_classes)
+               for m in manifest["members"]]
     return Ensemble(members, aggregate or manifest["aggregate"])
 
 
 def strip_losses(metrics, keep=()):
-    """Metrics for JSON: per-example losses dropped (they are large) except those of the sets named in keep."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "losses" or k in keep} if isinstance(v, dict) else v)
+    """Metrics for JSON: per-example losses dropped
+    (they are large) except those of the sets named in keep."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "losses" or k in keep}
+                if isinstance(v, dict) else v)
             for k, v in metrics.items()}
 
 
@@ -394,7 +412,8 @@ def evaluated_files(args):
     for manifest in [p for p in paths if p.endswith(".json") and os.path.isfile(p)]:
         try:
             members = read_json(manifest).get("members") or []
-            paths += [os.path.join(os.path.dirname(manifest), m) for m in members if isinstance(m, str)]
+            paths += [os.path.join(os.path.dirname(manifest), m)
+                      for m in members if isinstance(m, str)]
         except (ValueError, OSError, AttributeError):
             pass
     return paths
@@ -402,15 +421,22 @@ def evaluated_files(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", default=[], help="checkpoint to evaluate: a path, an https:// "
-                        "URL or hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it; repeat for several")
-    parser.add_argument("--table", nargs="+", default=None, help="instead: build the model cards' per-class table "
-                        "from the JSON sidecars of these unlearn.py checkpoints (or the sidecars "
-                        "themselves), to stdout or --out (default: off)")
-    parser.add_argument("--out", default=None, help="with --table: write the Markdown table to this file (default: stdout)")
-    parser.add_argument("--retrained", default=None, help="the retrained (gold standard) checkpoint, named "
-                        "as --model: evaluated too, and every model's average gap to it reported (default: none)")
-    parser.add_argument("--mia", action="store_true", help="run the membership-inference attack (default: off)")
+    parser.add_argument("--model", action="append", default=[],
+                        help="checkpoint to evaluate: a path, an https:// URL or "
+                        "hf://OWNER/REPO[@REV]/FILE, downloaded once; #sha256=HEX checks it; "
+                        "repeat for several")
+    parser.add_argument("--table", nargs="+", default=None,
+                        help="instead: build the model cards' per-class table from the JSON "
+                        "sidecars of these unlearn.py checkpoints (or the sidecars themselves), to "
+                        "stdout or --out (default: off)")
+    parser.add_argument("--out", default=None, help="with --table: write the Markdown table to "
+                        "this file (default: stdout)")
+    parser.add_argument("--retrained", default=None,
+                        help="the retrained (gold standard) checkpoint, named as --model: "
+                        "evaluated too, and every model's average gap to it reported "
+                        "(default: none)")
+    parser.add_argument("--mia", action="store_true",
+                        help="run the membership-inference attack (default: off)")
     parser.add_argument("--probe", action="store_true", help="beneath the outputs: a linear probe "
                         "on each model's penultimate features, their linear CKA to the "
                         "--retrained and --original models, relearn steps (with --original); "
@@ -418,15 +444,19 @@ def parse_args(argv=None):
     parser.add_argument("--original", default=None, help="with --probe: the model before "
                         "unlearning, named as --model, evaluated too (unless it is a --model): "
                         "the reference of cka_original and of relearn time (default: none)")
-    parser.add_argument("--ensemble", action="store_true", help="also evaluate the --model checkpoints as one ensemble "
-                        "(default: off)")
-    parser.add_argument("--aggregate", choices=("mean-softmax", "vote"), default=None, help="how an ensemble combines its "
-                        "members: mean-softmax, or majority vote (default: mean-softmax; a SISA manifest's own)")
-    parser.add_argument("--json", default=None, help="write every metric to this JSON file (default: none)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json / --out that this "
-                        "script did not write (default: refuse)")
-    parser.add_argument("--losses", action="store_true", help="keep in --json the per-example losses of the train and "
-                        "test forget sets, what the MIA sees (default: off)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also evaluate the --model checkpoints as one ensemble (default: off)")
+    parser.add_argument("--aggregate", choices=("mean-softmax", "vote"), default=None,
+                        help="how an ensemble combines its members: mean-softmax, or majority vote "
+                        "(default: mean-softmax; a SISA manifest's own)")
+    parser.add_argument("--json", default=None,
+                        help="write every metric to this JSON file (default: none)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --json / --out that this script did not write "
+                        "(default: refuse)")
+    parser.add_argument("--losses", action="store_true",
+                        help="keep in --json the per-example losses of the train and test forget "
+                        "sets, what the MIA sees (default: off)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="evaluation batch size (default: 1000 on a GPU, 128 on a CPU)")
     add_runtime_args(parser, precision="fp32", seed=None)  # fp32 (IEEE): the published losses are
@@ -438,32 +468,38 @@ def main(argv=None):
     args = parse_args(argv)
     if args.table:
         if args.out:
-            check_out(args.out, "--out", args.table, text_of_kind(CARD_HEADER.split("\n")[0]), args.overwrite)
+            check_out(args.out, "--out", args.table, text_of_kind(CARD_HEADER.split("\n")[0]),
+                      args.overwrite)
         table = card_table([p if p.endswith(".json") else sidecar_path(p) for p in args.table])
-        atomic_write(args.out, lambda f: f.write(table.encode())) if args.out else print(table, end="")
+        (atomic_write(args.out, lambda f: f.write(table.encode())) if args.out
+         else print(table, end=""))
         return
     if not args.model:
         raise ValueError("give --model (or --table)")
     if args.json:
-        check_out(args.json, "--json", evaluated_files(args), json_of_kind("evaluation"), args.overwrite)
+        check_out(args.json, "--json", evaluated_files(args), json_of_kind("evaluation"),
+                  args.overwrite)
     if args.original and not args.probe:
         raise ValueError("--original is the reference of --probe's measures: give --probe too")
     data = load_dataset(args.dataset, args.data_dir)
     paths = ([args.retrained] if args.retrained else []) + args.model
     if args.original and args.original not in paths:  # a row of its own, after the retrained model
         paths.insert(int(bool(args.retrained)), args.original)
-    data = with_normalization(data, common_normalization({p: normalization_of(p) for p in paths}), paths[0])
+    data = with_normalization(data, common_normalization({p: normalization_of(p) for p in paths}),
+                              paths[0])
     split = split_from_args(args, data)
     if args.probe and len(split.forget) == 0:
         raise ValueError("--probe measures forgetting: give --forget-class, --forget-fraction, "
                          "--forget-indices or --forget-positions")
-    models = [load_evaluable(p, len(data.classes), args.aggregate) for p in paths]  # fail on a bad file before any work
+    # fail on a bad file before any work
+    models = [load_evaluable(p, len(data.classes), args.aggregate) for p in paths]
     if args.ensemble:
         members = models[len(paths) - len(args.model):]  # the --model ones
         ensemble = Ensemble(members, args.aggregate or "mean-softmax")
         paths, models = paths + ["ensemble"], models + [ensemble]
     device, amp = pick_device(args.device, args.precision)
-    rows = [(p, evaluate_model(to_device(m, device), data, split, device, args.batch_size, args.mia, amp))
+    rows = [(p, evaluate_model(to_device(m, device), data, split, device, args.batch_size,
+                               args.mia, amp))
             for p, m in zip(paths, models)]
     if args.probe:  # before the JSON: it holds these measures too
         named = [(p, m, metrics) for (p, metrics), m in zip(rows, models)]

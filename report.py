@@ -1,8 +1,9 @@
 """One Markdown report of a `make reproduce` run: our numbers beside the published ones, plots, model cards.
 
-    make reproduce-small                                # a CPU run (resnet20, CIFAR-10 subset), then this report
-    python report.py runs/reproduce-small               # -> report.md, plots/*.png, cards/*.md in that folder
-    python report.py --card checkpoints/resnet18_cifar10_full.pth   # one model card, from the checkpoint's sidecar
+    make reproduce-small                   # a CPU run (resnet20, CIFAR-10 subset), then this report
+    python report.py runs/reproduce-small  # -> report.md, plots/*.png, cards/*.md in that folder
+    python report.py --card checkpoints/resnet18_cifar10_full.pth
+                                           # one model card, from the checkpoint's sidecar
 
 A run folder holds what the Makefile's reproduce targets write: full.pth (+ full.log.jsonl),
 no_<class>.pth, unlearn/<method>/<class>.pth, each with its JSON sidecar (x.pth.json; an older
@@ -22,13 +23,14 @@ import numpy as np
 from cli import (ANY, COUNT, FILE_PART, OBJECT, REMAKE, TEXT, Each, ListOf, Maybe, atomic_write,
                  check_out, checked, checkpoint_of, number, read_json, run, sidecar_path,
                  sidecars_of, text_of_kind)
-from published import (DATASET_IDS, PUBLISHED_ENSEMBLE, PUBLISHED_FULL, PUBLISHED_RETRAIN, PUBLISHED_SISA,
-                       PUBLISHED_UNLEARN, hub_name, published_names)
+from published import (DATASET_IDS, PUBLISHED_ENSEMBLE, PUBLISHED_FULL, PUBLISHED_RETRAIN,
+                       PUBLISHED_SISA, PUBLISHED_UNLEARN, hub_name, published_names)
 
-# The methods in the order the report lists them: unlearn.METHODS's (a test keeps the two equal; report.py reads
-# JSON and imports no torch)
-METHOD_ORDER = ("ssd", "advneggrad", "neggrad+", "finetune", "ga", "rl", "salun", "scrub", "lfssd", "ct", "msg",
-                "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink", "boundary-expand", "retrain")
+# The methods in the order the report lists them: unlearn.METHODS's (a test keeps the two equal;
+# report.py reads JSON and imports no torch)
+METHOD_ORDER = ("ssd", "advneggrad", "neggrad+", "finetune", "ga", "rl", "salun", "scrub", "lfssd",
+                "ct", "msg", "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink",
+                "boundary-expand", "retrain")
 
 
 # ----------------------------------------------------------------- a run's files, checked as read
@@ -137,20 +139,21 @@ def read_scores(path):
     return scores
 
 
-# ----------------------------------------------------------------------------- result tables (evaluate.py's too)
+# ---------------------------------------------------------------- result tables (evaluate.py's too)
 
 def headline(metrics):
-    """The published columns: forget / retain class on the test set (class-wise), else the train forget / retain sets."""
+    """The published columns: forget / retain class on the test set
+    (class-wise), else the train forget / retain sets."""
     if metrics["test_forget"]:
         return metrics["test_forget"], metrics["test_retain"]
     return metrics["train_forget"], metrics["test_retain"]
 
 
 def avg_gap(metrics, reference):
-    """Mean |difference| to the retrained model over forget acc, retain acc, test acc and MIA (x100),
-    the 'Avg. Gap' of Fan et al. (SalUn, 2024)."""
-    pairs = [(headline(metrics)[0], headline(reference)[0]), (headline(metrics)[1], headline(reference)[1]),
-             (metrics["test"], reference["test"])]
+    """Mean |difference| to the retrained model over forget acc, retain acc, test acc and MIA
+    (x100), the 'Avg. Gap' of Fan et al. (SalUn, 2024)."""
+    pairs = [(headline(metrics)[0], headline(reference)[0]),
+             (headline(metrics)[1], headline(reference)[1]), (metrics["test"], reference["test"])]
     gaps = [abs(a["acc"] - b["acc"]) for a, b in pairs if a and b]
     if metrics["mia"] is not None and reference["mia"] is not None:
         gaps.append(100 * abs(metrics["mia"] - reference["mia"]))
@@ -217,28 +220,37 @@ def format_table(rows, reference=None):
 
 
 def in_words(rows, name, retrained):
-    """The table's message in sentences: how well each model knows the forgotten class against the others, and
-    what the MIA says (0.5: its forget images look like images it never saw)."""
+    """The table's message in sentences: how well each model knows the forgotten class against the
+    others, and what the MIA says (0.5: its forget images look like images it never saw)."""
     lines = [f"In words ({name} is the class to forget; accuracies on the test set):"]
     for path, m in rows:
         forget, retain = m["test_forget"]["acc"], m["test_retain"]["acc"]
-        role = "the retrained model (never saw it)" if path == retrained else os.path.basename(str(path))
-        verdict = ("does not recognise it: forgotten, or never learnt" if forget < max(retain / 4, 5) else
-                   "recognises it" if forget > retain / 2 else "recognises it less than the other classes")
-        mia = "" if m["mia"] is None else (f"; MIA {m['mia']:.2f} ({'about' if abs(m['mia'] - 0.5) < 0.05 else 'not'}"
-                                           f" 0.5: an attacker {'cannot' if abs(m['mia'] - 0.5) < 0.05 else 'can'}"
-                                           f" tell its {name} training images from unseen ones)")
-        lines.append(f"- {role}: {name} {forget:.1f}%, the other classes {retain:.1f}%: it {verdict}{mia}.")
+        role = ("the retrained model (never saw it)" if path == retrained
+                else os.path.basename(str(path)))
+        verdict = ("does not recognise it: forgotten, or never learnt"
+                   if forget < max(retain / 4, 5) else
+                   "recognises it" if forget > retain / 2 else
+                   "recognises it less than the other classes")
+        mia = "" if m["mia"] is None else (f"; MIA {m['mia']:.2f} "
+                                           f"({'about' if abs(m['mia'] - 0.5) < 0.05 else 'not'} "
+                                           "0.5: an attacker "
+                                           f"{'cannot' if abs(m['mia'] - 0.5) < 0.05 else 'can'} "
+                                           f"tell its {name} training images from unseen ones)")
+        lines.append(f"- {role}: {name} {forget:.1f}%, the other classes "
+                     f"{retain:.1f}%: it {verdict}{mia}.")
     return "\n".join(lines)
 
 
 def format_per_class(rows, classes):
-    lines = ["| Class | " + " | ".join(name for name, _ in rows) + " |", "|" + "---|" * (len(rows) + 1)]
-    lines += [f"| {c} | " + " | ".join(f"{m['per_class'][i]:.1f}%" for _, m in rows) + " |" for i, c in enumerate(classes)]
+    lines = ["| Class | " + " | ".join(name for name, _ in rows) + " |",
+             "|" + "---|" * (len(rows) + 1)]
+    lines += [f"| {c} | " + " | ".join(f"{m['per_class'][i]:.1f}%" for _, m in rows) + " |"
+              for i, c in enumerate(classes)]
     return "\n".join(lines)
 
 
-CARD_HEADER = "| Model | Forget Class | Forget class acc(loss) | Retain class acc(loss) | MIA |\n|---|---|---|---|---|"
+CARD_HEADER = ("| Model | Forget Class | Forget class acc(loss) | Retain class acc(loss) | MIA |\n"
+               "|---|---|---|---|---|")
 
 
 def forget_label(meta):
@@ -256,16 +268,17 @@ def card_header(beneath=False):
 
 
 def card_row(meta, name, beneath=False):
-    """One row of the model cards' table, in their layout (acc (loss), no % sign), plus the MIA, from the JSON
-    sidecar that unlearn.py writes; with `beneath`, the --probe columns ('-' where none)."""
+    """One row of the model cards' table, in their layout (acc (loss), no % sign), plus
+    the MIA, from the JSON sidecar that unlearn.py writes; with `beneath`, the --probe
+    columns ('-' where none)."""
     if not meta.get("metrics"):
         raise ValueError(f"{name} holds no metrics (made with --no-eval?)")
     forget, retain = headline(meta["metrics"])
     mia = "-" if meta["metrics"]["mia"] is None else f"{meta['metrics']['mia']:.3f}"
     cells = (beneath_cells(meta["metrics"]) or ["-"] * len(BENEATH_HEADER)) if beneath else []
     extra = "".join(f" {c} |" for c in cells)
-    return (f"| `{name}` | {forget_label(meta)} | {forget['acc']:.2f} ({forget['loss']:.3f}) | {retain['acc']:.2f} "
-            f"({retain['loss']:.3f}) | {mia} |{extra}")
+    return (f"| `{name}` | {forget_label(meta)} | {forget['acc']:.2f} ({forget['loss']:.3f}) | "
+            f"{retain['acc']:.2f} ({retain['loss']:.3f}) | {mia} |{extra}")
 
 
 def has_beneath(meta):
@@ -274,15 +287,15 @@ def has_beneath(meta):
 
 
 def card_table(sidecars):
-    """The model cards' per-class table (Model | Forget Class | Forget class acc(loss) | Retain class acc(loss)),
-    plus MIA, from the JSON sidecars that unlearn.py writes; with --probe's columns where any has
-    them."""
+    """The model cards' per-class table (Model | Forget Class | Forget class acc(loss) | Retain
+    class acc(loss)), plus MIA, from the JSON sidecars that unlearn.py writes; with --probe's
+    columns where any has them."""
     metas = []
     for path in sidecars:
         meta = read_json(path)
         if not isinstance(meta, dict) or "method" not in meta:
-            raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table reads those of unlearned "
-                             f"models")
+            raise ValueError(f"{path} is not an unlearn.py sidecar (a train.py one?): --table "
+                             "reads those of unlearned models")
         checked(meta, UNLEARNED, path)
         metas.append((meta, os.path.basename(checkpoint_of(path))))
     beneath = any(has_beneath(meta) for meta, _ in metas)
@@ -332,13 +345,15 @@ def section_full(run):
     if full is None:
         return "## Full model\n\nNot run (no full.pth.json)."
     acc = full["metrics"]["test_acc"]
-    rows = [["full", full["arch"], f"{acc:.2f}%", f"{PUBLISHED_FULL:.1f}%", diff(acc, PUBLISHED_FULL),
-             f"{full['seconds']:.1f}"]]
-    return "## Full model\n\n" + table(["Model", "Arch", "Test top-1", "Published", "Diff", "Seconds"], rows)
+    rows = [["full", full["arch"], f"{acc:.2f}%", f"{PUBLISHED_FULL:.1f}%",
+             diff(acc, PUBLISHED_FULL), f"{full['seconds']:.1f}"]]
+    return "## Full model\n\n" + table(["Model", "Arch", "Test top-1", "Published", "Diff",
+                                        "Seconds"], rows)
 
 
 def retained_accuracy(run, name):
-    """The retrained model's test accuracy on the classes it kept, from any unlearn sidecar that evaluated it."""
+    """The retrained model's test accuracy on the classes it kept,
+    from any unlearn sidecar that evaluated it."""
     for meta in run["unlearn"].values():
         if meta["split"]["forget_class"] == name and meta.get("retrained_metrics"):
             return headline(meta["retrained_metrics"])[1]["acc"]
@@ -350,25 +365,30 @@ def section_retrains(run):
     for meta in run["retrains"].values():
         name = meta["split"]["forget_class"]
         kept, published = retained_accuracy(run, name), PUBLISHED_RETRAIN.get(name)
-        rows.append([name, f"{meta['metrics']['test_acc']:.2f}%", "-" if kept is None else f"{kept:.2f}%",
-                     "-" if published is None else f"{published:.1f}%", diff(kept, published), f"{meta['seconds']:.1f}"])
+        rows.append([name, f"{meta['metrics']['test_acc']:.2f}%",
+                     "-" if kept is None else f"{kept:.2f}%",
+                     "-" if published is None else f"{published:.1f}%", diff(kept, published),
+                     f"{meta['seconds']:.1f}"])
     if not rows:
         return "## Retrained without a class\n\nNot run (no no_<class>.pth.json)."
-    return ("## Retrained without a class (the gold standard)\n\nThe card's accuracies are on the nine kept classes "
-            "(96.6% without cat cannot be on all ten), so they are compared with ours on those.\n\n" +
-            table(["Forgotten class", "Test top-1 (all classes)", "Test top-1 (kept classes)", "Published", "Diff",
-                   "Seconds"], rows))
+    return ("## Retrained without a class (the gold standard)\n\nThe card's accuracies are on the "
+            "nine kept classes (96.6% without cat cannot be on all ten), so they are compared "
+            "with ours on those.\n\n" +
+            table(["Forgotten class", "Test top-1 (all classes)", "Test top-1 (kept classes)",
+                   "Published", "Diff", "Seconds"], rows))
 
 
 def mean_std(stat, scale=1.0, digits=2):
-    return "-" if stat is None else f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}"
+    return ("-" if stat is None
+            else f"{scale * stat['mean']:.{digits}f} +- {scale * stat['std']:.{digits}f}")
 
 
 def spread_cells(g):
-    """A pool group's spread over its models: forget / retain / test accuracy, MIA, seconds per model."""
+    """A pool group's spread over its models:
+    forget / retain / test accuracy, MIA, seconds per model."""
     s = g["spread"]
-    return [mean_std(s["forget_acc"]), mean_std(s["retain_acc"]), mean_std(s["test_acc"]), mean_std(s["mia"], 1, 3),
-            mean_std(g["seconds"], 1, 1)]
+    return [mean_std(s["forget_acc"]), mean_std(s["retain_acc"]), mean_std(s["test_acc"]),
+            mean_std(s["mia"], 1, 3), mean_std(g["seconds"], 1, 1)]
 
 
 def klom_cell(g, s):
@@ -381,8 +401,8 @@ def klom_cell(g, s):
 
 
 def pool_row(name, g):
-    return [name if name != "retrain" else "retrain (ceiling)", g["models"], f"{g['forget_quality']:.3f}",
-            f"{g['utility']:.3f}", f"{g['score']:.3f}",
+    return [name if name != "retrain" else "retrain (ceiling)", g["models"],
+            f"{g['forget_quality']:.3f}", f"{g['utility']:.3f}", f"{g['score']:.3f}",
             *[klom_cell(g, s) for s in ("forget", "retain", "test")],
             f"{g['ulira']['acc']:.1f}", f"{g['ulira']['tpr_at_1%']:.1f}", *spread_cells(g)]
 
@@ -391,40 +411,49 @@ def halves_row(name, g):
     u = g["ulira"]
     def percent(x):
         return "-" if x is None else f"{x:.1f}"
-    label = {"retrain": "retrain (ceiling)", "original": "original (floor: not unlearned)"}.get(name, name)
-    return [label, g["models"], u["halves"], percent(u["acc"]), percent(u["tpr_at_1%"]), percent(u["tpr_at_0.1%"]),
-            f"{u['pairs'][0]} / {u['pairs'][1]}", u["skipped"], *spread_cells(g)]
+    label = {"retrain": "retrain (ceiling)",
+             "original": "original (floor: not unlearned)"}.get(name, name)
+    return [label, g["models"], u["halves"], percent(u["acc"]), percent(u["tpr_at_1%"]),
+            percent(u["tpr_at_0.1%"]), f"{u['pairs'][0]} / {u['pairs'][1]}", u["skipped"],
+            *spread_cells(g)]
 
 
 def section_halves(scores):
-    """A halves pool (U-LiRA's own design): the attack per group, each half's models held out in turn."""
-    header = ["Group", "Models", "Halves", "U-LiRA acc", "TPR@1%", "TPR@0.1%", "Pairs forgotten / unseen",
-              "Not attacked", "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
+    """A halves pool (U-LiRA's own design):
+    the attack per group, each half's models held out in turn."""
+    header = ["Group", "Models", "Halves", "U-LiRA acc", "TPR@1%", "TPR@0.1%",
+              "Pairs forgotten / unseen", "Not attacked", "Forget acc", "Retain acc", "Test acc",
+              "MIA", "Seconds"]
     groups = scores["groups"]
     order = ["retrain", "original"] + sorted(set(groups) - {"retrain", "original"})
-    return (f"### {scores['pool']}: U-LiRA on random halves ({scores['examples']} train examples)\n\n"
-            "Every model trained on a random half of the train set, then (but for the originals) unlearned a random "
-            "forget set inside it; per example, Gaussians of the logit-scaled confidence over the other halves' models "
-            "that forgot it and that never saw it, and each (model, example) pair scored by the likelihood ratio. "
-            "U-LiRA accuracy 50 = cannot tell a forgotten example from one never seen; the originals' row is plain "
-            "LiRA (trained on it vs never). Pairs with under 2 shadow values a side are not attacked.\n\n" +
+    return (f"### {scores['pool']}: U-LiRA on random halves ({scores['examples']} train "
+            "examples)\n\nEvery model trained on a random half of the train set, then (but for "
+            "the originals) unlearned a random forget set inside it; per example, Gaussians of "
+            "the logit-scaled confidence over the other halves' models that forgot it and that "
+            "never saw it, and each (model, example) pair scored by the likelihood ratio. U-LiRA "
+            "accuracy 50 = cannot tell a forgotten example from one never seen; the originals' "
+            "row is plain LiRA (trained on it vs never). Pairs with under 2 shadow values a side "
+            "are not attacked.\n\n" +
             table(header, [halves_row(name, groups[name]) for name in order if name in groups]))
 
 
 def section_pools(run):
     if not run["pools"]:
-        return "## Pools: did it really forget?\n\nNot run (no pools/<name>/scores.json; `make pool` then `make pool-score`)."
-    parts = ["## Pools: did it really forget?\n\nA pool of training seeds (`make pool`): each group's first N/2 models "
-             "against the retrained models N/2..N-1 (`studies/privacy.py`): F, the NeurIPS 2023 "
-             "competition's forgetting quality (1 = indistinguishable from "
-             "retraining, per example, at delta 1e-5), times the utility factor (retain and test accuracy over the "
-             "retrained models'), is the score; KLOM median [25%, 75%] per example set (0 = the same margin "
-             "distributions) over the examples where it is defined, the others counted "
-             "(\"undefined\": every unlearned margin at the top bin edge); U-LiRA accuracy (50 = "
-             "chance) and TPR at 1% FPR; the other columns: mean +- std over training seeds. The "
-             "retrained models' own first half is the ceiling."]
-    header = ["Group", "Models a side", "F", "Utility", "Score", "KLOM forget", "KLOM retain", "KLOM test",
-              "U-LiRA acc", "U-LiRA TPR@1%", "Forget acc", "Retain acc", "Test acc", "MIA", "Seconds"]
+        return ("## Pools: did it really forget?\n\nNot run (no pools/<name>/scores.json; "
+                "`make pool` then `make pool-score`).")
+    parts = ["## Pools: did it really forget?\n\nA pool of training seeds (`make pool`): each "
+             "group's first N/2 models against the retrained models N/2..N-1 "
+             "(`studies/privacy.py`): F, the NeurIPS 2023 competition's forgetting quality (1 = "
+             "indistinguishable from retraining, per example, at delta 1e-5), times the utility "
+             "factor (retain and test accuracy over the retrained models'), is the score; KLOM "
+             "median [25%, 75%] per example set (0 = the same margin distributions) over the "
+             "examples where it is defined, the others counted (\"undefined\": every unlearned "
+             "margin at the top bin edge); U-LiRA accuracy (50 = chance) and TPR at 1% FPR; the "
+             "other columns: mean +- std over training seeds. The retrained models' own first "
+             "half is the ceiling."]
+    header = ["Group", "Models a side", "F", "Utility", "Score", "KLOM forget", "KLOM retain",
+              "KLOM test", "U-LiRA acc", "U-LiRA TPR@1%", "Forget acc", "Retain acc", "Test acc",
+              "MIA", "Seconds"]
     for path, scores in run["pools"].items():
         if scores.get("design") == "halves":
             parts.append(section_halves(scores))
@@ -432,7 +461,8 @@ def section_pools(run):
         groups = scores["groups"]
         order = ["retrain", "original"] + sorted(set(groups) - {"retrain", "original"})
         rows = [pool_row(name, groups[name]) for name in order if name in groups]
-        parts.append(f"### {scores['pool']} (N = {scores['n']}; examples: {scores['examples']})\n\n" +
+        parts.append(f"### {scores['pool']} (N = {scores['n']}; examples: "
+                     f"{scores['examples']})\n\n" +
                      table(header, rows))
     return "\n\n".join(parts)
 
@@ -441,8 +471,10 @@ def unlearn_row(method, meta):
     m, name = meta["metrics"], forget_label(meta)
     forget, retain = headline(m)
     published = PUBLISHED_UNLEARN.get(method, {}).get(name)
-    gap = "-" if not meta.get("retrained_metrics") else f"{avg_gap(m, meta['retrained_metrics']):.2f}"
-    return [method, name, cell(forget), cell(retain), f"{m['test']['acc']:.2f}%", f"{m['test']['top5']:.2f}%",
+    gap = ("-" if not meta.get("retrained_metrics")
+           else f"{avg_gap(m, meta['retrained_metrics']):.2f}")
+    return [method, name, cell(forget), cell(retain), f"{m['test']['acc']:.2f}%",
+            f"{m['test']['top5']:.2f}%",
             "-" if m["mia"] is None else f"{m['mia']:.3f}", gap, f"{meta['seconds']:.1f}",
             "-" if published is None else f"{published[0]:.2f}% ({published[1]:.3f})",
             "-" if published is None else f"{published[2]:.2f}% ({published[3]:.3f})",
@@ -455,15 +487,17 @@ def section_unlearn(run):
                    key=lambda meta: (order.get(meta["method"], len(order)), forget_label(meta)))
     if not metas:
         return "## Unlearning\n\nNot run (no unlearn/<method>/<class>.pth.json)."
-    header = ["Method", "Class", "Forget acc (loss)", "Retain acc (loss)", "Test top-1", "Test top-5", "MIA",
-              "Avg gap to retrained", "Seconds", "Published forget", "Published retain", "Diff retain"]
+    header = ["Method", "Class", "Forget acc (loss)", "Retain acc (loss)", "Test top-1",
+              "Test top-5", "MIA", "Avg gap to retrained", "Seconds", "Published forget",
+              "Published retain", "Diff retain"]
     header, rows = with_beneath(header, [unlearn_row(meta["method"], meta) for meta in metas],
                                 [meta["metrics"] for meta in metas])
     beneath = (" Probe, CKA, relearn steps: beneath the outputs (evaluate.py --probe, "
                "docs/PRIVACY.md)." if len(header) > 12 else "")
-    return ("## Unlearning, per method and forgotten class\n\nForget / retain: the test images of the forgotten class "
-            "and of the others. Avg gap: mean |difference| to the retrained model over forget, retain and test "
-            f"accuracy and MIA x 100.{beneath}\n\n" + table(header, rows))
+    return ("## Unlearning, per method and forgotten class\n\nForget / "
+            "retain: the test images of the forgotten class and of the "
+            "others. Avg gap: mean |difference| to the retrained model over "
+            f"forget, retain and test accuracy and MIA x 100.{beneath}\n\n" + table(header, rows))
 
 
 def section_sisa(run):
@@ -474,25 +508,27 @@ def section_sisa(run):
     for (path, m), when in zip(sisa["models"].items(), ("before", "after")):
         acc, mia = m["test"]["acc"], np.mean(m["member_mia"]) if m.get("member_mia") else m["mia"]
         pub_acc, pub_mia = PUBLISHED_SISA[when]
-        rows.append([when, os.path.basename(path), f"{acc:.2f}%", f"{m['mia']:.3f}", f"{mia:.3f}", f"{pub_acc:.1f}%",
-                     f"{pub_mia:.3f}", diff(acc, pub_acc), diff(100 * mia, 100 * pub_mia)])
-    return ("## SISA: before and after forgetting a random 20%\n\nMIA of the aggregate and the mean of the shard "
-            "models' MIAs (the report's); MIA differences x 100.\n\n" +
-            table(["", "Model", "Test top-1", "MIA", "Shard MIA", "Published top-1", "Published MIA", "Diff top-1",
-                   "Diff MIA"], rows))
+        rows.append([when, os.path.basename(path), f"{acc:.2f}%", f"{m['mia']:.3f}", f"{mia:.3f}",
+                     f"{pub_acc:.1f}%", f"{pub_mia:.3f}", diff(acc, pub_acc),
+                     diff(100 * mia, 100 * pub_mia)])
+    return ("## SISA: before and after forgetting a random 20%\n\nMIA of the aggregate and the "
+            "mean of the shard models' MIAs (the report's); MIA differences x 100.\n\n" +
+            table(["", "Model", "Test top-1", "MIA", "Shard MIA", "Published top-1",
+                   "Published MIA", "Diff top-1", "Diff MIA"], rows))
 
 
 def section_ensemble(run):
     ensemble = run["ensemble"]
     if ensemble is None:
         return "## Ensemble\n\nNot run (no ensemble/eval.json)."
-    rows = [[os.path.basename(p), f"{m['test']['acc']:.2f}%", f"{PUBLISHED_ENSEMBLE:.2f}%" if p == "ensemble" else "-",
+    rows = [[os.path.basename(p), f"{m['test']['acc']:.2f}%",
+             f"{PUBLISHED_ENSEMBLE:.2f}%" if p == "ensemble" else "-",
              diff(m["test"]["acc"], PUBLISHED_ENSEMBLE) if p == "ensemble" else "-"]
             for p, m in ensemble["models"].items()]
     return "## Ensemble\n\n" + table(["Model", "Test top-1", "Published", "Diff"], rows)
 
 
-# ----------------------------------------------------------------------------- plots (matplotlib, optional)
+# --------------------------------------------------------------------- plots (matplotlib, optional)
 
 def pyplot():
     """matplotlib's pyplot on a file-only backend; ImportError when matplotlib is not installed."""
@@ -509,7 +545,8 @@ def save(fig, path):
 
 
 def grid(plt, n, size=3):
-    """A figure with n panels, at most 5 a row; returns (figure, the n axes) and hides the unused ones."""
+    """A figure with n panels, at most 5 a row;
+    returns (figure, the n axes) and hides the unused ones."""
     cols, rows = min(5, n), -(-n // 5)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
     for ax in axes.flat[n:]:
@@ -518,7 +555,8 @@ def grid(plt, n, size=3):
 
 
 def labelled(evaluation):
-    """{label: metrics} of an evaluate.py --json file: 'retrained', 'full', and unlearn/<method>/... as the method."""
+    """{label: metrics} of an evaluate.py --json file:
+    'retrained', 'full', and unlearn/<method>/... as the method."""
     def label(path):
         if path == evaluation["retrained"]:
             return "retrained"
@@ -543,7 +581,8 @@ def plot_per_class(evaluation, classes, path):
 
 
 def plot_losses(evaluation, path):
-    """What the MIA sees: per-example losses of the train forget set (members) and the test forget set."""
+    """What the MIA sees: per-example losses of the train forget set
+    (members) and the test forget set."""
     plt = pyplot()
     models = labelled(evaluation)
     fig, axes = grid(plt, len(models))
@@ -593,14 +632,16 @@ def plot_seconds(run, path):
 
 
 def plot_pool(scores, path):
-    """Per group: the histogram of the forget examples' epsilons, and the KLOM quantiles of each example set."""
+    """Per group: the histogram of the forget examples' epsilons,
+    and the KLOM quantiles of each example set."""
     plt = pyplot()
     groups = scores["groups"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
     bins = np.linspace(0, max(max(g["epsilons"]) for g in groups.values()) + 0.5, 30)
     for name, g in groups.items():
         left.hist(g["epsilons"], bins=bins, histtype="step", label=name)
-    left.set(xlabel="per-example epsilon (forget set)", ylabel="examples", title=f"{scores['pool']}: epsilons")
+    left.set(xlabel="per-example epsilon (forget set)", ylabel="examples",
+             title=f"{scores['pool']}: epsilons")
     left.legend(fontsize=7)
     sets = ("forget", "retain", "test")
     for k, (name, g) in enumerate(groups.items()):
@@ -608,13 +649,16 @@ def plot_pool(scores, path):
         x = np.arange(len(sets)) + (k - len(groups) / 2) * 0.8 / len(groups)
         mid = len(q["forget"]) // 2
         right.errorbar(x, [q[s][mid] for s in sets], fmt="o", label=name,
-                       yerr=[[q[s][mid] - q[s][0] for s in sets], [q[s][-1] - q[s][mid] for s in sets]])
-    right.set(xticks=range(len(sets)), xticklabels=sets, ylabel="KLOM (median, 5-95%)", title="KLOM per example set")
+                       yerr=[[q[s][mid] - q[s][0] for s in sets],
+                             [q[s][-1] - q[s][mid] for s in sets]])
+    right.set(xticks=range(len(sets)), xticklabels=sets, ylabel="KLOM (median, 5-95%)",
+              title="KLOM per example set")
     save(fig, path)
 
 
 def write_plots(run, folder):
-    """Every plot the run's files allow, drawn into folder; returns [(title, file name)], or None without matplotlib."""
+    """Every plot the run's files allow, drawn into folder;
+    returns [(title, file name)], or None without matplotlib."""
     try:
         pyplot()
     except ImportError:
@@ -638,7 +682,8 @@ def write_plots(run, folder):
         if scores.get("design") == "halves":  # one attack per group: the table says it all
             continue
         plot_pool(scores, os.path.join(folder, f"pool_{scores['pool']}.png"))
-        plots.append((f"Pool {scores['pool']}: per-example epsilons and KLOM", f"pool_{scores['pool']}.png"))
+        plots.append((f"Pool {scores['pool']}: per-example epsilons and KLOM",
+                      f"pool_{scores['pool']}.png"))
     return plots
 
 
@@ -658,34 +703,42 @@ def card_front_matter(meta, license):
     dataset = DATASET_IDS.get(meta["dataset"], meta["dataset"])
     lines = ["---", CARD_MARK, f"license: {license}", "datasets:", f"- {dataset}", "metrics:",
              "- accuracy"]
-    if meta.get("source"):  # a published source by its Hub repository, as the published cards name theirs
+    # a published source by its Hub repository, as the published cards name theirs
+    if meta.get("source"):
         source = hub_name(meta["source"])
-        repository = source[len("hf://"):].rsplit("/", 1)[0].split("@")[0] if source.startswith("hf://") else source
+        repository = (source[len("hf://"):].rsplit("/", 1)[0].split("@")[0]
+                      if source.startswith("hf://") else source)
         lines += ["base_model:", f"- {repository}"]
     tags = ["machine_unlearning", method] if method else ["machine-unlearning", meta["arch"]]
-    lines += ["tags:", *[f"- {t}" for t in tags], "library_name: pytorch", "pipeline_tag: image-classification", "---"]
+    lines += ["tags:", *[f"- {t}" for t in tags], "library_name: pytorch",
+              "pipeline_tag: image-classification", "---"]
     return "\n".join(lines)
 
 
 def card_results(meta, name):
-    """The cards' results table: forget / retain class acc(loss) for an unlearned model, test top-1 for a trained one."""
+    """The cards' results table: forget / retain class acc(loss)
+    for an unlearned model, test top-1 for a trained one."""
     if meta.get("method"):
         beneath = has_beneath(meta)
         if not meta.get("metrics"):
             return "Not evaluated (made with --no-eval)."
         return card_header(beneath) + "\n" + card_row(meta, name, beneath)
     return table(["Model", "Excluded Class", "Test accuracy"],
-                 [[f"`{name}`", meta["split"]["forget_class"] or "None", f"{meta['metrics']['test_acc']:.2f}%"]])
+                 [[f"`{name}`", meta["split"]["forget_class"] or "None",
+                   f"{meta['metrics']['test_acc']:.2f}%"]])
 
 
 def model_card(meta, name, license="mit"):
-    """A Markdown card in the layout of the published Hugging Face cards, from a checkpoint's JSON sidecar."""
+    """A Markdown card in the layout of the published Hugging Face cards,
+    from a checkpoint's JSON sidecar."""
     versions, argv = meta.get("versions") or {}, meta.get("argv") or []  # absent: None (checked)
     what = (f"unlearned with {meta['method']}" if meta.get("method") else
             f"trained with the {meta.get('recipe') or 'sgd'} recipe")
     details = [f"- **Base Model**: {meta['arch']}", f"- **Dataset**: {meta['dataset']}",
-               f"- **Excluded Class**: {forget_label(meta) if meta['split']['n_forget'] else 'None'}",
-               "- **Loss Function**: cross-entropy", *[f"- **{k}**: {v}" for k, v in meta["config"].items()],
+               "- **Excluded Class**: "
+               f"{forget_label(meta) if meta['split']['n_forget'] else 'None'}",
+               "- **Loss Function**: cross-entropy",
+               *[f"- **{k}**: {v}" for k, v in meta["config"].items()],
                f"- **Seconds**: {meta['seconds']:.1f} on {meta['device']}",
                "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
     if meta.get("source"):
@@ -699,12 +752,14 @@ def model_card(meta, name, license="mit"):
                       "**Metrics**: Forget class accuracy(loss), Retain class accuracy(loss), MIA"
                       + (", linear-probe accuracy, linear CKA, relearn steps (docs/PRIVACY.md)"
                          if has_beneath(meta) else "") if meta.get("method")
-                      else "**Metrics**: Top-1 accuracy", "", "## Training Details", "", "### Training Procedure", "",
+                      else "**Metrics**: Top-1 accuracy", "", "## Training Details", "",
+                      "### Training Procedure", "",
                       *details, "", "## Results", "", card_results(meta, name), ""])
 
 
 def write_cards(rundir):
-    """A card for every checkpoint of the run (a .pth with a JSON sidecar): cards/<path with / as _>.md."""
+    """A card for every checkpoint of the run (a .pth with a JSON sidecar):
+    cards/<path with / as _>.md."""
     written = []
     for pth in sorted(glob.glob(os.path.join(rundir, "**", "*.pth"), recursive=True)):
         sidecar = sidecar_path(pth)
@@ -725,33 +780,42 @@ def write_cards(rundir):
 def build_report(rundir, run, plots, cards):
     full = run["full"]
     scope = (f"This run: {full['arch']} on {full['dataset']}, {full['split']['n_train']} train / "
-             f"{full['split']['n_test']} test images, {full['config']['epochs']} epochs, {full['device']}."
+             f"{full['split']['n_test']} test images, {full['config']['epochs']} "
+             f"epochs, {full['device']}."
              if full else "This run has no full model.")
     if plots is None:
-        figures = "No plots: matplotlib is not installed (`pip install matplotlib`, then run report.py again)."
+        figures = ("No plots: matplotlib is not installed (`pip install matplotlib`, then run "
+                   "report.py again).")
     else:
-        figures = "\n\n".join(f"### {title}\n\n![{title}](plots/{name})" for title, name in plots) or "No plots."
+        figures = "\n\n".join(f"### {title}\n\n![{title}](plots/{name})"
+                              for title, name in plots) or "No plots."
     parts = [f"# Report: {os.path.basename(os.path.abspath(rundir))}",
-             f"{scope} Published: ResNet18 on all of CIFAR-10 for 200 epochs (the model cards), SISA on CIFAR-100 "
-             "(ResNet34 from ImageNet), the ensemble of 5 ImageNet ResNet18s. A smaller run is not expected to "
-             "match them; the columns show where it stands.",
-             section_full(run), section_retrains(run), section_unlearn(run), section_sisa(run), section_ensemble(run),
-             section_pools(run),
+             f"{scope} Published: ResNet18 on all of CIFAR-10 for 200 epochs (the model cards), "
+             "SISA on CIFAR-100 (ResNet34 from ImageNet), the ensemble of 5 ImageNet ResNet18s. A "
+             "smaller run is not expected to match them; the columns show where it stands.",
+             section_full(run), section_retrains(run), section_unlearn(run), section_sisa(run),
+             section_ensemble(run), section_pools(run),
              "## Plots\n\n" + figures,
-             "## Model cards\n\n" + ("\n".join(f"- [{c}](cards/{c})" for c in cards) or "No checkpoints.")]
+             "## Model cards\n\n" + ("\n".join(f"- [{c}](cards/{c})" for c in cards)
+                                      or "No checkpoints.")]
     return "\n\n".join(parts) + "\n"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
-    parser.add_argument("rundir", nargs="?", default=None, help="a run folder of make reproduce / reproduce-small")
-    parser.add_argument("--out", default=None, help="the report's path (default: RUNDIR/report.md)")
-    parser.add_argument("--card", default=None, help="instead: write the model card of this checkpoint beside it, "
-                        "as <name>.md, from its JSON sidecar (default: off)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (or card) that this "
-                        "script did not write (default: refuse)")
-    parser.add_argument("--license", default="mit", help="license in a --card's front matter (default: mit, as the "
-                        "published cards)")
+    parser.add_argument("rundir", nargs="?", default=None,
+                        help="a run folder of make reproduce / reproduce-small")
+    parser.add_argument("--out", default=None,
+                        help="the report's path (default: RUNDIR/report.md)")
+    parser.add_argument("--card", default=None,
+                        help="instead: write the model card of this checkpoint beside it, as "
+                        "<name>.md, from its JSON sidecar (default: off)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (or card) that this script did not write "
+                        "(default: refuse)")
+    parser.add_argument("--license", default="mit",
+                        help="license in a --card's front matter (default: mit, as the published "
+                        "cards)")
     return parser.parse_args(argv)
 
 
@@ -760,7 +824,8 @@ def main(argv=None):
     if args.card:
         sidecar = sidecar_path(args.card)
         if not os.path.exists(sidecar):
-            raise ValueError(f"{sidecar} not found: a card is built from the JSON sidecar the scripts write")
+            raise ValueError(f"{sidecar} not found: a card is built from the JSON "
+                             "sidecar the scripts write")
         out = os.path.splitext(args.card)[0] + ".md"
         check_out(out, "--card", [args.card], text_of_kind(CARD_START), args.overwrite)
         card = model_card(read_sidecar(sidecar), os.path.basename(args.card), args.license)
@@ -782,8 +847,8 @@ def main(argv=None):
         plots = write_plots(run, os.path.join(args.rundir, "plots"))
         report = build_report(args.rundir, run, plots, write_cards(args.rundir))
     except KeyError as e:
-        raise ValueError(f"a JSON file in {args.rundir} lacks the field {e}; report.py reads the files this project's "
-                         f"scripts write") from None
+        raise ValueError(f"a JSON file in {args.rundir} lacks the field {e}; report.py reads the "
+                         "files this project's scripts write") from None
     atomic_write(out, lambda f: f.write(report.encode()))
     print(report if plots is not None else report + "\n(no plots: matplotlib is not installed)")
     print(f"wrote {out}", file=sys.stderr)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import report
-from conftest import ARCHIVE, ROOT, assert_clean_error, call, make, script_of, write_images
+from conftest import (ARCHIVE, ROOT, assert_clean_error, call, make, make_commands, script_of,
+                      write_images)
 from data import make_split, subset_indices
 from models import sha256_file
 from studies import privacy
@@ -579,13 +580,18 @@ def test_lines_listed_outside_the_checkout_find_its_scripts(tmp_path, monkeypatc
 def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
     """pool-jobs, pool-unlearn-jobs, ulira-jobs and ulira-unlearn-jobs print what privacy.py jobs
     prints for the variables users pass (N, CLASS, FRACTION, METHOD, DRAWS, the folders, ARCH,
-    EPOCHS, TRAIN_FLAGS, EXTRA, EXTRA_<method>, DEVICES); STAGE= prints one stage."""
+    EPOCHS, TRAIN_FLAGS, EXTRA, EXTRA_<method>, DEVICES); STAGE= prints one stage. make runs
+    one of them; the others' commands are read from make -n and run in this process."""
     settings = ["N=2", "DRAWS=3", "CLASS=dog", "METHOD=neggrad+", "ARCH=resnet20", "EPOCHS=7",
                 "TRAIN_FLAGS=--batch-size 16 --lr '0.05'", "EXTRA=--subset 10",
                 "EXTRA_neggradplus=--epochs 2", "DATASET=d", "DATA_DIR=c",
                 f"POOL_DIR={tmp_path}/p", f"ULIRA_DIR={tmp_path}/u", "DEVICES=cpu cuda:1"]
-    r = make("pool-jobs", "pool-unlearn-jobs", "ulira-jobs", "ulira-unlearn-jobs", *settings,
-             threads=1)
+    # one target run by make itself (its recipe under sh, its stdout exactly the lines); the
+    # other three as make -n lists them, run in this process: 3 interpreter starts fewer
+    listed = [call(*command) for command in
+              make_commands("pool-jobs", "pool-unlearn-jobs", "ulira-jobs", *settings)]
+    assert [x.returncode for x in listed] == [0, 0, 0], [x.stderr for x in listed]
+    r = make("ulira-unlearn-jobs", *settings, threads=1)
     assert r.returncode == 0, r.stderr
     common = ["--n", 2, "--python", sys.executable,
               "--train-flags=--arch resnet20 --epochs 7 --batch-size 16 --lr 0.05",
@@ -597,7 +603,8 @@ def test_the_make_targets_print_privacy_jobs_lines(tmp_path):
                 *jobs(*seeds, *common, "--groups", "neggrad+", data=data),
                 *jobs(*halves, *common, "--groups", "original", "retrain", data=data),
                 *jobs(*halves, *common, "--groups", "neggrad+", data=data)]
-    assert r.stdout.splitlines() == expected and len(expected) == 8 + 6 + 16 + 14
+    assert sum((x.stdout.splitlines() for x in listed), []) == expected[:-14]
+    assert r.stdout.splitlines() == expected[-14:] and len(expected) == 8 + 6 + 16 + 14
     assert "--lr 0.05" in expected[0] and "--forget-fraction 0.1" in expected[-1]
     assert all("--epochs 2" in line for line in expected if "unlearn.py" in line)
     dry = make("-n", "pool-jobs", "ulira-unlearn-jobs", "STAGE=unlearn", *settings, threads=1)

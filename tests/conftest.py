@@ -42,6 +42,20 @@ def cifar_jpeg(data_dir):
     return load_dataset(ARCHIVE, data_dir)
 
 
+def write_first(data, root, per_class):
+    """The first `per_class` train and test images of each class of `data`, in its order, as
+    train/<class>/NNNNN.png and test/<class>/NNNNN.png (PNG: the same pixels): the real images,
+    for a make target whose fixed --subset would take more than a test's assertions need."""
+    from data import subset_indices
+    for split, (x, y) in (("train", (data.train_x, data.train_y)),
+                          ("test", (data.test_x, data.test_y))):
+        for i in subset_indices(y, per_class):
+            folder = root / split / data.classes[y[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).save(folder / f"{i:05d}.png")  # by name: the dataset's order
+    return root
+
+
 def train_toy(data, path, forget_class=None):
     """(checkpoint path, model, log): resnet20 trained with the recipe (batch 64, 4 epochs) on
     300 images per class, forget_class's left out."""

@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from conftest import ARCHIVE, ROOT, make, write_classes
+from conftest import ROOT, call, make, make_commands, write_classes, write_first
 from published import CIFAR10, PUBLISHED_UNLEARN
 
 
-def make_cards(out, data_dir):
-    # a limit against a hang only: decoding CIFAR-10 and the 31 jobs took 12 minutes on the
-    # development machine's 2 cores under a load of 12 (6 without the decoding at a load of 7)
-    return make("reproduce-cards-small", f"CARDS_DIR={out}", f"DATA_DIR={data_dir}", timeout=1800)
+def cards_small(out, dataset, data_dir):
+    """make reproduce-cards-small's variables: the cards of `dataset` under OUT-small."""
+    return ("reproduce-cards-small", f"CARDS_DIR={out}", f"DEMO_DATASET={dataset}",
+            f"DATA_DIR={data_dir}")
 
 
 def table_rows(markdown, title):
@@ -27,10 +27,14 @@ def table_rows(markdown, title):
 
 
 @pytest.mark.slow
-def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and_resumes(cifar_jpeg, data_dir,
+def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and_resumes(cifar_jpeg,
                                                                                           tmp_path):
-    out = tmp_path / "cards"
-    r = make_cards(out, data_dir)
+    # the first 5 images a class of the real CIFAR-10 (the target's --subset 20 takes them all):
+    # every assertion reads the run's own files, whatever their number; the 31 jobs take about
+    # a third of the time of 20 a class
+    dataset = write_first(cifar_jpeg, tmp_path / "cifar10-first5", 5)
+    args = cards_small(tmp_path / "cards", dataset, tmp_path / "cache")
+    r = make(*args, timeout=1800)  # a limit against a hang only
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = (tmp_path / "cards-small" / "cards.md").read_text()
     folder = tmp_path / "cards-small"
@@ -60,7 +64,9 @@ def test_reproduce_cards_small_writes_both_cards_beside_the_published_tables_and
         json.load(open(folder / "full_eval.json"))["models"][str(folder / "full.pth")]["test"]["acc"])
 
     os.remove(folder / "advneggrad" / "cat.pth")  # as if interrupted before this run finished
-    again = make_cards(out, data_dir)
+    command, = make_commands(*args)  # the rerun: make's command, in this process
+    assert command[0] == "studies/reproduce_cards.py", command
+    again = call(*command)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 job(s)" in again.stdout and "epoch 1/2" not in again.stdout  # only the missing run, no training
     assert (folder / "advneggrad" / "cat.pth").exists()

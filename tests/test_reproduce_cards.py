@@ -104,8 +104,8 @@ def toy_argv(folder, dataset, *more):
 @pytest.fixture(scope="module")
 def toy_cards(tmp_path_factory):
     """A folder made by the staged make targets as two GPU calls would run them (the training
-    alone, then the cards), on a synthetic CIFAR-10 image folder: (folder, dataset, (the first
-    call, the files it left, the second call))."""
+    alone, by make; then the cards, make's command run in this process), on a synthetic CIFAR-10
+    image folder: (folder, dataset, (the first call, the files it left, the second call))."""
     root = tmp_path_factory.mktemp("toy")
     write_classes(root / "cifar", CIFAR10, per_class=4)
     flags = [f"DATASET={root / 'cifar'}", f"DATA_DIR={root / 'cache'}", "DEVICE=cpu",
@@ -113,7 +113,8 @@ def toy_cards(tmp_path_factory):
              "EXTRA=" + " ".join(TOY[:-1]) + f" '{TOY[-1]}'"]
     train = make("reproduce-cards-train", *flags, timeout=1200)  # a limit against a hang only
     trained = {p.name for p in (root / "cards").iterdir()}
-    cards = make("reproduce-cards", *flags, timeout=1200)
+    command, = make_commands("reproduce-cards", *flags)  # the second call: make's command, here
+    cards = call(*command)
     return root / "cards", root / "cifar", (train, trained, cards)
 
 

@@ -14,7 +14,7 @@ import torchvision
 
 import published
 import report
-from conftest import ARCHIVE, assert_clean_error, call, make, make_commands
+from conftest import ARCHIVE, assert_clean_error, call, make, make_commands, write_first
 from data import STATS, Loader, make_split
 from evaluate import predict
 from models import build_model, cache_path, fetch, file_url, load_model
@@ -178,8 +178,15 @@ def test_the_verdict_says_which_rows_do_not_agree():
     assert "Not comparable" in verify_published.section_unlearned("ssd", "SSD", evals, range(10), comparable=False)
 
 
+# make verify-published-small's data: the first 13 images a class of the real CIFAR-10 (its
+# --subset / --test-subset 100 take them all), 130 test images: two batches of the CPU's 128, as
+# the 1000 were eight
+FIRST = 13
+
+
 @pytest.mark.slow
-def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg, data_dir, tmp_path, monkeypatch):
+def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg, tmp_path,
+                                                        monkeypatch):
     """Every published name served from the stand-in Hub: the trained resnet20 as each model, but the SSD model for
     cat with 100 known weights halved. The report's numbers must be those of our evaluation, done here directly."""
     state = torch.load(trained[0], weights_only=True)
@@ -190,15 +197,16 @@ def test_make_verify_published_small_on_stand_in_files(hub, trained, cifar_jpeg,
         repo, file = name[len("hf://"):].rsplit("/", 1)
         publish(hub, repo, file, dampened if file == "cifar10_resnet18_SSD_3.pth" else state)
     out = tmp_path / "verify"
-    args = ["verify-published-small", f"DATASET={ARCHIVE}", f"DATA_DIR={data_dir}", "DEVICE=cpu",
-            f"VERIFY_DIR={out}", "EXTRA=--classes cat dog"]
+    dataset = write_first(cifar_jpeg, tmp_path / "cifar10-first", FIRST)
+    args = ["verify-published-small", f"DATASET={dataset}", f"DATA_DIR={tmp_path / 'cache'}",
+            "DEVICE=cpu", f"VERIFY_DIR={out}", "EXTRA=--classes cat dog"]
     r = make(*args, threads=1)  # $HF_ENDPOINT, $TORCH_HOME (the fixture's): by the environment
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = out.parent / "verify-small"  # the Makefile's $(VERIFY_DIR)-small
     text = (result / "report.md").read_text()
 
     card_data = dataclasses.replace(cifar_jpeg, mean=STATS["cifar10"][0], std=STATS["cifar10"][1])  # card's Normalize
-    split = make_split(card_data, test_subset=100)
+    split = make_split(card_data, test_subset=FIRST)  # the folder's test images, from the archive
     logits, labels = predict(trained[1], Loader(card_data, split.test, train_set=False, batch_size=500))
     top1 = 100 * (logits.argmax(1) == labels).double().mean().item()
     cat = (labels == 3).numpy()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ARCHIVE, run_script
+from conftest import ARCHIVE, call
 from data import Loader
 from models import build_model
 from train import TrainConfig, train_epoch
@@ -31,11 +31,11 @@ def test_fast_and_plain_paths_end_with_the_same_weights(cifar_jpeg):
     assert not torch.equal(ours.fc.weight, model.fc.weight)  # it did train
 
 
-@pytest.mark.slow  # a study end to end in its own interpreter: 14 s on CI
+@pytest.mark.slow  # a study end to end (in this process: its start-up is not what it tests)
 def test_bench_runs_and_writes_json(cifar_jpeg, data_dir, tmp_path):
-    r = run_script("studies/bench.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--arch",
-                   "resnet20", "--subset", 5,
-                   "--test-subset", 5, "--per-sample", 4, "--workers", 0, "--device", "cpu", "--out", tmp_path / "b.json")
+    r = call("studies/bench.py", "--dataset", ARCHIVE, "--data-dir", data_dir, "--arch",
+             "resnet20", "--subset", 5, "--test-subset", 5, "--per-sample", 4, "--workers", 0,
+             "--device", "cpu", "--out", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "b.json"))["rows"]
     assert [row["measure"] for row in rows] == ["train epoch", "evaluate test set", "SSD importance (batch 64)",

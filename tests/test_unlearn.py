@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import methods
 import unlearn
 from cli import eval_batch_size
-from conftest import ARCHIVE, RETRAIN, RETRAINED_WITHOUT, SUBSET, TEST_SUBSET, assert_clean_error, call
+from conftest import (ARCHIVE, RETRAIN, RETRAINED_WITHOUT, SUBSET, TEST_SUBSET, assert_clean_error,
+                      call)
 from data import Loader, make_split
 from evaluate import evaluate_model, predict
 from models import build_model, save_model

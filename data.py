@@ -416,12 +416,20 @@ def read_or_decode(path, data_dir):
     check_cache_folder(data_dir)
     print(f"decoding {path} once; cache: {cache}", file=sys.stderr)
     classes, (train_x, train_y, test_x, test_y) = decode_image_folder(path)
-    pixels = train_x.reshape(-1, 3) / 255.0  # the folder's own per-channel statistics
+    mean, std = channel_stats(train_x)  # the folder's own
     atomic_write(cache, lambda f: np.savez(f, classes=np.array(classes), train_x=train_x,
                                            train_y=train_y, test_x=test_x, test_y=test_y,
-                                           mean=pixels.mean(0).round(4),
-                                           std=pixels.std(0).round(4)))
+                                           mean=mean.round(4), std=std.round(4)))
     return read_cache(cache, name)
+
+
+def channel_stats(images):
+    """The per-channel mean and std of uint8 images as pixels in [0, 1], from each channel's
+    256-value count: CIFAR-10's in 0.4 s where a float copy took 7 s and 1.2 GB."""
+    counts = np.stack([np.bincount(images[..., c].ravel(), minlength=256) for c in range(3)])
+    values, n = np.arange(256) / 255.0, counts.sum(1)
+    mean = counts @ values / n
+    return mean, np.sqrt((counts * (values - mean[:, None]) ** 2).sum(1) / n)
 
 
 def check_cache_folder(data_dir):

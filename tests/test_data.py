@@ -67,6 +67,8 @@ def test_image_folder_and_its_archive_decode_exactly_and_are_cached(tmp_path, mo
     assert d.classes == ("alpha", "beta", "gamma")
     assert np.array_equal(d.train_x, expected["train"][0]) and np.array_equal(d.train_y, expected["train"][1])
     assert np.array_equal(d.test_x, expected["test"][0]) and np.array_equal(d.test_y, expected["test"][1])
+    pixels = expected["train"][0].reshape(-1, 3) / 255.0  # the statistics, the plain float way
+    assert d.mean == tuple(pixels.mean(0).round(4)) and d.std == tuple(pixels.std(0).round(4))
     archive = tmp_path / "toy.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder / "train", "train")

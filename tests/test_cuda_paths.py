@@ -45,6 +45,7 @@ def train_twice(step_model_of, epochs=2):
     return runs
 
 
+@pytest.mark.slow  # torch.compile: 7 s
 def test_fit_trains_through_a_compiled_model_as_the_eager_step_does():
     # aot_eager: the graph torch.compile captures (forward and backward through AOTAutograd), no code generation
     (eager_log, eager), (compiled_log, compiled) = train_twice(
@@ -57,6 +58,7 @@ def test_fit_trains_through_a_compiled_model_as_the_eager_step_does():
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name  # measured: within 2e-6
 
 
+@pytest.mark.slow  # torch.compile: 5 s
 def test_train_cli_compiles_and_reports_compile_time_apart(tmp_path):
     write_folder(tmp_path / "toy", {"train": 6, "test": 2})
     out = tmp_path / "m.pth"

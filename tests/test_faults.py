@@ -181,6 +181,7 @@ def on_a_terminal(script, *args):
     return shown.decode(errors="replace")
 
 
+@pytest.mark.slow  # processes on a pty: 2 s
 def test_unlearning_and_evaluation_show_progress_on_a_terminal(tiny, tmp_path):
     shown = on_a_terminal("unlearn.py", *data_flags(tiny), "--method", "ssd", "--model", tiny / "model.pth",
                           "--forget-class", "alpha", "--out", tmp_path / "u.pth")
@@ -217,6 +218,7 @@ def test_resume_from_a_damaged_or_foreign_state_file(tiny, tmp_path):
     assert files(tmp_path) == before
 
 
+@pytest.mark.slow  # a process and a signal each: 4 s
 @pytest.mark.parametrize("script, args", [
     ("unlearn.py", ["--method", "finetune", "--epochs", 1000, "--forget-class", "alpha"]),
     ("evaluate.py", []),
@@ -291,6 +293,7 @@ def test_crafted_state_dicts_are_refused(tiny, tmp_path, change, message):
     assert_clean_error(call("evaluate.py", *data_flags(tiny), "--model", tmp_path / "crafted.pth"), message)
 
 
+@pytest.mark.slow  # 5 s
 def test_a_full_disk_loses_nothing(tiny, tmp_path):
     assert unlearn(tiny, "--forget-class", "alpha", "--out", tmp_path / "u.pth", "--no-eval").returncode == 0
     before = files(tmp_path)
@@ -328,6 +331,7 @@ def test_make_with_a_mistyped_dataset_says_so(tmp_path, target):
     assert "no class list for DATASET=cifar1O" in r.stderr
 
 
+@pytest.mark.slow  # two processes: 2 s
 def test_two_runs_on_one_out_do_not_race(tiny, tmp_path):
     first = start("train.py", *data_flags(tiny), "--arch", "resnet20", "--epochs", 500, "--batch-size", 8, "--out",
                   tmp_path / "m.pth")

@@ -102,13 +102,13 @@ def test_a_step_over_its_limit_leaves_its_lines_and_no_process(tmp_path):
     log = first_call.Log(str(tmp_path / "log.txt"), started)
     try:
         argv = [sys.executable, "-c", STUBBORN, str(tmp_path / "pid")]
-        result = first_call.run_step("stubborn", argv, limit=8, log=log, grace=1)
+        result = first_call.run_step("stubborn", argv, limit=3, log=log, grace=1)
     finally:
         log.close()
     assert result["timed_out"] and result["rc"] == -9  # SIGINT ignored, so SIGKILL
     assert result["lines"][:2] == ["first line", "waiting"] and "got SIGINT" in result["lines"]
     text = open(tmp_path / "log.txt").read()
-    lines = ("stubborn] first line", "stubborn] waiting", "over its 8 s limit",
+    lines = ("stubborn] first line", "stubborn] waiting", "over its 3 s limit",
              "stubborn] got SIGINT", "stubborn] rc -9")
     order = [text.index(line) for line in lines]
     assert order == sorted(order)  # each line written as it came, before the limit ended the step

@@ -100,6 +100,7 @@ def test_other_architectures_and_class_counts_are_refused(tmp_path):
                           "resnet18-imagenet", "resnet34-imagenet"}
 
 
+@pytest.mark.slow  # fresh interpreters: 5 s
 def test_the_scripts_start_without_torchvision_until_a_model_or_download_needs_it():
     # torchvision's import doubles a script's start-up (2 s of 4 on 2 cores): paid by resnet18 and
     # CIFAR downloads only, not by --help, resnet20 runs or the tests' many child processes

@@ -138,6 +138,7 @@ def test_every_checkpoint_gets_a_model_card_in_the_published_layout(rundir):
     assert f"| `full.pth` | None | {acc:.2f}% |" in full
 
 
+@pytest.mark.slow  # the pipeline of `rundir`: 7 s
 def test_a_run_of_older_sidecars_gives_the_same_report(rundir, tmp_path, monkeypatch):
     """Sidecars written before December 2026 are x.json beside x.pth: read as x.pth.json is."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # no plots: the text is compared

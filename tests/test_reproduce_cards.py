@@ -315,6 +315,7 @@ def ctrl_c_default():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow  # process groups and signals: 5 s
 def test_ctrl_c_stops_child_processes_running_and_waiting(tmp_path):
     # The driver gets SIGINT (as from `timeout -s INT`) while its first job runs: that job is
     # interrupted, the two waiting never start, and the driver exits 130 with its own line.

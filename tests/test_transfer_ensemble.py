@@ -49,6 +49,7 @@ def test_layer_wise_learning_rates_are_the_reports():
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
+@pytest.mark.slow  # a fresh interpreter: 5 s
 def test_offline_without_weights_is_one_clear_error(cifar_jpeg, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 

@@ -245,8 +245,8 @@ def test_the_bars_fail_a_method_that_does_nothing_or_lost_its_retain_term(cifar_
     assert missed == ["retain"], after  # 11.1%: chance
 
 
-def test_same_seed_same_result(cifar_jpeg, trained, before):
-    split = before[0]
+def test_same_seed_same_result(cifar_jpeg, trained):
+    split = make_split(cifar_jpeg, forget_class=FORGET_CLASS, subset=SUBSET, test_subset=TEST_SUBSET)
     cfg = dataclasses.replace(methods.GAConfig(), lr=0.01, epochs=1)
 
     def run(seed):

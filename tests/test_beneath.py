@@ -170,6 +170,7 @@ def test_a_head_edit_forgets_on_outputs_only_and_a_retrained_model_beneath_too(
                         f"{edit['relearn_steps']} |")
 
 
+@pytest.mark.slow  # 4 s
 def test_unlearn_probe_fills_the_sidecar_the_cards_table_and_the_model_card(
         cifar_jpeg, data_dir, trained, tmp_path):
     out = tmp_path / "ssd.pth"

@@ -143,6 +143,7 @@ def failing_at(batch):
     return backend
 
 
+@pytest.mark.slow  # torch.compile: 3 s
 def test_a_compile_failure_midway_falls_back_to_eager_from_the_epochs_start(capsys):
     # the tail batch of 6 fails to compile after two compiled steps of epoch 1: the epoch runs
     # again from its start, eager, and the run ends bitwise where the eager one does; the

@@ -97,6 +97,7 @@ def gone(pid):
     return False
 
 
+@pytest.mark.slow  # waits out a 3 s limit
 def test_a_step_over_its_limit_leaves_its_lines_and_no_process(tmp_path):
     started = time.time()
     log = first_call.Log(str(tmp_path / "log.txt"), started)

@@ -118,8 +118,10 @@ def test_ssd_importance_passes_read_nothing(monkeypatch, importance):
     assert assert_constant(monkeypatch, make_run) == []
 
 
-# the smallest settings that still run each method's loops: one epoch (SCRUB: one max-step epoch)
-QUICK = {"epochs": 1, "max_epochs": 1, "batch_size": 4, "forget_batch_size": 4}
+# the smallest settings that still run each method's loops: one epoch (SCRUB: one max-step epoch;
+# UNSIR: 2 noise steps, 2 x 3 noise copies)
+QUICK = {"epochs": 1, "max_epochs": 1, "batch_size": 4, "forget_batch_size": 4, "noise_steps": 2,
+         "noise_copies": 2}
 
 
 @pytest.mark.parametrize("method", unlearn.METHODS)

@@ -100,6 +100,7 @@ def test_the_reports_weights_load_by_hf_name_every_layer_the_files_and_fc_new(hu
     assert torch.equal(model.layer4[1].bn2.running_var, ten["layer4.1.bn2.running_var"])
 
 
+@pytest.mark.slow  # 3 s
 def test_a_one_epoch_ensemble_member_trains_from_them_and_its_sidecar_names_them(
         hub, cifar_jpeg, data_dir, tmp_path):
     path = publish(hub, timm_state())

@@ -557,6 +557,7 @@ def test_every_jobs_line_is_one_whole_command(tmp_path, monkeypatch):
         assert words[words.index("--out") + 1].startswith(str(pool)) and "d\"a t'a" in words
 
 
+@pytest.mark.slow  # a new process: 2 s
 def test_lines_listed_outside_the_checkout_find_its_scripts(tmp_path, monkeypatch):
     """privacy.py runs as `python -m studies.privacy`, which finds the module from the current
     folder: listed from another folder, an outputs line puts the checkout on PYTHONPATH itself

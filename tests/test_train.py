@@ -20,6 +20,7 @@ def test_training_learns(trained):
     assert [r["lr"] for r in log] == pytest.approx([0.1, 0.1 * (1 + 0.7071067811865476) / 2, 0.05, 0.1 * (1 - 0.7071067811865476) / 2])
 
 
+@pytest.mark.slow  # three training runs: 4 s
 def test_resume_ends_with_the_same_weights_bitwise(cifar_jpeg, data_dir, tmp_path):
     common = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--epochs", "3", *TINY]
     straight = call("train.py", *common, "--out", tmp_path / "a.pth")

@@ -133,14 +133,20 @@ KEPT = 12  # retain accuracy after > before - KEPT points: neggrad+ without its 
 # (spread 9) and boundary-shrink (7): no setting swept (12 and 9) did better on both bars.
 QUICK = {
     "ssd": {"alpha": 4.0},  # 0.1 / 32.7; 0.2 / 33.3 (alpha 2 kept 20.2 on 1 thread, 33.7 on 2)
-    "advneggrad": {"batch_size": 256},  # 0.0 / 27.4; 0.0 / 29.0
-    "neggrad+": {"epochs": 2, "lr": 0.01},  # 0.0 / 37.3; 0.0 / 36.9 (lr 0.02: 36.1 and 18.1)
-    "finetune": {"epochs": 2},  # 0.0 / 35.7; 0.0 / 37.4
     "retrain": RETRAIN,  # the session model's recipe: 0.0 / 36.4; 0.0 / 36.1
     "ga": {"lr": 0.01, "epochs": 2},  # 3.5 / 32.2; 7.1 / 33.4
-    "rl": {"epochs": 1, "lr": 0.05},  # 0.0 / 34.0; 0.0 / 34.4
-    "salun": {"epochs": 2, "lr": 0.013},  # 0.0 / 36.3; 0.0 / 36.9 (1 epoch at 0.05: 35.7, 30.3)
-    "scrub": {"epochs": 2, "max_epochs": 2, "lr": 0.05},  # 0.0 / 25.8; 0.0 / 27.0
+    # on every 5th retain image (THIN) with smaller batches, measured again on 2026-12-07: 4-13 s a
+    # method less (the retain set's 2,700 images were most of this test's time)
+    "advneggrad": {"batch_size": 128},  # 0.0 / 28.1; 0.0 / 27.6 (batch 64: retain 23.0 and 25.7)
+    "neggrad+": {"epochs": 2, "lr": 0.01, "batch_size": 32, "forget_batch_size": 16},  # 0.9 /
+    # 36.8; 0.3 / 36.9 (lr 0.02: 0.0 / 33.9; 0.0 / 35.6)
+    "finetune": {"epochs": 3, "batch_size": 32},  # 0.0 / 27.9; 0.0 / 31.6 (2 epochs kept 21.3 on 1
+    # thread)
+    "rl": {"epochs": 1, "lr": 0.05, "batch_size": 64},  # 0.0 / 27.0; 0.0 / 25.3
+    "salun": {"epochs": 2, "lr": 0.013, "batch_size": 64},  # 0.0 / 35.3; 0.0 / 31.6 (lr 0.03: 34.1
+    # and 27.7)
+    "scrub": {"epochs": 2, "max_epochs": 2, "lr": 0.02, "batch_size": 64},  # 0.0 / 30.3; 0.0 /
+    # 31.6 (lr 0.05 kept 22.2 on 1 thread)
     # issue 25's methods, on every 5th retain image (THIN): the published steps are too small for
     # 4 epochs of toy training, so larger ones
     "lfssd": {"alpha": 5.0, "full_set": "retain"},  # 0.5 / 28.6; 0.0 / 30.1 (D = retain + forget
@@ -156,8 +162,8 @@ QUICK = {
     # 2 threads; 3 epochs at 0.015: 28.5 and 23.3)
     "boundary-expand": {"epochs": 3, "lr": 0.03},  # 13.6 / 27.9; 3.6 / 27.3
 }
-THIN = {"lfssd", "ct", "msg", "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink",
-        "boundary-expand"}
+THIN = {"advneggrad", "neggrad+", "finetune", "rl", "salun", "scrub", "lfssd", "ct", "msg",
+        "bad-teacher", "unsir", "amnesiac", "l1-sparse", "boundary-shrink", "boundary-expand"}
 
 
 def evaluation_images(data):
@@ -198,12 +204,14 @@ def before(cifar_jpeg, trained):
     return split, original
 
 
-def unlearned(data, trained, split, method, fn=None):
-    """The session model after `method` with its QUICK settings (fn: another in its place)."""
+def unlearned(data, trained, split, method, fn=None, quick=None, thin=None):
+    """The session model after `method` with its QUICK settings on its THIN or whole retain set
+    (fn, quick, thin: another function, settings, retain set in their place)."""
     function, config_class, _ = METHODS[method]
     # built as unlearn.py builds it: boundary-shrink needs the data's normalisation
-    cfg = config_class(**from_the_data(config_class, data), **QUICK[method])
-    thin = dataclasses.replace(split, retain=split.retain[::5]) if method in THIN else split
+    cfg = config_class(**from_the_data(config_class, data), **(quick or QUICK[method]))
+    thin = method in THIN if thin is None else thin
+    thin = dataclasses.replace(split, retain=split.retain[::5]) if thin else split
     retain_loader, forget_loader = make_loaders(data, thin, cfg, CPU, 0)
     torch.manual_seed(0)
     model = (fn or function)(copy.deepcopy(trained[1]), retain_loader, forget_loader, cfg, CPU)
@@ -240,7 +248,9 @@ def test_the_bars_fail_a_method_that_does_nothing_or_lost_its_retain_term(cifar_
     assert missed_bars(original, original) == [
         f"forget accuracy {original['test_forget']['acc']:.1f}% not below "
         f"{FORGOTTEN * original['test_forget']['acc']:.1f}%"]
-    after = unlearned(cifar_jpeg, trained, split, "neggrad+", neggrad_plus_without_its_retain_term)
+    after = unlearned(cifar_jpeg, trained, split, "neggrad+", neggrad_plus_without_its_retain_term,
+                      quick={"epochs": 2, "lr": 0.01}, thin=False)  # 2,700 retain images: falls
+    # 19 points (on QUICK's THIN set: 16 on 1 thread, too close to KEPT)
     missed = [m.split()[0] for m in missed_bars(original, after)]
     assert missed == ["retain"], after  # 11.1%: chance
 

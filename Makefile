@@ -62,10 +62,10 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed  ## create .venv and install requirements.txt
 
-test: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## run the test suite (CPU only, about 13 minutes on 2 cores)
+test: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## run the test suite (CPU only, about 11 minutes on 2 cores)
 	$(PY) -m pytest
 
-test-fast: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## the tests but the slow ones (make, torchrun, pools)
+test-fast: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## the tests not marked slow: about 2.5 minutes on 2 cores
 	$(PY) -m pytest -m "not slow"
 
 # matplotlib is optional (report.py's plots); the tests install it so that the plots are tested too

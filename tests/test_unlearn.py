@@ -205,14 +205,14 @@ def before(cifar_jpeg, trained):
 
 
 def unlearned(data, trained, split, method, fn=None, quick=None, thin=None):
-    """The session model after `method` with its QUICK settings on its THIN or whole retain set
-    (fn, quick, thin: another function, settings, retain set in their place)."""
+    """The session model after `method` with its QUICK settings, on every 5th retain image where
+    it is in THIN (fn, quick, thin: another function, settings, choice in their place)."""
     function, config_class, _ = METHODS[method]
     # built as unlearn.py builds it: boundary-shrink needs the data's normalisation
     cfg = config_class(**from_the_data(config_class, data), **(quick or QUICK[method]))
-    thin = method in THIN if thin is None else thin
-    thin = dataclasses.replace(split, retain=split.retain[::5]) if thin else split
-    retain_loader, forget_loader = make_loaders(data, thin, cfg, CPU, 0)
+    if method in THIN if thin is None else thin:
+        split = dataclasses.replace(split, retain=split.retain[::5])
+    retain_loader, forget_loader = make_loaders(data, split, cfg, CPU, 0)
     torch.manual_seed(0)
     model = (fn or function)(copy.deepcopy(trained[1]), retain_loader, forget_loader, cfg, CPU)
     return accuracy_on_test_set(model, data, evaluation_images(data))

@@ -179,7 +179,7 @@ def test_the_verdict_says_which_rows_do_not_agree():
 
 
 # make verify-published-small's data: the first 13 images a class of the real CIFAR-10 (its
-# --subset / --test-subset 100 take them all), 130 test images: two batches of the CPU's 128, as
+# --subset / --test-subset 100 take them all), 130 test images: three batches of the CPU's 64, as
 # the 1000 were eight
 FIRST = 13
 

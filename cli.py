@@ -637,9 +637,8 @@ def pick_device(name="auto", precision="auto"):
 
 
 def eval_batch_size(device):
-    """Large batches fill a GPU; on a CPU, small ones keep activations in cache: 64 evaluates
-    resnet20 1.5x faster than 128 and 128 3.3x faster than 1000 on 2 cores, the same logits
-    bitwise (docs/RESULTS.md)."""
+    """Large batches fill a GPU; on a CPU small ones keep activations in cache: 64 is 1.5x faster
+    than 128 for resnet20 on 2 cores, the same logits bitwise (docs/RESULTS.md)."""
     return 1000 if device.type == "cuda" else 64
 
 

@@ -458,7 +458,9 @@ def parse_args(argv=None):
                         help="keep in --json the per-example losses of the train and test forget "
                         "sets, what the MIA sees (default: off)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="evaluation batch size (default: 1000 on a GPU, 128 on a CPU)")
+                        help="evaluation batch size (default: "
+                        f"{eval_batch_size(torch.device('cuda'))} on a GPU, "
+                        f"{eval_batch_size(torch.device('cpu'))} on a CPU)")
     add_runtime_args(parser, precision="fp32", seed=None)  # fp32 (IEEE): the published losses are
     add_data_args(parser)
     return parser.parse_args(argv)

@@ -623,9 +623,10 @@ def test_a_toy_pool_on_real_images(cifar_jpeg, data_dir, tmp_path):
     then lists only what pool-unlearn leaves (the new original's outputs), then nothing; the scores
     put retrain-vs-retrain well above original-vs-retrain."""
     pool = tmp_path / "pool"
-    # 4 epochs, measured 2026-12-08 with torch on 2 threads / 1: forget quality 0.35 / 0.42 for
-    # retrain, 0.0 / 0.0 for original; U-LiRA on original 91.7 / 90.0; the originals' forget
-    # accuracy 3.3 / 3.3 on average against 0.0 (5 epochs, 2 threads: 0.38, 0.0, 92.2; 20 s more)
+    # 4 epochs, measured 2026-12-08 with torch on 2 threads / 1 (the 1: pool-unlearn's make at one
+    # thread too): forget quality 0.35 / 0.42 for retrain, 0.0 / 0.0 for original; U-LiRA on
+    # original 91.7 / 90.0; the originals' forget accuracy 3.3 / 3.3 on average against 0.0 (5
+    # epochs, 2 threads: 0.38, 0.0, 92.2)
     design = ["--forget-class", "cat",
               "--train-flags", "--arch resnet20 --epochs 4 --batch-size 32"]
     data = ["--dataset", ARCHIVE, "--data-dir", data_dir, "--device", "cpu",

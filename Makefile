@@ -62,7 +62,7 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed  ## create .venv and install requirements.txt
 
-test: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## run the test suite (CPU only, about 10.5 minutes on 2 cores)
+test: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## run the test suite (CPU only, about 10 minutes on 2 cores)
 	$(PY) -m pytest
 
 test-fast: $(INSTALL) $(if $(INSTALL),$(VENV)/.matplotlib)  ## the tests not marked slow: about 2.5 minutes on 2 cores
